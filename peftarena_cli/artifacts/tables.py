@@ -1,0 +1,107 @@
+"""Parquet tables with provenance.
+
+Every table peftarena writes carries, under the Parquet key-value metadata key ``peftarena``, a
+JSON object: the peftarena version, the command line, the identities of the inputs, the seed,
+dtype and device, plus any command-specific entries. :func:`read_table` returns it back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from peftarena_cli.artifacts.atomic import atomic_path
+from peftarena_cli.errors import InputNotFound, InvalidArtifact
+
+META_KEY = b"peftarena"
+
+
+@dataclass
+class Provenance:
+    command: str = ""
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> "spec@identity"
+    seed: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        from peftarena_cli import __version__
+
+        d = asdict(self)
+        d["version"] = __version__
+        return json.dumps(d, default=str)
+
+    def add_input(self, role: str, spec, identity: str) -> None:
+        self.inputs[role] = f"{spec}@{identity}"
+
+
+def _to_arrow(df, provenance: Provenance | None):
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    if provenance is not None:
+        meta[META_KEY] = provenance.to_json().encode()
+    return table.replace_schema_metadata(meta)
+
+
+def table_bytes(df, provenance: Provenance | None = None) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(_to_arrow(df, provenance), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_table(df, path: str | os.PathLike, provenance: Provenance | None = None) -> Path:
+    """Write ``df`` as Parquet to ``path`` atomically (``.csv`` writes CSV without provenance)."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        if p.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            pq.write_table(_to_arrow(df, provenance), tmp, compression="zstd")
+    return p
+
+
+def read_table(path: str | os.PathLike | io.BytesIO):
+    """Read a Parquet table; return ``(DataFrame, provenance dict)``."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(path, io.BytesIO):
+        p = Path(path)
+        if not p.exists():
+            raise InputNotFound(f"no such file: {str(path)!r}")
+        if p.is_dir():
+            raise InvalidArtifact(f"{str(path)!r} is a directory, not a Parquet file")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        raise InvalidArtifact(f"{path!r} is not a readable Parquet file ({type(e).__name__})") from None
+    meta = table.schema.metadata or {}
+    prov = {}
+    if META_KEY in meta:
+        try:
+            prov = json.loads(meta[META_KEY])
+        except ValueError:
+            prov = {}
+    return table.to_pandas(), prov
+
+
+def require_columns(df, columns, what: str, path=None) -> None:
+    """Raise :class:`InvalidArtifact` naming the missing columns of a table."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        where = f" {str(path)!r}" if path is not None else ""
+        raise InvalidArtifact(
+            f"{what}{where} lacks column(s) {', '.join(missing)}",
+            hint=f"expected a {what} as documented in docs/artifacts.md",
+        )

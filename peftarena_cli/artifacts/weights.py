@@ -1,0 +1,287 @@
+"""Model references and lazy weight access.
+
+A *model reference* is what a user types where a model is expected:
+
+* an HF model directory (``model.safetensors`` or sharded with ``model.safetensors.index.json``);
+* a single ``.safetensors`` / ``.st`` file;
+* a registry alias such as ``smollm2-135m`` (see :mod:`peftarena_cli.registry`);
+* a hub id (``org/name``), downloaded through ``huggingface_hub`` where the network allows.
+
+:func:`resolve_model` turns it into a :class:`ModelRef`; :class:`WeightSource` reads its tensors one
+at a time with ``safe_open`` so a full model is never loaded just to look at one matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftarena_cli.errors import InputNotFound, InvalidArtifact, ModelNotAvailable
+
+WEIGHT_SUFFIXES = (".safetensors", ".st")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass
+class ModelRef:
+    """A resolved model reference."""
+
+    spec: str  # what the user typed
+    kind: str  # "dir" | "file" | "alias" | "hub"
+    path: Path  # directory or single weights file on disk
+    weight_files: list[Path] = field(default_factory=list)
+
+    @property
+    def directory(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    @property
+    def is_single_file(self) -> bool:
+        return self.path.is_file()
+
+    def identity(self) -> str:
+        from peftarena_cli.artifacts.identity import path_identity
+
+        return path_identity(self.path)
+
+
+def looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith((".", "/", "~"))
+        or os.sep in spec and not _HUB_ID.match(spec)
+        or spec.endswith(WEIGHT_SUFFIXES)
+        or spec.endswith((".json", ".bin", ".gguf", ".pt"))
+    )
+
+
+def weight_files_in(directory: Path) -> list[Path]:
+    """The safetensors weight files of an HF model directory (index first, then single file)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise InvalidArtifact(f"{index}: not a valid safetensors index ({e})") from None
+        files = sorted({directory / f for f in wm.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise InvalidArtifact(
+                f"{index} lists shards that are missing: {', '.join(missing[:3])}",
+                hint="download or copy the complete checkpoint",
+            )
+        return files
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    files = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    files = [p for p in files if p.name != "adapter_model.safetensors"]
+    return files
+
+
+def resolve_model(spec: str | os.PathLike, allow_download: bool = True) -> ModelRef:
+    """Resolve a model reference; raise a one-line error when it cannot be found."""
+    s = str(spec)
+    p = Path(s).expanduser()
+    if p.exists():
+        if p.is_file():
+            if p.suffix not in WEIGHT_SUFFIXES:
+                raise InvalidArtifact(
+                    f"{s!r} is not a safetensors file",
+                    hint="pass a .safetensors/.st file or an HF model directory",
+                )
+            check_safetensors(p)
+            return ModelRef(s, "file", p, [p])
+        files = weight_files_in(p)
+        if not files:
+            if (p / "adapter_config.json").is_file():
+                raise InvalidArtifact(
+                    f"{s!r} is a PEFT adapter, not a model",
+                    hint="pass the base model first and the adapter second",
+                )
+            raise InvalidArtifact(
+                f"directory {s!r} holds no safetensors weights",
+                hint="pass an HF model directory with model.safetensors (or a sharded index)",
+            )
+        for f in files:
+            check_safetensors(f)
+        return ModelRef(s, "dir", p, files)
+    from peftarena_cli import registry
+
+    if registry.is_alias(s):
+        d = registry.ensure_model(s)
+        return ModelRef(s, "alias", d, weight_files_in(d))
+    if looks_like_path(s) or not _HUB_ID.match(s):
+        if not looks_like_path(s):
+            raise ModelNotAvailable(
+                f"unknown model alias {s!r}",
+                hint=f"known aliases: {', '.join(registry.aliases())}; or pass a path or a hub id",
+            )
+        raise InputNotFound(f"no such file or directory: {s!r}")
+    if not allow_download:
+        raise InputNotFound(f"{s!r} is not a local path or alias")
+    d = download_hub_model(s)
+    return ModelRef(s, "hub", d, weight_files_in(d))
+
+
+def download_hub_model(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        d = snapshot_download(
+            repo_id,
+            allow_patterns=["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+        )
+    except Exception as e:  # network errors, missing repos, gated repos
+        raise ModelNotAvailable(
+            f"could not fetch {repo_id!r} from the Hugging Face hub: {type(e).__name__}",
+            hint="check the id and your network, or pass a local directory / `smollm2-135m`",
+        ) from e
+    return Path(d)
+
+
+def check_safetensors(path: Path) -> dict:
+    """Validate a safetensors file's header and size; return the parsed header.
+
+    Catches files that are not safetensors, truncated files and corrupt headers before any
+    expensive work starts.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
+            raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (header is not a table)")
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        try:
+            end = max(end, int(v["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise InvalidArtifact(f"{str(path)!r}: corrupt safetensors entry {k!r}") from None
+    if 8 + n + end > size:
+        raise InvalidArtifact(
+            f"{str(path)!r} is truncated ({size} bytes, header needs {8 + n + end})",
+            hint="the file is incomplete; copy or download it again",
+        )
+    return header
+
+
+class WeightSource:
+    """Lazy, read-only access to the tensors of one or more safetensors files."""
+
+    def __init__(self, files: list[Path] | Path | str, device: str = "cpu"):
+        if isinstance(files, (str, Path)):
+            files = [Path(files)]
+        self.files = [Path(f) for f in files]
+        self.device = device
+        self._where: dict[str, Path] = {}
+        self._headers: dict[Path, dict] = {}
+        self._handles: dict[Path, object] = {}
+        for f in self.files:
+            h = check_safetensors(f)
+            self._headers[f] = h
+            for k in h:
+                if k != "__metadata__":
+                    self._where[k] = f
+
+    @classmethod
+    def from_ref(cls, ref: ModelRef, device: str = "cpu") -> WeightSource:
+        return cls(ref.weight_files, device=device)
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for h in self._headers.values():
+            out.update(h.get("__metadata__") or {})
+        return out
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._headers[self._where[name]][name]["shape"])
+
+    def dtype(self, name: str) -> str:
+        return self._headers[self._where[name]][name]["dtype"]
+
+    def tensor_id(self, name: str) -> str:
+        from peftarena_cli.artifacts.identity import file_identity, tensor_identity
+
+        f = self._where[name]
+        return tensor_identity(self._headers[f][name], file_identity(f), name)
+
+    def _handle(self, f: Path):
+        if f not in self._handles:
+            from safetensors import safe_open
+
+            self._handles[f] = safe_open(str(f), framework="pt", device=self.device)
+        return self._handles[f]
+
+    def get(self, name: str):
+        """Load one tensor (as stored)."""
+        if name not in self._where:
+            raise KeyError(name)
+        try:
+            return self._handle(self._where[name]).get_tensor(name)
+        except Exception as e:
+            raise InvalidArtifact(f"cannot read tensor {name!r} from {self._where[name]}: {e}") from None
+
+    def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, object]]:
+        for n in names if names is not None else self.keys():
+            yield n, self.get(n)
+
+    def find(self, suffix: str) -> str | None:
+        """The key ending in ``suffix`` (handles ``model.`` prefixes), or None."""
+        if suffix in self._where:
+            return suffix
+        hits = [k for k in self._where if k.endswith("." + suffix) or k == suffix]
+        return hits[0] if len(hits) == 1 else None
+
+
+def linear_weight_names(src: WeightSource) -> list[str]:
+    """Names of the 2-D ``*.weight`` tensors of linear modules inside decoder layers."""
+    out = []
+    for k in src.keys():
+        if k.endswith(".weight") and ".layers." in k and len(src.shape(k)) == 2:
+            out.append(k)
+    return out
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def module_layer(name: str) -> int:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else -1
+
+
+def module_kind(name: str) -> str:
+    """``model.layers.3.mlp.down_proj.weight`` -> ``down_proj``."""
+    parts = name.split(".")
+    if parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    return parts[-1]
+
+
+def module_name(weight_name: str) -> str:
+    """``model.layers.3.mlp.down_proj.weight`` -> ``model.layers.3.mlp.down_proj``."""
+    return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name

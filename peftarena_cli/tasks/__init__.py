@@ -1,0 +1,1 @@
+"""Tasks: data sources (built-in generators, local files, hub datasets), prompt formats, scorers."""

