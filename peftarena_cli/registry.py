@@ -113,6 +113,7 @@ def convert(name: str) -> Path:
     if getattr(clean.generation_config, "pad_token_id", None) is None:
         clean.generation_config.pad_token_id = config.pad_token_id
     with atomic_dir(dest, overwrite=True) as tmp:
+        os.chmod(tmp, 0o755)
         clean.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
     return dest
@@ -122,7 +123,14 @@ def ensure_model(name: str) -> Path:
     """Return the cached directory of an alias, converting it on first use."""
     get_spec(name)
     if not is_cached(name):
-        convert(name)
+        import fcntl
+
+        lock = cache_dir(name).parent / f".{name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as fh:  # one conversion at a time (parallel test workers, two shells)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            if not is_cached(name):
+                convert(name)
     return cache_dir(name)
 
 
