@@ -1,0 +1,178 @@
+"""One loaded model, moved along a path in place: ``set_alpha(α)`` never reloads anything.
+
+* :class:`NativePathModel` wraps a live ``PeftModel`` and copies the adapter's natively scaled
+  tensors (:func:`peftarena_cli.paths.native.scale_adapter_tensors`) into it: a copy of the
+  adapter's size per α, and PEFT's own forward does the rest.
+* :class:`DensePathModel` holds a plain model plus, for each changed weight, W0 and ΔW, and
+  writes W0 + αΔW into the weight (one fused add per module per α).
+
+Where the pieces come from:
+
+* ΔW of an adapter: :func:`dense_deltas_from_adapter` (the shared ``peftarena_cli.weights`` API
+  when present, else PEFT's own merge on the loaded model);
+* ΔW of a full fine-tune: :func:`dense_deltas_from_full` (every parameter that differs, read
+  lazily from the fine-tuned checkpoint one tensor at a time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import IncompatibleInputs, NumericalError
+
+
+def _tuner_base_weight(peft_model, module: str):
+    sub = peft_model.get_base_model().get_submodule(module)
+    base = sub.get_base_layer() if hasattr(sub, "get_base_layer") else sub
+    return base.weight
+
+
+class NativePathModel:
+    """A PeftModel whose adapter tensors are rescaled in place to sit at path position α."""
+
+    path = "native"
+
+    def __init__(self, peft_model, config: dict, scale_mode: str = "linear", layer_scales: dict | None = None,
+                 adapter_name: str = "default"):
+        from peft import get_peft_model_state_dict
+
+        from peftarena_cli.paths.native import base_row_norms_from_weights, check_relative_to_base, magnitude_modules, method_of
+
+        check_relative_to_base(config)
+        self.model = peft_model
+        self.config = config
+        self.method = method_of(config)
+        self.scale_mode = scale_mode
+        self.layer_scales = layer_scales
+        self.adapter_name = adapter_name
+        self.tensors = {k: v.detach().clone() for k, v in
+                        get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items()}
+        self.base_row_norms = None
+        if self.method == "dora":
+            mods = magnitude_modules(self.tensors)
+            self.base_row_norms = base_row_norms_from_weights(lambda m: _tuner_base_weight(peft_model, m).detach(), mods)
+        self.alpha = 1.0
+        self.current = self.tensors
+
+    def tensors_at(self, alpha: float) -> dict:
+        from peftarena_cli.paths.native import scale_adapter_tensors
+
+        return scale_adapter_tensors(self.config, self.tensors, alpha, scale_mode=self.scale_mode,
+                                     base_row_norms=self.base_row_norms, layer_scales=self.layer_scales)
+
+    def set_alpha(self, alpha: float) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+
+        self.current = self.tensors_at(alpha)
+        with torch.no_grad():
+            res = set_peft_model_state_dict(self.model, self.current, adapter_name=self.adapter_name)
+        missing = [k for k in getattr(res, "unexpected_keys", []) if self.adapter_name in k or "lora" in k or "oft" in k]
+        if missing:  # pragma: no cover - PEFT maps its own keys
+            raise IncompatibleInputs(f"adapter tensors did not map into the model: {missing[0]}")
+        self.alpha = float(alpha)
+
+    def orthogonality_error(self) -> float | None:
+        """max ‖RᵀR − I‖_F over the OFT blocks at the current α (None for non-OFT methods)."""
+        if self.method != "oft":
+            return None
+        from peftarena_cli.paths.oft_rotation import OFT_KEY_SUFFIX, cayley, orthogonality_error, variant_of
+
+        neumann, terms = variant_of(self.config)
+        errs = [orthogonality_error(cayley(v, neumann, terms)) for k, v in self.current.items() if k.endswith(OFT_KEY_SUFFIX)]
+        return max(errs) if errs else None
+
+
+@dataclass
+class DensePathModel:
+    """A plain model whose changed weights are set to W0 + αΔW in place."""
+
+    model: object
+    w0: dict = field(default_factory=dict)      # parameter name -> W0 (float32 or the model dtype)
+    delta: dict = field(default_factory=dict)   # parameter name -> ΔW
+    path: str = "dense"
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        params = dict(self.model.named_parameters())
+        self._params = {}
+        for name in self.delta:
+            if name not in params:
+                raise IncompatibleInputs(f"the model has no parameter {name!r}")
+            self._params[name] = params[name]
+
+    def set_alpha(self, alpha: float) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, p in self._params.items():
+                w = torch.add(self.w0[name], self.delta[name], alpha=float(alpha))
+                p.data.copy_(w)
+        self.alpha = float(alpha)
+
+    def orthogonality_error(self):
+        return None
+
+
+def _check_finite(name: str, t) -> None:
+    import torch
+
+    if not bool(torch.isfinite(t).all()):
+        raise NumericalError(f"ΔW of {name} contains NaN or Inf")
+
+
+def dense_deltas_from_peft(peft_model):
+    """Merge a live PeftModel with PEFT's own code and return ``(plain_model, w0, delta)``.
+
+    W0 of every adapted module is copied before the merge; ΔW = W_merged − W0. Works for every
+    method PEFT can merge. The returned plain model holds W1 (α = 1).
+    """
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    inner = peft_model.get_base_model()
+    w0 = {}
+    for name, mod in inner.named_modules():
+        if isinstance(mod, BaseTunerLayer):
+            base = mod.get_base_layer()
+            if getattr(base, "weight", None) is not None:
+                w0[f"{name}.weight"] = base.weight.detach().clone()
+    with torch.no_grad():
+        plain = peft_model.merge_and_unload()
+    params = dict(plain.named_parameters())
+    delta = {}
+    for name, w in w0.items():
+        if name not in params:
+            raise IncompatibleInputs(f"after merging, the model has no parameter {name!r}")
+        d = params[name].detach().float() - w.float()
+        _check_finite(name, d)
+        delta[name] = d.to(w.dtype)
+    return plain, w0, delta
+
+
+def dense_deltas_from_full(model, finetuned_source, callback=None):
+    """(w0, delta) for every parameter of ``model`` (the base) that differs in the fine-tuned checkpoint.
+
+    ``finetuned_source`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource`; tensors are
+    read one at a time. Parameters missing from the checkpoint (tied heads) are left alone.
+    """
+    import torch
+
+    w0, delta = {}, {}
+    named = list(model.named_parameters())
+    for i, (name, p) in enumerate(named):
+        if name in finetuned_source:
+            w1 = finetuned_source.get(name)
+            if tuple(w1.shape) != tuple(p.shape):
+                raise IncompatibleInputs(f"{name}: fine-tuned shape {tuple(w1.shape)} != base shape {tuple(p.shape)}")
+            d = w1.to(device=p.device, dtype=torch.float32) - p.detach().float()
+            _check_finite(name, d)
+            if bool(d.abs().max() > 0):
+                w0[name] = p.detach().clone()
+                delta[name] = d.to(p.dtype)
+        if callback:
+            callback(i + 1, len(named), name)
+    if not delta:
+        raise IncompatibleInputs("the fine-tuned checkpoint has no parameter that differs from the base",
+                                 hint="check that the two models are different checkpoints of the same architecture")
+    return w0, delta
