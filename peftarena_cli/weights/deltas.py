@@ -1,0 +1,201 @@
+"""One linear module's update ΔW = W1 − W0, formed per PEFT method, one module at a time.
+
+:func:`iter_module_deltas` walks the modules a fine-tune changes, reads each base weight lazily
+from a :class:`~peftarena_cli.artifacts.weights.WeightSource`, asks the method's former (one file per
+method family in this package) for the update's structure, and yields a :class:`ModuleDelta`.
+Low-rank updates stay as factors (ΔW = B @ A); ``dense()`` materialises only the current module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from peftarena_cli.artifacts.weights import WeightSource, module_kind, module_layer
+from peftarena_cli.errors import IncompatibleInputs, NumericalError, UnsupportedMethod, UsageError
+from peftarena_cli.weights.finetuned import Finetuned
+
+# (name, W0) -> (U, S, Vh) of W0 in float32; lets PiSSA/MiLoRA reuse the cached base SVD.
+SvdFn = Callable[[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class ModuleDelta:
+    """The update of one linear module.
+
+    Exactly one representation is set: ``factors`` (B, A) with ΔW = B @ A (low-rank methods),
+    ``delta_t`` (ΔW itself), or ``w1_t`` (the effective fine-tuned weight). ``rotation`` is set for
+    multiplicative methods whose W1 = W0 @ rotation (OFT, BOFT; rotation may include a scale).
+    """
+
+    name: str
+    layer: int
+    kind: str
+    method: str
+    w0: torch.Tensor
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None
+    delta_t: torch.Tensor | None = None
+    w1_t: torch.Tensor | None = None
+    rotation: torch.Tensor | None = None
+    row_scale: torch.Tensor | None = None  # W1 = diag(row_scale) @ W0 (+ ...), IA3 on outputs
+    form: str = ""  # how the saved adapter was read, e.g. "rslora", "pissa residual", "cayley-neumann(5)"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_low_rank(self) -> bool:
+        return self.factors is not None
+
+    @property
+    def multiplicative(self) -> bool:
+        """W1 = W0 @ R for an (approximately) orthogonal R: OFT and BOFT."""
+        return self.method in ("oft", "boft")
+
+    @property
+    def rank_bound(self) -> int | None:
+        return None if self.factors is None else int(self.factors[1].shape[0])
+
+    def dense(self) -> torch.Tensor:
+        """ΔW = W1 − W0, float32 (out, in)."""
+        if self.factors is not None:
+            b, a = self.factors
+            return b @ a
+        if self.delta_t is not None:
+            return self.delta_t
+        return self.w1() - self.w0
+
+    def w1(self) -> torch.Tensor:
+        """The effective fine-tuned weight, float32 (out, in)."""
+        if self.w1_t is not None:
+            return self.w1_t
+        if self.rotation is not None:
+            return self.w0 @ self.rotation
+        return self.w0 + self.dense()
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """ΔW @ x for x (in, k), without forming ΔW when the structure allows."""
+        if self.factors is not None:
+            b, a = self.factors
+            return b @ (a @ x)
+        if self.rotation is not None:
+            return self.w0 @ (self.rotation @ x - x)
+        if self.row_scale is not None and self.w1_t is None and self.delta_t is None:
+            return (self.row_scale - 1.0)[:, None] * (self.w0 @ x)
+        return self.dense() @ x
+
+    def fro2(self) -> float:
+        """‖ΔW‖_F², from the factors' r×r Gram matrices when low-rank."""
+        if self.factors is not None:
+            b, a = self.factors
+            return float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0.0))
+        return float(self.dense().square().sum())
+
+    def singular_values(self) -> torch.Tensor:
+        """Singular values of ΔW (descending); for low-rank forms from an r×r core (QR of the factors)."""
+        if self.factors is not None:
+            b, a = self.factors
+            qb, rb = torch.linalg.qr(b)
+            qa, ra = torch.linalg.qr(a.T)
+            return torch.linalg.svdvals(rb @ ra.T)
+        return torch.linalg.svdvals(self.dense())
+
+
+def _check_finite(t: torch.Tensor, module: str, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise NumericalError(f"{what} of module {module!r} contains NaN or Inf")
+
+
+def base_key(base: WeightSource, module: str) -> str | None:
+    """The base's weight key for ``module`` (tolerates a missing/extra ``model.`` prefix)."""
+    cands = [module + ".weight"]
+    if module.startswith("model."):
+        cands.append(module[len("model."):] + ".weight")
+    else:
+        cands.append("model." + module + ".weight")
+    for c in cands:
+        if c in base:
+            return c
+    return base.find(module + ".weight")
+
+
+def select_modules(names: list[str], kinds: list[str] | None, layers: list[int] | None) -> list[str]:
+    sel = [
+        n for n in names
+        if (not kinds or module_kind(n) in kinds) and (layers is None or len(layers) == 0 or module_layer(n) in layers)
+    ]
+    if not sel:
+        have_kinds = sorted({module_kind(n) for n in names})
+        have_layers = sorted({module_layer(n) for n in names})
+        span = f"{have_layers[0]}..{have_layers[-1]}" if have_layers else "none"
+        raise UsageError(
+            f"the selection is empty: no changed module matches kinds={kinds or 'all'} layers={layers or 'all'}",
+            hint=f"this fine-tune changes {len(names)} modules: kinds {', '.join(have_kinds) or 'none'}; layers {span}",
+        )
+    return sorted(sel, key=lambda n: (module_layer(n), _KIND_ORDER.get(module_kind(n), 99), n))
+
+
+# Canonical order inside a decoder layer (attention then MLP); other kinds follow by name.
+_KIND_ORDER = {k: i for i, k in enumerate(
+    ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"])}
+
+
+def iter_module_deltas(
+    base: WeightSource,
+    ft: Finetuned,
+    kinds: list[str] | None = None,
+    layers: list[int] | None = None,
+    device: str = "cpu",
+    svd: SvdFn | None = None,
+) -> Iterator[ModuleDelta]:
+    """Yield one :class:`ModuleDelta` per selected module, in layer order.
+
+    Every selected module is checked against the base (present, 2-D) before the first yield, so a
+    misfit fails before any work. ``svd`` supplies the base SVD for PiSSA/MiLoRA residual
+    adapters (default: computed on the spot).
+    """
+    from peftarena_cli.weights import formers
+
+    names = ft.module_names()
+    if not names:
+        raise UsageError(f"{ft.spec!r} changes no linear module", hint="check the adapter's target_modules")
+    sel = select_modules(names, kinds, layers)
+    keys = {}
+    for n in sel:
+        k = base_key(base, n)
+        if k is None or len(base.shape(k)) != 2:
+            raise IncompatibleInputs(f"module {n!r} of the fine-tune is missing from the base model (no 2-D {n}.weight)")
+        keys[n] = k
+    method = ft.method
+    former = formers.former_for(ft)
+    svd_fn = svd or _plain_svd
+    for n in sel:
+        w0 = base.get(keys[n]).to(device=device, dtype=torch.float32)
+        _check_finite(w0, n, "the base weight")
+        parts = former(n, w0, ft, device, svd_fn)
+        md = ModuleDelta(name=n, layer=module_layer(n), kind=module_kind(n), method=method, w0=w0, **parts)
+        for what, t in (("the adapter factors", md.factors[0] if md.factors else None),
+                        ("the adapter factors", md.factors[1] if md.factors else None),
+                        ("the update", md.delta_t), ("the fine-tuned weight", md.w1_t),
+                        ("the rotation", md.rotation), ("the scale", md.row_scale)):
+            if t is not None:
+                _check_finite(t, n, what)
+        yield md
+
+
+def _plain_svd(name: str, w0: torch.Tensor):
+    return torch.linalg.svd(w0, full_matrices=False)
+
+
+def expect_shape(t: torch.Tensor, shape: tuple, module: str, what: str) -> None:
+    """Raise IncompatibleInputs when an adapter tensor does not fit the base weight."""
+    got = tuple(t.shape)
+    if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
+        want = tuple("*" if s is None else s for s in shape)
+        raise IncompatibleInputs(
+            f"module {module!r}: adapter tensor {what} has shape {got}, the base needs {want}",
+        )
+
+
+def unsupported(ft: Finetuned, why: str):
+    raise UnsupportedMethod(f"{ft.peft_type} adapter {ft.spec!r}: {why}")

@@ -1,0 +1,169 @@
+"""Where the LoRA-family deltas are formed: LoRA, rsLoRA, PiSSA, MiLoRA, DoRA and AdaLoRA.
+
+All from PEFT's saved tensors, matching PEFT's own ``merge_and_unload``:
+
+* LoRA: ΔW = s · B A with s = α / r (rsLoRA: s = α / √r); r and α follow ``rank_pattern`` and
+  ``alpha_pattern``. Kept as factors (B·s, A).
+* PiSSA / MiLoRA, *residual form* (config ``init_lora_weights`` = ``pissa``/``pissa_niter_k``/
+  ``milora``): the adapter was trained on W_res = W0 − U_r Σ_r V_rᵀ (the top-r, or for MiLoRA the
+  bottom-r, singular triplets of W0). Against the original base,
+  ΔW = s·B A − U_r Σ_r V_rᵀ, a rank-2r factor pair built from the base SVD (exact for ``pissa``;
+  ``pissa_niter_k`` used a randomized SVD, so the exact SVD approximates it).
+  *Converted form* (saved with ``path_initial_model_for_weight_conversion``): a plain rank-2r LoRA
+  relative to the original base; it is detected from the factors (the second half of A spans the
+  top/bottom right singular vectors of W0) and reported as ``pissa converted``.
+* DoRA: W1 = diag(m / ‖W0 + s B A‖_row) (W0 + s B A), the magnitude included.
+* AdaLoRA: ΔW = B (A ⊙ E) · s / (r_init + 1e-5) with s = α (or r when α ≤ 0).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from peftarena_cli.weights.deltas import expect_shape, unsupported
+
+
+def _pattern_value(pattern: dict | None, module: str, default):
+    """PEFT's ``get_pattern_key`` rule: a key matches the end of the module name."""
+    for key, val in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return val
+    return default
+
+
+def _init(config: dict) -> str:
+    v = config.get("init_lora_weights", True)
+    return v.lower() if isinstance(v, str) else ""
+
+
+def lora_method_name(config: dict) -> str:
+    if config.get("use_dora"):
+        return "dora"
+    init = _init(config)
+    if init.startswith("pissa"):
+        return "pissa"
+    if init.startswith("milora"):
+        return "milora"
+    return "lora"
+
+
+def lora_scaling(config: dict, module: str, r: int) -> float:
+    alpha = float(_pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8)))
+    if config.get("use_rslora"):
+        return alpha / math.sqrt(r)
+    return alpha / r
+
+
+def _factors(module: str, w0: torch.Tensor, params: dict, device: str):
+    a = params.get("lora_A.weight")
+    b = params.get("lora_B.weight")
+    if a is None or b is None:
+        raise_missing(module, "lora_A/lora_B")
+    out_f, in_f = w0.shape
+    r = a.shape[0]
+    expect_shape(a, (r, in_f), module, "lora_A")
+    expect_shape(b, (out_f, r), module, "lora_B")
+    return b.to(device=device, dtype=torch.float32), a.to(device=device, dtype=torch.float32)
+
+
+def raise_missing(module: str, what: str):
+    from peftarena_cli.errors import AdapterError
+
+    raise AdapterError(f"module {module!r}: the adapter lacks its {what} tensors")
+
+
+def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
+    config = ft.config
+    params = ft.modules[module]
+    if config.get("fan_in_fan_out"):
+        unsupported(ft, "fan_in_fan_out (Conv1D/GPT-2 style) layers are not supported")
+    b, a = _factors(module, w0, params, device)
+    r = int(a.shape[0])
+    s = lora_scaling(config, module, r)
+    forms = ["rslora"] if config.get("use_rslora") else []
+    init = _init(config)
+    if init.startswith(("pissa", "milora")):
+        # residual form: the base the adapter was trained on is W0 minus r singular triplets of W0
+        u, sv, vh = svd(module, w0)
+        if init.startswith("pissa"):
+            idx = slice(0, r)
+            forms.append("pissa residual" + (" (randomized-SVD init approximated by the exact SVD)" if "niter" in init else ""))
+        else:
+            idx = slice(sv.shape[0] - r, sv.shape[0])
+            forms.append("milora residual")
+        u, sv, vh = u[:, idx].to(device), sv[idx].to(device), vh[idx].to(device)
+        b = torch.cat([b * s, -(u * sv)], dim=1)
+        a = torch.cat([a, vh], dim=0)
+        s = 1.0
+    else:
+        conv = _detect_converted(w0, b, a, svd, module)
+        if conv:
+            forms.append(conv)
+    b = b * s
+    if config.get("use_dora"):
+        m = params.get("lora_magnitude_vector")
+        if m is None:
+            m = params.get("lora_magnitude_vector.weight")
+        if m is None:
+            raise_missing(module, "lora_magnitude_vector")
+        expect_shape(m, (w0.shape[0],), module, "lora_magnitude_vector")
+        merged = w0 + b @ a
+        norm = torch.linalg.norm(merged, dim=1)
+        w1 = (m.to(device=device, dtype=torch.float32) / norm)[:, None] * merged
+        return {"w1_t": w1, "form": ", ".join(forms + ["magnitude included"])}
+    return {"factors": (b, a), "form": ", ".join(forms)}
+
+
+def _detect_converted(w0, b, a, svd, module) -> str:
+    """Recognise a PiSSA/MiLoRA adapter saved in PEFT's converted (rank-2r) LoRA form.
+
+    The converted A is [A; A0] with A0 = diag(√(σ_r/s)) V_rᵀ: its second half's rows are, up to
+    scale, the top (PiSSA) or bottom (MiLoRA) right singular vectors of W0. Only even ranks are
+    candidates, and the check costs one (cached) base SVD.
+    """
+    r2 = a.shape[0]
+    if r2 % 2 or r2 < 2 or getattr(_detect_converted, "disabled", False):
+        return ""
+    half = r2 // 2
+    a0 = a[half:]
+    n0 = torch.linalg.norm(a0, dim=1, keepdim=True)
+    if (n0 <= 0).any():
+        return ""
+    rows = a0 / n0
+    # cheap precheck before asking for the SVD: PEFT's A0 rows are mutually orthogonal
+    g = rows @ rows.T
+    if (g - torch.eye(half, device=g.device)).abs().max() > 1e-3:
+        return ""
+    _, _, vh = svd(module, w0)
+    vh = vh.to(rows.device)
+    top = (rows @ vh[:half].T).abs().diagonal()
+    if bool((top > 1 - 1e-3).all()):
+        return "pissa converted"
+    bot = (rows @ vh[-half:].T).abs().diagonal()
+    if bool((bot > 1 - 1e-3).all()):
+        return "milora converted"
+    return ""
+
+
+def adalora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
+    config = ft.config
+    params = ft.modules[module]
+    a, b, e = params.get("lora_A"), params.get("lora_B"), params.get("lora_E")
+    if a is None or b is None or e is None:
+        raise_missing(module, "lora_A/lora_B/lora_E")
+    out_f, in_f = w0.shape
+    r = a.shape[0]
+    expect_shape(a, (r, in_f), module, "lora_A")
+    expect_shape(b, (out_f, r), module, "lora_B")
+    expect_shape(e, (r, 1), module, "lora_E")
+    init_r = int(config.get("init_r") or r)
+    alpha = float(config.get("lora_alpha", 8) or 0)
+    # PEFT: scaling = alpha if alpha > 0 else r (r after rank-pattern pruning); ranknum = init_r
+    scaling = alpha if alpha > 0 else float(r)
+    f = scaling / (init_r + 1e-5)
+    a = a.to(device=device, dtype=torch.float32) * e.to(device=device, dtype=torch.float32)
+    b = b.to(device=device, dtype=torch.float32) * f
+    return {"factors": (b, a), "form": f"rank {r} of init_r {init_r}"}
