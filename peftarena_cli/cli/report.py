@@ -1,0 +1,57 @@
+"""`peftarena report RESULTS... -o DIR`: the stability–plasticity plane, leaderboard and correlations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from peftarena_cli.cli.common import info, warn
+
+
+def report_cmd(
+    results: List[str] = typer.Argument(
+        ..., metavar="RESULTS...",
+        help="Result directories or Parquet files: RUNS/ (one sub-directory per method, base in RUNS/base/), "
+             "a method directory, a file (method = its directory's name), or NAME=PATH."),
+    output: Path = typer.Option(..., "--output", "-o", help="Report directory to write (replaced if it holds a previous report)."),
+    base: str = typer.Option("base", "--base", help="Name of the method that is the base model."),
+    modules: Optional[str] = typer.Option(None, "--modules", help="Regex on module names: aggregate geometry over these only (default: all), e.g. 'layers\\.18\\.mlp\\.down_proj'."),
+    spectrum_module: Optional[str] = typer.Option(None, "--spectrum-module", help="Module for the spectrum plot (name or regex; default layer 18 down_proj, else the middle layer's)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="CSV of published points to draw beside the plane (regime,method,model,domain,target,general)."),
+    reference_select: Optional[str] = typer.Option(None, "--reference-select", help="Which published points: KEY=VALUE[,...], default regime=sft,domain=math and the file's first model."),
+) -> None:
+    """Collect eval, spectrum, csd, act-geom and interpolation results into a report directory.
+
+    Writes plane.png/.svg (target vs general score, base, Pareto frontier, interpolation paths),
+    spectrum.png (when per-index spectrum tables are given), leaderboard.md/.parquet and
+    correlations.parquet. A short summary goes to stderr.
+
+    Example:
+
+        peftarena report runs/ -o report/
+
+        peftarena report base=runs/base lora=runs/lora oft=runs/oft -o report/ --reference published.csv
+    """
+    from peftarena_cli.cli.common import print_table, provenance_for
+    from peftarena_cli.report.build import build_report, write_report
+    from peftarena_cli.report.reference import parse_select
+
+    select = parse_select(reference_select)
+    rep = build_report(list(results), base_name=base, modules=modules, spectrum_module=spectrum_module,
+                       reference=str(reference) if reference else None, reference_select=select)
+    with provenance_for("report") as prov:
+        written = write_report(rep, output, prov, base_name=base)
+    for note in rep.notes:
+        warn(note)
+    import sys
+
+    from peftarena_cli.report.leaderboard import summary_frame
+
+    print_table(summary_frame(rep.leaderboard), title="stability–plasticity leaderboard", file=sys.stderr)
+    info(f"report written to {output}/ ({', '.join(p.name for p in written)})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_cmd)

@@ -1,0 +1,173 @@
+"""Where result files are found and which method they belong to (the input side of `report`).
+
+Convention (docs/report.md):
+
+* ``RUNS/<method>/*.parquet``: pass ``RUNS``; every sub-directory holding result tables is one
+  method, named after the sub-directory. The base model's results live in ``RUNS/base/``.
+* ``DIR`` whose own files are result tables: one method named after ``DIR``.
+* ``FILE.parquet``: belongs to the method named after the directory that holds it.
+* ``NAME=PATH`` (a directory or a file): everything at PATH belongs to method ``NAME``.
+
+The *kind* of each table is recognised from its columns, never from its file name, so files may be
+called anything; tables of unknown kinds (per-sample evals, training logs, ...) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftarena_cli.errors import InputNotFound, InvalidArtifact, UsageError
+
+# kind -> columns that identify it (all must be present); checked in this order.
+KIND_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("curve", ("alpha", "target", "general")),
+    ("eval_summary", ("task", "metric", "value", "n")),
+    ("spectrum_index", ("module", "index", "p_diag", "energy")),
+    ("spectrum_summary", ("module", "effective_rank")),
+    ("act_geom", ("module", "cka")),
+    ("csd", ("module",)),  # plus at least one csd_* column (checked below)
+]
+EVAL_SUMMARY_KINDS = ("eval_summary",)
+KNOWN_KINDS = tuple(k for k, _ in KIND_COLUMNS)
+
+
+def table_kind(columns) -> str | None:
+    """The kind of a result table from its column names, or None when it is not one we use."""
+    cols = set(columns)
+    if {"completion", "correct"} <= cols:  # per-sample eval rows: the summary carries the scores
+        return None
+    for kind, need in KIND_COLUMNS:
+        if set(need) <= cols:
+            if kind == "csd" and not any(c.startswith("csd_") for c in cols):
+                continue
+            return kind
+    return None
+
+
+@dataclass
+class MethodResults:
+    """Every result table found for one method, by kind (several files of a kind are concatenated)."""
+
+    name: str
+    tables: dict = field(default_factory=dict)  # kind -> DataFrame
+    files: dict = field(default_factory=dict)  # kind -> [Path]
+    provenance: dict = field(default_factory=dict)  # kind -> [provenance dict]
+    adapter: Path | None = None  # where the adapter (or full checkpoint) is, when known
+    directory: Path | None = None
+
+    def add(self, kind: str, df, path: Path, prov: dict) -> None:
+        import pandas as pd
+
+        if kind in self.tables:
+            self.tables[kind] = pd.concat([self.tables[kind], df], ignore_index=True)
+        else:
+            self.tables[kind] = df
+        self.files.setdefault(kind, []).append(path)
+        self.provenance.setdefault(kind, []).append(prov)
+
+
+def _parquet_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".parquet" and not p.name.startswith("."))
+
+
+def _classify(path: Path):
+    from peftarena_cli.artifacts.tables import read_table
+
+    df, prov = read_table(path)
+    return table_kind(df.columns), df, prov
+
+
+def _dir_has_results(d: Path) -> bool:
+    for p in _parquet_files(d):
+        try:
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(p).names
+        except Exception:
+            continue
+        if table_kind(names) is not None:
+            return True
+    return False
+
+
+def find_adapter(d: Path) -> Path | None:
+    """The adapter of a method directory: ``adapter/`` (PEFT dir), ``adapter.safetensors``/``.st``,
+    a finetune output dir's ``final/`` or the directory itself when it is a PEFT dir."""
+    from peftarena_cli.artifacts.adapters import ADAPTER_CONFIG
+
+    for cand in ("adapter", "adapter.safetensors", "adapter.st", "final", "model"):
+        p = d / cand
+        if p.is_dir() and ((p / ADAPTER_CONFIG).is_file() or any(p.glob("*.safetensors"))):
+            return p
+        if p.is_file():
+            return p
+    if (d / ADAPTER_CONFIG).is_file():
+        return d
+    return None
+
+
+def collect_results(specs: list[str], base_name: str = "base") -> dict[str, MethodResults]:
+    """Find and read every result table named by ``specs``; return ``{method: MethodResults}``.
+
+    Methods keep the order in which they were found, with ``base_name`` first when present.
+    """
+    groups: list[tuple[str, Path, list[Path]]] = []  # (method, directory, files)
+    for spec in specs:
+        name = None
+        raw = str(spec)
+        if "=" in raw and not Path(raw).exists():
+            name, raw = raw.split("=", 1)
+            if not name:
+                raise UsageError(f"empty method name in {spec!r}", hint="write NAME=PATH, e.g. lora=runs/lora")
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise InputNotFound(f"no such result file or directory: {raw!r}")
+        if p.is_file():
+            if p.suffix != ".parquet":
+                raise InvalidArtifact(f"{raw!r} is not a Parquet result table",
+                                      hint="pass result .parquet files or directories that hold them")
+            groups.append((name or p.resolve().parent.name, p.parent, [p]))
+        elif name is not None or _dir_has_results(p):
+            groups.append((name or p.resolve().name, p, _parquet_files(p)))
+        else:
+            subs = [s for s in sorted(p.iterdir()) if s.is_dir() and not s.name.startswith(".") and _dir_has_results(s)]
+            if not subs:
+                raise InvalidArtifact(
+                    f"{raw!r} holds no result tables (eval summaries, spectrum, csd, act-geom or curve Parquet files)",
+                    hint="pass RUNS/ with one sub-directory per method, or NAME=PATH",
+                )
+            for s in subs:
+                groups.append((s.name, s, _parquet_files(s)))
+
+    methods: dict[str, MethodResults] = {}
+    for name, d, files in groups:
+        m = methods.setdefault(name, MethodResults(name=name, directory=d))
+        for f in files:
+            kind, df, prov = _classify(f)
+            if kind is None:
+                continue
+            m.add(kind, df, f, prov)
+        if m.adapter is None:
+            m.adapter = find_adapter(d) if d.is_dir() else None
+    methods = {k: v for k, v in methods.items() if v.tables}
+    if not methods:
+        raise InvalidArtifact("none of the given paths holds a result table",
+                              hint="see docs/report.md for the files report reads")
+    if base_name in methods:
+        methods = {base_name: methods[base_name], **{k: v for k, v in methods.items() if k != base_name}}
+    return methods
+
+
+def adapter_from_provenance(m: MethodResults) -> Path | None:
+    """The adapter an eval summary was computed for, from its provenance (``inputs['adapter']``)."""
+    for provs in (m.provenance.get("eval_summary", []), *(m.provenance.get(k, []) for k in ("spectrum_summary", "csd", "act_geom"))):
+        for prov in provs:
+            inputs = (prov or {}).get("inputs") or {}
+            for role, val in inputs.items():
+                if "adapter" in role.lower() or role.lower() in ("finetuned", "fine_tuned"):
+                    spec = str(val).rsplit("@", 1)[0]
+                    if spec and os.path.exists(spec):
+                        return Path(spec)
+    return None

@@ -1,0 +1,248 @@
+"""The leaderboard: one row per method with its scores, trade-off and geometry summaries.
+
+Columns (docs/report.md):
+
+* ``method``, ``is_base``, ``trainable_params``;
+* ``target``, ``general`` (percent, from the eval summaries' ``target_score`` / ``general_score``);
+* ``target_gain`` = target − target(base), ``forgetting`` = general(base) − general (points);
+* ``pareto``: on the Pareto frontier of (target, general), both maximised;
+* geometry columns, each a per-method aggregate over the selected modules:
+  ``spec_*`` from the spectrum summary, ``csd_*`` from csd, ``ag_*`` from act-geom.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import json
+from pathlib import Path
+
+import numpy as np
+
+from peftarena_cli.errors import InvalidArtifact
+
+TARGET_METRIC = "target_score"
+GENERAL_METRIC = "general_score"
+
+SPECTRUM_MEAN = ("effective_rank", "fluct_retention", "fluct_energy")
+ACT_GEOM_METRICS = (
+    "raw_residual", "procrustes_residual", "procrustes_improvement", "gram_distortion", "cka",
+    "cos_drift", "log_norm_ratio", "pca_dist_32", "pca_dist_64",
+)
+SET_COLUMNS = ("prompt_set", "prompts", "distribution", "dist", "set", "split", "dataset", "suite")
+_FROZEN_ADAPTER_KEYS = ("vera_A", "vera_B", "base_layer")
+
+
+def pareto_mask(target, general) -> np.ndarray:
+    """True for points no other point dominates (≥ on both axes and > on one); NaN points are False."""
+    t = np.asarray(target, dtype=float)
+    g = np.asarray(general, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(g)
+    mask = np.zeros(len(t), dtype=bool)
+    for i in range(len(t)):
+        if not ok[i]:
+            continue
+        dominated = ok & (t >= t[i]) & (g >= g[i]) & ((t > t[i]) | (g > g[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def summary_score(df, metric: str) -> float:
+    """The value of ``metric`` in an eval summary (``task, metric, value, n``), NaN when absent."""
+    rows = df[df["metric"] == metric]
+    if rows.empty:
+        return math.nan
+    if len(rows) > 1 and rows["value"].nunique() > 1:
+        raise InvalidArtifact(
+            f"the eval summaries of one method hold {len(rows)} different {metric!r} rows",
+            hint="give each method its own directory (RUNS/<method>/) or NAME=PATH",
+        )
+    return float(rows["value"].iloc[0])
+
+
+def count_trainable_params(path: Path | None) -> float:
+    """Parameters of an adapter (numel of its saved tensors, shared frozen VeRA projections excluded)
+    or of a full checkpoint (every tensor), read from safetensors headers only; NaN when unknown."""
+    if path is None:
+        return math.nan
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
+    if not files:
+        return math.nan
+    total = 0
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+        except Exception:
+            return math.nan
+        for k, v in header.items():
+            if k == "__metadata__" or any(s in k for s in _FROZEN_ADAPTER_KEYS):
+                continue
+            total += int(np.prod(v.get("shape", [0]))) if v.get("shape") else 1
+    return float(total)
+
+
+def _select_modules(df, modules: str | None):
+    if modules and "module" in df.columns:
+        sel = df[df["module"].astype(str).str.contains(modules, regex=True)]
+        return sel
+    return df
+
+
+def _set_column(df) -> str | None:
+    for c in SET_COLUMNS:
+        if c in df.columns and not pd_api().is_numeric_dtype(df[c]):
+            return c
+    return None
+
+
+def pd_api():
+    import pandas.api.types as t
+
+    return t
+
+
+def _clean(name) -> str:
+    s = Path(str(name)).stem if ("/" in str(name) or "." in str(name)) else str(name)
+    return re.sub(r"[^0-9A-Za-z]+", "_", s).strip("_").lower() or "set"
+
+
+def _per_set_means(df, metrics, prefix: str) -> dict[str, float]:
+    """Mean of each metric over modules, one column per prompt set when the table has several."""
+    out: dict[str, float] = {}
+    metrics = [m for m in metrics if m in df.columns]
+    sc = _set_column(df)
+    groups = [(None, df)] if sc is None else list(df.groupby(sc, sort=True))
+    for key, g in groups:
+        suffix = "" if key is None else f"_{_clean(key)}"
+        for m in metrics:
+            vals = g[m].astype(float).replace([np.inf, -np.inf], np.nan)
+            out[f"{prefix}{m}{suffix}"] = float(vals.mean()) if vals.notna().any() else math.nan
+    return out
+
+
+def geometry_columns(tables: dict, modules: str | None = None) -> dict[str, float]:
+    """Per-method geometry aggregates over the modules matching ``modules`` (a regex; all by default)."""
+    out: dict[str, float] = {}
+    spec = tables.get("spectrum_summary")
+    if spec is not None:
+        s = _select_modules(spec, modules)
+        for m in SPECTRUM_MEAN:
+            if m in s.columns:
+                out[f"spec_{m}"] = float(s[m].astype(float).mean()) if len(s) else math.nan
+        if "delta_fro" in s.columns:  # the whole selection's ‖ΔW‖_F
+            out["spec_delta_fro"] = float(np.sqrt((s["delta_fro"].astype(float) ** 2).sum())) if len(s) else math.nan
+    csd = tables.get("csd")
+    if csd is not None:
+        c = _select_modules(csd, modules)
+        metrics = [col for col in c.columns if col.startswith("csd_") and np.issubdtype(c[col].dtype, np.number)]
+        out.update(_per_set_means(c, metrics, ""))
+    ag = tables.get("act_geom")
+    if ag is not None:
+        a = _select_modules(ag, modules)
+        out.update(_per_set_means(a, ACT_GEOM_METRICS, "ag_"))
+    return out
+
+
+def build_leaderboard(methods: dict, base_name: str = "base", modules: str | None = None):
+    """The leaderboard DataFrame from :func:`collect_results`'s output.
+
+    Rows: the base first, then the methods in descending target score.
+    """
+    import pandas as pd
+
+    from peftarena_cli.report.collect import adapter_from_provenance
+
+    rows = []
+    for name, m in methods.items():
+        summ = m.tables.get("eval_summary")
+        target = summary_score(summ, TARGET_METRIC) if summ is not None else math.nan
+        general = summary_score(summ, GENERAL_METRIC) if summ is not None else math.nan
+        is_base = name == base_name
+        params = 0.0 if is_base else count_trainable_params(m.adapter or adapter_from_provenance(m))
+        row = {"method": name, "is_base": is_base, "trainable_params": params, "target": target, "general": general}
+        row.update(geometry_columns(m.tables, modules))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    base = df[df["is_base"]]
+    bt = float(base["target"].iloc[0]) if len(base) else math.nan
+    bg = float(base["general"].iloc[0]) if len(base) else math.nan
+    df.insert(5, "target_gain", df["target"] - bt)
+    df.insert(6, "forgetting", bg - df["general"])
+    df.insert(7, "pareto", pareto_mask(df["target"], df["general"]))
+    df["_order"] = np.where(df["is_base"], np.inf, df["target"].fillna(-np.inf))
+    df = df.sort_values("_order", ascending=False, kind="stable").drop(columns="_order").reset_index(drop=True)
+    return df
+
+
+def geometry_metric_columns(df) -> list[str]:
+    return [c for c in df.columns if c.startswith(("spec_", "csd_", "ag_"))]
+
+
+def _fmt_params(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    v = float(v)
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def _fmt(v, signed=False) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "✓" if v else ""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, (int, float, np.floating, np.integer)):
+        return f"{float(v):+.2f}" if signed else f"{float(v):.4g}" if abs(float(v)) < 1 else f"{float(v):.2f}"
+    return str(v)
+
+
+SUMMARY_COLUMNS = ["method", "trainable_params", "target", "general", "target_gain", "forgetting", "pareto"]
+
+
+def summary_frame(df):
+    """The leaderboard's main columns as short strings, for a terminal summary."""
+    import pandas as pd
+
+    rows = []
+    for r in df.to_dict("records"):
+        rows.append({"method": r["method"] + (" (base)" if r["is_base"] and r["method"] != "base" else ""),
+                     "params": "–" if r["is_base"] else _fmt_params(r["trainable_params"]),
+                     "target": _fmt(r["target"]), "general": _fmt(r["general"]),
+                     "gain": _fmt(r["target_gain"], True), "forgetting": _fmt(r["forgetting"], True),
+                     "pareto": _fmt(bool(r["pareto"]))})
+    return pd.DataFrame(rows)
+
+
+def leaderboard_markdown(df, correlations=None, title: str = "Stability–plasticity leaderboard") -> str:
+    """The leaderboard (and correlations) as a Markdown document."""
+    main = ["method", "trainable_params", "target", "general", "target_gain", "forgetting", "pareto"]
+    lines = [f"# {title}", "", "Scores in percent; target gain and forgetting in points against the base; "
+             "pareto = on the frontier of (target, general).", ""]
+    lines.append("| " + " | ".join(main) + " |")
+    lines.append("|" + "---|" * len(main))
+    for r in df.to_dict("records"):
+        cells = [f"**{r['method']}**" if r["is_base"] else str(r["method"]), _fmt_params(r["trainable_params"]) if not r["is_base"] else "–",
+                 _fmt(r["target"]), _fmt(r["general"]),
+                 _fmt(r["target_gain"], signed=True), _fmt(r["forgetting"], signed=True), _fmt(bool(r["pareto"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    geo = geometry_metric_columns(df)
+    tuned = [r for r in df.to_dict("records") if not r["is_base"]]
+    if geo and tuned:
+        lines += ["", "## Geometry (per-method aggregates over the selected modules; see docs/report.md)", ""]
+        lines.append("| metric | " + " | ".join(str(r["method"]) for r in tuned) + " |")
+        lines.append("|---|" + "---|" * len(tuned))
+        for c in geo:
+            lines.append(f"| {c} | " + " | ".join(_fmt(r[c]) for r in tuned) + " |")
+    if correlations is not None and len(correlations):
+        lines += ["", "## Correlations across methods (base excluded)", ""]
+        lines.append("| metric | against | pearson | spearman | n |")
+        lines.append("|---|---|---|---|---|")
+        for r in correlations.to_dict("records"):
+            lines.append(f"| {r['metric']} | {r['against']} | {_fmt(r['pearson'], True)} | {_fmt(r['spearman'], True)} | {r['n']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,293 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed).
+
+* :func:`plot_plane`: the stability–plasticity plane (general score on x, target score on y), one
+  point per method, the base marked, the Pareto frontier, interpolation curves as paths with α
+  labels, and optionally a second panel with published PEFT-Arena points.
+* :func:`plot_spectrum`: retention drift and update-energy profiles per method for one module.
+
+Both take data (DataFrames) and return a matplotlib Figure; :func:`save_figure` writes it atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+BASE_COLOR = "black"
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def method_colors(names: list[str], base_name: str = "base") -> dict[str, tuple]:
+    plt = _mpl()
+    cmap = plt.get_cmap("tab10" if len(names) <= 11 else "tab20")
+    out, k = {}, 0
+    for n in names:
+        if n == base_name:
+            out[n] = BASE_COLOR
+        else:
+            out[n] = cmap(k % cmap.N)
+            k += 1
+    return out
+
+
+# ---------------------------------------------------------------- label placement
+def _offsets():
+    """Candidate label offsets (points): close to the point first, then rings further out."""
+    out = [(7, 6, "left", "bottom"), (7, -6, "left", "top"), (-7, 6, "right", "bottom"),
+           (-7, -6, "right", "top"), (0, 10, "center", "bottom"), (0, -10, "center", "top")]
+    for r in (22, 36, 52):
+        for k in range(12):
+            a = 2 * math.pi * k / 12 + (0.26 if r == 36 else 0.0)
+            dx, dy = r * math.cos(a), r * math.sin(a)
+            ha = "left" if dx > 3 else "right" if dx < -3 else "center"
+            va = "bottom" if dy > 3 else "top" if dy < -3 else "center"
+            out.append((dx, dy, ha, va))
+    return out
+
+
+_OFFSETS = _offsets()
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def place_labels(ax, items, obstacles_xy=(), fontsize=9):
+    """Put each (x, y, text, kwargs) label next to its point where it overlaps least with labels
+    already placed, the markers in ``obstacles_xy`` and the axes border. Returns the Text objects."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    placed: list = []
+    ax_box = ax.get_window_extent(renderer)
+    pts = ax.transData.transform(np.asarray(list(obstacles_xy), dtype=float).reshape(-1, 2)) if len(obstacles_xy) else np.zeros((0, 2))
+    marker_boxes = [Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for x, y in pts]
+    leg = ax.get_legend()
+    if leg is not None:
+        placed.append(leg.get_window_extent(renderer))
+    texts = []
+    for x, y, text, kw in items:
+        best, best_cost = None, math.inf
+        for k, (dx, dy, ha, va) in enumerate(_OFFSETS):
+            arrow = dict(arrowstyle="-", lw=0.5, color="0.55", shrinkA=0, shrinkB=4) if k >= 6 else None
+            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                            fontsize=kw.get("fontsize", fontsize), color=kw.get("color", "black"),
+                            fontweight=kw.get("fontweight", "normal"), zorder=6, arrowprops=arrow)
+            bb = t.get_window_extent(renderer).expanded(1.05, 1.1)
+            cost = 0.5 * math.hypot(dx, dy) + sum(_overlap(bb, o) for o in placed) + sum(_overlap(bb, o) for o in marker_boxes)
+            outside = bb.width * bb.height - _overlap(bb, ax_box)
+            cost += 3 * outside
+            if cost < best_cost:
+                if best is not None:
+                    best[0].remove()
+                best, best_cost = (t, bb), cost
+            else:
+                t.remove()
+            if cost <= 0.5 * 10:  # a free spot next to the point
+                break
+        placed.append(best[1])
+        texts.append(best[0])
+    return texts
+
+
+# ---------------------------------------------------------------- the plane
+def _frontier_line(t, g):
+    """Points of the Pareto frontier sorted by general score (for a staircase-free polyline)."""
+    from peftarena_cli.report.leaderboard import pareto_mask
+
+    m = pareto_mask(t, g)
+    xs, ys = np.asarray(g, float)[m], np.asarray(t, float)[m]
+    order = np.argsort(xs)
+    return xs[order], ys[order]
+
+
+def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_points=True):
+    """points: DataFrame with method, target, general (base included)."""
+    ok = points[np.isfinite(points["target"].astype(float)) & np.isfinite(points["general"].astype(float))]
+    obstacles = []
+    labels = []
+    # interpolation paths first (under the points)
+    styles = ["--", ":", "-.", (0, (5, 2, 1, 2))]
+    if curves:
+        for name, curve in curves.items():
+            color = colors.get(name, "gray")
+            path_col = "path" if "path" in curve.columns else None
+            groups = [(None, curve)] if path_col is None else list(curve.groupby(path_col, sort=True))
+            for k, (path, c) in enumerate(groups):
+                c = c.sort_values("alpha")
+                c = c[np.isfinite(c["target"].astype(float)) & np.isfinite(c["general"].astype(float))]
+                if c.empty:
+                    continue
+                lab = f"{name} path" + (f" ({path})" if path is not None else "")
+                ax.plot(c["general"], c["target"], linestyle=styles[k % len(styles)], color=color, lw=1.3,
+                        marker="o", ms=3.5, alpha=0.8, label=lab, zorder=2)
+                alphas = c["alpha"].to_numpy(float)
+                inner = [i for i, a in enumerate(alphas) if 0 < a < 1]
+                if len(inner) > 4:  # label at most 4 interior points, evenly spread
+                    inner = [inner[int(round(j))] for j in np.linspace(0, len(inner) - 1, 4)]
+                for i in inner:
+                    r = c.iloc[i]
+                    obstacles.append((r["general"], r["target"]))
+                    labels.append((r["general"], r["target"], f"α={alphas[i]:g}", {"fontsize": 7, "color": color}))
+    for r in ok.to_dict("records"):
+        name = r["method"]
+        is_base = name == base_name
+        ax.scatter([r["general"]], [r["target"]], s=160 if is_base else 60, marker="*" if is_base else "o",
+                   color=colors.get(name, "gray"), edgecolor="black" if not is_base else "white",
+                   linewidth=0.6, zorder=5, label=name)
+        obstacles.append((r["general"], r["target"]))
+    if len(ok) >= 1:
+        fx, fy = _frontier_line(ok["target"], ok["general"])
+        if len(fx):
+            ax.plot(fx, fy, color="0.35", lw=1.0, ls="-", alpha=0.6, zorder=3, label="Pareto frontier")
+            ax.scatter(fx, fy, s=170, facecolor="none", edgecolor="0.35", lw=1.0, zorder=4)
+    if len(ok):
+        bt = ok[ok["method"] == base_name]
+        if len(bt):
+            ax.axhline(float(bt["target"].iloc[0]), color="0.7", lw=0.8, ls=":", zorder=1)
+            ax.axvline(float(bt["general"].iloc[0]), color="0.7", lw=0.8, ls=":", zorder=1)
+    ax.set_xlabel("General score (%)  →  more stable")
+    ax.set_ylabel("Target score (%)  →  more plastic")
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.25)
+    # a little margin so labels fit inside
+    xs = [p[0] for p in obstacles] or [0, 1]
+    ys = [p[1] for p in obstacles] or [0, 1]
+    xr = max(max(xs) - min(xs), 1.0)
+    yr = max(max(ys) - min(ys), 1.0)
+    ax.set_xlim(min(xs) - 0.15 * xr, max(xs) + 0.2 * xr)
+    ax.set_ylim(min(ys) - 0.12 * yr, max(ys) + 0.15 * yr)
+    if label_points:
+        for r in ok.to_dict("records"):
+            labels.insert(0, (r["general"], r["target"], r["method"],
+                              {"fontsize": 9, "fontweight": "bold" if r["method"] == base_name else "normal"}))
+    return labels, obstacles
+
+
+def plot_plane(leaderboard, curves: dict | None = None, reference=None, reference_title: str | None = None,
+               base_name: str = "base", title: str = "Stability–plasticity plane", colors: dict | None = None):
+    """The plane figure. ``curves``: {method: curve DataFrame (alpha, target, general[, path])};
+    ``reference``: published points (method, target, general) drawn in a second panel."""
+    plt = _mpl()
+    colors = colors or method_colors(list(leaderboard["method"]), base_name)
+    ncols = 2 if reference is not None and len(reference) else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7.2 * ncols, 6.0), squeeze=False)
+    ax = axes[0, 0]
+    labels, obstacles = _draw_plane(ax, leaderboard[["method", "target", "general"]], colors, base_name, curves,
+                                    title=title)
+    handles, labs = ax.get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labs) if l.endswith(")") or " path" in l or l == "Pareto frontier"]
+    if keep:
+        ax.legend([h for h, _ in keep], [l for _, l in keep], fontsize=8, loc="best", framealpha=0.8)
+    panels = [(ax, labels, obstacles, 9)]
+    if ncols == 2:
+        rax = axes[0, 1]
+        rcolors = method_colors(list(reference["method"]), "base")
+        rlabels, robst = _draw_plane(rax, reference[["method", "target", "general"]], rcolors, "base",
+                                     title=reference_title or "Published (PEFT-Arena)")
+        rax.legend([h for h, l in zip(*rax.get_legend_handles_labels()) if l == "Pareto frontier"],
+                   ["Pareto frontier"], fontsize=8, loc="best")
+        panels.append((rax, rlabels, robst, 8))
+    # labels are placed last, on the final layout (offsets are in points, so a later re-layout
+    # would move points relative to their labels)
+    fig.tight_layout()
+    fig.canvas.draw()
+    for a, labs_, obst, fs in panels:
+        place_labels(a, labs_, obst, fontsize=fs)
+    return fig
+
+
+# ---------------------------------------------------------------- the spectrum
+def pick_module(spectra: dict, module: str | None = None) -> str | None:
+    """The module to draw: the first module matching ``module`` (a substring or regex) present in
+    every method's table; by default layer 18's down_proj (the study's choice) when present, else
+    the down_proj of the middle layer, else the first module common to all."""
+    import re
+
+    common = None
+    for df in spectra.values():
+        mods = set(df["module"].astype(str))
+        common = mods if common is None else common & mods
+    if not common:
+        return None
+    mods = sorted(common)
+    if module:
+        hits = [m for m in mods if module == m] or [m for m in mods if re.search(module, m)]
+        return hits[0] if hits else None
+    down = [m for m in mods if m.endswith("down_proj")]
+    for m in down:
+        if re.search(r"\.18\.", m):
+            return m
+    if down:
+        def layer(m):
+            g = re.search(r"\.(\d+)\.", m)
+            return int(g.group(1)) if g else 0
+
+        layers = sorted({layer(m) for m in down})
+        mid = layers[len(layers) // 2]
+        return next(m for m in down if layer(m) == mid)
+    return mods[0]
+
+
+def spectrum_profiles(df, module: str):
+    """(index, retention drift ΔP_diag/σ₁, energy E_Δ/ΣE_Δ) for one module of a per-index table."""
+    d = df[df["module"].astype(str) == module].sort_values("index")
+    sigma1 = float(d["sigma"].max()) if "sigma" in d.columns and len(d) else 1.0
+    delta = d["delta_p"].to_numpy(float) if "delta_p" in d.columns else np.abs(d["p_diag"].to_numpy(float) - d["sigma"].to_numpy(float))
+    energy = d["energy"].to_numpy(float)
+    esum = energy.sum()
+    return d["index"].to_numpy(int), delta / (sigma1 or 1.0), energy / (esum if esum > 0 else 1.0)
+
+
+def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: dict | None = None):
+    """Retention drift and update energy per singular index of W0 for one module, one line per method."""
+    plt = _mpl()
+    colors = colors or method_colors([base_name, *spectra.keys()], base_name)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for name, df in spectra.items():
+        idx, ret, en = spectrum_profiles(df, module)
+        if len(idx) == 0:
+            continue
+        lw = 1.1 if len(idx) <= 64 else 0.8
+        a1.plot(idx, np.maximum(ret, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85, label=name)
+        a2.plot(idx, np.maximum(en, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85, label=name)
+    a1.set_title("Retention drift  ΔP_diag(i) / σ₁", fontsize=11)
+    a2.set_title("Update energy  E_Δ(i) / Σ E_Δ", fontsize=11)
+    for a in (a1, a2):
+        a.set_yscale("log")
+        a.set_xlabel("singular index i of W0 (descending σ)")
+        a.grid(True, alpha=0.25, which="both")
+    a1.set_ylabel("relative to σ₁ (log)")
+    a2.set_ylabel("share of total energy (log)")
+    a2.legend(fontsize=8, loc="best", ncol=2 if len(spectra) > 5 else 1)
+    fig.suptitle(f"Spectrum of {module}", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path, dpi: int = 130) -> Path:
+    """Write a figure atomically (format from the suffix: .png, .svg, .pdf)."""
+    from peftarena_cli.artifacts.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def close(fig) -> None:
+    _mpl().close(fig)
