@@ -1,0 +1,192 @@
+"""Capturing module activations: module selection, tokenisation, and forward hooks.
+
+Every selected module is hooked at once, so one forward pass per prompt batch captures all of
+them. Batches are right-padded and the attention mask removes padding positions, so a token's
+activations are the same as in an unbatched run (positions start at 0 for every prompt).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import IncompatibleInputs
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def linear_module_names(model) -> list[str]:
+    """Names of the ``nn.Linear`` modules inside decoder layers (base-model naming)."""
+    import torch
+
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and _LAYER.search(name):
+            out.append(name)
+    return out
+
+
+def select_modules(names: list[str], patterns: list[str] | None) -> list[str]:
+    """Filter module names by glob patterns matched against the full name or the kind.
+
+    ``down_proj``, ``*.self_attn.*``, ``model.layers.1[0-9].*`` all work. A pattern that matches
+    nothing is an error (a typo would otherwise silently select nothing).
+    """
+    if not patterns:
+        return list(names)
+    chosen: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(n.rsplit(".", 1)[-1], pat)]
+        if not hits:
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in names})
+            raise IncompatibleInputs(
+                f"--modules {pat!r} matches no linear module of the base model",
+                hint=f"use a kind ({', '.join(kinds)}) or a glob on names like {names[0] if names else 'model.layers.0.mlp.down_proj'}",
+            )
+        chosen.extend(h for h in hits if h not in chosen)
+    return [n for n in names if n in chosen]
+
+
+def module_layer(name: str) -> int:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else -1
+
+
+def module_kind(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    n_truncated: int  # prompts cut to max_length
+    n_tokens: int
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int) -> Tokenized:
+    """Token ids per prompt (no padding), cut to ``max_length`` tokens; truncation is counted."""
+    ids, cut = [], 0
+    for p in prompts:
+        t = tokenizer(p, add_special_tokens=True)["input_ids"]
+        if len(t) > max_length:
+            cut += 1
+            t = t[:max_length]
+        if not t:
+            t = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
+        ids.append(list(t))
+    return Tokenized(ids, cut, sum(len(t) for t in ids))
+
+
+def batches(tok: Tokenized, batch_size: int, pad_id: int, device="cpu"):
+    """Yield ``(input_ids, attention_mask)`` right-padded batches, in prompt order."""
+    import torch
+
+    for i in range(0, len(tok.ids), batch_size):
+        chunk = tok.ids[i:i + batch_size]
+        L = max(len(t) for t in chunk)
+        ids = torch.full((len(chunk), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), L), dtype=torch.long)
+        for j, t in enumerate(chunk):
+            ids[j, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[j, : len(t)] = 1
+        yield ids.to(device), mask.to(device)
+
+
+def decoder_of(model):
+    """The transformer body (no LM head) to run for activations, or the model itself."""
+    inner = model
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    body = getattr(inner, "model", None)
+    import torch
+
+    return body if isinstance(body, torch.nn.Module) and hasattr(body, "layers") else inner
+
+
+def find_modules(model, names: list[str]) -> dict[str, object]:
+    """Map base-model module names to the modules of ``model`` (plain or PEFT-wrapped)."""
+    table = dict(model.named_modules())
+    out = {}
+    for n in names:
+        for cand in (n, f"base_model.model.{n}", f"model.{n}"):
+            if cand in table:
+                out[n] = table[cand]
+                break
+        else:
+            raise IncompatibleInputs(f"module {n!r} is missing from the model", hint="check base and adapter")
+    return out
+
+
+@dataclass
+class ModuleCapture:
+    """Forward hooks on named modules; after each forward, ``captured[name]`` is the (tokens × d)
+    activation with padding removed (``what`` = "input" or "output").
+
+    ``sink(name, X)`` if given is called instead of storing (to reduce sums on the fly). Inputs
+    shared by several modules (q/k/v, gate/up) are captured once: ``shared[name]`` is the name of
+    the module whose captured input it reuses.
+    """
+
+    modules: dict
+    what: str = "output"
+    dtype: object = None
+    sink: object = None
+    dedupe: bool = False
+    captured: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)
+    _mask: object = None
+    _handles: list = field(default_factory=list)
+    _ptrs: dict = field(default_factory=dict)
+
+    def __enter__(self):
+        for name, mod in self.modules.items():
+            if self.what == "input":
+                h = mod.register_forward_pre_hook(self._make_pre(name))
+            else:
+                h = mod.register_forward_hook(self._make_post(name))
+            self._handles.append(h)
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+    def set_mask(self, attention_mask) -> None:
+        self._mask = attention_mask.bool()
+        self._ptrs = {}
+
+    def _take(self, name, t):
+        x = t[self._mask] if t.dim() == 3 else t
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        if self.sink is not None:
+            self.sink(name, x)
+        else:
+            self.captured[name] = x
+
+    def _make_pre(self, name):
+        def hook(mod, args, kwargs=None):
+            t = args[0]
+            if self.dedupe:
+                key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+                leader = self._ptrs.get(key)
+                if leader is not None:
+                    self.shared[name] = leader
+                    return None
+                self._ptrs[key] = name
+                self.shared.pop(name, None)
+            self._take(name, t.detach())
+            return None
+
+        return hook
+
+    def _make_post(self, name):
+        def hook(mod, args, out):
+            t = out[0] if isinstance(out, tuple) else out
+            self._take(name, t.detach())
+            return None
+
+        return hook

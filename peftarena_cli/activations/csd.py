@@ -1,0 +1,63 @@
+"""Capability-Conditioned Drift (DESIGN §3 "csd") from input second moments and ΔW.
+
+With S = E[h hᵀ] of a module's input over a prompt distribution D (from the base model):
+
+* CSD_abs(D) = E‖ΔW h‖² = tr(ΔW S ΔWᵀ)
+* CSD_rel(D) = E‖ΔW h‖² / (E‖W0 h‖² + ε),  E‖W0 h‖² = tr(W0 S W0ᵀ)
+* CSD_un(D)  = E‖ΔW h‖² / ((‖ΔW‖_F² + ε)(E‖h‖² + ε))
+
+No forward pass of the fine-tuned model is needed: S is collected once per (base, prompt set)
+and reused for every adapter and interpolation point (W(α) = W0 + αΔW scales CSD_abs by α²).
+"""
+
+from __future__ import annotations
+
+EPS = 1e-12
+
+
+def quad_form(W, S) -> float:
+    """tr(W S Wᵀ) in float64 (= E‖W h‖² when S = E[h hᵀ])."""
+    import torch
+
+    W = W.to(torch.float64)
+    return float(((W @ S.to(W.device, torch.float64)) * W).sum())
+
+
+def csd_metrics(S, h2: float, w0, dw, eps: float = EPS) -> dict:
+    """CSD of one module on one prompt distribution. ``S`` = E[hhᵀ], ``h2`` = E‖h‖²."""
+    import torch
+
+    dw64 = dw.to(torch.float64)
+    e_dw = quad_form(dw64, S)
+    e_w0 = quad_form(w0, S)
+    fro2 = float((dw64 * dw64).sum())
+    return {"csd_abs": e_dw, "csd_rel": e_dw / (e_w0 + eps),
+            "csd_un": e_dw / ((fro2 + eps) * (h2 + eps)), "w0_energy": e_w0, "delta_fro2": fro2}
+
+
+def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,), eps: float = EPS) -> list[dict]:
+    """Table rows for one module: one per α, with columns per prompt set and the G/T ratios.
+
+    ``sets`` maps a role (``general``/``target``) to :class:`~peftarena_cli.activations.moments.InputMoments`.
+    """
+    rows = []
+    for a in alphas:
+        row = {"module": name, "layer": layer, "kind": kind, "alpha": float(a)}
+        d = dw * a if a != 1.0 else dw
+        for role, m in sets.items():
+            if name not in m.module_group:
+                from peftarena_cli.errors import IncompatibleInputs
+
+                raise IncompatibleInputs(f"stats for {role!r} lack module {name!r}",
+                                         hint="collect the stats with the same --modules as this run")
+            r = csd_metrics(m.S(name), m.h2(name), w0, d, eps)
+            row["delta_fro2"] = r["delta_fro2"]
+            for k in ("csd_abs", "csd_rel", "csd_un"):
+                row[f"{k}_{role}"] = r[k]
+            row[f"h2_{role}"] = m.h2(name)
+            row[f"n_tokens_{role}"] = m.n(name)
+        if "general" in sets and "target" in sets:
+            for k in ("csd_abs", "csd_rel", "csd_un"):
+                row[f"ratio_{k}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
+        rows.append(row)
+    return rows

@@ -1,0 +1,128 @@
+"""act-geom metrics (DESIGN §3 "act-geom"), exact over every token from streamed sums.
+
+Notation: X0, X1 (n × d) base / fine-tuned outputs of one module; ``c`` = column-centred;
+Z = row-L2-normalised (uncentred). From :class:`~peftarena_cli.activations.pair_sums.PairSums`:
+
+* centred cross-products: C_ab = X_aᵀX_b − s_a s_bᵀ / n  (so C00 = X0cᵀX0c etc.);
+* raw residual         ‖X1c − X0c‖_F / ‖X0c‖_F, with ‖X1c − X0c‖² = Σ‖x1−x0‖² − ‖Σ(x1−x0)‖²/n
+                       and ‖X0c‖² = tr C00;
+* Procrustes residual  min_R orthogonal ‖X1c R − X0c‖_F / ‖X0c‖_F, where the minimum squared is
+                       tr C11 + tr C00 − 2‖C01‖_* (nuclear norm; R = U Vᵀ from the SVD of X1cᵀX0c);
+* improvement          raw − Procrustes;
+* Gram distortion      ‖Z1Z1ᵀ − Z0Z0ᵀ‖_F / ‖Z0Z0ᵀ‖_F with ‖Z1Z1ᵀ − Z0Z0ᵀ‖² = ‖Z1ᵀZ1‖² + ‖Z0ᵀZ0‖² − 2‖Z0ᵀZ1‖²
+                       and ‖Z0Z0ᵀ‖_F = ‖Z0ᵀZ0‖_F;
+* CKA (linear, centred) ‖C01‖_F² / (‖C00‖_F ‖C11‖_F);
+* cos drift            1 − mean_t cos(x0_t, x1_t) = 1 − tr(Z0ᵀZ1)/n;
+* log-norm ratio       mean_t |log(‖x1_t‖/‖x0_t‖)|;
+* PCA subspace distance ‖P0 − P1‖_F / √(2k), P_i the projector on the top-k eigenvectors of C_ii
+                       (the top-k principal directions), = √(1 − ‖V0ᵀV1‖_F²/k).
+
+The PCA distance is the one metric that is not a closed form of the sums: it needs a float64
+eigendecomposition of the d×d covariances, which is exact up to rounding. Its sensitivity is
+bounded by Davis–Kahan: a perturbation E of C moves the projector by ‖ΔP‖_F ≤ √2‖E‖_F/δ_k with
+δ_k = λ_k − λ_{k+1}, so the reported distance is accurate to ‖E‖_F/(δ_k √k). ``pca_gap_k``
+reports min over both models of δ_k/λ_k: tiny gaps mean the top-k subspace itself is
+ill-defined. NaN when k ≥ d or k ≥ n − 1 (the projector is then trivial or not unique).
+
+:func:`gram_distortion_dense` is the token×token form, used for the study-style ``--gram-sample``
+mode (the study builds the Gram on ≤1024 sampled tokens) and by the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+from peftarena_cli.activations.pair_sums import PairSums
+
+EPS = 1e-12
+PCA_KS = (32, 64)
+
+
+def _centred(ps: PairSums):
+    import torch
+
+    n = float(ps.n)
+    f = lambda t: t.to(torch.float64)  # noqa: E731
+    s0, s1 = f(ps.s0), f(ps.s1)
+    C00 = f(ps.A00) - torch.outer(s0, s0) / n
+    C11 = f(ps.A11) - torch.outer(s1, s1) / n
+    C01 = f(ps.A01) - torch.outer(s0, s1) / n
+    return C00, C11, C01
+
+
+def _sym(C):
+    return (C + C.T) / 2
+
+
+def pca_distance(C00, C11, k: int, n: int):
+    """(‖P0 − P1‖_F / √(2k), min relative eigengap δ_k/λ_k) from two covariances."""
+    import torch
+
+    d = C00.shape[0]
+    if k >= d or k >= n - 1:
+        return float("nan"), float("nan")
+    l0, V0 = torch.linalg.eigh(_sym(C00))
+    l1, V1 = torch.linalg.eigh(_sym(C11))
+    # eigh is ascending: the top k are the last k columns
+    T0, T1 = V0[:, -k:], V1[:, -k:]
+    overlap = float((T0.T @ T1).pow(2).sum())
+    dist = math.sqrt(max(1.0 - overlap / k, 0.0))
+    gaps = []
+    for lam in (l0, l1):
+        lk, lk1 = float(lam[-k]), float(lam[-k - 1])
+        gaps.append((lk - lk1) / lk if lk > 0 else 0.0)
+    return dist, min(gaps)
+
+
+def geometry_from_sums(ps: PairSums, ks=PCA_KS) -> dict:
+    """All act-geom metrics of one module from its streamed sums."""
+    import torch
+
+    n = ps.n_tokens
+    C00, C11, C01 = _centred(ps)
+    t00 = float(torch.trace(C00))
+    t11 = float(torch.trace(C11))
+    sd = (ps.s1.to(torch.float64) - ps.s0.to(torch.float64))
+    raw2 = max(float(ps.dd) - float(sd @ sd) / max(n, 1), 0.0)
+    nuc = float(torch.linalg.svdvals(C01).sum())
+    proc2 = max(t11 + t00 - 2.0 * nuc, 0.0)
+    denom = math.sqrt(t00) if t00 > 0 else float("nan")
+    raw = math.sqrt(raw2) / denom
+    proc = math.sqrt(proc2) / denom
+    f = lambda t: t.to(torch.float64)  # noqa: E731
+    g00 = float(f(ps.G00).pow(2).sum())
+    g11 = float(f(ps.G11).pow(2).sum())
+    g01 = float(f(ps.G01).pow(2).sum())
+    gram = math.sqrt(max(g11 + g00 - 2.0 * g01, 0.0)) / math.sqrt(g00) if g00 > 0 else float("nan")
+    cka_den = float(C00.norm()) * float(C11.norm())
+    cka = float(C01.pow(2).sum()) / cka_den if cka_den > 0 else float("nan")
+    out = {
+        "n_tokens": n,
+        "raw_residual": raw,
+        "procrustes_residual": proc,
+        "procrustes_improvement": raw - proc,
+        "gram_distortion": gram,
+        "cka": cka,
+        "cos_drift": 1.0 - float(torch.trace(f(ps.G01))) / max(n, 1),
+        "log_norm_ratio": float(ps.lnr) / max(n, 1),
+    }
+    for k in ks:
+        dist, gap = pca_distance(C00, C11, k, n)
+        out[f"pca_dist_{k}"] = dist
+        out[f"pca_gap_{k}"] = gap
+    return out
+
+
+def row_normalise(X, eps: float = EPS):
+    return X / X.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def gram_distortion_dense(X0, X1) -> float:
+    """‖Z1Z1ᵀ − Z0Z0ᵀ‖_F / ‖Z0Z0ᵀ‖_F on explicit token×token Grams (float64)."""
+    import torch
+
+    Z0 = row_normalise(X0.to(torch.float64))
+    Z1 = row_normalise(X1.to(torch.float64))
+    K0 = Z0 @ Z0.T
+    K1 = Z1 @ Z1.T
+    return float((K1 - K0).norm() / K0.norm())

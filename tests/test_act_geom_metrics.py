@@ -1,0 +1,120 @@
+"""act-geom metrics from streamed sums vs direct dense (token-space) computations."""
+
+import math
+
+import pytest
+import torch
+
+from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
+from peftarena_cli.activations.pair_sums import PairSums, load_sums, merge_sums_files, save_sums
+
+
+def dense_reference(X0, X1, ks=(32, 64)):
+    X0 = X0.double()
+    X1 = X1.double()
+    X0c = X0 - X0.mean(0)
+    X1c = X1 - X1.mean(0)
+    raw = (X1c - X0c).norm() / X0c.norm()
+    U, _, Vh = torch.linalg.svd(X1c.T @ X0c)
+    R = U @ Vh
+    proc = (X1c @ R - X0c).norm() / X0c.norm()
+    Z0 = X0 / X0.norm(dim=1, keepdim=True)
+    Z1 = X1 / X1.norm(dim=1, keepdim=True)
+    K0, K1 = Z0 @ Z0.T, Z1 @ Z1.T
+    gram = (K1 - K0).norm() / K0.norm()
+    K, L = X0c @ X0c.T, X1c @ X1c.T  # token-space HSIC form of linear CKA
+    cka = (K * L).sum() / torch.sqrt((K * K).sum() * (L * L).sum())
+    cos = torch.nn.functional.cosine_similarity(X0, X1, dim=1)
+    lnr = (X1.norm(dim=1) / X0.norm(dim=1)).log().abs().mean()
+    out = dict(raw_residual=raw, procrustes_residual=proc, procrustes_improvement=raw - proc,
+               gram_distortion=gram, cka=cka, cos_drift=1 - cos.mean(), log_norm_ratio=lnr)
+    for k in ks:
+        V0 = torch.linalg.svd(X0c, full_matrices=False)[2][:k].T
+        V1 = torch.linalg.svd(X1c, full_matrices=False)[2][:k].T
+        out[f"pca_dist_{k}"] = (V0 @ V0.T - V1 @ V1.T).norm() / math.sqrt(2 * k)
+    return {k: float(v) for k, v in out.items()}
+
+
+def streamed(X0, X1, batch=37, dtype=torch.float64):
+    ps = PairSums.zeros(X0.shape[1], dtype=dtype)
+    for i in range(0, X0.shape[0], batch):
+        ps.add(X0[i:i + batch], X1[i:i + batch])
+    return ps
+
+
+def pair(n=300, d=80, seed=0, noise=0.3):
+    g = torch.Generator().manual_seed(seed)
+    # anisotropic spectrum so the PCA subspaces are well defined, plus an offset (tests centring)
+    scales = torch.logspace(1, -1, d, dtype=torch.float64)
+    X0 = torch.randn(n, d, generator=g, dtype=torch.float64) * scales + 2.0
+    W = torch.eye(d, dtype=torch.float64) + noise * torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    X1 = X0 @ W + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return X0, X1
+
+
+def test_every_metric_matches_dense_computation():
+    X0, X1 = pair()
+    got = geometry_from_sums(streamed(X0, X1))
+    want = dense_reference(X0, X1)
+    assert got["n_tokens"] == 300
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-8), k
+    assert 0 < got["pca_gap_32"] <= 1
+
+
+def test_cka_of_identical_activations_is_one_and_residuals_zero():
+    X0, _ = pair()
+    got = geometry_from_sums(streamed(X0, X0.clone()))
+    assert got["cka"] == pytest.approx(1.0, abs=1e-10)
+    assert got["raw_residual"] == pytest.approx(0.0, abs=1e-7)
+    assert got["gram_distortion"] == pytest.approx(0.0, abs=1e-6)
+    assert got["cos_drift"] == pytest.approx(0.0, abs=1e-12)
+    assert got["pca_dist_32"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cka_and_procrustes_invariant_to_rotating_x1():
+    X0, X1 = pair(seed=3)
+    Q, _ = torch.linalg.qr(torch.randn(80, 80, generator=torch.Generator().manual_seed(9), dtype=torch.float64))
+    a = geometry_from_sums(streamed(X0, X1))
+    b = geometry_from_sums(streamed(X0, X1 @ Q))
+    assert b["cka"] == pytest.approx(a["cka"], rel=1e-9)
+    assert b["procrustes_residual"] == pytest.approx(a["procrustes_residual"], rel=1e-7)
+    # the raw residual is not rotation invariant: the test would notice a swapped formula
+    assert abs(b["raw_residual"] - a["raw_residual"]) > 0.1
+    # a pure rotation is fully explained by Procrustes
+    c = geometry_from_sums(streamed(X0, X0 @ Q))
+    assert c["procrustes_residual"] == pytest.approx(0.0, abs=1e-6)
+    assert c["raw_residual"] > 0.5
+
+
+def test_sums_are_additive_and_survive_a_file_round_trip(tmp_path):
+    X0, X1 = pair(seed=5)
+    full = geometry_from_sums(streamed(X0, X1))
+    a, b = streamed(X0[:120], X1[:120]), streamed(X0[120:], X1[120:])
+    save_sums(tmp_path / "a.st", {"s": {"m": a}}, {"base": "x"})
+    save_sums(tmp_path / "b.st", {"s": {"m": b}}, {"base": "x"})
+    merged, _ = merge_sums_files([tmp_path / "a.st", tmp_path / "b.st"])
+    got = geometry_from_sums(merged["s"]["m"])
+    for k, v in full.items():
+        assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+    loaded, meta = load_sums(tmp_path / "a.st")
+    assert meta == {"base": "x"} and loaded["s"]["m"].n_tokens == 120
+
+
+def test_float32_accumulation_is_close():
+    X0, X1 = pair(seed=7)
+    a = geometry_from_sums(streamed(X0, X1))
+    b = geometry_from_sums(streamed(X0.float(), X1.float(), dtype=torch.float32))
+    for k in ("cka", "raw_residual", "procrustes_residual", "gram_distortion"):
+        assert b[k] == pytest.approx(a[k], rel=1e-3), k
+
+
+def test_dense_gram_distortion_matches_identity():
+    X0, X1 = pair(n=64, d=16, seed=11)
+    assert gram_distortion_dense(X0, X1) == pytest.approx(geometry_from_sums(streamed(X0, X1))["gram_distortion"], rel=1e-8)
+
+
+def test_pca_distance_is_nan_when_k_not_below_dim():
+    X0, X1 = pair(n=100, d=40)
+    got = geometry_from_sums(streamed(X0, X1))
+    assert math.isnan(got["pca_dist_64"]) and not math.isnan(got["pca_dist_32"])
