@@ -1,0 +1,212 @@
+"""Training data for `peftarena finetune`: records for SFT (prompt/completion) and RLVR (prompt/answer).
+
+Sources (``--data``):
+
+* ``arith`` (default): the built-in arithmetic word problems, *train* split
+  (:mod:`peftarena_cli.tasks.arith`; disjoint from the test split that evaluation uses);
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` file;
+* a local dataset directory or a hub dataset name (``openai/gsm8k`` with ``--data-config main``),
+  both through ``datasets.load_dataset(name, config, split=...)``; only a hub name touches the network.
+
+Every prompt is rendered with :func:`peftarena_cli.tasks.prompting.render_prompt` (the model's
+chat template when it has one), the same function evaluation uses, so train and eval see the same
+format. Multiple-choice records (``choices``/``options`` or ``opa..opd`` columns) get their
+options lettered A, B, ... in the prompt and a letter as the answer.
+
+Output rows: ``prompt`` (rendered text), ``completion`` (SFT: the response) or ``answer`` (RLVR:
+the reference), and ``kind`` (``math`` or ``choice``, which picks the reward's scorer).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftarena_cli.errors import DataError, InputNotFound, UsageError
+from peftarena_cli.tasks.prompting import MATH_INSTRUCTION, render_prompt
+
+BUILTIN = ("arith",)
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+PROMPT_COLUMNS = ("prompt", "question", "problem", "input", "instruction", "query")
+RESPONSE_COLUMNS = ("response", "completion", "solution", "output", "answer", "target")
+ANSWER_COLUMNS = ("answer", "final_answer", "target", "label", "solution")
+CHOICE_ANSWER_COLUMNS = ("answer_idx", "cop", "label", "answer", "target")
+CHOICE_INSTRUCTION = "Answer with the letter of the correct option. End with: The answer is X."
+LETTERS = "ABCDEFGHIJ"
+_GSM8K_FINAL = re.compile(r"\n?####\s*([^\n]+)\s*$")
+
+
+@dataclass
+class TrainData:
+    records: list[dict]
+    source: dict = field(default_factory=dict)  # for the manifest
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_list(self.records)
+
+
+def _load_rows(spec: str, config: str | None, split: str) -> tuple[list[dict], dict]:
+    """Rows (list of dicts) from a file, a dataset directory or a hub name."""
+    from datasets import load_dataset
+
+    p = Path(spec).expanduser()
+    looks_like_path = p.suffix.lower() in FILE_FORMATS or spec.startswith((".", "/", "~"))
+    if looks_like_path and not p.exists():
+        raise InputNotFound(f"no such dataset file: {spec!r}", hint="check the path, or use --data arith")
+    try:
+        if p.is_file():
+            fmt = FILE_FORMATS.get(p.suffix.lower())
+            if fmt is None:
+                raise DataError(f"unsupported dataset file type {p.suffix!r} ({spec!r})",
+                                hint="use .jsonl, .json or .parquet")
+            if p.stat().st_size == 0:
+                raise DataError(f"dataset file {spec!r} is empty", hint="pass a file with at least one record")
+            ds = load_dataset(fmt, data_files=str(p), split="train")
+            source = {"kind": "file", "path": str(p.resolve()), "format": fmt}
+        else:
+            ds = load_dataset(str(p) if p.is_dir() else spec, config, split=split)
+            source = {"kind": "dir" if p.is_dir() else "hub", "name": spec, "config": config, "split": split}
+    except (DataError, InputNotFound):
+        raise
+    except Exception as e:  # datasets raises many types for unreadable data
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"cannot read dataset {spec!r}: {type(e).__name__}: {first[:200]}",
+                        hint="check the file's format (one JSON object per line for .jsonl) or the dataset name") from None
+    rows = ds.to_list()
+    if not rows:
+        raise DataError(f"dataset {spec!r} has no records", hint="pass a dataset with at least one record")
+    from peftarena_cli.artifacts.identity import path_identity
+
+    if p.exists():
+        source["identity"] = path_identity(p)
+    return rows, source
+
+
+def _pick(cols, explicit: str | None, candidates, what: str, spec: str, flag: str) -> str:
+    if explicit:
+        if explicit not in cols:
+            raise DataError(f"dataset {spec!r} has no column {explicit!r} (columns: {', '.join(sorted(cols))})",
+                            hint=f"pass an existing column to {flag}")
+        return explicit
+    for c in candidates:
+        if c in cols:
+            return c
+    raise DataError(f"dataset {spec!r} lacks a {what} column (looked for {', '.join(candidates)}; "
+                    f"has {', '.join(sorted(cols))})", hint=f"rename the column or pass {flag}")
+
+
+def _choices(row: dict) -> list[str] | None:
+    for key in ("choices", "options"):
+        v = row.get(key)
+        if isinstance(v, dict):
+            return [str(v[k]) for k in sorted(v)]
+        if isinstance(v, (list, tuple)) and v:
+            return [str(x) for x in v]
+    if all(k in row for k in ("opa", "opb")):
+        return [str(row[k]) for k in ("opa", "opb", "opc", "opd", "ope") if row.get(k) is not None]
+    return None
+
+
+def _letter(value, options: list[str]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        i = int(value)
+        return LETTERS[i] if 0 <= i < len(options) else None
+    s = str(value).strip()
+    if len(s) == 1 and s.upper() in LETTERS[: len(options)]:
+        return s.upper()
+    m = re.match(r"^\(?([A-J])[).:]?\s", s + " ")
+    if m and m.group(1) in LETTERS[: len(options)]:
+        return m.group(1)
+    for i, o in enumerate(options):
+        if s == o.strip():
+            return LETTERS[i]
+    return None
+
+
+def _gsm8k_response(text: str) -> str:
+    """GSM8K-style solutions end in ``#### N``; rewrite that as "The answer is N." (the format eval extracts)."""
+    m = _GSM8K_FINAL.search(text)
+    if not m:
+        return text
+    return text[: m.start()].rstrip() + f"\nThe answer is {m.group(1).strip()}."
+
+
+def arith_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = True) -> TrainData:
+    from peftarena_cli.tasks import arith
+
+    recs = []
+    for r in arith.generate("train", n, seed):
+        prompt = render_prompt(tokenizer, r["question"], MATH_INSTRUCTION, use_chat=use_chat)
+        rec = {"prompt": prompt, "kind": "math"}
+        if regime == "sft":
+            rec["completion"] = r["solution"]
+        else:
+            rec["answer"] = r["answer"]
+        recs.append(rec)
+    return TrainData(recs, {"kind": "builtin", "name": "arith", "split": "train", "n": n, "seed": seed})
+
+
+def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, seed: int = 0,
+                    config: str | None = None, split: str = "train", prompt_column: str | None = None,
+                    response_column: str | None = None, answer_column: str | None = None,
+                    use_chat: bool = True) -> TrainData:
+    """Records for ``regime`` ('sft' or 'rlvr') from ``spec``; ``n`` caps (file) or sets (arith) the count."""
+    if regime not in ("sft", "rlvr"):
+        raise UsageError(f"unknown regime {regime!r}", hint="use sft or rlvr")
+    if spec in BUILTIN:
+        return arith_records(tokenizer, regime, n or 1000, seed, use_chat=use_chat)
+    rows, source = _load_rows(spec, config, split)
+    cols = set().union(*(r.keys() for r in rows[:50]))
+    pcol = _pick(cols, prompt_column, PROMPT_COLUMNS, "prompt", spec, "--prompt-column")
+    is_choice = _choices(rows[0]) is not None
+    if regime == "sft":
+        if is_choice and not response_column:
+            tcol = _pick(cols, answer_column, CHOICE_ANSWER_COLUMNS, "answer", spec, "--answer-column")
+        else:
+            tcol = _pick(cols, response_column, RESPONSE_COLUMNS, "response", spec, "--response-column")
+    else:
+        cands = CHOICE_ANSWER_COLUMNS if is_choice else ANSWER_COLUMNS
+        tcol = _pick(cols, answer_column, cands, "answer", spec, "--answer-column")
+    recs, bad = [], 0
+    for row in rows:
+        q, t = row.get(pcol), row.get(tcol)
+        if q is None or t is None or (isinstance(q, str) and not q.strip()) or (isinstance(t, str) and not str(t).strip()):
+            bad += 1
+            continue
+        opts = _choices(row) if is_choice else None
+        if opts:
+            letter = _letter(t, opts)
+            question = str(q).rstrip() + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
+            prompt = render_prompt(tokenizer, question, CHOICE_INSTRUCTION, use_chat=use_chat)
+            if regime == "sft" and response_column:
+                recs.append({"prompt": prompt, "completion": str(t), "kind": "choice"})
+                continue
+            if letter is None:
+                bad += 1
+                continue
+            recs.append({"prompt": prompt, "kind": "choice",
+                         **({"completion": f"The answer is {letter}."} if regime == "sft" else {"answer": letter})})
+        else:
+            prompt = render_prompt(tokenizer, str(q), MATH_INSTRUCTION, use_chat=use_chat)
+            if regime == "sft":
+                recs.append({"prompt": prompt, "completion": _gsm8k_response(str(t)), "kind": "math"})
+            else:
+                recs.append({"prompt": prompt, "answer": str(t), "kind": "math"})
+    if not recs:
+        raise DataError(f"dataset {spec!r}: none of its {len(rows)} records has a usable {pcol!r}/{tcol!r} pair",
+                        hint="check the columns' contents")
+    if n:
+        recs = recs[:n]
+    source.update({"prompt_column": pcol, "target_column": tcol, "records": len(recs), "skipped": bad,
+                   "multiple_choice": is_choice})
+    return TrainData(recs, source)

@@ -1,0 +1,234 @@
+"""The fine-tuning method registry: method name -> PEFT config, with documented defaults.
+
+Every method (``full``, ``lora``, ``pissa``, ``milora``, ``dora``, ``adalora``, ``vera``, ``ia3``,
+``oft``, ``boft``, ``miss``) has paper-like defaults (rank 8 for the LoRA family, OFT/BOFT block
+size 32, VeRA rank 256, MiSS rank 8, all linear modules) and a default learning rate. A few
+overrides are accepted per method (rank, alpha, block size, target modules); an override a
+method does not take is an error, not silently ignored.
+
+MiLoRA (minor singular components) is not a PEFT init option, so it is done here:
+:func:`milora_init` sets the LoRA factors from the ``r`` smallest singular triplets and subtracts
+them from the base weight, exactly as PEFT's PiSSA init does with the largest ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    lr: float                      # default learning rate
+    takes: tuple[str, ...]         # overrides accepted: rank, alpha, block_size, target_modules
+    defaults: dict = field(default_factory=dict)
+    mutates_base: bool = False     # PiSSA/MiLoRA: the adapter is saved converted to a LoRA on the original base
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("full", "full fine-tuning of every weight (no adapter; checkpoints are full models)", 1e-5, ()),
+    Method("lora", "LoRA: W0 + (alpha/r) B A, B initialised to zero", 2e-4,
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}),
+    Method("pissa", "PiSSA: LoRA initialised from the r largest singular triplets of W0 (residual base)", 2e-4,
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 8}, mutates_base=True),
+    Method("milora", "MiLoRA: LoRA initialised from the r smallest singular triplets of W0 (residual base)", 2e-4,
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 8}, mutates_base=True),
+    Method("dora", "DoRA: weight-decomposed LoRA (magnitude vector + LoRA direction update)", 2e-4,
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}),
+    Method("adalora", "AdaLoRA: SVD-form LoRA with budgeted rank reallocation (init rank 1.5 r -> target r)", 2e-4,
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}),
+    Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 4e-3,
+           ("rank", "target_modules"), {"rank": 256}),
+    Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 3e-3,
+           ("target_modules",), {}),
+    Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4,
+           ("block_size", "target_modules"), {"block_size": 32}),
+    Method("boft", "BOFT: butterfly-factorised orthogonal rotation (2 butterfly factors)", 2e-4,
+           ("block_size", "target_modules"), {"block_size": 32, "butterfly_factor": 2}),
+    Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4,
+           ("rank", "target_modules"), {"rank": 8}),
+]}
+
+FEEDFORWARD = ("down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj")
+
+
+def get_method(name: str) -> Method:
+    m = METHODS.get(str(name).lower())
+    if m is None:
+        raise UnsupportedMethod(f"unknown method {name!r}",
+                                hint=f"choose one of: {', '.join(METHODS)} (docs/finetune.md)")
+    return m
+
+
+def parse_target_modules(spec: str | None):
+    """``all-linear`` (default) or a comma-separated list of module name suffixes."""
+    if spec is None or spec.strip() in ("", "all-linear"):
+        return "all-linear"
+    mods = [s.strip() for s in spec.split(",") if s.strip()]
+    if not mods:
+        return "all-linear"
+    return mods
+
+
+@dataclass
+class MethodChoice:
+    """A method plus the user's overrides, resolved to concrete hyper-parameters."""
+
+    method: Method
+    rank: int | None = None
+    alpha: float | None = None
+    block_size: int | None = None
+    target_modules: object = "all-linear"
+    lr: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"method": self.method.name, "rank": self.rank, "alpha": self.alpha, "block_size": self.block_size,
+                "target_modules": self.target_modules, "lr": self.lr}
+
+
+def resolve_method(name: str, rank: int | None = None, alpha: float | None = None, block_size: int | None = None,
+                   target_modules: str | None = None, lr: float | None = None) -> MethodChoice:
+    """Check the overrides against what the method takes; fill in the defaults."""
+    m = get_method(name)
+    given = {"rank": rank, "alpha": alpha, "block_size": block_size, "target_modules": target_modules}
+    for k, v in given.items():
+        if v is not None and k not in m.takes:
+            flag = "--" + k.replace("_", "-")
+            takes = ", ".join("--" + t.replace("_", "-") for t in m.takes) or "none"
+            raise UnsupportedMethod(f"method {m.name!r} takes no {flag}", hint=f"{m.name} accepts: {takes}")
+    for k, v in (("rank", rank), ("block_size", block_size)):
+        if v is not None and v < 1:
+            raise IncompatibleInputs(f"--{k.replace('_', '-')} must be >= 1 (got {v})", hint="pass a positive integer")
+    if alpha is not None and alpha <= 0:
+        raise IncompatibleInputs(f"--alpha must be > 0 (got {alpha})", hint="pass a positive number")
+    if lr is not None and not lr > 0:
+        raise IncompatibleInputs(f"--lr must be > 0 (got {lr})", hint="pass a positive learning rate")
+    rank = rank if rank is not None else m.defaults.get("rank")
+    alpha = alpha if alpha is not None else (m.defaults.get("alpha") if "alpha" in m.takes else None)
+    if "alpha" in m.takes and given["rank"] is not None and given["alpha"] is None:
+        alpha = m.defaults["alpha"] / m.defaults["rank"] * rank  # keep alpha/r when only r changes
+    block = block_size if block_size is not None else m.defaults.get("block_size")
+    tm = parse_target_modules(target_modules) if m.name != "full" else None
+    return MethodChoice(m, rank=rank, alpha=alpha, block_size=block, target_modules=tm,
+                        lr=lr if lr is not None else m.lr)
+
+
+def _linear_modules(model, target_modules) -> list[tuple[str, object]]:
+    """The linear modules ``target_modules`` selects (what PEFT will wrap), excluding the output head."""
+    import torch
+
+    out_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or mod is out_head:
+            continue
+        if target_modules == "all-linear" or any(name == t or name.endswith("." + t) for t in target_modules):
+            found.append((name, mod))
+    return found
+
+
+def check_against_model(choice: MethodChoice, model) -> None:
+    """Fail early, with a clear message, on overrides the model's shapes cannot take."""
+    if choice.method.name == "full":
+        return
+    mods = _linear_modules(model, choice.target_modules)
+    if not mods:
+        raise IncompatibleInputs(f"--target-modules {choice.target_modules!r} matches no linear module of the model",
+                                 hint="use all-linear or suffixes such as q_proj,v_proj")
+    name = choice.method.name
+    if name in ("oft", "boft"):
+        b = choice.block_size
+        bad = sorted({m.in_features for _, m in mods if m.in_features % b})
+        if bad:
+            raise IncompatibleInputs(f"--block-size {b} does not divide the input width {bad[0]} of the targeted modules",
+                                     hint="choose a block size that divides every targeted layer's input width")
+        if name == "boft":
+            f = choice.method.defaults["butterfly_factor"]
+            nb = sorted({m.in_features // b for _, m in mods if (m.in_features // b) % (2 ** (f - 1))})
+            if nb:
+                raise IncompatibleInputs(
+                    f"--block-size {b} gives {nb[0]} blocks, not divisible by 2^(butterfly factor - 1) = {2 ** (f - 1)}",
+                    hint="choose a block size giving an even number of blocks per layer")
+    if name == "miss":
+        bad = sorted({m.out_features for _, m in mods if m.out_features % choice.rank})
+        if bad:
+            raise IncompatibleInputs(f"--rank {choice.rank} does not divide the output width {bad[0]} of the targeted modules",
+                                     hint="MiSS needs a rank that divides every targeted layer's output width")
+    if name in ("lora", "pissa", "milora", "dora", "adalora"):
+        small = min(min(m.in_features, m.out_features) for _, m in mods)
+        if choice.rank > small:
+            raise IncompatibleInputs(f"--rank {choice.rank} exceeds the smallest targeted width {small}",
+                                     hint="pass a smaller --rank")
+
+
+def peft_config(choice: MethodChoice, total_steps: int):
+    """The PEFT config object for ``choice`` (None for full fine-tuning)."""
+    name = choice.method.name
+    tm = choice.target_modules
+    if name == "full":
+        return None
+    from peft import (AdaLoraConfig, BOFTConfig, IA3Config, LoraConfig, MissConfig, OFTConfig, TaskType,
+                      VeraConfig)
+
+    common = {"task_type": TaskType.CAUSAL_LM, "target_modules": tm}
+    if name in ("lora", "pissa", "milora", "dora"):
+        init = {"lora": True, "dora": True, "pissa": "pissa", "milora": True}[name]
+        return LoraConfig(r=choice.rank, lora_alpha=choice.alpha, lora_dropout=0.0, init_lora_weights=init,
+                          use_dora=(name == "dora"), **common)
+    if name == "adalora":
+        t = max(int(total_steps), 1)
+        tinit, tfinal = int(0.1 * t), int(0.2 * t)
+        if t - tinit - tfinal <= 0:
+            tinit, tfinal = 0, 0
+        init_r = max(choice.rank + 1, (3 * choice.rank + 1) // 2)
+        return AdaLoraConfig(target_r=choice.rank, init_r=init_r, lora_alpha=choice.alpha, lora_dropout=0.0,
+                             tinit=tinit, tfinal=tfinal, deltaT=1, total_step=t, **common)
+    if name == "vera":
+        return VeraConfig(r=choice.rank, vera_dropout=0.0, save_projection=True, **common)
+    if name == "ia3":
+        ff = [t for t in FEEDFORWARD] if tm == "all-linear" else [t for t in tm if t in FEEDFORWARD]
+        return IA3Config(feedforward_modules=ff, **common)
+    if name == "oft":
+        return OFTConfig(r=0, oft_block_size=choice.block_size, module_dropout=0.0, **common)
+    if name == "boft":
+        return BOFTConfig(boft_block_size=choice.block_size, boft_block_num=0,
+                          boft_n_butterfly_factor=choice.method.defaults["butterfly_factor"], boft_dropout=0.0,
+                          **common)
+    if name == "miss":
+        return MissConfig(r=choice.rank, miss_dropout=0.0, **common)
+    raise UnsupportedMethod(f"unknown method {name!r}")  # pragma: no cover
+
+
+def milora_init(peft_model, adapter_name: str = "default") -> None:
+    """MiLoRA: set A, B from the r *smallest* singular triplets of each base weight, W_res = W - s B A.
+
+    Mirrors PEFT's ``pissa_init`` (same factor split A = sqrt(S/s) Vh, B = U sqrt(S/s)).
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for mod in peft_model.modules():
+            if not isinstance(mod, LoraLayer) or adapter_name not in mod.lora_A:
+                continue
+            base = mod.get_base_layer()
+            w = base.weight
+            dtype = w.dtype
+            r = mod.r[adapter_name]
+            s = mod.scaling[adapter_name]
+            U, S, Vh = torch.linalg.svd(w.data.to(torch.float32), full_matrices=False)
+            Sr = S[-r:] / s
+            A = torch.diag(torch.sqrt(Sr)) @ Vh[-r:]
+            B = U[:, -r:] @ torch.diag(torch.sqrt(Sr))
+            mod.lora_A[adapter_name].weight.data = A.contiguous()
+            mod.lora_B[adapter_name].weight.data = B.contiguous()
+            base.weight.data = (w.data.to(torch.float32) - s * B @ A).to(dtype)
+
+
+def method_table() -> list[dict]:
+    """One row per method (for docs and `--help`)."""
+    return [{"method": m.name, "lr": m.lr, "defaults": m.defaults, "overrides": list(m.takes), "summary": m.summary}
+            for m in METHODS.values()]

@@ -1,0 +1,113 @@
+"""Verifiable rewards for RLVR (GRPO): exact final-answer match for math, the letter for multiple choice.
+
+A completion earns 1.0 when its extracted answer equals the reference, else 0.0. Extraction:
+
+* math: the last "The answer is X" / "#### X" / ``\\boxed{X}``, else the last number in the text;
+  numbers compare as numbers (``12``, ``12.0``, ``1,200`` vs ``1200``), other answers through
+  ``math-verify`` when it is installed, else as normalised strings;
+* choice: the letter after "answer is" (``(B)``, ``B.``, ``B``), else a lone capital letter A-J.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\\?(?:boxed\{)?\s*([^\n]*)", re.IGNORECASE)
+_HASHES = re.compile(r"####\s*([^\n]*)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_LETTER_AFTER = re.compile(r"answer is[:\s]*\(?([A-J])\b", re.IGNORECASE)
+_LONE_LETTER = re.compile(r"(?:^|[\s(])([A-J])(?:[).:\s]|$)")
+
+
+def _boxed(text: str) -> str | None:
+    i = text.rfind("\\boxed{")
+    if i < 0:
+        return None
+    depth, j = 0, i + len("\\boxed{")
+    start = j
+    while j < len(text):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            if depth == 0:
+                return text[start:j]
+            depth -= 1
+        j += 1
+    return None
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The final answer of a math completion or reference (``None`` when there is none)."""
+    if text is None:
+        return None
+    text = str(text)
+    b = _boxed(text)
+    if b is not None:
+        return b.strip()
+    for rx in (_HASHES, _ANSWER_IS):
+        hits = rx.findall(text)
+        if hits:
+            ans = hits[-1].strip().rstrip(".").strip()
+            nums = _NUMBER.findall(ans)
+            return nums[0] if nums and len(ans) <= len(nums[0]) + 12 else ans
+    nums = _NUMBER.findall(text)
+    return nums[-1] if nums else None
+
+
+def _as_number(s: str | None) -> float | None:
+    if s is None:
+        return None
+    t = s.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+def math_equal(pred: str | None, ref: str | None) -> bool:
+    if pred is None or ref is None:
+        return False
+    a, b = _as_number(pred), _as_number(ref)
+    if a is not None and b is not None:
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    if " ".join(pred.split()).lower() == " ".join(ref.split()).lower():
+        return True
+    try:
+        from math_verify import parse, verify
+
+        return bool(verify(parse(f"${ref}$"), parse(f"${pred}$")))
+    except Exception:
+        return False
+
+
+def extract_letter(text: str) -> str | None:
+    if text is None:
+        return None
+    hits = _LETTER_AFTER.findall(str(text))
+    if hits:
+        return hits[-1].upper()
+    hits = _LONE_LETTER.findall(str(text).strip())
+    return hits[-1].upper() if hits else None
+
+
+def score(completion: str, reference: str, kind: str = "math") -> float:
+    """1.0 if ``completion`` answers ``reference`` correctly, else 0.0."""
+    if kind == "choice":
+        ref = extract_letter(reference) if len(str(reference).strip()) > 1 else str(reference).strip().upper()
+        return float(extract_letter(completion) == ref and ref is not None)
+    ref = extract_math_answer(reference) if ("####" in str(reference) or "boxed" in str(reference)
+                                             or "answer is" in str(reference).lower()) else str(reference).strip()
+    return float(math_equal(extract_math_answer(completion), ref))
+
+
+def _text(c) -> str:
+    if isinstance(c, list):  # conversational completion: [{"role": "assistant", "content": ...}]
+        return "".join(m.get("content", "") for m in c if isinstance(m, dict))
+    return str(c)
+
+
+def verifiable_reward(completions, answer, kind=None, **_) -> list[float]:
+    """The GRPO reward function (TRL signature): dataset columns ``answer`` and ``kind`` arrive as lists."""
+    kinds = kind if kind is not None else ["math"] * len(completions)
+    return [score(_text(c), a, k) for c, a, k in zip(completions, answer, kinds)]

@@ -1,0 +1,424 @@
+"""The fine-tuning run: base + data + method -> a run directory (checkpoints, train log, manifest).
+
+:func:`finetune` validates everything first (method and overrides, data, model shapes, GRPO group
+sizes, the output directory) and writes nothing until all of it passes. It then trains with TRL:
+``SFTTrainer`` (loss on the completion only) for ``regime="sft"`` and ``GRPOTrainer`` with the
+verifiable reward of :mod:`peftarena_cli.training.rewards` for ``regime="rlvr"``. The same code
+runs unchanged under ``torchrun`` / ``accelerate launch`` (data parallel; only the main process
+writes files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from peftarena_cli.errors import DataError, IncompatibleInputs, OutputError, PeftArenaError, UsageError
+from peftarena_cli.training import checkpoints as ck
+
+
+@dataclass
+class FinetuneConfig:
+    base: str = "smollm2-135m"
+    output: str = "run"
+    method: str = "lora"
+    regime: str = "sft"
+    data: str = "arith"
+    data_config: str | None = None
+    split: str = "train"
+    prompt_column: str | None = None
+    response_column: str | None = None
+    answer_column: str | None = None
+    num_examples: int | None = None
+    chat_template: bool = True
+    rank: int | None = None
+    alpha: float | None = None
+    block_size: int | None = None
+    target_modules: str | None = None
+    lr: float | None = None
+    steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 256
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    save_every: int = 25
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    num_generations: int = 4
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    beta: float = 0.0
+    resume: bool = False
+    overwrite: bool = False
+    argv: list = field(default_factory=lambda: list(sys.argv))
+
+    # fields that define "the same run" (a resumed run must match them)
+    RUN_KEYS = ("base", "method", "regime", "data", "data_config", "split", "prompt_column", "response_column",
+                "answer_column", "num_examples", "chat_template", "rank", "alpha", "block_size", "target_modules",
+                "lr", "steps", "batch_size", "grad_accum", "max_length", "warmup_steps", "lr_scheduler",
+                "weight_decay", "save_every", "seed", "dtype", "mixed_precision", "num_generations",
+                "max_completion_length", "temperature", "beta")
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    final: Path
+    steps: int
+    elapsed_s: float
+    tokens_per_s: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    trainable_params: int
+    log: object  # DataFrame
+    resumed_from: int | None = None
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def validate_config(cfg: FinetuneConfig) -> None:
+    if cfg.regime not in ("sft", "rlvr"):
+        raise UsageError(f"unknown regime {cfg.regime!r}", hint="use --regime sft or --regime rlvr")
+    for name in ("steps", "batch_size", "grad_accum", "max_length", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other",
+                         hint="--resume continues the run in OUT; --overwrite starts it again")
+    if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise UsageError(f"unknown --mixed-precision {cfg.mixed_precision!r}", hint="use auto, no, bf16 or fp16")
+    if cfg.regime == "rlvr":
+        g = cfg.num_generations
+        if g < 2:
+            raise IncompatibleInputs(f"--num-generations {g} cannot work: GRPO needs at least 2 completions per prompt "
+                                     "to compute group-relative advantages", hint="pass --num-generations 2 or more")
+        global_batch = cfg.batch_size * _world_size() * cfg.grad_accum
+        if global_batch % g:
+            raise IncompatibleInputs(
+                f"--num-generations {g} does not divide the generation batch "
+                f"(batch size {cfg.batch_size} x processes {_world_size()} x grad accum {cfg.grad_accum} = {global_batch})",
+                hint="GRPO generates whole groups: make batch-size x processes x grad-accum a multiple of --num-generations")
+        if cfg.max_completion_length < 1:
+            raise UsageError("--max-completion-length must be >= 1")
+
+
+def run_key(cfg: FinetuneConfig, base_identity: str, data_source: dict) -> str:
+    d = {k: getattr(cfg, k) for k in FinetuneConfig.RUN_KEYS}
+    d["base_identity"] = base_identity
+    d["data_identity"] = data_source.get("identity")
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_output_dir(out: Path, key: str, cfg: FinetuneConfig) -> str:
+    """'fresh' | 'resume' | 'overwrite'; raise when OUT holds something else and no flag allows it."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {str(out)!r} exists and is not a directory", hint="choose a directory path")
+    if not out.parent.exists():
+        raise OutputError(f"parent directory of {str(out)!r} does not exist", hint="create it first")
+    if not out.exists() or not any(out.iterdir()):
+        return "fresh"
+    man = ck.read_manifest(out)
+    if cfg.overwrite:
+        return "overwrite"
+    if cfg.resume:
+        if man is None:
+            raise OutputError(f"{str(out)!r} is not empty and holds no peftarena run to resume",
+                              hint="choose an empty or new output directory, or pass --overwrite")
+        if man.get("run_key") != key:
+            diff = [k for k in FinetuneConfig.RUN_KEYS if man.get("config", {}).get(k) != getattr(cfg, k)]
+            what = f" (differs in: {', '.join(diff)})" if diff else " (different base model or data)"
+            raise OutputError(f"{str(out)!r} holds a different run{what}",
+                              hint="resume with the original settings, or pass --overwrite to replace it")
+        return "resume"
+    kind = "a peftarena run" if man is not None else "other files"
+    raise OutputError(f"output directory {str(out)!r} already holds {kind}",
+                      hint="pass --resume to continue that run, --overwrite to replace it, or choose a new directory")
+
+
+def _mixed_precision(cfg: FinetuneConfig, device: str) -> tuple[bool, bool]:
+    if cfg.mixed_precision == "auto":
+        if device.startswith("cuda"):
+            import torch
+
+            return (torch.cuda.is_bf16_supported(), False)
+        return (False, False)
+    return (cfg.mixed_precision == "bf16", cfg.mixed_precision == "fp16")
+
+
+def _unwrap_error(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:300]
+
+
+def prepare_model(cfg: FinetuneConfig, choice, model):
+    """Wrap ``model`` for ``choice``; return (model, init tensors for PiSSA/MiLoRA conversion or None)."""
+    from peftarena_cli.training import methods
+
+    if choice.method.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, None
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    pcfg = methods.peft_config(choice, cfg.steps)
+    try:
+        pm = get_peft_model(model, pcfg)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise IncompatibleInputs(f"cannot apply {choice.method.name} to this model: {_unwrap_error(e)}",
+                                 hint="change --target-modules/--rank/--block-size (docs/finetune.md)") from None
+    init = None
+    if choice.method.name == "milora":
+        methods.milora_init(pm)
+    if choice.method.mutates_base:
+        init = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(pm).items()}
+    return pm, init
+
+
+def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int | None = None) -> FinetuneResult:
+    """Run a fine-tune as configured. ``callback(done, total, label)`` reports steps; ``log(msg)`` notes.
+
+    ``_interrupt_after`` (tests only) raises KeyboardInterrupt after that step's checkpoint is saved.
+    """
+    import torch
+
+    from peftarena_cli.artifacts.loading import load_model, pick_device
+    from peftarena_cli.artifacts.tables import Provenance
+    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.training import methods
+    from peftarena_cli.training.data import load_train_data
+
+    say = log or (lambda m: None)
+    t_start = time.perf_counter()
+    validate_config(cfg)
+    choice = methods.resolve_method(cfg.method, cfg.rank, cfg.alpha, cfg.block_size, cfg.target_modules, cfg.lr)
+    out = Path(cfg.output).expanduser()
+    ref = resolve_model(cfg.base)
+    base_identity = ref.identity() if hasattr(ref, "identity") else ""
+    device = pick_device(cfg.device)
+    world = _world_size()
+
+    # data first (cheap, and the usual source of mistakes); the tokenizer renders the prompts
+    from peftarena_cli.artifacts.loading import load_tokenizer
+
+    tok = load_tokenizer(ref)
+    n_needed = cfg.steps * cfg.batch_size * cfg.grad_accum * world
+    if cfg.regime == "rlvr":
+        n_needed = max(1, n_needed // cfg.num_generations)
+    data = load_train_data(cfg.data, tok, cfg.regime, n=cfg.num_examples or (n_needed if cfg.data == "arith" else None),
+                           seed=cfg.seed, config=cfg.data_config, split=cfg.split, prompt_column=cfg.prompt_column,
+                           response_column=cfg.response_column, answer_column=cfg.answer_column,
+                           use_chat=cfg.chat_template)
+    key = run_key(cfg, base_identity, data.source)
+    mode = check_output_dir(out, key, cfg)
+
+    torch.manual_seed(cfg.seed)
+    model, tok, ref = load_model(ref, dtype=cfg.dtype, device="cpu")
+    methods.check_against_model(choice, model)
+    model, init_tensors = prepare_model(cfg, choice, model)
+    model.train()
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    existed = out.exists()
+    trainer = _build_trainer(cfg, choice, model, tok, data, out, device)
+    if len(trainer.train_dataset) == 0:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
+                        f"({len(data)} records, all dropped by truncation)",
+                        hint="raise --max-length or use shorter prompts")
+
+    # --- everything validated: from here on we write -------------------------------------------
+    from accelerate import PartialState
+
+    state = PartialState()
+    resume_ckpt = None
+    resumed_from = None
+    if state.is_main_process:
+        if mode == "overwrite":
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        out.mkdir(exist_ok=True)
+    state.wait_for_everyone()
+    if mode == "resume":
+        resume_ckpt = ck.latest_resume_state(out)
+        if resume_ckpt is not None:
+            resumed_from = int(resume_ckpt.name.split("-")[1])
+            say(f"resuming from step {resumed_from}")
+        else:
+            say("nothing to resume yet: starting from step 0")
+    import importlib.metadata as md
+
+    versions = {p: _version(md, p) for p in ("peftarena", "torch", "transformers", "peft", "trl", "accelerate", "datasets")}
+    peft_cfg = None
+    if hasattr(model, "peft_config"):
+        peft_cfg = model.peft_config["default"].to_dict()
+    manifest = {
+        "format": "peftarena-run/1",
+        "status": "running",
+        "run_key": key,
+        "command": cfg.argv,
+        "config": {k: getattr(cfg, k) for k in FinetuneConfig.RUN_KEYS},
+        "base": {"spec": cfg.base, "path": str(ref.path), "identity": base_identity},
+        "method": {**choice.to_dict(), "summary": choice.method.summary,
+                   "peft_config": json.loads(json.dumps(peft_cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o))),
+                   "saved_as": "lora (converted from the residual-base form, rank 2r)" if choice.method.mutates_base else None},
+        "data": {**data.source, "records": len(data)},
+        "trainable_params": n_trainable,
+        "seed": cfg.seed,
+        "device": device,
+        "world_size": world,
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "checkpoints": [],
+    }
+    old = ck.read_manifest(out) if mode == "resume" else None
+    if old and resumed_from is not None:
+        manifest["checkpoints"] = [c for c in old.get("checkpoints", []) if c["step"] <= resumed_from]
+        manifest["resumed"] = old.get("resumed", []) + [resumed_from]
+    if state.is_main_process:
+        ck.write_manifest(out, manifest)
+
+    prov = Provenance(command="finetune", argv=cfg.argv, seed=cfg.seed, dtype=cfg.dtype, device=device,
+                      extra={"run_key": key, "method": choice.method.name, "regime": cfg.regime})
+    prov.add_input("base", cfg.base, base_identity)
+    tlog = ck.TrainLog.resume_from(out, resumed_from) if resumed_from is not None else ck.TrainLog()
+
+    from transformers import TrainerCallback
+
+    full = choice.method.name == "full"
+    extra_meta = {"method": choice.method.name, "run_key": key}
+
+    class _Trajectory(TrainerCallback):
+        def __init__(self):
+            self.saved = {c["step"] for c in manifest["checkpoints"]}
+
+        def on_train_begin(self, args, st, control, **kw):
+            tlog.restart_clock()
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            row = tlog.add(st.global_step, logs or {}, st.num_input_tokens_seen)
+            if row is not None and callback is not None and state.is_main_process:
+                lab = f"loss {row['loss']:.4g}" if row["loss"] == row["loss"] else ""
+                if row["reward_mean"] == row["reward_mean"]:
+                    lab += f" reward {row['reward_mean']:.3g}"
+                callback(st.global_step, cfg.steps, lab)
+
+        def on_save(self, args, st, control, model=None, **kw):
+            step = st.global_step
+            if state.is_main_process and step not in self.saved:
+                ck.save_checkpoint(out, step, model, tok, full, init_tensors, cfg.base, extra_meta)
+                self.saved.add(step)
+                manifest["checkpoints"].append({"step": step, "path": f"checkpoint-{step}"})
+                manifest["last_step"] = step
+                tlog.write(out, prov)
+                ck.write_manifest(out, manifest)
+            if _interrupt_after is not None and step >= _interrupt_after:
+                raise KeyboardInterrupt(f"test interruption after step {step}")
+
+    class _AdaLora(TrainerCallback):
+        def on_optimizer_step(self, args, st, control, **kw):
+            m = getattr(model, "module", model)
+            m.base_model.update_and_allocate(st.global_step)
+
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries data only
+    trainer.add_callback(_Trajectory())
+    if choice.method.name == "adalora":
+        trainer.add_callback(_AdaLora())
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t_train = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
+    train_s = time.perf_counter() - t_train
+
+    final_step = trainer.state.global_step
+    df = tlog.frame()
+    new = df[df["step"] > (resumed_from or 0)]
+    tokens = float(new["tokens"].iloc[-1] - (df[df["step"] <= (resumed_from or 0)]["tokens"].iloc[-1]
+                                            if resumed_from and (df["step"] <= resumed_from).any() else 0.0)) if len(new) else 0.0
+    tps = tokens / train_s if train_s > 0 else float("nan")
+    peak_gpu = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None
+    final = out / "final"
+    if state.is_main_process:
+        if not ck.checkpoint_dir(out, final_step).is_dir():
+            ck.save_checkpoint(out, final_step, getattr(trainer, "model", model), tok, full, init_tensors, cfg.base,
+                               extra_meta)
+            manifest["checkpoints"].append({"step": final_step, "path": f"checkpoint-{final_step}"})
+        ck.link_final(out, final_step)
+        tlog.write(out, prov)
+        manifest.update({"status": "complete", "last_step": final_step, "final": "final",
+                         "train_seconds": train_s, "total_seconds": time.perf_counter() - t_start,
+                         "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu})
+        ck.write_manifest(out, manifest)
+    state.wait_for_everyone()
+    return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from)
+
+
+def _version(md, pkg: str) -> str | None:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, device: str):
+    bf16, fp16 = _mixed_precision(cfg, device)
+    common = dict(
+        output_dir=str(out / "resume"),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=choice.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        fp16=fp16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not device.startswith("cuda"),
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    ds = data.to_dataset()
+    if cfg.regime == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        ds = ds.remove_columns([c for c in ds.column_names if c not in ("prompt", "completion")])
+        args = SFTConfig(max_length=cfg.max_length, completion_only_loss=True, packing=False,
+                         dataset_num_proc=None, **common)
+        return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    from trl import GRPOConfig, GRPOTrainer
+
+    from peftarena_cli.training.rewards import verifiable_reward
+
+    args = GRPOConfig(num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+                      temperature=cfg.temperature, beta=cfg.beta, log_completions=False, **common)
+    return GRPOTrainer(model=model, reward_funcs=[verifiable_reward], args=args, train_dataset=ds,
+                       processing_class=tok)
