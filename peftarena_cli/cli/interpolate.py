@@ -1,0 +1,141 @@
+"""`peftarena interpolate BASE FINETUNED --alphas 0:1:0.1 [--path dense|native] [--eval target,general]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
+
+EVAL_KINDS = ("target", "general")
+
+
+def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: Optional[int], seed: int):
+    try:
+        from peftarena_cli.evaluation import evaluate_general, evaluate_target
+    except ImportError:
+        from peftarena_cli.errors import MissingDependency
+
+        raise MissingDependency("the evaluation engine (peftarena_cli.evaluation) is not available in this build",
+                                hint="run interpolate without --eval, or update peftarena") from None
+    out = {}
+    if "target" in kinds:
+        out["target"] = lambda m, t: evaluate_target(m, t, task=target_task, limit=limit, seed=seed)
+    if "general" in kinds:
+        out["general"] = lambda m, t: evaluate_general(m, t, suite=general_suite, limit=limit, seed=seed)
+    return out
+
+
+def interpolate_cmd(
+    base: str = typer.Argument(..., help="Base model: alias (smollm2-135m), HF directory or .safetensors."),
+    finetuned: str = typer.Argument(..., metavar="ADAPTER", help="PEFT adapter (directory or single .safetensors) or a full fine-tuned model."),
+    alphas: str = typer.Option("0:1:0.1", "--alphas", help="Path positions: start:stop:step (stop included) or a comma list."),
+    path: Optional[str] = typer.Option(None, "--path", help="dense (W0 + αΔW, any method) or native (the method's own structure). Default: native when the method has one, else dense with a warning."),
+    generator_scale: str = typer.Option("linear", "--generator-scale", help="OFT native path: the generator is scaled by α (linear) or √α (sqrt)."),
+    layerwise: Optional[str] = typer.Option(None, "--layerwise", help="OFT native path: sweep the layer-wise rewound adapter (safescale or minscale), see docs/rewind.md."),
+    evals: Optional[str] = typer.Option(None, "--eval", help="Evaluate at each α: target, general or target,general."),
+    target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
+    general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many examples per evaluation task."),
+    stats: Optional[Path] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats`: adds CSD columns at each α."),
+    save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
+    allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
+    output: OutputOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = 0,
+) -> None:
+    """Move a fine-tune along its path from the base (α=0) to the fine-tune (α=1) and measure each point.
+
+    One base model is loaded for the whole sweep; each α rescales the adapter in place (native path)
+    or writes W0 + αΔW into the weights (dense path). The curve has one row per α (alpha, path,
+    target, general, every summary metric, timings); with -o, per-sample rows are written beside it
+    as <stem>.target-samples.parquet / <stem>.general-samples.parquet.
+
+    Example:
+
+        peftarena interpolate smollm2-135m runs/lora --alphas 0:1:0.2 --eval target,general --limit 50 -o curve.parquet
+
+        peftarena interpolate smollm2-135m runs/oft --path native --generator-scale sqrt --alphas 0,0.5,1 -o oft.parquet
+    """
+    import time
+
+    from peftarena_cli.artifacts.atomic import check_output_parent
+    from peftarena_cli.cli.common import Progress, emit_table, provenance_for
+    from peftarena_cli.errors import UsageError
+    from peftarena_cli.paths.alphas import parse_alphas
+    from peftarena_cli.paths.native import generator_scale as _gs
+    from peftarena_cli.paths.sweep import open_path_model, run_sweep, save_checkpoint
+
+    grid = parse_alphas(alphas, allow_extrapolate)
+    if generator_scale == "sqrt":
+        for a in grid:
+            _gs(a, "sqrt")
+    _gs(0.0, generator_scale)
+    kinds = [k.strip().lower() for k in (evals or "").split(",") if k.strip()]
+    bad = [k for k in kinds if k not in EVAL_KINDS]
+    if bad:
+        raise UsageError(f"unknown --eval kind {bad[0]!r}", hint="use target, general or target,general")
+    if limit is not None and limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if output is not None and str(output) != "-":
+        check_output_parent(output)
+    if save_checkpoints is not None:
+        sp = Path(save_checkpoints)
+        if sp.exists() and not sp.is_dir():
+            from peftarena_cli.errors import OutputError
+
+            raise OutputError(f"--save-checkpoints {str(sp)!r} is not a directory")
+        if not sp.parent.is_dir():
+            from peftarena_cli.errors import OutputError
+
+            raise OutputError(f"the parent of --save-checkpoints {str(sp)!r} does not exist")
+    evaluators = _evaluators(kinds, target_task, general_suite, limit, seed) if kinds else {}
+    if stats is not None:
+        from peftarena_cli.errors import MissingDependency
+
+        raise MissingDependency("CSD along the path (--stats) is not wired in this build",
+                                hint="run `peftarena csd` on a rewound checkpoint (--save-checkpoints) instead")
+
+    import torch
+
+    torch.manual_seed(seed)
+    t_load = time.perf_counter()
+    with Progress("forming ΔW") as bar:
+        setup = open_path_model(base, finetuned, path=path, scale_mode=generator_scale, dtype=dtype,
+                                device=device, layerwise=layerwise, callback=bar.callback)
+    for note in setup.notes:
+        warn(note)
+    info(f"loaded {base} + {finetuned} ({setup.method}, {setup.path} path) in {time.perf_counter() - t_load:.1f} s")
+    on_alpha = None
+    if save_checkpoints is not None:
+        Path(save_checkpoints).mkdir(exist_ok=True)
+        on_alpha = lambda a, pm: save_checkpoint(setup, a, save_checkpoints, overwrite=True)  # noqa: E731
+    t0 = time.perf_counter()
+    with Progress("interpolating") as bar:
+        curve, samples = run_sweep(setup, grid, evaluators, on_alpha=on_alpha, callback=bar.callback)
+    total = time.perf_counter() - t0
+    info(f"{len(grid)} points in {total:.1f} s; setting α took {curve['set_seconds'].mean() * 1000:.1f} ms per point "
+         f"(evaluation {curve['eval_seconds'].sum():.1f} s in all)")
+    with provenance_for("interpolate", seed=seed, dtype=dtype, device=str(next(setup.path_model.model.parameters()).device)) as prov:
+        prov.add_input("base", base, setup.ref.identity())
+        prov.add_input("finetuned", finetuned, setup.finetuned.identity())
+        prov.extra.update(path=setup.path, method=setup.method, generator_scale=setup.scale_mode,
+                          layerwise=layerwise or "", alphas=grid, evals=kinds, target_task=target_task,
+                          general_suite=general_suite, limit=limit)
+        if output is not None and str(output) != "-":
+            from peftarena_cli.artifacts.tables import write_table
+
+            for kind, df in samples.items():
+                p = Path(output)
+                write_table(df, p.with_name(f"{p.stem}.{kind}-samples.parquet"), prov)
+                info(f"wrote {len(df)} per-sample rows to {p.with_name(f'{p.stem}.{kind}-samples.parquet')}")
+        elif samples:
+            warn("per-sample rows are written only with -o FILE (beside it)")
+        emit_table(curve, output, prov, title="interpolation curve")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("interpolate")(interpolate_cmd)

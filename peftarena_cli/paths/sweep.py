@@ -1,0 +1,208 @@
+"""An interpolation sweep: open one path model, then for each α set it in place and evaluate.
+
+:func:`open_path_model` loads the base model once and returns a path model (native or dense, see
+:mod:`peftarena_cli.paths.inplace`); :func:`run_sweep` walks the α grid and returns the curve
+(one row per α) plus the per-sample rows of every evaluation (with an ``alpha`` column).
+
+Curve columns (docs/interpolate.md): ``alpha``, ``path``, ``method``, ``generator_scale``,
+``target``, ``general``, ``set_seconds``, ``eval_seconds``, ``orth_err``, then one column
+``<task>.<metric>`` per summary row of each evaluation, and ``csd.*`` columns when CSD is given.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import UnsupportedMethod
+
+Evaluator = Callable[[object, object], tuple]  # (model, tokenizer) -> (per_sample_df, summary_df)
+
+
+@dataclass
+class PathSetup:
+    path_model: object
+    tokenizer: object
+    ref: object
+    method: str
+    path: str
+    scale_mode: str
+    notes: list[str] = field(default_factory=list)
+    finetuned: object = None
+
+
+def choose_path(method: str, requested: str | None, is_full: bool) -> tuple[str, str | None]:
+    """(path, warning or None). ``requested`` None means "native when the method has one"."""
+    from peftarena_cli.paths.native import NATIVE_METHODS
+
+    if requested not in (None, "native", "dense"):
+        from peftarena_cli.errors import UsageError
+
+        raise UsageError(f"unknown --path {requested!r}", hint="use native or dense")
+    has_native = (not is_full) and method in NATIVE_METHODS
+    if requested == "native" and not has_native:
+        raise UnsupportedMethod(f"{method} has no native path",
+                                hint="use --path dense (W0 + αΔW works for every method)")
+    if requested is None:
+        if has_native:
+            return "native", None
+        return "dense", f"{method} has no native path: using the dense path W0 + αΔW"
+    return requested, None
+
+
+def dense_deltas_from_adapter(model, ref, finetuned, device: str, callback=None):
+    """(w0, delta) per adapted linear weight of ``model`` from the shared ΔW API (peftarena_cli.weights).
+
+    Falls back to PEFT's own merge when the shared API has no former for this method yet.
+    Returns (model, w0, delta): the model may be replaced (the PEFT merge fallback unwraps it).
+    """
+    from peftarena_cli.artifacts.weights import WeightSource
+
+    try:
+        from peftarena_cli.weights.deltas import iter_module_deltas
+
+        params = dict(model.named_parameters())
+        w0, delta = {}, {}
+        base = WeightSource.from_ref(ref)
+        mods = list(iter_module_deltas(base, finetuned, device=device))
+        for i, md in enumerate(mods):
+            name = md.name + ".weight"
+            if name not in params:
+                from peftarena_cli.errors import IncompatibleInputs
+
+                raise IncompatibleInputs(f"the model has no parameter {name!r}")
+            p = params[name]
+            w0[name] = p.detach().clone()
+            delta[name] = md.dense().to(device=p.device, dtype=p.dtype)
+            if callback:
+                callback(i + 1, len(mods), md.name)
+        return model, w0, delta
+    except (ModuleNotFoundError, ImportError):
+        from peftarena_cli.artifacts.loading import attach_adapter
+        from peftarena_cli.paths.inplace import dense_deltas_from_peft
+
+        pm = attach_adapter(model, finetuned.adapter)
+        return dense_deltas_from_peft(pm)
+
+
+def open_path_model(base: str, finetuned_spec: str, path: str | None = None, scale_mode: str = "linear",
+                    dtype: str = "float32", device: str = "auto", layerwise: str | None = None,
+                    callback=None) -> PathSetup:
+    """Load the base once and build the path model for ``finetuned_spec`` (adapter or full model)."""
+    from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
+    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.paths.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
+    from peftarena_cli.paths.native import check_relative_to_base, method_of
+    from peftarena_cli.weights.finetuned import open_finetuned
+
+    ft = open_finetuned(finetuned_spec)
+    is_full = ft.kind == "full"
+    method = "full" if is_full else method_of(ft.config)
+    if not is_full:
+        check_relative_to_base(ft.config)
+    chosen, note = choose_path(method, path, is_full)
+    notes = [note] if note else []
+    if chosen == "dense" and method == "oft" and scale_mode != "linear":
+        notes.append("--generator-scale applies to the native OFT path only; ignored on the dense path")
+    dev = pick_device(device)
+    model, tok, ref = load_model(base, dtype=dtype, device=dev)
+    layer_scales = None
+    if layerwise:
+        if method != "oft" or chosen != "native":
+            raise UnsupportedMethod("--layerwise applies to the native path of OFT adapters")
+        from peftarena_cli.paths.oft_rotation import layerwise_scales
+
+        layer_scales, _, _ = layerwise_scales(ft.adapter.tensors, ft.config, layerwise)
+    if chosen == "native":
+        pm = attach_adapter(model, ft.adapter)
+        pm.eval()
+        path_model = NativePathModel(pm, ft.config, scale_mode=scale_mode, layer_scales=layer_scales)
+    elif is_full:
+        w0, delta = dense_deltas_from_full(model, WeightSource.from_ref(ft.ref), callback=callback)
+        path_model = DensePathModel(model, w0, delta)
+    else:
+        model, w0, delta = dense_deltas_from_adapter(model, ref, ft, dev, callback=callback)
+        path_model = DensePathModel(model, w0, delta)
+    path_model.model.eval()
+    return PathSetup(path_model=path_model, tokenizer=tok, ref=ref, method=method, path=chosen,
+                     scale_mode=scale_mode if (method == "oft" and chosen == "native") else "", notes=notes,
+                     finetuned=ft)
+
+
+def _summary_columns(summary) -> dict:
+    cols = {}
+    for row in summary.itertuples(index=False):
+        task = getattr(row, "task", "")
+        metric = getattr(row, "metric", "value")
+        cols[f"{task}.{metric}" if task else str(metric)] = float(row.value)
+    return cols
+
+
+def _headline(summary, metric: str) -> float:
+    sel = summary[summary["metric"] == metric] if "metric" in summary.columns else summary.iloc[0:0]
+    return float(sel["value"].mean()) if len(sel) else math.nan
+
+
+def run_sweep(setup: PathSetup, alphas: list[float], evaluators: dict[str, Evaluator] | None = None,
+              csd: Callable[[object, float], dict] | None = None, on_alpha: Callable[[float, object], None] | None = None,
+              callback=None):
+    """Set each α in place, evaluate, and collect the curve.
+
+    ``evaluators`` maps ``"target"``/``"general"`` to ``(model, tokenizer) -> (per_sample, summary)``;
+    the summary's ``target_score`` / ``general_score`` rows give the headline columns.
+    ``csd(path_model, alpha) -> {column: value}`` adds CSD columns; ``on_alpha(alpha, path_model)``
+    is called after each α is set (e.g. to save a checkpoint).
+    Returns ``(curve_df, {kind: per_sample_df})``.
+    """
+    import pandas as pd
+
+    evaluators = evaluators or {}
+    pm = setup.path_model
+    rows, samples = [], {k: [] for k in evaluators}
+    for i, a in enumerate(alphas):
+        t0 = time.perf_counter()
+        pm.set_alpha(a)
+        set_s = time.perf_counter() - t0
+        oe = pm.orthogonality_error()
+        row = {"alpha": float(a), "path": setup.path, "method": setup.method,
+               "generator_scale": setup.scale_mode, "target": math.nan, "general": math.nan,
+               "set_seconds": set_s, "eval_seconds": 0.0, "orth_err": math.nan if oe is None else oe}
+        t1 = time.perf_counter()
+        for kind, fn in evaluators.items():
+            per_sample, summary = fn(pm.model, setup.tokenizer)
+            row[kind] = _headline(summary, f"{kind}_score")
+            row.update(_summary_columns(summary))
+            if per_sample is not None and len(per_sample):
+                samples[kind].append(per_sample.assign(alpha=float(a)))
+        row["eval_seconds"] = time.perf_counter() - t1
+        if csd is not None:
+            row.update(csd(pm, a))
+        if on_alpha is not None:
+            on_alpha(a, pm)
+        rows.append(row)
+        if callback:
+            callback(i + 1, len(alphas), f"α={a:g}")
+    curve = pd.DataFrame(rows)
+    return curve, {k: pd.concat(v, ignore_index=True) for k, v in samples.items() if v}
+
+
+def save_checkpoint(setup: PathSetup, alpha: float, directory, overwrite: bool = False):
+    """Write the current point of the path: a rewound adapter (native) or a full model (dense)."""
+    from pathlib import Path
+
+    from peftarena_cli.artifacts.adapters import Adapter, save_adapter
+    from peftarena_cli.artifacts.atomic import atomic_dir
+
+    d = Path(directory) / f"alpha-{alpha:.4f}"
+    meta = {"peftarena_rewind": {"alpha": float(alpha), "path": setup.path, "method": setup.method,
+                                 "generator_scale": setup.scale_mode, "source": setup.finetuned.spec}}
+    pm = setup.path_model
+    if setup.path == "native":
+        ad = Adapter(config=dict(setup.finetuned.config), tensors=pm.current)
+        return save_adapter(ad, d, extra_metadata=meta, overwrite=overwrite)
+    with atomic_dir(d, overwrite=overwrite) as tmp:
+        pm.model.save_pretrained(str(tmp), safe_serialization=True)
+        setup.tokenizer.save_pretrained(str(tmp))
+    return d
