@@ -1,0 +1,267 @@
+"""`peftarena report`: collection, leaderboard, Pareto frontier, correlations, plots, CLI, bad input."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import run_cli  # noqa: E402
+from report_synth import MODULES, SCORES, make_runs  # noqa: E402
+
+from peftarena_cli.artifacts.tables import read_table, write_table  # noqa: E402
+from peftarena_cli.errors import InputNotFound, InvalidArtifact, OutputError, UsageError  # noqa: E402
+from peftarena_cli.report.build import build_report, write_report  # noqa: E402
+from peftarena_cli.report.collect import collect_results, table_kind  # noqa: E402
+from peftarena_cli.report.correlations import average_ranks, correlation_table, pearson, spearman  # noqa: E402
+from peftarena_cli.report.leaderboard import build_leaderboard, pareto_mask  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "peft_arena_results.csv"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return make_runs(tmp_path_factory.mktemp("report") / "runs", adapter_numel=(8, 16))
+
+
+# ------------------------------------------------------------------ pure pieces
+def test_pareto_mask_hand_case():
+    # (target, general): a dominates c; b and a trade off; d equals a (neither dominates); e is NaN
+    t = [50, 40, 45, 50, float("nan"), 30]
+    g = [40, 50, 39, 40, 60, 50]
+    assert pareto_mask(t, g).tolist() == [True, True, False, True, False, False]
+
+
+def test_pearson_and_spearman_against_numpy_and_hand_ranks():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=9), rng.normal(size=9)
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+    # ties share the mean rank: hand-ranked
+    xs, ys = [1.0, 2.0, 2.0, 3.0, 7.0], [1.0, 3.0, 2.0, 4.0, 0.5]
+    assert average_ranks(xs).tolist() == [1.0, 2.5, 2.5, 4.0, 5.0]
+    assert spearman(xs, ys) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4, 5], [2, 4, 3, 5, 1])[0, 1], abs=1e-12)
+    assert math.isnan(pearson([1, 2], [2, 3]))  # fewer than 3 points
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))  # constant
+
+
+def test_table_kinds_by_columns():
+    assert table_kind(["task", "metric", "value", "n"]) == "eval_summary"
+    assert table_kind(["alpha", "path", "target", "general", "target_score"]) == "curve"
+    assert table_kind(["module", "layer", "kind", "index", "sigma", "p_diag", "delta_p", "energy"]) == "spectrum_index"
+    assert table_kind(["module", "effective_rank", "delta_fro"]) == "spectrum_summary"
+    assert table_kind(["module", "csd_abs", "csd_rel"]) == "csd"
+    assert table_kind(["module", "cka", "raw_residual"]) == "act_geom"
+    assert table_kind(["task", "id", "sample", "completion", "correct"]) is None  # per-sample rows
+    assert table_kind(["step", "loss"]) is None
+
+
+# ------------------------------------------------------------------ leaderboard
+def test_leaderboard_values_against_direct_computation(runs):
+    methods = collect_results([str(runs)])
+    assert list(methods)[0] == "base" and set(methods) == set(SCORES)
+    lb = build_leaderboard(methods).set_index("method")
+    bt, bg, _ = SCORES["base"]
+    for name, (t, g, _) in SCORES.items():
+        assert lb.loc[name, "target"] == t and lb.loc[name, "general"] == g
+        assert lb.loc[name, "target_gain"] == pytest.approx(t - bt)
+        assert lb.loc[name, "forgetting"] == pytest.approx(bg - g)
+    pts = [(SCORES[n][0], SCORES[n][1]) for n in lb.index]
+    brute = [not any(a[0] >= p[0] and a[1] >= p[1] and a != p for a in pts) for p in pts]
+    assert lb["pareto"].tolist() == brute
+    assert lb.loc["lora", "trainable_params"] == 8 * 4 + 4 * 16  # from the safetensors header
+    assert lb.loc["base", "trainable_params"] == 0
+    # geometry aggregates, recomputed from the files directly
+    spec, _ = read_table(runs / "lora" / "spectrum_summary.parquet")
+    assert lb.loc["lora", "spec_delta_fro"] == pytest.approx(math.sqrt((spec["delta_fro"] ** 2).sum()))
+    assert lb.loc["lora", "spec_effective_rank"] == pytest.approx(spec["effective_rank"].mean())
+    csd, _ = read_table(runs / "lora" / "csd.parquet")
+    g = csd[csd["prompts"] == "general"]
+    assert lb.loc["lora", "csd_un_general"] == pytest.approx(g["csd_un"].mean())
+    ag, _ = read_table(runs / "oft" / "act_geom.parquet")
+    assert lb.loc["oft", "ag_cka_target"] == pytest.approx(ag[ag["prompts"] == "target"]["cka"].mean())
+    assert math.isnan(lb.loc["base", "spec_delta_fro"])
+    # order: base first, then by target descending
+    assert list(lb.index) == ["base", "full", "dora", "lora", "oft", "vera"]
+
+
+def test_module_selection_restricts_geometry(runs):
+    lb = build_leaderboard(collect_results([str(runs)]), modules=r"layers\.1\.mlp\.down_proj").set_index("method")
+    spec, _ = read_table(runs / "full" / "spectrum_summary.parquet")
+    one = spec[spec["module"] == "model.layers.1.mlp.down_proj"]
+    assert lb.loc["full", "spec_delta_fro"] == pytest.approx(float(one["delta_fro"].iloc[0]))
+
+
+def test_correlations_match_numpy(runs):
+    lb = build_leaderboard(collect_results([str(runs)]))
+    corr = correlation_table(lb).set_index(["metric", "against"])
+    tuned = lb[~lb["is_base"]]
+    for metric in ("spec_delta_fro", "csd_abs_general", "ag_cka_general"):
+        for against in ("forgetting", "target_gain"):
+            row = corr.loc[(metric, against)]
+            assert row["n"] == 5
+            assert row["pearson"] == pytest.approx(np.corrcoef(tuned[metric], tuned[against])[0, 1], abs=1e-9)
+            rx = pd.Series(tuned[metric].to_numpy()).rank().to_numpy()
+            ry = pd.Series(tuned[against].to_numpy()).rank().to_numpy()
+            assert row["spearman"] == pytest.approx(np.corrcoef(rx, ry)[0, 1], abs=1e-9)
+    assert corr.loc[("ag_cka_general", "forgetting"), "pearson"] < 0  # more forgetting, lower CKA
+
+
+def test_labels_and_single_files(runs):
+    m = collect_results([f"mine={runs / 'lora'}", str(runs / "base" / "eval_target_summary.parquet"),
+                         str(runs / "base" / "eval_general_summary.parquet")])
+    assert list(m) == ["base", "mine"]
+    lb = build_leaderboard(m).set_index("method")
+    assert lb.loc["mine", "target_gain"] == SCORES["lora"][0] - SCORES["base"][0]
+    # a method directory given directly is named after itself
+    assert list(collect_results([str(runs / "oft")])) == ["oft"]
+
+
+def test_curves_and_spectrum_collected(runs):
+    rep = build_report([str(runs)])
+    assert set(rep.curves) == {"lora", "oft"}
+    assert rep.spectrum_module == "model.layers.1.mlp.down_proj"  # the middle layer's down_proj
+    rep = build_report([str(runs)], spectrum_module="layers.0.self_attn.q_proj")
+    assert rep.spectrum_module == "model.layers.0.self_attn.q_proj"
+
+
+def test_plane_figure_has_points_paths_and_reference_panel(runs):
+    from peftarena_cli.report.plots import close, plot_plane
+
+    rep = build_report([str(runs)])
+    fig = plot_plane(rep.leaderboard, rep.curves)
+    ax = fig.axes[0]
+    texts = {t.get_text() for t in ax.texts}
+    assert set(SCORES) <= texts
+    assert any(t.startswith("α=") for t in texts)
+    # the frontier polyline goes through every Pareto point, sorted by general score
+    front = [line for line in ax.lines if line.get_label() == "Pareto frontier"][0]
+    lb = rep.leaderboard[rep.leaderboard["pareto"]].sort_values("general")
+    assert np.allclose(front.get_xdata(), lb["general"]) and np.allclose(front.get_ydata(), lb["target"])
+    close(fig)
+    ref = pd.DataFrame({"method": ["base", "full", "lora_r8"], "target": [30.0, 50.0, 40.0], "general": [50.0, 35.0, 45.0]})
+    fig = plot_plane(rep.leaderboard, rep.curves, reference=ref, reference_title="Published")
+    assert len(fig.axes) == 2 and {"lora_r8", "full", "base"} <= {t.get_text() for t in fig.axes[1].texts}
+    close(fig)
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="../shared/reference is absent")
+def test_reference_csv_selection():
+    from peftarena_cli.report.reference import load_reference, parse_select
+
+    df, title = load_reference(REFERENCE, parse_select("model=llama3.2-3b-instruct,domain=med"))
+    raw = pd.read_csv(REFERENCE)
+    raw = raw[(raw.regime == "sft") & (raw.model == "llama3.2-3b-instruct") & (raw.domain == "med")]
+    assert df.set_index("method")["target"].to_dict() == raw.drop_duplicates("method").set_index("method")["target"].to_dict()
+    assert "med" in title
+    with pytest.raises(UsageError):
+        load_reference(REFERENCE, parse_select("model=nope"))
+    with pytest.raises(UsageError):
+        parse_select("model")
+
+
+def test_write_report_is_atomic_and_guards_foreign_dirs(runs, tmp_path, monkeypatch):
+    rep = build_report([str(runs)])
+    out = tmp_path / "rep"
+    write_report(rep, out)
+    before = (out / "leaderboard.md").read_text()
+    import peftarena_cli.report.plots as plots
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "save_figure", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(rep, out)
+    assert (out / "leaderboard.md").read_text() == before  # previous report intact
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary leftovers
+    monkeypatch.undo()
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("x")
+    with pytest.raises(OutputError):
+        write_report(rep, foreign)
+    assert (foreign / "precious.txt").exists()
+
+
+def test_conflicting_summaries_are_refused(runs, tmp_path):
+    d = tmp_path / "two"
+    d.mkdir()
+    write_table(pd.DataFrame({"task": ["target"], "metric": ["target_score"], "value": [10.0], "n": [5]}), d / "a.parquet")
+    write_table(pd.DataFrame({"task": ["target"], "metric": ["target_score"], "value": [20.0], "n": [5]}), d / "b.parquet")
+    with pytest.raises(InvalidArtifact, match="target_score"):
+        build_leaderboard(collect_results([str(d)]))
+
+
+def test_library_errors(tmp_path):
+    with pytest.raises(InputNotFound):
+        collect_results([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidArtifact):
+        collect_results([str(tmp_path / "empty")])
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(InvalidArtifact):
+        collect_results([str(tmp_path / "x.csv")])
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_writes_the_report(runs, tmp_path):
+    out = tmp_path / "report"
+    args = ["report", runs, "-o", out]
+    if REFERENCE.is_file():
+        args += ["--reference", REFERENCE]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b""  # nothing on stdout: the report is a directory
+    names = {p.name for p in out.iterdir()}
+    assert {"plane.png", "plane.svg", "spectrum.png", "leaderboard.md", "leaderboard.parquet", "correlations.parquet"} <= names
+    assert (out / "plane.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "vera" in (out / "plane.svg").read_text()
+    lb, prov = read_table(out / "leaderboard.parquet")
+    assert prov["command"] == "report" and "lora" in prov["extra"]["report_inputs"]
+    assert lb.set_index("method").loc["full", "forgetting"] == pytest.approx(15.0)
+    corr, _ = read_table(out / "correlations.parquet")
+    assert list(corr.columns) == ["metric", "against", "pearson", "spearman", "n"]
+    err = r.stderr.decode()
+    assert "report written to" in err and "full" in err and "+32.00" in err
+    md = (out / "leaderboard.md").read_text()
+    assert "| full | 96 | 52.00 | 35.00 | +32.00 | +15.00 | ✓ |" in md
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_dir", "corrupt", "foreign_out", "bad_reference", "bad_select"])
+def test_cli_bad_input(case, runs, tmp_path):
+    out = tmp_path / "out"
+    args = [runs]
+    code = 1
+    if case == "missing":
+        args = [tmp_path / "nope"]
+    elif case == "empty_dir":
+        (tmp_path / "e").mkdir()
+        args = [tmp_path / "e"]
+    elif case == "corrupt":
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "eval_summary.parquet").write_bytes(b"PAR1 not really")
+        args = [tmp_path / "c" / "eval_summary.parquet"]
+    elif case == "foreign_out":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif case == "bad_reference":
+        (tmp_path / "ref.csv").write_text("method,score\nbase,1\n")
+        args += ["--reference", tmp_path / "ref.csv"]
+    elif case == "bad_select":
+        args += ["--reference-select", "model"]
+        code = 2
+    r = run_cli("report", *args, "-o", out)
+    assert r.returncode == code, r.stderr.decode()
+    err = r.stderr.decode()
+    assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
+    if case == "foreign_out":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
