@@ -61,3 +61,43 @@ def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,)
                 row[f"ratio_{k}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
         rows.append(row)
     return rows
+
+
+def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.0,), device: str = "cpu",
+              callback=None, eps: float = EPS):
+    """CSD per changed module for every prompt set in ``sets`` (a DataFrame, one row per module × α).
+
+    ``base`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource`, ``ft`` an
+    :func:`~peftarena_cli.weights.finetuned.open_finetuned` result. ``modules`` restricts the
+    modules (default: every module the fine-tune changes that the statistics cover).
+    """
+    import pandas as pd
+
+    from peftarena_cli.errors import IncompatibleInputs
+    from peftarena_cli.weights.deltas import iter_module_deltas
+
+    covered = set.intersection(*(set(m.module_group) for m in sets.values())) if sets else set()
+    changed = ft.module_names()
+    wanted = [n for n in changed if (n in modules if modules is not None else n in covered)]
+    if modules is not None:
+        missing = [n for n in wanted if n not in covered]
+        if missing:
+            raise IncompatibleInputs(f"the statistics lack module {missing[0]!r} ({len(missing)} missing)",
+                                     hint="collect the stats with the same --modules, or drop --stats")
+    if not wanted:
+        raise IncompatibleInputs(
+            f"no module changed by {ft.spec!r} is covered by the statistics/selection "
+            f"({len(changed)} changed, {len(covered)} covered)",
+            hint="check that the adapter belongs to this base model and the --modules selection")
+    want = set(wanted)
+    kinds = sorted({n.rsplit('.', 1)[-1] for n in wanted})
+    rows: list[dict] = []
+    done = 0
+    for md in iter_module_deltas(base, ft, kinds=kinds, device=device):
+        if md.name not in want:
+            continue
+        rows.extend(csd_rows(md.name, md.layer, md.kind, md.w0, md.dense(), sets, alphas, eps))
+        done += 1
+        if callback:
+            callback(done, len(wanted), md.name)
+    return pd.DataFrame(rows)
