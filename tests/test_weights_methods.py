@@ -32,10 +32,10 @@ def check_against_peft(model_dir, adapter_dir, method, atol=2e-5, expect_form=No
     ref = peft_merged(model_dir, adapter_dir)
     w0s = base_weights(model_dir)
     ft = open_finetuned(adapter_dir)
-    assert ft.method == method
     base = WeightSource(model_dir / "model.safetensors")
     n = 0
     for md in iter_module_deltas(base, ft):
+        assert md.method == method
         key = md.name + ".weight"
         w1_ref = ref[key].float()
         d_ref = w1_ref - w0s[key].float()
@@ -61,19 +61,99 @@ def _lora(**kw):
     return LoraConfig(target_modules="all-linear", lora_dropout=0.0, **kw)
 
 
-LORA_CASES = {
+def _peft(name, **kw):
+    import peft
+
+    return getattr(peft, name)(target_modules="all-linear", **kw)
+
+
+# case -> (config factory, method reported, substring of `form`)
+CASES = {
     "lora": (lambda: _lora(r=4, lora_alpha=8), "lora", None),
     "rslora": (lambda: _lora(r=4, lora_alpha=8, use_rslora=True), "lora", "rslora"),
     "patterns": (lambda: _lora(r=4, lora_alpha=8, rank_pattern={"down_proj": 2}, alpha_pattern={"q_proj": 3}),
                  "lora", None),
+    "dora": (lambda: _lora(r=4, lora_alpha=8, use_dora=True), "dora", "magnitude"),
+    "pissa_residual": (lambda: _lora(r=4, lora_alpha=4, init_lora_weights="pissa"), "pissa", "pissa residual"),
+    "adalora": (lambda: _peft("AdaLoraConfig", init_r=6, target_r=4, lora_alpha=8, total_step=10), "adalora", None),
+    "vera": (lambda: _peft("VeraConfig", r=8), "vera", "saved projections"),
+    "vera_unsaved": (lambda: _peft("VeraConfig", r=8, save_projection=False), "vera", "regenerated"),
+    "ia3": (lambda: __import__("peft").IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                                 feedforward_modules=["down_proj"]), "ia3", None),
+    "oft_neumann": (lambda: _peft("OFTConfig", oft_block_size=16, use_cayley_neumann=True), "oft", "cayley-neumann"),
+    "oft_exact": (lambda: _peft("OFTConfig", oft_block_size=16, use_cayley_neumann=False), "oft", "cayley-exact"),
+    "oft_coft_share": (lambda: _peft("OFTConfig", oft_block_size=16, use_cayley_neumann=False, coft=True, eps=0.3,
+                                     block_share=True), "oft", "coft"),
+    "boft": (lambda: _peft("BOFTConfig", boft_block_size=8, boft_n_butterfly_factor=2), "boft", "butterfly"),
+    "miss": (lambda: _peft("MissConfig", r=8), "miss", "standard"),
+    "miss_bat": (lambda: _peft("MissConfig", r=8, init_weights="bat"), "miss", "bat"),
+    "miss_mini": (lambda: _peft("MissConfig", r=8, init_weights="mini", mini_r=4), "miss", "mini"),
 }
 
 
-@pytest.mark.parametrize("case", list(LORA_CASES))
-def test_lora_family_matches_peft_merge(case, tiny_model_dir, tmp_path):
-    make_cfg, method, form = LORA_CASES[case]
+@pytest.mark.parametrize("case", list(CASES))
+def test_method_matches_peft_merge(case, tiny_model_dir, tmp_path):
+    make_cfg, method, form = CASES[case]
     ad = make_adapter(tiny_model_dir, make_cfg(), tmp_path / case)
     check_against_peft(tiny_model_dir, ad, method, expect_form=form)
+
+
+def test_boft_butterfly_factors(tiny_model_dir, tmp_path, monkeypatch):
+    """BOFT with 2 butterfly factors. PEFT only builds them with its CUDA block-diag kernel, so the
+    reference uses PEFT's own code with that kernel replaced by torch.block_diag."""
+    import peft.tuners.boft.layer as bl
+
+    class _BlockDiag:
+        @staticmethod
+        def apply(x):
+            return torch.stack([torch.block_diag(*x[i].unbind(0)) for i in range(x.shape[0])])
+
+    monkeypatch.setattr(bl, "get_fbd_cuda", lambda: True)
+    monkeypatch.setattr(bl, "FastBlockDiag", _BlockDiag)
+    ad = make_adapter(tiny_model_dir, _peft("BOFTConfig", boft_block_size=8, boft_n_butterfly_factor=2), tmp_path / "b")
+    from peftarena_cli.weights import open_finetuned
+
+    assert next(iter(open_finetuned(ad).modules.values()))["boft_R"].shape[0] == 2
+    check_against_peft(tiny_model_dir, ad, "boft", expect_form="butterfly factors 2")
+
+
+def test_oft_cayley_variants_are_transposed(tiny_model_dir, tmp_path):
+    """Same saved generator, the two Cayley variants: exact R vs the series give (nearly) Rᵀ."""
+    import json
+
+    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.weights import iter_module_deltas, open_finetuned
+
+    ad = make_adapter(tiny_model_dir, CASES["oft_exact"][0](), tmp_path / "oft", scale=0.01)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg.update(use_cayley_neumann=True, num_cayley_neumann_terms=12)
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    base = WeightSource(tiny_model_dir / "model.safetensors")
+    md_n = next(iter_module_deltas(base, open_finetuned(ad), kinds=["q_proj"], layers=[0]))
+    cfg["use_cayley_neumann"] = False
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    md_e = next(iter_module_deltas(base, open_finetuned(ad), kinds=["q_proj"], layers=[0]))
+    eye = torch.eye(md_e.rotation.shape[0])
+    assert (md_e.rotation - eye).abs().max() > 1e-3
+    torch.testing.assert_close(md_n.rotation, md_e.rotation.T, atol=1e-6, rtol=0)
+    assert (md_n.rotation - md_e.rotation).abs().max() > 1e-3
+
+
+def test_pissa_converted_form_detected(tiny_model_dir, tmp_path):
+    """PEFT's converted PiSSA (rank 2r plain LoRA on the original base) matches the merge and is named."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    pm = get_peft_model(base, _lora(r=4, lora_alpha=4, init_lora_weights="pissa"))
+    pm.save_pretrained(str(tmp_path / "init"))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(str(tmp_path / "conv"), path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    check_against_peft(tiny_model_dir, tmp_path / "conv", "pissa", expect_form="pissa converted")
 
 
 def test_full_finetune_delta(tiny_model_dir, tmp_path):

@@ -39,7 +39,7 @@ class ModuleDelta:
     delta_t: torch.Tensor | None = None
     w1_t: torch.Tensor | None = None
     rotation: torch.Tensor | None = None
-    row_scale: torch.Tensor | None = None  # W1 = diag(row_scale) @ W0 (+ ...), IA3 on outputs
+    row_scale: torch.Tensor | None = None  # with rotation: W1 = diag(row_scale) @ W0 @ rotation (BOFT)
     form: str = ""  # how the saved adapter was read, e.g. "rslora", "pissa residual", "cayley-neumann(5)"
     extra: dict = field(default_factory=dict)
 
@@ -70,7 +70,8 @@ class ModuleDelta:
         if self.w1_t is not None:
             return self.w1_t
         if self.rotation is not None:
-            return self.w0 @ self.rotation
+            w = self.w0 @ self.rotation
+            return w if self.row_scale is None else self.row_scale[:, None] * w
         return self.w0 + self.dense()
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,10 @@ class ModuleDelta:
             b, a = self.factors
             return b @ (a @ x)
         if self.rotation is not None:
-            return self.w0 @ (self.rotation @ x - x)
-        if self.row_scale is not None and self.w1_t is None and self.delta_t is None:
-            return (self.row_scale - 1.0)[:, None] * (self.w0 @ x)
+            y = self.w0 @ (self.rotation @ x)
+            if self.row_scale is not None:
+                y = self.row_scale[:, None] * y
+            return y - self.w0 @ x
         return self.dense() @ x
 
     def fro2(self) -> float:
@@ -166,6 +168,8 @@ def iter_module_deltas(
         if k is None or len(base.shape(k)) != 2:
             raise IncompatibleInputs(f"module {n!r} of the fine-tune is missing from the base model (no 2-D {n}.weight)")
         keys[n] = k
+    ft.base_shapes = {n: base.shape(keys[n]) for n in sel} | {
+        n: base.shape(k) for n in names if n not in keys and (k := base_key(base, n)) is not None}
     method = ft.method
     former = formers.former_for(ft)
     svd_fn = svd or _plain_svd
@@ -173,7 +177,8 @@ def iter_module_deltas(
         w0 = base.get(keys[n]).to(device=device, dtype=torch.float32)
         _check_finite(w0, n, "the base weight")
         parts = former(n, w0, ft, device, svd_fn)
-        md = ModuleDelta(name=n, layer=module_layer(n), kind=module_kind(n), method=method, w0=w0, **parts)
+        md = ModuleDelta(name=n, layer=module_layer(n), kind=module_kind(n), method=parts.pop("method", method),
+                         w0=w0, **parts)
         for what, t in (("the adapter factors", md.factors[0] if md.factors else None),
                         ("the adapter factors", md.factors[1] if md.factors else None),
                         ("the update", md.delta_t), ("the fine-tuned weight", md.w1_t),

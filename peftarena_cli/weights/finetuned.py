@@ -26,6 +26,8 @@ PEFT_METHODS = {
     "MISS": "miss",
 }
 
+KNOWN_METHODS = ("lora", "pissa", "milora", "dora", "adalora", "vera", "ia3", "oft", "boft", "miss", "full")
+
 # Suffix components that mark where the module name ends in a PEFT state-dict key.
 _MARKER = re.compile(
     r"\.(lora_A|lora_B|lora_E|lora_magnitude_vector|vera_lambda_b|vera_lambda_d|ia3_l|oft_R|oft_s|"
@@ -57,6 +59,8 @@ class Finetuned:
     # adapter only: module name -> {param suffix: tensor}; global (shared) tensors by key
     modules: dict[str, dict] = field(default_factory=dict)
     shared: dict = field(default_factory=dict)
+    base_shapes: dict = field(default_factory=dict)  # set by iter_module_deltas: module -> base (out, in)
+    cache: dict = field(default_factory=dict)  # per-fine-tune scratch (e.g. VeRA's shared projections)
 
     @property
     def peft_type(self) -> str:
@@ -73,6 +77,9 @@ class Finetuned:
             return "full"
         from peftarena_cli.weights.lora import lora_method_name
 
+        declared = str((self.adapter.metadata or {}).get("method", "")).lower()
+        if declared in KNOWN_METHODS:
+            return declared
         base = PEFT_METHODS.get(self.peft_type)
         if base is None:
             raise UnsupportedMethod(f"unsupported PEFT type {self.peft_type!r} in {self.spec!r}")

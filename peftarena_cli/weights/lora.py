@@ -84,6 +84,7 @@ def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     r = int(a.shape[0])
     s = lora_scaling(config, module, r)
     forms = ["rslora"] if config.get("use_rslora") else []
+    method = None
     init = _init(config)
     if init.startswith(("pissa", "milora")):
         # residual form: the base the adapter was trained on is W0 minus r singular triplets of W0
@@ -102,6 +103,7 @@ def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
         conv = _detect_converted(w0, b, a, svd, module)
         if conv:
             forms.append(conv)
+            method = conv.split()[0]
     b = b * s
     if config.get("use_dora"):
         m = params.get("lora_magnitude_vector")
@@ -114,7 +116,10 @@ def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
         norm = torch.linalg.norm(merged, dim=1)
         w1 = (m.to(device=device, dtype=torch.float32) / norm)[:, None] * merged
         return {"w1_t": w1, "form": ", ".join(forms + ["magnitude included"])}
-    return {"factors": (b, a), "form": ", ".join(forms)}
+    out = {"factors": (b, a), "form": ", ".join(forms)}
+    if method is not None and not config.get("use_dora"):
+        out["method"] = method
+    return out
 
 
 def _detect_converted(w0, b, a, svd, module) -> str:

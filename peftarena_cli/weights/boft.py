@@ -1,0 +1,47 @@
+"""Where the BOFT update is formed: W1 = diag(s) W0 Mᵀ with a butterfly product of rotations.
+
+PEFT stores per module ``boft_R`` (m+1, blocks, b, b) and ``boft_s`` (out, 1). Each factor i is a
+block-diagonal exact-Cayley rotation B_i of the skew part of ``boft_R[i]``, conjugated by PEFT's
+butterfly permutation P_i: M = Π_i P_i B_i P_iᵀ (factor 0 applied first). The permutations are
+taken from PEFT itself (``BOFTLayer.block_butterfly_perm``) so they match by construction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from peftarena_cli.errors import IncompatibleInputs
+from peftarena_cli.weights.lora import raise_missing
+
+
+def _perm(in_f: int, n_factor: int, block_num: int, block_size: int, i: int) -> torch.Tensor:
+    from peft.tuners.boft.layer import BOFTLayer
+
+    return BOFTLayer.block_butterfly_perm(None, in_f, int(block_num / (2 ** i)), int(block_size / 2), n_factor)
+
+
+def boft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
+    params = ft.modules[module]
+    r, s = params.get("boft_R"), params.get("boft_s")
+    if r is None or s is None:
+        raise_missing(module, "boft_R/boft_s")
+    out_f, in_f = w0.shape
+    if r.ndim != 4 or r.shape[1] * r.shape[2] != in_f or r.shape[2] != r.shape[3]:
+        raise IncompatibleInputs(f"module {module!r}: boft_R has shape {tuple(r.shape)}, the base has {in_f} inputs")
+    if tuple(s.shape) != (out_f, 1):
+        raise IncompatibleInputs(f"module {module!r}: boft_s has shape {tuple(s.shape)}, the base needs ({out_f}, 1)")
+    r = r.to(device, torch.float32)
+    nf, nb, b, _ = r.shape
+    data = r.reshape(nf * nb, b, b)
+    skew = 0.5 * (data - data.transpose(1, 2))
+    eye = torch.eye(b, device=device).expand_as(skew)
+    rot = torch.linalg.solve(eye + skew, eye - skew, left=False).reshape(nf, nb, b, b)
+    m = None
+    for i in range(nf):
+        bd = torch.block_diag(*rot[i].unbind(0))
+        perm = _perm(in_f, nf - 1, nb, b, i).to(device)
+        # P x = x[perm]; P B Pᵀ = B[perm][:, perm]
+        f = bd[perm][:, perm]
+        m = f if m is None else f @ m
+    return {"rotation": m.T.contiguous(), "row_scale": s.to(device, torch.float32).reshape(-1),
+            "form": f"butterfly factors {nf}, block size {b}"}
