@@ -58,7 +58,7 @@ def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,)
             row[f"n_tokens_{role}"] = m.n(name)
         if "general" in sets and "target" in sets:
             for k in ("csd_abs", "csd_rel", "csd_un"):
-                row[f"ratio_{k}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
+                row[f"csd_ratio_{k[4:]}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
         rows.append(row)
     return rows
 
