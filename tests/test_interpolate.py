@@ -1,0 +1,204 @@
+"""interpolate: native and dense paths on one loaded model, checked against PEFT's own forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from paths_helpers import METHODS, adapters_fixture, config_of, load_base, logits, peft_logits, tokens
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    return adapters_fixture(tiny_model_dir, tmp_path_factory)
+
+
+def _native(tiny_model_dir, adapter_dir, **kw):
+    from peft import PeftModel
+
+    from peftarena_cli.paths.inplace import NativePathModel
+
+    pm = PeftModel.from_pretrained(load_base(tiny_model_dir), str(adapter_dir)).eval()
+    return NativePathModel(pm, config_of(adapter_dir), **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_native_endpoints_match_base_and_peft(tiny_model_dir, adapters, method):
+    ids = tokens()
+    base = logits(load_base(tiny_model_dir), ids)
+    ft = peft_logits(tiny_model_dir, adapters[method], ids)
+    assert (ft - base).abs().max() > 1e-4, "the adapter must change the logits for the test to mean anything"
+    path = _native(tiny_model_dir, adapters[method])
+    for a, ref in ((0.0, base), (1.0, ft), (0.0, base)):  # back and forth on the same model
+        path.set_alpha(a)
+        torch.testing.assert_close(logits(path.model, ids), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", (*METHODS, "ia3"))
+def test_dense_endpoints_and_midpoint(tiny_model_dir, adapters, method):
+    """Dense path W0 + αΔW: endpoints match; α=0.5 matches W0 + 0.5(W_merged − W0) from PEFT's own merge."""
+    from peft import PeftModel
+
+    from peftarena_cli.paths.sweep import open_path_model
+
+    ids = tokens()
+    base_model = load_base(tiny_model_dir)
+    base = logits(base_model, ids)
+    ft = peft_logits(tiny_model_dir, adapters[method], ids)
+    setup = open_path_model(str(tiny_model_dir), str(adapters[method]), path="dense", device="cpu")
+    assert setup.path == "dense"
+    pm = setup.path_model
+    pm.set_alpha(0.0)
+    torch.testing.assert_close(logits(pm.model, ids), base, atol=1e-5, rtol=0)
+    pm.set_alpha(1.0)
+    torch.testing.assert_close(logits(pm.model, ids), ft, atol=1e-5, rtol=0)
+    # independent midpoint: PEFT merge, then average the state dicts by hand
+    merged = PeftModel.from_pretrained(load_base(tiny_model_dir), str(adapters[method])).merge_and_unload()
+    sd0 = base_model.state_dict()
+    mid = load_base(tiny_model_dir)
+    mid.load_state_dict({k: sd0[k] + 0.5 * (v - sd0[k]) for k, v in merged.state_dict().items()})
+    pm.set_alpha(0.5)
+    torch.testing.assert_close(logits(pm.model, ids), logits(mid, ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ("lora", "vera", "miss"))
+def test_linear_methods_native_equals_dense(tiny_model_dir, adapters, method):
+    from peftarena_cli.paths.sweep import open_path_model
+
+    ids = tokens(1)
+    nat = _native(tiny_model_dir, adapters[method])
+    dense = open_path_model(str(tiny_model_dir), str(adapters[method]), path="dense", device="cpu").path_model
+    for a in (0.3, 0.7):
+        nat.set_alpha(a)
+        dense.set_alpha(a)
+        torch.testing.assert_close(logits(nat.model, ids), logits(dense.model, ids), atol=1e-5, rtol=0)
+
+
+def test_dora_native_midpoint_formula(tiny_model_dir, adapters):
+    """DoRA native α: W(α) = m(α)·(W0 + α s B A)/‖W0 + α s B A‖_row with m(α) = m0 + α(m1 − m0)."""
+    from safetensors.torch import load_file
+
+    path = _native(tiny_model_dir, adapters["dora"])
+    cfg = config_of(adapters["dora"])
+    s = cfg["lora_alpha"] / cfg["r"]
+    tens = load_file(str(adapters["dora"] / "adapter_model.safetensors"))
+    w0 = load_base(tiny_model_dir).model.layers[1].self_attn.q_proj.weight.detach()
+    pre = "base_model.model.model.layers.1.self_attn.q_proj."
+    B, A, m1 = tens[pre + "lora_B.weight"], tens[pre + "lora_A.weight"], tens[pre + "lora_magnitude_vector"]
+    a = 0.35
+    m0 = torch.linalg.norm(w0, dim=1)
+    v = w0 + a * s * (B @ A)
+    w_expected = ((m0 + a * (m1 - m0)) / torch.linalg.norm(v, dim=1))[:, None] * v
+    path.set_alpha(a)
+    layer = path.model.base_model.model.model.layers[1].self_attn.q_proj
+    x = torch.randn(5, w0.shape[1])
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, x @ w_expected.T, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ("oft", "oft_exact"))
+def test_oft_native_generator_scaling_and_orthogonality(tiny_model_dir, adapters, method):
+    from safetensors.torch import load_file
+
+    from peftarena_cli.paths.oft_rotation import cayley, orthogonality_error, variant_of
+
+    neumann, terms = variant_of(config_of(adapters[method]))
+    assert neumann == (method == "oft")
+    orig = load_file(str(adapters[method] / "adapter_model.safetensors"))
+    key = next(k for k in orig if k.endswith("oft_R.weight"))
+    for mode, s_of in (("linear", lambda a: a), ("sqrt", math.sqrt)):
+        path = _native(tiny_model_dir, adapters[method], scale_mode=mode)
+        errs = []
+        for a in (0.0, 0.25, 0.5, 1.0):
+            path.set_alpha(a)
+            live = dict(path.model.named_parameters())
+            live_q = next(v for k, v in live.items() if k.endswith(key.replace("base_model.model.", "").replace(".weight", ".default.weight")))
+            torch.testing.assert_close(live_q.detach(), orig[key] * s_of(a), atol=1e-7, rtol=0)
+            errs.append(path.orthogonality_error())
+            assert errs[-1] == pytest.approx(max(orthogonality_error(cayley(v * s_of(a), neumann, terms))
+                                                 for k, v in orig.items() if k.endswith("oft_R.weight")), abs=1e-7)
+        if neumann:  # the truncated series is orthogonal up to its error, which shrinks with the generator
+            assert errs[0] < 1e-6 and errs == sorted(errs)
+        else:  # exact Cayley: orthogonal at every α
+            assert max(errs) < 1e-5
+
+
+@pytest.mark.parametrize("method", ("oft", "oft_exact"))
+def test_cayley_variants_match_peft_forward(tiny_model_dir, adapters, method):
+    """Our R reproduces PEFT's forward for either variant: y = W0 (x R) per block."""
+    from peft import PeftModel
+
+    from peftarena_cli.paths.oft_rotation import cayley, skew, variant_of
+
+    pm = PeftModel.from_pretrained(load_base(tiny_model_dir), str(adapters[method])).eval()
+    layer = pm.base_model.model.model.layers[0].self_attn.q_proj
+    q = layer.oft_R["default"].weight.detach()
+    neumann, terms = variant_of(config_of(adapters[method]))
+    R = torch.block_diag(*cayley(q, neumann, terms))
+    w0 = layer.get_base_layer().weight.detach()
+    x = torch.randn(3, w0.shape[1])
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, (x @ R) @ w0.T, atol=1e-5, rtol=1e-5)
+    # and the other variant gives (nearly) the transposed rotation, not the same one
+    other = torch.block_diag(*cayley(q, not neumann, 40 if neumann else terms))
+    if not neumann:
+        other = torch.block_diag(*cayley(q, True, 40))
+    assert (other - R).abs().max() > 1e-3
+    # for a generator inside the series' convergence radius the long Neumann series is the exact Rᵀ
+    qs = q * (0.5 / float(torch.linalg.matrix_norm(skew(q), ord=2).max()))
+    torch.testing.assert_close(cayley(qs, False), cayley(qs, True, 80).transpose(-2, -1), atol=1e-5, rtol=0)
+
+
+def test_full_finetune_dense_path(tiny_model_dir, tmp_path):
+    from helpers import save_tiny_llama
+
+    from peftarena_cli.paths.sweep import open_path_model
+
+    ft_dir = save_tiny_llama(tmp_path / "ft", seed=3)  # same architecture, different weights
+    ids = tokens()
+    base = logits(load_base(tiny_model_dir), ids)
+    ft = logits(load_base(ft_dir), ids)
+    setup = open_path_model(str(tiny_model_dir), str(ft_dir), device="cpu")
+    assert (setup.path, setup.method) == ("dense", "full")
+    setup.path_model.set_alpha(1.0)
+    torch.testing.assert_close(logits(setup.path_model.model, ids), ft, atol=1e-5, rtol=0)
+    setup.path_model.set_alpha(0.0)
+    torch.testing.assert_close(logits(setup.path_model.model, ids), base, atol=1e-5, rtol=0)
+
+
+def test_path_choice_and_fallback(tiny_model_dir, adapters):
+    from peftarena_cli.errors import UnsupportedMethod
+    from peftarena_cli.paths.sweep import choose_path, open_path_model
+
+    assert choose_path("lora", None, False) == ("native", None)
+    path, note = choose_path("ia3", None, False)
+    assert path == "dense" and "no native path" in note
+    with pytest.raises(UnsupportedMethod):
+        open_path_model(str(tiny_model_dir), str(adapters["ia3"]), path="native", device="cpu")
+
+
+def test_sweep_collects_eval_columns(tiny_model_dir, adapters):
+    """run_sweep with a hand-written evaluator: headline and summary columns per α, per-sample rows tagged."""
+    import pandas as pd
+
+    from peftarena_cli.paths.sweep import open_path_model, run_sweep
+
+    ids = tokens()
+    setup = open_path_model(str(tiny_model_dir), str(adapters["lora"]), device="cpu")
+
+    def ev(model, tok):  # "score" = mean logit of the first token: a deterministic function of the weights
+        v = float(logits(model, ids)[0, 0].mean())
+        per = pd.DataFrame({"id": ["a"], "correct": [True]})
+        return per, pd.DataFrame({"task": ["toy", "toy"], "metric": ["target_score", "raw"], "value": [v, 2 * v], "n": [1, 1]})
+
+    curve, samples = run_sweep(setup, [0.0, 0.5, 1.0], {"target": ev})
+    assert list(curve["alpha"]) == [0.0, 0.5, 1.0]
+    assert {"alpha", "path", "target", "general", "toy.target_score", "toy.raw", "set_seconds"} <= set(curve.columns)
+    assert curve["general"].isna().all()
+    base_v = float(logits(load_base(tiny_model_dir), ids)[0, 0].mean())
+    assert curve["target"].iloc[0] == pytest.approx(base_v, abs=1e-5)
+    assert list(samples["target"]["alpha"]) == [0.0, 0.5, 1.0]
