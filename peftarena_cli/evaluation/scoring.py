@@ -1,0 +1,120 @@
+"""Scoring completions of a task: one per-sample row per (item, sample), and the summary rows.
+
+Per-sample columns (docs/eval.md): task, subtask, id, sample, prompt, completion, extracted,
+reference, correct, correct_strict, correct_flexible, prompt_strict, prompt_loose,
+instruction_id_list, inst_strict, inst_loose, n_tokens, meta (JSON: scorer, full references, item
+metadata, so the file can be re-scored offline).
+"""
+
+from __future__ import annotations
+
+import json
+
+from peftarena_cli.evaluation import metrics
+from peftarena_cli.evaluation.scorers import bbh as bbh_s
+from peftarena_cli.evaluation.scorers import choice as choice_s
+from peftarena_cli.evaluation.scorers import ifeval as ifeval_s
+from peftarena_cli.evaluation.scorers import math as math_s
+from peftarena_cli.evaluation.scorers import nq as nq_s
+
+COLUMNS = ["task", "subtask", "id", "sample", "prompt", "completion", "extracted", "reference", "correct",
+           "correct_strict", "correct_flexible", "prompt_strict", "prompt_loose", "instruction_id_list",
+           "inst_strict", "inst_loose", "n_tokens", "meta"]
+PRIMARY = {"math": "avg@n", "choice": "avg@n", "ifeval": "inst_strict", "bbh": "accuracy", "nq": "exact_match"}
+
+
+def score_one(scorer: str, completion: str, reference, meta: dict) -> dict:
+    completion = completion if isinstance(completion, str) else ""
+    if scorer == "math":
+        return math_s.score_math(completion, str(reference))
+    if scorer == "choice":
+        return choice_s.score_choice(completion, str(reference), list(meta.get("options") or []))
+    if scorer == "ifeval":
+        return ifeval_s.score_ifeval(completion, list(meta["instruction_id_list"]), list(meta.get("kwargs") or []))
+    if scorer == "bbh":
+        return bbh_s.score_bbh(completion, str(reference))
+    if scorer == "nq":
+        return nq_s.score_nq(completion, list(reference))
+    raise ValueError(f"unknown scorer {scorer!r}")
+
+
+def _ref_text(ref) -> str:
+    if ref is None:
+        return ""
+    if isinstance(ref, (list, tuple)):
+        return " | ".join(map(str, ref))
+    return str(ref)
+
+
+def score_rows(task, prompts: list[str], completions: list[list[str]], n_tokens=None) -> list[dict]:
+    rows = []
+    for i, item in enumerate(task.items):
+        for s, comp in enumerate(completions[i]):
+            r = score_one(task.scorer, comp, item.reference, item.meta)
+            rows.append({
+                "task": task.name, "subtask": item.meta.get(task.subtask_key) if task.subtask_key else None,
+                "id": item.id, "sample": s, "prompt": prompts[i], "completion": comp,
+                "extracted": str(r.get("extracted", "")), "reference": _ref_text(item.reference),
+                "correct": bool(r["correct"]),
+                "correct_strict": r.get("correct_strict"), "correct_flexible": r.get("correct_flexible"),
+                "prompt_strict": r.get("prompt_strict"), "prompt_loose": r.get("prompt_loose"),
+                "instruction_id_list": item.meta.get("instruction_id_list"),
+                "inst_strict": r.get("inst_strict"), "inst_loose": r.get("inst_loose"),
+                "n_tokens": int(n_tokens[i][s]) if n_tokens is not None else None,
+                "meta": json.dumps({"scorer": task.scorer, "reference": item.reference, "subtask_key": task.subtask_key,
+                                    "item": item.meta}, default=str),
+            })
+    return rows
+
+
+def to_frame(rows: list[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for c in ("correct_strict", "correct_flexible", "prompt_strict", "prompt_loose"):
+        df[c] = df[c].astype("boolean")
+    df["n_tokens"] = df["n_tokens"].astype("Int64")
+    df["sample"] = df["sample"].astype("int64")
+    return df
+
+
+def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], float]:
+    """Summary rows of one task's per-sample rows, and the task's primary score (percent)."""
+    rows = []
+    n_items = df["id"].nunique()
+    if scorer in ("math", "choice"):
+        n = int(df["sample"].max()) + 1
+        ks = metrics.parse_ks(ks, n)
+        for r in metrics.sample_metrics(df, ks):
+            rows.append({"task": task_name, **r})
+        primary = rows[0]["value"]
+        rows.append({"task": task_name, "metric": "accuracy", "value": primary, "n": n_items})
+        for col, name in (("correct_strict", "accuracy_strict"), ("correct_flexible", "accuracy_flexible")):
+            rows.append({"task": task_name, "metric": name, "value": 100.0 * float(df[col].astype(bool).mean()), "n": n_items})
+    elif scorer == "ifeval":
+        d = df[df["sample"] == 0]
+        inst_s = [b for x in d["inst_strict"] for b in x]
+        inst_l = [b for x in d["inst_loose"] for b in x]
+        rows += [
+            {"task": task_name, "metric": "prompt_strict", "value": 100.0 * float(d["prompt_strict"].astype(bool).mean()), "n": len(d)},
+            {"task": task_name, "metric": "prompt_loose", "value": 100.0 * float(d["prompt_loose"].astype(bool).mean()), "n": len(d)},
+            {"task": task_name, "metric": "inst_strict", "value": 100.0 * sum(inst_s) / max(len(inst_s), 1), "n": len(inst_s)},
+            {"task": task_name, "metric": "inst_loose", "value": 100.0 * sum(inst_l) / max(len(inst_l), 1), "n": len(inst_l)},
+        ]
+        primary = rows[2]["value"]
+    elif scorer == "bbh":
+        d = df[df["sample"] == 0]
+        accs = []
+        for sub, g in d.groupby("subtask", sort=True):
+            a = 100.0 * float(g["correct"].mean())
+            accs.append(a)
+            rows.append({"task": f"{task_name}/{sub}", "metric": "accuracy", "value": a, "n": len(g)})
+        primary = sum(accs) / len(accs) if accs else 0.0
+        rows.append({"task": task_name, "metric": "accuracy", "value": primary, "n": len(d)})
+    elif scorer == "nq":
+        d = df[df["sample"] == 0]
+        primary = 100.0 * float(d["correct"].mean())
+        rows.append({"task": task_name, "metric": "exact_match", "value": primary, "n": len(d)})
+    else:  # pragma: no cover
+        raise ValueError(scorer)
+    return rows, primary

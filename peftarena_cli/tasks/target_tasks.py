@@ -1,0 +1,155 @@
+"""Target tasks (plasticity): the built-in arithmetic task, math benchmarks (gsm8k, math500,
+aime24, amc23) and medical multiple choice (medmcqa, medqa, pubmedqa), from the hub by name or
+from a local file in the same format (``NAME=PATH``, or a bare PATH whose fields tell the format).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftarena_cli.errors import DataError, UsageError
+from peftarena_cli.tasks.sources import load_hub, read_records, require_fields, split_spec
+from peftarena_cli.tasks.spec import Item, Task
+
+MATH_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
+MC_INSTRUCTION = "Answer with the letter of the correct option. End with: The answer is (X)."
+
+TARGET_TASKS = ("arith", "gsm8k", "math500", "aime24", "amc23", "medmcqa", "medqa", "pubmedqa")
+HUB = {
+    "gsm8k": ("openai/gsm8k", "main", "test"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
+    "aime24": ("HuggingFaceH4/aime_2024", None, "train"),
+    "amc23": ("math-ai/amc23", None, "test"),
+    "medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
+    "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
+    "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train"),
+}
+MAX_NEW = {"arith": 96, "gsm8k": 256, "math500": 512, "aime24": 1024, "amc23": 1024,
+           "medmcqa": 128, "medqa": 128, "pubmedqa": 128}
+
+
+def _arith(limit, seed) -> Task:
+    from peftarena_cli.tasks import arith
+    from peftarena_cli.tasks.prompting import user_message
+
+    n = 100 if limit is None else int(limit)
+    recs = arith.generate("test", n, seed)
+    items = [Item(r["id"], user_message(r["question"]), r["answer"]) for r in recs]
+    return Task("arith", items, "math", MAX_NEW["arith"])
+
+
+def _math_items(name, recs, path) -> list[Item]:
+    from peftarena_cli.evaluation.scorers.math import gsm8k_reference
+
+    q = "question" if "question" in recs[0] else "problem"
+    require_fields(recs, [("question", "problem"), "answer"], f"{name} data", path)
+    items = []
+    for i, r in enumerate(recs):
+        ans = r["answer"]
+        ref = gsm8k_reference(ans) if name == "gsm8k" or "####" in str(ans) else str(ans)
+        if isinstance(ans, float) and float(ans).is_integer():
+            ref = str(int(ans))
+        rid = str(r.get("id", r.get("idx", r.get("unique_id", i))))
+        items.append(Item(f"{name}-{rid}", f"{r[q]}\n{MATH_INSTRUCTION}", ref))
+    return items
+
+
+def _mc_prompt(question: str, options: list[str], context: str | None = None) -> str:
+    head = f"Context: {context}\n" if context else ""
+    opts = "\n".join(f"({'ABCDEFGHIJ'[i]}) {o}" for i, o in enumerate(options))
+    return f"{head}Question: {question}\nOptions:\n{opts}\n{MC_INSTRUCTION}"
+
+
+def _mc_items(name, recs, path) -> list[Item]:
+    L = "ABCDEFGHIJ"
+    items = []
+    if name == "medmcqa":
+        require_fields(recs, ["question", "opa", "opb", "opc", "opd", "cop"], "medmcqa data", path)
+        for i, r in enumerate(recs):
+            opts = [r["opa"], r["opb"], r["opc"], r["opd"]]
+            cop = int(r["cop"])
+            items.append(Item(f"medmcqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), L[cop], {"options": opts}))
+    elif name == "medqa":
+        require_fields(recs, ["question", "options", ("answer_idx", "answer")], "medqa data", path)
+        for i, r in enumerate(recs):
+            o = r["options"]
+            if isinstance(o, dict):
+                keys = sorted(o)
+                opts = [o[k] for k in keys]
+            else:
+                opts = [x["value"] if isinstance(x, dict) else x for x in o]
+                keys = [x["key"] if isinstance(x, dict) else L[j] for j, x in enumerate(o)]
+            ref = r.get("answer_idx")
+            if ref is None:
+                ref = keys[opts.index(r["answer"])] if r["answer"] in opts else str(r["answer"])
+            items.append(Item(f"medqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), str(ref), {"options": opts}))
+    else:  # pubmedqa
+        require_fields(recs, [("QUESTION", "question"), "final_decision"], "pubmedqa data", path)
+        opts = ["yes", "no", "maybe"]
+        for i, r in enumerate(recs):
+            q = r.get("QUESTION", r.get("question"))
+            ctx = r.get("CONTEXTS")
+            if ctx is None and isinstance(r.get("context"), dict):
+                ctx = r["context"].get("contexts")
+            ctx = " ".join(ctx) if isinstance(ctx, (list, tuple)) else ctx
+            rid = r.get("id", r.get("pubid", i))
+            items.append(Item(f"pubmedqa-{rid}", _mc_prompt(q, opts, ctx), L[opts.index(str(r["final_decision"]).lower())],
+                              {"options": opts}))
+    return items
+
+
+def _pubmedqa_local(path: Path) -> list[dict]:
+    recs = read_records(path)
+    gt = path.parent / "pubmedqa_test_ground_truth.json"
+    if gt.is_file() and recs and "final_decision" in recs[0]:
+        import json
+
+        ids = set(json.loads(gt.read_text()))
+        test = [r for r in recs if str(r.get("id")) in ids]
+        if test:
+            return test
+    return recs
+
+
+def guess_task(recs: list[dict]) -> str:
+    """The task a local file's fields indicate."""
+    r = recs[0] if recs else {}
+    if "opa" in r and "cop" in r:
+        return "medmcqa"
+    if "options" in r and ("answer_idx" in r or "answer" in r):
+        return "medqa"
+    if "final_decision" in r:
+        return "pubmedqa"
+    if ("question" in r or "problem" in r) and "answer" in r:
+        return "gsm8k" if "####" in str(r["answer"]) else "math500"
+    raise DataError(f"cannot tell the task of a file with fields {', '.join(map(str, list(r)[:8]))}",
+                    hint="use NAME=PATH with NAME one of " + ", ".join(TARGET_TASKS[1:]) + " (docs/tasks.md)")
+
+
+def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 0) -> Task:
+    """A target task by name (``arith`` or a hub benchmark), ``NAME=PATH`` or a local PATH."""
+    name, path = split_spec(spec)
+    if name and name not in TARGET_TASKS:
+        raise UsageError(f"unknown target task {name!r}", hint="use one of " + ", ".join(TARGET_TASKS) + ", NAME=PATH or a file")
+    if name == "arith":
+        if path:
+            raise UsageError("the arith task is built in and takes no file")
+        task = _arith(limit, seed)
+    else:
+        if path:
+            recs = _pubmedqa_local(Path(path)) if (name == "pubmedqa" or not name) and Path(path).suffix == ".json" else read_records(path)
+            if not recs:
+                raise DataError(f"{path!r} has no records", hint="pass a non-empty file")
+            name = name or guess_task(recs)
+        else:
+            repo, cfg, split = HUB[name]
+            recs = load_hub(repo, cfg, split)
+        if limit is not None:
+            recs = recs[: int(limit)]
+        if name in ("medmcqa", "medqa", "pubmedqa"):
+            task = Task(name, _mc_items(name, recs, path), "choice", MAX_NEW[name])
+        else:
+            task = Task(name, _math_items(name, recs, path), "math", MAX_NEW[name])
+    if not task.items:
+        raise DataError(f"task {name!r} has no items", hint="check --limit and the data file")
+    return task
