@@ -1,0 +1,289 @@
+"""`peftarena eval-target` and `peftarena eval-general`: target (plasticity) and general
+(stability) scores of a base model and its adapters. The computations live in
+``peftarena_cli.evaluation``; this module parses options, loads the model once, and writes tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
+
+BaseArg = typer.Argument(None, help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
+AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory or .safetensors); repeat it to evaluate several on one loaded base.")
+IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
+LimitOpt = typer.Option(None, "--limit", help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
+BatchOpt = typer.Option(None, "--batch-size", help="Generation batch size (default 64 on CPU, 128 on CUDA).")
+BackendOpt = typer.Option("hf", "--backend", help="hf (built-in batched engine) or vllm (needs the vllm extra).")
+ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
+SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
+
+
+def _summary_path(output: Optional[Path], summary: Optional[Path]) -> Optional[Path]:
+    if summary is not None:
+        return summary
+    if output is not None and str(output) != "-":
+        return output.with_name(output.stem + ".summary" + (output.suffix or ".parquet"))
+    return None
+
+
+def _check_backend(backend: str) -> None:
+    from peftarena_cli.errors import MissingDependency, UnsupportedMethod, UsageError
+
+    if backend == "hf":
+        return
+    if backend != "vllm":
+        raise UsageError(f"unknown backend {backend!r}", hint="use hf or vllm")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise MissingDependency("the vllm backend needs the vllm package, which is not installed",
+                                hint="pip install 'peftarena[vllm]' on a CUDA machine, or use --backend hf") from None
+    raise UnsupportedMethod("the vllm backend is not implemented in this version", hint="use --backend hf")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str):
+    """Load the base once; evaluate it and/or each adapter in turn. Yields (model label, per_sample, summary, stats, prov inputs)."""
+    import time
+
+    from peftarena_cli.artifacts.loading import attach_adapter, load_model
+    from peftarena_cli.cli.common import Progress, info
+
+    t = time.perf_counter()
+    model, tok, ref = load_model(base, dtype=dtype, device=device)
+    info(f"loaded {base} in {time.perf_counter() - t:.1f} s")
+    inputs = {"base": (base, ref.identity())}
+    runs = (["base"] if include_base or not adapters else []) + list(adapters or [])
+    wrapped = None
+    for i, label in enumerate(runs):
+        if label == "base":
+            m = model
+        else:
+            from peftarena_cli.artifacts.adapters import load_adapter
+
+            ad = load_adapter(label)
+            inputs[f"adapter{i}"] = (label, ad.identity())
+            wrapped = attach_adapter(wrapped if wrapped is not None else model, ad, adapter_name=f"a{i}")
+            m = wrapped
+        stats: dict = {}
+        t = time.perf_counter()
+        with Progress(f"{what} {label}") as bar:
+            ps, summ = evaluate(m, tok, bar.callback, stats)
+        secs = time.perf_counter() - t
+        info(f"{label}: {stats.get('generated_tokens', 0)} tokens in {secs:.1f} s "
+             f"({stats.get('tokens_per_second', 0.0):.1f} tok/s), peak RSS {_peak_rss_mib():.0f} MiB")
+        yield label, ps, summ, inputs
+
+
+def _finish(frames, summaries, output, summary, command, seed, dtype, device, inputs, extra):
+    import pandas as pd
+
+    from peftarena_cli.artifacts.tables import Provenance, write_table
+    from peftarena_cli.cli.common import emit_table, info, print_table
+
+    per = pd.concat(frames, ignore_index=True)
+    summ = pd.concat(summaries, ignore_index=True)
+    prov = Provenance(command=command, seed=seed, dtype=dtype, device=device, extra=extra)
+    for role, (spec, ident) in inputs.items():
+        prov.add_input(role, spec, ident)
+    spath = _summary_path(output, summary)
+    if spath is not None:
+        write_table(summ, spath, prov)
+        info(f"wrote summary to {spath}")
+    import sys
+
+    headline = summ[summ["metric"].isin(["target_score", "general_score"])]
+    if not headline.empty:
+        print_table(headline, title="scores (percent)", file=sys.stderr)
+    emit_table(per, output, prov, title=command)
+
+
+def _responses(path: Path):
+    from peftarena_cli.errors import InputNotFound
+
+    if not path.exists():
+        raise InputNotFound(f"no such responses file: {str(path)!r}", hint="pass a per-sample .parquet or a .jsonl with a response field")
+    if path.suffix == ".parquet":
+        from peftarena_cli.artifacts.tables import read_table
+
+        return read_table(path)[0], None
+    from peftarena_cli.tasks.sources import read_records
+
+    return None, read_records(path)
+
+
+def _target_from_responses(task: str, path: Path, records, limit, seed):
+    """The task whose items the responses answer: regenerated (arith), loaded from NAME=PATH, or
+    built from the responses file itself (its records carry the task's fields)."""
+    from peftarena_cli.tasks.sources import split_spec
+    from peftarena_cli.tasks.target_tasks import load_target_task
+
+    name, p = split_spec(task)
+    if name == "arith":
+        return load_target_task("arith", limit=max(limit or 0, len(records), 100), seed=seed), False
+    if p:
+        return load_target_task(task, limit=None, seed=seed), False
+    return load_target_task(f"{name}={path}", limit=None, seed=seed), True
+
+
+def eval_target_cmd(
+    base: Optional[str] = BaseArg,
+    adapter: Optional[List[str]] = AdapterOpt,
+    task: str = typer.Option("arith", "--task", "-t", help="arith (built in), gsm8k, math500, aime24, amc23, medmcqa, medqa, pubmedqa (hub), NAME=PATH, or a file."),
+    n_samples: int = typer.Option(1, "-n", "--samples", help="Samples per problem (avg@n; pass@k and maj@k for k <= n)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
+    k: Optional[str] = typer.Option(None, "--k", help="pass@k / maj@k values, e.g. 1,2,4 (default: powers of 2 up to n)."),
+    limit: Optional[int] = LimitOpt,
+    include_base: bool = IncludeBaseOpt,
+    batch_size: Optional[int] = BatchOpt,
+    backend: str = BackendOpt,
+    responses: Optional[Path] = ResponsesOpt,
+    summary: Optional[Path] = SummaryOpt,
+    output: OutputOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = 0,
+) -> None:
+    """Target-task score (plasticity): per-sample Parquet plus a summary with avg@n, pass@k, maj@k,
+    strict/flexible accuracy and target_score.
+
+    Example:
+
+        peftarena eval-target smollm2-135m --adapter adapter/ --limit 100 -o target.parquet
+
+        peftarena eval-target smollm2-135m --task gsm8k=gsm8k_test.jsonl -n 4 --temperature 0.7 --k 1,4 -o gsm8k.parquet
+
+        peftarena eval-target --task gsm8k --responses answers.jsonl -o rescored.parquet
+    """
+    from peftarena_cli.errors import DataError, UsageError
+
+    _check_backend(backend)
+    if responses is not None:
+        from peftarena_cli.evaluation.api import rescore_table, score_responses
+
+        df, recs = _responses(responses)
+        if df is not None:
+            per, summ = rescore_table(df, ks=k, kind="target")
+        else:
+            t, aligned = _target_from_responses(task, responses, recs, limit, seed)
+            if aligned:
+                recs = [dict(r, id=it.id) for r, it in zip(recs, t.items)]
+            per, summ = score_responses(t, recs, ks=k, kind="target")
+        _finish([per], [summ], output, summary, "eval-target", seed, None, None,
+                {"responses": (str(responses), "")}, {"task": task, "responses": str(responses)})
+        return
+    if base is None:
+        raise UsageError("missing BASE model", hint="pass a base model, or --responses FILE to score completions")
+    if n_samples > 1 and temperature <= 0:
+        from peftarena_cli.cli.common import warn
+
+        warn("-n > 1 with greedy decoding gives identical samples; pass --temperature > 0 to sample")
+    from peftarena_cli.artifacts.loading import pick_device
+    from peftarena_cli.evaluation.api import _check_ks, evaluate_target, load_target_tasks
+
+    _check_ks(k, n_samples)
+    tasks = load_target_tasks(task, limit, seed)  # validate before loading the model
+    if not tasks:  # pragma: no cover
+        raise DataError("empty task")
+    dev = pick_device(device)
+
+    def run(m, tok, cb, stats):
+        return evaluate_target(m, tok, task=tasks[0] if len(tasks) == 1 else task, limit=limit, n_samples=n_samples,
+                               temperature=temperature, ks=k, seed=seed, batch_size=batch_size, progress=cb, stats=stats)
+
+    frames, summaries, inputs = [], [], {}
+    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target"):
+        ps.insert(0, "model", label)
+        summ.insert(0, "model", label)
+        frames.append(ps)
+        summaries.append(summ)
+    _finish(frames, summaries, output, summary, "eval-target", seed, dtype, dev, inputs,
+            {"task": task, "n_samples": n_samples, "temperature": temperature, "limit": limit})
+
+
+def eval_general_cmd(
+    base: Optional[str] = BaseArg,
+    adapter: Optional[List[str]] = AdapterOpt,
+    suite: str = typer.Option("builtin", "--suite", "-s", help="builtin (offline), builtin.ifeval/.bbh/.facts, or ifeval,bbh,nq_open (hub); NAME=PATH for local files."),
+    limit: Optional[int] = LimitOpt,
+    include_base: bool = IncludeBaseOpt,
+    batch_size: Optional[int] = BatchOpt,
+    backend: str = BackendOpt,
+    responses: Optional[Path] = ResponsesOpt,
+    summary: Optional[Path] = SummaryOpt,
+    output: OutputOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = 0,
+) -> None:
+    """General-ability score (stability): IFEval (instruction-level strict), BBH (subtask average),
+    NQ-open (exact match) and their mean, general_score; per-sample Parquet plus a summary.
+
+    Example:
+
+        peftarena eval-general smollm2-135m --adapter adapter/ -o general.parquet
+
+        peftarena eval-general smollm2-135m --suite ifeval=input_data.jsonl,bbh=BIG-Bench-Hard/,nq_open=NQ-open.dev.jsonl --limit 20 -o real.parquet
+
+        peftarena eval-general --suite ifeval=input_data.jsonl --responses input_response_data.jsonl -o ifeval.parquet
+    """
+    from peftarena_cli.errors import DataError, UsageError
+
+    _check_backend(backend)
+    from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks
+
+    if responses is not None:
+        from peftarena_cli.evaluation.api import rescore_table, score_responses
+
+        df, recs = _responses(responses)
+        if df is not None:
+            per, summ = rescore_table(df, kind="general")
+        else:
+            parts = [s for s in suite.split(",") if s.strip()]
+            if len(parts) != 1:
+                raise UsageError("--responses JSONL scores one suite part at a time", hint="pass e.g. --suite ifeval=input_data.jsonl")
+            name, _, p = parts[0].partition("=")
+            aligned = False
+            if name in ("ifeval", "bbh", "nq_open") and not p:
+                if name == "bbh":
+                    raise DataError("BBH responses need the BBH folder for targets", hint="pass --suite bbh=DIR")
+                t = load_general_tasks(f"{name}={responses}")[0]
+                aligned = True
+            else:
+                t = load_general_tasks(parts[0], limit=max(limit or 0, len(recs)) if name.startswith("builtin") else None, seed=seed)[0]
+            if aligned:
+                recs = [dict(r, id=it.id) for r, it in zip(recs, t.items)]
+            per, summ = score_responses(t, recs, kind="general")
+        _finish([per], [summ], output, summary, "eval-general", seed, None, None,
+                {"responses": (str(responses), "")}, {"suite": suite, "responses": str(responses)})
+        return
+    if base is None:
+        raise UsageError("missing BASE model", hint="pass a base model, or --responses FILE to score completions")
+    from peftarena_cli.artifacts.loading import pick_device
+
+    load_general_tasks(suite, limit, seed)  # validate before loading the model
+    dev = pick_device(device)
+
+    def run(m, tok, cb, stats):
+        return evaluate_general(m, tok, suite=suite, limit=limit, seed=seed, batch_size=batch_size, progress=cb, stats=stats)
+
+    frames, summaries, inputs = [], [], {}
+    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general"):
+        ps.insert(0, "model", label)
+        summ.insert(0, "model", label)
+        frames.append(ps)
+        summaries.append(summ)
+    _finish(frames, summaries, output, summary, "eval-general", seed, dtype, dev, inputs, {"suite": suite, "limit": limit})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval-target")(eval_target_cmd)
+    app.command("eval-general")(eval_general_cmd)
