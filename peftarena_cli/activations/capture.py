@@ -152,6 +152,7 @@ class ModuleCapture:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._ptrs = {}
         return False
 
     def set_mask(self, attention_mask) -> None:
@@ -172,11 +173,13 @@ class ModuleCapture:
             t = args[0]
             if self.dedupe:
                 key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-                leader = self._ptrs.get(key)
-                if leader is not None:
-                    self.shared[name] = leader
+                hit = self._ptrs.get(key)
+                if hit is not None:
+                    self.shared[name] = hit[0]
                     return None
-                self._ptrs[key] = name
+                # keep the tensor alive until the next batch so its address cannot be reused by
+                # another module's input within this forward pass
+                self._ptrs[key] = (name, t)
                 self.shared.pop(name, None)
             self._take(name, t.detach())
             return None

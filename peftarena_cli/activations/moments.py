@@ -147,3 +147,23 @@ def merge_stats_files(paths) -> tuple[dict[str, InputMoments], str]:
             else:
                 merged[sname] = m
     return merged, base or ""
+
+
+def weights_fingerprint(ref) -> str:
+    """Identity of a model's weights for stats files: the cheap header identity plus the first and
+    last 64 KiB of tensor data of every weight file (two checkpoints of one architecture share
+    headers, so the header alone cannot tell them apart)."""
+    import hashlib
+
+    from peftarena_cli.artifacts.identity import safetensors_header
+
+    h = hashlib.sha256(ref.identity().encode())
+    for f in ref.weight_files:
+        start = 8 + len(safetensors_header(f))
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            fh.seek(start)
+            h.update(fh.read(65536))
+            fh.seek(max(start, size - 65536))
+            h.update(fh.read(65536))
+    return h.hexdigest()[:16]

@@ -86,7 +86,9 @@ def act_geom_cmd(
                 from peftarena_cli.artifacts.adapters import load_adapter
                 from peftarena_cli.artifacts.weights import resolve_model
 
-                ident = resolve_model(spec).identity() if role == "base" else load_adapter(spec).identity()
+                from peftarena_cli.activations.moments import weights_fingerprint
+
+                ident = weights_fingerprint(resolve_model(spec)) if role == "base" else load_adapter(spec).identity()
                 if ident != meta[f"{role}_identity"]:
                     raise IncompatibleInputs(f"the sums were collected with another {role} than {spec!r}")
         for role in ("base", "adapter"):
@@ -117,7 +119,9 @@ def act_geom_cmd(
             loaded.append((spec, *prepare_prompts(spec, tok, n=n, seed=seed, text_key=text_key, chat=chat,
                                                   shard=parsed_shard, max_length=max_length)))
         pm = attach_adapter(model, ad)
-        inputs = {"base": (base, ref.identity()), "adapter": (adapter, ad.identity())}
+        from peftarena_cli.activations.moments import weights_fingerprint
+
+        inputs = {"base": (base, weights_fingerprint(ref)), "adapter": (adapter, ad.identity())}
         acc = torch.float64 if accum_dtype == "float64" else torch.float32
         sets = {}
         t0 = time.perf_counter()

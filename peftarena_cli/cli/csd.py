@@ -77,7 +77,9 @@ def csd_cmd(
 
     dev = pick_device(device)
     ref = resolve_model(base)
-    base_id = ref.identity()
+    from peftarena_cli.activations.moments import weights_fingerprint
+
+    base_id = weights_fingerprint(ref)
     ft = None
     if adapter is not None:
         from peftarena_cli.weights.deltas import iter_module_deltas
