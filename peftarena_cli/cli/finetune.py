@@ -76,11 +76,15 @@ def finetune_cmd(
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     import warnings
 
     warnings.filterwarnings("ignore", module="peft")
     warnings.filterwarnings("ignore", module="trl")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*CUDA extension.*")
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*butterfly_factor.*")
 
     cfg = FinetuneConfig(
         base=base, output=str(output), method=method, regime=regime, data=data, data_config=data_config, split=split,

@@ -164,8 +164,11 @@ def check_against_model(choice: MethodChoice, model) -> None:
                                      hint="pass a smaller --rank")
 
 
-def peft_config(choice: MethodChoice, total_steps: int):
-    """The PEFT config object for ``choice`` (None for full fine-tuning)."""
+def peft_config(choice: MethodChoice, total_steps: int, model=None):
+    """The PEFT config object for ``choice`` (None for full fine-tuning).
+
+    ``model`` lets IA3 resolve ``all-linear`` to the model's module names (its feedforward list
+    must be a subset of the targets when the saved config is read back)."""
     name = choice.method.name
     tm = choice.target_modules
     if name == "full":
@@ -189,7 +192,10 @@ def peft_config(choice: MethodChoice, total_steps: int):
     if name == "vera":
         return VeraConfig(r=choice.rank, vera_dropout=0.0, save_projection=True, **common)
     if name == "ia3":
-        ff = [t for t in FEEDFORWARD] if tm == "all-linear" else [t for t in tm if t in FEEDFORWARD]
+        if tm == "all-linear" and model is not None:
+            tm = sorted({n.rsplit(".", 1)[-1] for n, _ in _linear_modules(model, "all-linear")})
+            common["target_modules"] = tm
+        ff = list(FEEDFORWARD) if tm == "all-linear" else [t for t in tm if t in FEEDFORWARD]
         return IA3Config(feedforward_modules=ff, **common)
     if name == "oft":
         return OFTConfig(r=0, oft_block_size=choice.block_size, module_dropout=0.0, **common)

@@ -83,6 +83,7 @@ class FinetuneResult:
     trainable_params: int
     log: object  # DataFrame
     resumed_from: int | None = None
+    model: object = None  # the trained model in memory (for callers in Python and tests)
 
 
 def peak_rss_mb() -> float:
@@ -178,7 +179,7 @@ def prepare_model(cfg: FinetuneConfig, choice, model):
         return model, None
     from peft import get_peft_model, get_peft_model_state_dict
 
-    pcfg = methods.peft_config(choice, cfg.steps)
+    pcfg = methods.peft_config(choice, cfg.steps, model)
     try:
         pm = get_peft_model(model, pcfg)
     except (ValueError, RuntimeError, TypeError, KeyError) as e:
@@ -370,7 +371,8 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                          "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu})
         ck.write_manifest(out, manifest)
     state.wait_for_everyone()
-    return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from)
+    return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from,
+                          getattr(trainer, "model", model))
 
 
 def _version(md, pkg: str) -> str | None:
