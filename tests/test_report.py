@@ -265,3 +265,26 @@ def test_cli_bad_input(case, runs, tmp_path):
     else:
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_manifest_params_and_curve_endpoints(tmp_path):
+    import json
+
+    from peftarena_cli.report.build import with_endpoints
+
+    runs = make_runs(tmp_path / "runs", methods=["base", "lora"], with_curve=False)
+    (runs / "lora" / "train" / "final").mkdir(parents=True)
+    (runs / "lora" / "train" / "manifest.json").write_text(json.dumps({"trainable_params": 2442240}))
+    # a curve over interior α only: the report adds the base (α=0) and the method (α=1)
+    write_table(pd.DataFrame({"alpha": [0.5], "path": ["native"], "target": [30.0], "general": [47.0]}),
+                runs / "lora" / "curve.parquet")
+    rep = build_report([str(runs)])
+    lb = rep.leaderboard.set_index("method")
+    assert lb.loc["lora", "trainable_params"] == 2442240
+    c = rep.curves["lora"]
+    assert c["alpha"].tolist() == [0.0, 0.5, 1.0]
+    assert c["target"].tolist() == [SCORES["base"][0], 30.0, SCORES["lora"][0]]
+    assert c["general"].tolist() == [SCORES["base"][1], 47.0, SCORES["lora"][1]]
+    assert (c["path"] == "native").all()
+    same = with_endpoints(c, rep.leaderboard, "lora")
+    assert len(same) == 3  # nothing added twice

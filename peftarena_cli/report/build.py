@@ -28,6 +28,27 @@ class Report:
     order: list = field(default_factory=list)  # methods in the order found (fixes their colours)
 
 
+def with_endpoints(curve, leaderboard, method: str, base_name: str = "base"):
+    """A curve with its ends: the base's scores at α = 0 and the method's at α = 1 when the curve
+    has no such row (so a sweep over interior α only still starts at the base and ends at the method)."""
+    import pandas as pd
+
+    rows = []
+    lb = leaderboard.set_index("method")
+    paths = curve["path"].unique() if "path" in curve.columns else [None]
+    for path in paths:
+        c = curve if path is None else curve[curve["path"] == path]
+        for a, who in ((0.0, base_name), (1.0, method)):
+            if who in lb.index and not (c["alpha"].astype(float) == a).any():
+                row = {"alpha": a, "target": float(lb.loc[who, "target"]), "general": float(lb.loc[who, "general"])}
+                if path is not None:
+                    row["path"] = path
+                rows.append(row)
+    if not rows:
+        return curve
+    return pd.concat([curve, pd.DataFrame(rows)], ignore_index=True).sort_values("alpha", kind="stable").reset_index(drop=True)
+
+
 def build_report(specs: list[str], base_name: str = "base", modules: str | None = None,
                  spectrum_module: str | None = None, reference: str | None = None,
                  reference_select: dict | None = None) -> Report:
@@ -47,7 +68,7 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
         if "eval_summary" not in m.tables:
             notes.append(f"{name}: no eval summary (no target/general score)")
     corr = correlation_table(lb)
-    curves = {n: m.tables["curve"] for n, m in methods.items() if "curve" in m.tables}
+    curves = {n: with_endpoints(m.tables["curve"], lb, n, base_name) for n, m in methods.items() if "curve" in m.tables}
     spectra = {n: m.tables["spectrum_index"] for n, m in methods.items() if "spectrum_index" in m.tables}
     mod = None
     if spectra:

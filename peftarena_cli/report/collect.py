@@ -94,10 +94,11 @@ def _dir_has_results(d: Path) -> bool:
 
 def find_adapter(d: Path) -> Path | None:
     """The adapter of a method directory: ``adapter/`` (PEFT dir), ``adapter.safetensors``/``.st``,
-    a finetune output dir's ``final/`` or the directory itself when it is a PEFT dir."""
+    a finetune run's ``final/`` (also as ``train/final/``), ``model/`` (a full checkpoint), or the
+    directory itself when it is a PEFT dir."""
     from peftarena_cli.artifacts.adapters import ADAPTER_CONFIG
 
-    for cand in ("adapter", "adapter.safetensors", "adapter.st", "final", "model"):
+    for cand in ("adapter", "adapter.safetensors", "adapter.st", "final", "model", "train/final"):
         p = d / cand
         if p.is_dir() and ((p / ADAPTER_CONFIG).is_file() or any(p.glob("*.safetensors"))):
             return p

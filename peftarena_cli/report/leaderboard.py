@@ -85,6 +85,26 @@ def count_trainable_params(path: Path | None) -> float:
     return float(total)
 
 
+def trainable_from_manifest(directory: Path | None, adapter: Path | None) -> float:
+    """``trainable_params`` from a finetune run's ``manifest.json`` (beside the adapter's ``final/``,
+    in the method directory, or in its ``train/``); NaN when there is none."""
+    cands = []
+    if adapter is not None:
+        a = Path(adapter)
+        cands += [a.parent / "manifest.json", a / "manifest.json"]
+    if directory is not None:
+        cands += [Path(directory) / "manifest.json", Path(directory) / "train" / "manifest.json"]
+    for c in cands:
+        if c.is_file():
+            try:
+                v = json.loads(c.read_text()).get("trainable_params")
+            except (OSError, ValueError):
+                continue
+            if isinstance(v, (int, float)):
+                return float(v)
+    return math.nan
+
+
 def _select_modules(df, modules: str | None):
     if modules and "module" in df.columns:
         sel = df[df["module"].astype(str).str.contains(modules, regex=True)]
@@ -162,7 +182,10 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
         target = summary_score(summ, TARGET_METRIC) if summ is not None else math.nan
         general = summary_score(summ, GENERAL_METRIC) if summ is not None else math.nan
         is_base = name == base_name
-        params = 0.0 if is_base else count_trainable_params(m.adapter or adapter_from_provenance(m))
+        adapter = m.adapter or adapter_from_provenance(m)
+        params = 0.0 if is_base else trainable_from_manifest(m.directory, adapter)
+        if not is_base and not math.isfinite(params):
+            params = count_trainable_params(adapter)
         row = {"method": name, "is_base": is_base, "trainable_params": params, "target": target, "general": general}
         row.update(geometry_columns(m.tables, modules))
         rows.append(row)
