@@ -180,6 +180,8 @@ def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, see
     recs, bad = [], 0
     for row in rows:
         q, t = row.get(pcol), row.get(tcol)
+        if t is None and is_choice and not (answer_column or response_column):
+            t = next((row[c] for c in CHOICE_ANSWER_COLUMNS if row.get(c) is not None), None)
         if q is None or t is None or (isinstance(q, str) and not q.strip()) or (isinstance(t, str) and not str(t).strip()):
             bad += 1
             continue

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\\?(?:boxed\{)?\s*([^\n]*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer is[:\s]*([^\n]*)", re.IGNORECASE)
+_NUMBER_WITH_UNIT = re.compile(r"^\$?\s*(-?\d[\d,]*(?:\.\d+)?)(?:\s+[A-Za-z]+)*\s*\$?$")
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _LETTER_AFTER = re.compile(r"answer is[:\s]*\(?([A-J])\b", re.IGNORECASE)
@@ -48,9 +49,9 @@ def extract_math_answer(text: str) -> str | None:
     for rx in (_HASHES, _ANSWER_IS):
         hits = rx.findall(text)
         if hits:
-            ans = hits[-1].strip().rstrip(".").strip()
-            nums = _NUMBER.findall(ans)
-            return nums[0] if nums and len(ans) <= len(nums[0]) + 12 else ans
+            ans = hits[-1].strip().rstrip(".").strip().strip("$").strip()
+            m = _NUMBER_WITH_UNIT.match(ans)
+            return m.group(1) if m else ans
     nums = _NUMBER.findall(text)
     return nums[-1] if nums else None
 
