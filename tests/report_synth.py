@@ -51,10 +51,15 @@ def make_runs(root: Path, methods=None, with_geometry=True, with_curve=True, ada
             summ.append({"module": m, "layer": int(m.split(".")[2]), "kind": m.split(".")[-1],
                          "effective_rank": 1 + s * rng.uniform(1, 2), "delta_fro": s * rng.uniform(0.5, 1.0),
                          "fluct_retention": s * 0.01, "fluct_energy": s * 0.02, "method": name})
-            for ps in ("general", "target"):
-                csd.append({"module": m, "prompts": ps, "csd_abs": s * 0.1 + rng.uniform(0, 0.01),
-                            "csd_rel": s * 0.01, "csd_un": s * 0.5 + rng.uniform(0, 0.01)})
-                ag.append({"module": m, "prompts": ps, "raw_residual": 0.1 * s, "procrustes_residual": 0.05 * s,
+            for alpha in (0.5, 1.0):  # csd's wide schema: one row per module × α, columns per prompt set
+                row = {"module": m, "layer": int(m.split(".")[2]), "kind": m.split(".")[-1], "alpha": alpha}
+                for ps in ("general", "target"):
+                    row.update({f"csd_abs_{ps}": alpha * (s * 0.1 + rng.uniform(0, 0.01)), f"csd_rel_{ps}": alpha * s * 0.01,
+                                f"csd_un_{ps}": alpha * (s * 0.5 + rng.uniform(0, 0.01)), f"n_tokens_{ps}": 100})
+                row["csd_ratio_abs"] = row["csd_abs_general"] / row["csd_abs_target"]
+                csd.append(row)
+            for ps in ("general", "arith"):
+                ag.append({"prompt_set": ps, "module": m, "raw_residual": 0.1 * s, "procrustes_residual": 0.05 * s,
                            "procrustes_improvement": 0.05 * s, "gram_distortion": 0.02 * s, "cka": 1 - 0.05 * s,
                            "cos_drift": 0.01 * s, "log_norm_ratio": 0.01 * s, "pca_dist_32": 0.1 * s,
                            "pca_dist_64": 0.1 * s, "n_tokens": 1000})

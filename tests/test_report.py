@@ -81,10 +81,11 @@ def test_leaderboard_values_against_direct_computation(runs):
     assert lb.loc["lora", "spec_delta_fro"] == pytest.approx(math.sqrt((spec["delta_fro"] ** 2).sum()))
     assert lb.loc["lora", "spec_effective_rank"] == pytest.approx(spec["effective_rank"].mean())
     csd, _ = read_table(runs / "lora" / "csd.parquet")
-    g = csd[csd["prompts"] == "general"]
-    assert lb.loc["lora", "csd_un_general"] == pytest.approx(g["csd_un"].mean())
+    one = csd[csd["alpha"] == 1.0]  # the fine-tune itself, not the α = 0.5 rows
+    assert lb.loc["lora", "csd_un_general"] == pytest.approx(one["csd_un_general"].mean())
+    assert lb.loc["lora", "csd_ratio_abs"] == pytest.approx(one["csd_ratio_abs"].mean())
     ag, _ = read_table(runs / "oft" / "act_geom.parquet")
-    assert lb.loc["oft", "ag_cka_target"] == pytest.approx(ag[ag["prompts"] == "target"]["cka"].mean())
+    assert lb.loc["oft", "ag_cka_arith"] == pytest.approx(ag[ag["prompt_set"] == "arith"]["cka"].mean())
     assert math.isnan(lb.loc["base", "spec_delta_fro"])
     # order: base first, then by target descending
     assert list(lb.index) == ["base", "full", "dora", "lora", "oft", "vera"]
@@ -101,7 +102,7 @@ def test_correlations_match_numpy(runs):
     lb = build_leaderboard(collect_results([str(runs)]))
     corr = correlation_table(lb).set_index(["metric", "against"])
     tuned = lb[~lb["is_base"]]
-    for metric in ("spec_delta_fro", "csd_abs_general", "ag_cka_general"):
+    for metric in ("spec_delta_fro", "csd_abs_general", "ag_cka_arith"):
         for against in ("forgetting", "target_gain"):
             row = corr.loc[(metric, against)]
             assert row["n"] == 5
@@ -231,6 +232,27 @@ def test_cli_writes_the_report(runs, tmp_path):
     assert "report written to" in err and "full" in err and "+32.00" in err
     md = (out / "leaderboard.md").read_text()
     assert "| full | 96 | 52.00 | 35.00 | +32.00 | +15.00 | ✓ |" in md
+
+
+def test_multi_model_eval_summary_is_split(tmp_path):
+    """eval-target --adapter A --adapter B --include-base writes one summary with a model column."""
+    d = tmp_path / "evals"
+    d.mkdir()
+    rows = [("base", 20.0), ("runs/lora/train/final", 45.0), ("runs/oft/adapter.safetensors", 40.0)]
+    write_table(pd.DataFrame({"model": [m for m, _ in rows], "task": "target", "metric": "target_score",
+                              "value": [v for _, v in rows], "n": 10}), d / "target.summary.parquet")
+    write_table(pd.DataFrame({"model": [m for m, _ in rows], "task": "general", "metric": "general_score",
+                              "value": [50.0, 44.0, 48.0], "n": 10}), d / "general.summary.parquet")
+    lb = build_leaderboard(collect_results([str(d)])).set_index("method")
+    assert lb.loc["lora", "target_gain"] == 25.0 and lb.loc["oft", "forgetting"] == 2.0
+    assert lb.loc["base", "is_base"]
+    # one adapter (+ base) in a method's own directory: the adapter rows are that method's
+    m = tmp_path / "mine"
+    m.mkdir()
+    write_table(pd.DataFrame({"model": ["base", "x/final"], "task": "target", "metric": "target_score",
+                              "value": [20.0, 33.0], "n": 10}), m / "t.parquet")
+    lb = build_leaderboard(collect_results([str(m)])).set_index("method")
+    assert lb.loc["mine", "target_gain"] == 13.0
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "corrupt", "foreign_out", "bad_reference", "bad_select"])

@@ -15,6 +15,7 @@ called anything; tables of unknown kinds (per-sample evals, training logs, ...) 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,11 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
             kind, df, prov = _classify(f)
             if kind is None:
                 continue
+            if kind == "eval_summary" and "model" in df.columns:
+                for label, part in split_by_model(df, name, base_name).items():
+                    target = m if label == name else methods.setdefault(label, MethodResults(name=label))
+                    target.add(kind, part, f, prov)
+                continue
             m.add(kind, df, f, prov)
         if m.adapter is None:
             m.adapter = find_adapter(d) if d.is_dir() else None
@@ -159,6 +165,40 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
     if base_name in methods:
         methods = {base_name: methods[base_name], **{k: v for k, v in methods.items() if k != base_name}}
     return methods
+
+
+_GENERIC_PARTS = {"final", "adapter", "adapters", "train", "model", "adapter_model.safetensors", "."}
+
+
+def method_from_label(label: str) -> str:
+    """A method name from an adapter path as eval writes it in its ``model`` column:
+    the last path component that is not a generic name (final, adapter, train, checkpoint-N, ...)."""
+    parts = [p for p in Path(str(label)).parts if p not in ("/", "")]
+    for part in reversed(parts):
+        stem = Path(part).stem if part.endswith((".safetensors", ".st")) else part
+        if stem.lower() in _GENERIC_PARTS or re.fullmatch(r"checkpoint-\d+", stem):
+            continue
+        return stem
+    return str(label)
+
+
+def split_by_model(df, group_name: str, base_name: str = "base") -> dict:
+    """Split an eval summary with a ``model`` column (eval's ``--adapter A --adapter B --include-base``)
+    into methods: ``base`` rows go to the base; a single adapter belongs to the file's own method;
+    several adapters are named by :func:`method_from_label`."""
+    labels = [lab for lab in df["model"].astype(str).unique()]
+    adapters = [lab for lab in labels if lab != "base"]
+    out = {}
+    for lab in labels:
+        if lab == "base":
+            name = base_name
+        elif len(adapters) == 1:
+            name = group_name
+        else:
+            name = method_from_label(lab)
+        part = df[df["model"].astype(str) == lab]
+        out[name] = part if name not in out else __import__("pandas").concat([out[name], part], ignore_index=True)
+    return out
 
 
 def adapter_from_provenance(m: MethodResults) -> Path | None:

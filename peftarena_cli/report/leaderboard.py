@@ -25,7 +25,7 @@ from peftarena_cli.errors import InvalidArtifact
 TARGET_METRIC = "target_score"
 GENERAL_METRIC = "general_score"
 
-SPECTRUM_MEAN = ("effective_rank", "fluct_retention", "fluct_energy")
+SPECTRUM_MEAN = ("effective_rank", "fluct_retention", "fluct_energy", "sva_mean")
 ACT_GEOM_METRICS = (
     "raw_residual", "procrustes_residual", "procrustes_improvement", "gram_distortion", "cka",
     "cos_drift", "log_norm_ratio", "pca_dist_32", "pca_dist_64",
@@ -151,13 +151,16 @@ def geometry_columns(tables: dict, modules: str | None = None) -> dict[str, floa
     if spec is not None:
         s = _select_modules(spec, modules)
         for m in SPECTRUM_MEAN:
-            if m in s.columns:
+            if m in s.columns and s[m].notna().any():
                 out[f"spec_{m}"] = float(s[m].astype(float).mean()) if len(s) else math.nan
         if "delta_fro" in s.columns:  # the whole selection's ‖ΔW‖_F
             out["spec_delta_fro"] = float(np.sqrt((s["delta_fro"].astype(float) ** 2).sum())) if len(s) else math.nan
     csd = tables.get("csd")
     if csd is not None:
         c = _select_modules(csd, modules)
+        if "alpha" in c.columns and len(c):  # csd --alpha ...: the fine-tune itself is α = 1 (else the largest α)
+            a = c["alpha"].astype(float)
+            c = c[a == (1.0 if (a == 1.0).any() else a.max())]
         metrics = [col for col in c.columns if col.startswith("csd_") and np.issubdtype(c[col].dtype, np.number)]
         out.update(_per_set_means(c, metrics, ""))
     ag = tables.get("act_geom")
