@@ -1,0 +1,194 @@
+"""Where the weight-space spectrum metrics are computed (DESIGN §3 "spectrum").
+
+For a linear module with base weight W0 = U Σ Vᵀ (σ_i descending) and update ΔW = W1 − W0:
+
+* retention profile  P_diag(i) = u_iᵀ W1 v_i = σ_i + u_iᵀ ΔW v_i,  ΔP_diag(i) = |P_diag(i) − σ_i|;
+* update-energy profile  E_Δ(i) = ‖ΔW v_i‖₂;
+* effective rank of ΔW  ‖ΔW‖_F² / ‖ΔW‖₂²  (0 when ΔW = 0);
+* fluctuation score of a profile x: mean_i |x_i − MA_5(x)_i|, MA_5 a width-5 moving average with
+  reflect padding (mirror without repeating the edge: x2 x1 | x0 x1 x2 …). The retention score
+  uses P_diag/σ_1, the energy score E_Δ/Σ_i E_Δ(i) (the normalisations the plots use);
+* singular-vector alignment (multiplicative methods: OFT, BOFT) |cos(v_i(W0), v_i(W1))|.
+
+Structure used instead of dense work (exact, not approximations):
+
+* low-rank ΔW = B A: u_iᵀΔW v_i = Σ_j (UᵀB)_{ij} (A V)ᵀ_{ij} and ‖ΔW v_i‖² = (A v_i)ᵀ (BᵀB) (A v_i), so
+  no out×k matrix is formed; ‖ΔW‖_F² from the r×r Grams and ‖ΔW‖₂ from an r×r core (QR of factors);
+* dense ΔW: ‖ΔW‖₂² is the top eigenvalue of the smaller Gram matrix, in float64;
+* W1 = W0 M with M orthogonal (OFT): W1 = U Σ (Mᵀ V)ᵀ, so v_i(W1) = Mᵀ v_i and
+  |cos| = |v_iᵀ M v_i| with no SVD of W1 (used when ‖MᵀM − I‖ ≤ 1e-6; otherwise W1 is decomposed);
+* the SVD of W0 comes from :class:`~peftarena_cli.geometry.base_svd.BaseSvdCache`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+INDEX_COLUMNS = ["module", "layer", "kind", "index", "sigma", "p_diag", "delta_p", "energy", "sva"]
+SUMMARY_COLUMNS = [
+    "module", "layer", "kind", "method", "form", "out_features", "in_features", "sigma_1",
+    "effective_rank", "delta_fro", "delta_spec", "fluct_retention", "fluct_energy", "sva_mean",
+]
+ORTHO_TOL = 1e-6
+
+
+def moving_average5(x: torch.Tensor) -> torch.Tensor:
+    """Width-5 centred moving average with reflect padding (edge not repeated)."""
+    n = x.shape[0]
+    if n == 1:
+        return x.clone()
+    mode = "reflect" if n >= 3 else "replicate"
+    xp = torch.nn.functional.pad(x.reshape(1, 1, n).double(), (2, 2), mode=mode).reshape(-1)
+    return xp.unfold(0, 5, 1).mean(dim=1).to(x.dtype)
+
+
+def fluctuation(x: torch.Tensor) -> float:
+    """mean_i |x_i − MA_5(x)_i|."""
+    if x.numel() == 0:
+        return float("nan")
+    return float((x.double() - moving_average5(x.double())).abs().mean())
+
+
+def spectral_norm_sq(md) -> float:
+    """‖ΔW‖₂² of a ModuleDelta: r×r core for low-rank, float64 Gram eigenvalue otherwise."""
+    if md.is_low_rank:
+        sv = md.singular_values()
+        return float(sv[0]) ** 2 if sv.numel() else 0.0
+    d = md.dense().double()
+    g = d @ d.T if d.shape[0] <= d.shape[1] else d.T @ d
+    return float(torch.linalg.eigvalsh(g)[-1].clamp_min(0.0))
+
+
+def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u_iᵀ ΔW v_i, ‖ΔW v_i‖) for every index i of W0's SVD."""
+    v = vh.T
+    if md.is_low_rank:
+        b, a = md.factors
+        av = a @ v  # (r, k)
+        ub = u.T @ b  # (k, r)
+        diag = (ub * av.T).sum(dim=1)
+        energy = ((b.T @ b) @ av * av).sum(dim=0).clamp_min(0.0).sqrt()
+        return diag, energy
+    dv = md.matmul(v)  # (out, k)
+    return (u * dv).sum(dim=0), torch.linalg.norm(dv, dim=0)
+
+
+def alignment(md, u, s, vh) -> torch.Tensor:
+    """|cos(v_i(W0), v_i(W1))| per index i."""
+    v = vh.T
+    rot = md.rotation
+    if rot is not None and md.row_scale is None:
+        eye = torch.eye(rot.shape[0], device=rot.device, dtype=rot.dtype)
+        if float((rot.T @ rot - eye).abs().max()) <= ORTHO_TOL:
+            return (v * (rot @ v)).sum(dim=0).abs()
+    _, _, vh1 = torch.linalg.svd(md.w1(), full_matrices=False)
+    return (vh * vh1).sum(dim=1).abs()
+
+
+@dataclass
+class ModuleSpectrum:
+    index: dict  # column -> tensor/list, one entry per singular index
+    summary: dict
+
+
+def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
+    """All spectrum metrics of one module; ``sva=None`` computes alignment for multiplicative methods only."""
+    diag, energy = profiles(md, u, s, vh)
+    p_diag = s + diag
+    k = s.shape[0]
+    fro2 = md.fro2()
+    spec2 = spectral_norm_sq(md)
+    eff = fro2 / spec2 if spec2 > 0 else 0.0
+    s1 = float(s[0]) if k else float("nan")
+    etot = float(energy.sum())
+    want_sva = md.multiplicative if sva is None else sva
+    sv = alignment(md, u, s, vh) if want_sva else torch.full((k,), float("nan"), device=s.device)
+    index = {
+        "index": torch.arange(k),
+        "sigma": s.detach().cpu().double(),
+        "p_diag": p_diag.detach().cpu().double(),
+        "delta_p": diag.abs().detach().cpu().double(),
+        "energy": energy.detach().cpu().double(),
+        "sva": sv.detach().cpu().double(),
+    }
+    summary = {
+        "module": md.name, "layer": md.layer, "kind": md.kind, "method": md.method, "form": md.form,
+        "out_features": int(md.w0.shape[0]), "in_features": int(md.w0.shape[1]), "sigma_1": s1,
+        "effective_rank": eff, "delta_fro": fro2 ** 0.5, "delta_spec": spec2 ** 0.5,
+        "fluct_retention": fluctuation(index["p_diag"] / s1) if s1 > 0 else float("nan"),
+        "fluct_energy": fluctuation(index["energy"] / etot) if etot > 0 else 0.0,
+        "sva_mean": float(index["sva"].mean()) if want_sva else float("nan"),
+    }
+    return ModuleSpectrum(index=index, summary=summary)
+
+
+@dataclass
+class SpectrumResult:
+    index: object  # pandas DataFrame, INDEX_COLUMNS
+    summary: object  # pandas DataFrame, SUMMARY_COLUMNS
+    stats: dict = field(default_factory=dict)
+
+
+def compute_spectrum(
+    base_spec: str,
+    finetuned_spec: str,
+    kinds: list[str] | None = None,
+    layers: list[int] | None = None,
+    device: str = "cpu",
+    cache=None,
+    sva: bool | None = None,
+    callback: Callable[[int, int, str], None] | None = None,
+) -> SpectrumResult:
+    """Spectrum tables of a fine-tune against its base, one module at a time.
+
+    ``cache`` is a :class:`BaseSvdCache` (default: the on-disk cache under ``$PEFTARENA_HOME``);
+    pass ``BaseSvdCache(enabled=False)`` to skip it.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.geometry.base_svd import BaseSvdCache
+    from peftarena_cli.weights import iter_module_deltas, open_finetuned
+    from peftarena_cli.weights.deltas import base_key, select_modules
+
+    t0 = time.perf_counter()
+    ref = resolve_model(base_spec)
+    base = WeightSource.from_ref(ref, device="cpu")
+    ft = open_finetuned(finetuned_spec)
+    cache = cache if cache is not None else BaseSvdCache()
+
+    def svd_fn(name, w0):
+        return cache.get(base, base_key(base, name), w0)
+
+    total = len(select_modules(ft.module_names(), kinds, layers)) if ft.module_names() else 0
+    idx_parts: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
+    rows = []
+    for i, md in enumerate(iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device, svd=svd_fn)):
+        u, s, vh = svd_fn(md.name, md.w0)
+        ms = module_spectrum(md, u, s, vh, sva=sva)
+        k = len(ms.index["index"])
+        idx_parts["module"].append(np.full(k, md.name, dtype=object))
+        idx_parts["layer"].append(np.full(k, md.layer, dtype=np.int32))
+        idx_parts["kind"].append(np.full(k, md.kind, dtype=object))
+        for c in ("index", "sigma", "p_diag", "delta_p", "energy", "sva"):
+            idx_parts[c].append(ms.index[c].numpy())
+        rows.append(ms.summary)
+        if callback is not None:
+            callback(i + 1, total, md.name)
+    index = pd.DataFrame({c: np.concatenate(v) for c, v in idx_parts.items()})
+    index["index"] = index["index"].astype(np.int32)
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    summary["layer"] = summary["layer"].astype(np.int32)
+    elapsed = time.perf_counter() - t0
+    stats = {
+        "modules": len(rows), "seconds": elapsed, "modules_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
+        "svd_cache_hits": cache.hits, "svd_cache_misses": cache.misses, "method": ft.method,
+        "base_identity": ref.identity(), "finetuned_identity": ft.identity(),
+        "forms": sorted({r["form"] for r in rows if r["form"]}),
+    }
+    return SpectrumResult(index=index, summary=summary, stats=stats)
