@@ -9,6 +9,14 @@ from peftarena_cli.activations.geometry import geometry_from_sums, gram_distorti
 from peftarena_cli.activations.pair_sums import PairSums, load_sums, merge_sums_files, save_sums
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def dense_reference(X0, X1, ks=(32, 64)):
     X0 = X0.double()
     X1 = X1.double()

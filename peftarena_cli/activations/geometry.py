@@ -30,12 +30,28 @@ mode (the study builds the Gram on ≤1024 sampled tokens) and by the tests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from peftarena_cli.activations.pair_sums import PairSums
 
 EPS = 1e-12
 PCA_KS = (32, 64)
+
+
+@contextlib.contextmanager
+def small_linalg_threads():
+    """Run the small d×d decompositions single-threaded: multithreaded MKL eigh/svd on matrices
+    this size is slower by orders of magnitude when the CPU cores are shared (measured: 128×128
+    eigh 6 ms on 1 thread, 2.8 s on 2 busy threads)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _centred(ps: PairSums):
@@ -76,6 +92,11 @@ def pca_distance(C00, C11, k: int, n: int):
 
 def geometry_from_sums(ps: PairSums, ks=PCA_KS) -> dict:
     """All act-geom metrics of one module from its streamed sums."""
+    with small_linalg_threads():
+        return _geometry(ps, ks)
+
+
+def _geometry(ps: PairSums, ks) -> dict:
     import torch
 
     n = ps.n_tokens
