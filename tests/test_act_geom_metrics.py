@@ -126,3 +126,15 @@ def test_pca_distance_is_nan_when_k_not_below_dim():
     X0, X1 = pair(n=100, d=40)
     got = geometry_from_sums(streamed(X0, X1))
     assert math.isnan(got["pca_dist_64"]) and not math.isnan(got["pca_dist_32"])
+
+
+def test_pca_distance_above_float64_dim_stays_within_its_bound():
+    from peftarena_cli.activations import geometry
+
+    X0, X1 = pair(n=600, d=geometry.PCA_FLOAT64_MAX_DIM + 44, seed=2)
+    got = geometry_from_sums(streamed(X0, X1))
+    want = dense_reference(X0, X1)
+    assert got["pca_gap_32"] > 1e-3
+    for k in ("pca_dist_32", "pca_dist_64"):
+        assert got[k] == pytest.approx(want[k], abs=1e-4), k
+    assert got["cka"] == pytest.approx(want["cka"], rel=1e-9)
