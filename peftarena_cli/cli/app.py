@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
-COMMAND_MODULES: list[str] = ["report", "interpolate", "rewind", "finetune", "csd", "act_geom", "evaluate"]
+COMMAND_MODULES: list[str] = ["spectrum", "report", "interpolate", "rewind", "finetune", "csd", "act_geom", "evaluate"]
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,117 @@
+"""`peftarena spectrum BASE FINETUNED`: weight-space retention/energy profiles per linear module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from peftarena_cli.cli.common import DeviceOpt, OutputOpt
+
+
+def parse_kinds(values: list[str] | None) -> list[str] | None:
+    out = [k.strip() for v in values or [] for k in v.split(",") if k.strip()]
+    return out or None
+
+
+def parse_layers(values: list[str] | None) -> list[int] | None:
+    """``18``, ``0-5``, ``3,7`` (repeatable) -> sorted layer numbers."""
+    from peftarena_cli.errors import UsageError
+
+    out: set[int] = set()
+    for v in values or []:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1)
+                    lo, hi = int(a), int(b)
+                    if hi < lo:
+                        raise ValueError
+                    out.update(range(lo, hi + 1))
+                else:
+                    out.add(int(part))
+            except ValueError:
+                raise UsageError(f"--layers {v!r}: expected layer numbers or ranges like 18, 0-5, 3,7") from None
+    return sorted(out) or None
+
+
+def spectrum_cmd(
+    base: str = typer.Argument(..., help="Base model: HF directory, .safetensors/.st file, or alias (smollm2-135m)."),
+    finetuned: str = typer.Argument(..., help="PEFT adapter (directory or single .safetensors with embedded config) "
+                                              "or a full fine-tuned model (directory or .safetensors)."),
+    output: OutputOpt = None,
+    summary: Optional[Path] = typer.Option(None, "--summary", "-s", help="Also write the per-module summary table here (Parquet)."),
+    table: str = typer.Option("index", "--table", help="Which table goes to -o/stdout: index (one row per module and singular index) or summary (one row per module)."),
+    modules: Optional[List[str]] = typer.Option(None, "--modules", "-m", help="Module kinds to analyse (repeatable or comma-separated): q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. Default: all the fine-tune changes."),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", "-l", help="Layers to analyse: 18, 0-5, 3,7 (repeatable). Default: all."),
+    sva: Optional[bool] = typer.Option(None, "--sva/--no-sva", help="Singular-vector alignment |cos(v_i(W0), v_i(W1))|: default only for multiplicative methods (OFT, BOFT); --sva computes it for any method (one SVD of W1 per module)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse/store the base SVD under $PEFTARENA_HOME/cache/svd (keyed by tensor identity)."),
+    device: DeviceOpt = "auto",
+) -> None:
+    """Retention profile P_diag, update energy E_Δ, effective rank, fluctuation and alignment per module.
+
+    W0 = U Σ Vᵀ per linear module (float32 SVD, cached across adapters of the same base);
+    P_diag(i) = u_iᵀ W1 v_i, ΔP(i) = |P_diag(i) − σ_i|, E_Δ(i) = ‖ΔW v_i‖, effective rank
+    ‖ΔW‖_F²/‖ΔW‖₂². Low-rank adapters are never expanded to ΔW for the profiles. Columns and
+    methods: docs/spectrum.md, docs/methods.md.
+
+    Example:
+
+        peftarena spectrum smollm2-135m adapter.st -o spectrum.parquet --summary summary.parquet
+
+        peftarena spectrum base.st adapter.st --modules down_proj --layers 18 --table summary
+    """
+    import resource
+    import sys
+
+    from peftarena_cli.artifacts.loading import pick_device
+    from peftarena_cli.cli.common import Progress, emit_table, info, provenance_for
+    from peftarena_cli.errors import UsageError
+    from peftarena_cli.geometry.base_svd import BaseSvdCache
+    from peftarena_cli.geometry.spectrum import compute_spectrum
+
+    if table not in ("index", "summary"):
+        raise UsageError(f"--table {table!r}: expected index or summary")
+    if summary is not None and output is not None and Path(summary).resolve() == Path(output).resolve():
+        raise UsageError("--summary and -o name the same file", hint="give the summary its own path")
+    if summary is not None:
+        from peftarena_cli.artifacts.atomic import check_output_parent
+
+        check_output_parent(summary)
+    if output is not None and str(output) != "-":
+        from peftarena_cli.artifacts.atomic import check_output_parent
+
+        check_output_parent(output)
+    dev = pick_device(device)
+    with Progress("spectrum") as bar:
+        res = compute_spectrum(base, finetuned, kinds=parse_kinds(modules), layers=parse_layers(layers),
+                               device=dev, cache=BaseSvdCache(enabled=cache), sva=sva, callback=bar.callback)
+    st = res.stats
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    forms = f"; form: {', '.join(st['forms'])}" if st["forms"] else ""
+    info(f"{st['modules']} modules ({st['method']}{forms}) in {st['seconds']:.1f} s, "
+         f"{st['modules_per_s']:.1f} modules/s on {dev}; base SVD cache {st['svd_cache_hits']} hits, "
+         f"{st['svd_cache_misses']} misses; peak RSS {peak_mb:.0f} MiB")
+    with provenance_for("spectrum", dtype="float32", device=dev) as prov:
+        prov.add_input("base", base, st["base_identity"])
+        prov.add_input("finetuned", finetuned, st["finetuned_identity"])
+        prov.extra.update({"method": st["method"], "forms": st["forms"], "modules": st["modules"],
+                           "svd_cache_hits": st["svd_cache_hits"], "seconds": round(st["seconds"], 3)})
+        if summary is not None:
+            from peftarena_cli.artifacts.tables import write_table
+
+            prov.extra["table"] = "summary"
+            write_table(res.summary, summary, prov)
+            info(f"wrote {len(res.summary)} rows to {summary}")
+        prov.extra["table"] = table
+        df = res.index if table == "index" else res.summary
+        emit_table(df, output, prov, title=f"spectrum ({table})")
+    sys.stderr.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("spectrum")(spectrum_cmd)
