@@ -53,6 +53,23 @@ class NativePathModel:
             self.base_row_norms = base_row_norms_from_weights(lambda m: _tuner_base_weight(peft_model, m).detach(), mods)
         self.alpha = 1.0
         self.current = self.tensors
+        self._live = self._map_live_params()
+        self._dirty: set[str] = set()
+
+    def _map_live_params(self) -> dict | None:
+        """saved key -> live tensor (PEFT inserts the adapter name into the key); None if any key is unmapped."""
+        live = self.model.state_dict(keep_vars=True)
+        out = {}
+        a = self.adapter_name
+        for k in self.tensors:
+            head, _, last = k.rpartition(".")
+            for cand in (f"{head}.{a}.{last}", f"{k}.{a}", f"{k}.{a}.weight"):
+                if cand in live and tuple(live[cand].shape) == tuple(self.tensors[k].shape):
+                    out[k] = live[cand]
+                    break
+            else:
+                return None
+        return out
 
     def tensors_at(self, alpha: float) -> dict:
         from peftarena_cli.paths.native import scale_adapter_tensors
@@ -66,10 +83,20 @@ class NativePathModel:
 
         self.current = self.tensors_at(alpha)
         with torch.no_grad():
-            res = set_peft_model_state_dict(self.model, self.current, adapter_name=self.adapter_name)
-        missing = [k for k in getattr(res, "unexpected_keys", []) if self.adapter_name in k or "lora" in k or "oft" in k]
-        if missing:  # pragma: no cover - PEFT maps its own keys
-            raise IncompatibleInputs(f"adapter tensors did not map into the model: {missing[0]}")
+            if self._live is not None:  # direct copies of the tensors that differ from the saved ones
+                for k, v in self.current.items():
+                    if v is self.tensors[k] and k not in self._dirty:
+                        continue
+                    self._live[k].data.copy_(v)
+                    if v is self.tensors[k]:
+                        self._dirty.discard(k)
+                    else:
+                        self._dirty.add(k)
+            else:  # pragma: no cover - PEFT's own key mapping
+                res = set_peft_model_state_dict(self.model, self.current, adapter_name=self.adapter_name)
+                bad = list(getattr(res, "unexpected_keys", []))
+                if bad:
+                    raise IncompatibleInputs(f"adapter tensors did not map into the model: {bad[0]}")
         self.alpha = float(alpha)
 
     def orthogonality_error(self) -> float | None:
