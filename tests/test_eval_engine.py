@@ -1,0 +1,122 @@
+"""The batched generation engine against transformers' own batch-1 ``generate`` (the independent
+reference), its determinism across batch sizes, stop sequences, EOS, sampling, and PEFT models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftarena_cli.evaluation.engine import generate
+
+PROMPTS = ["hello world " * k for k in range(1, 6)] + ["abc", "What is 2+2?", "x"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and the CPUs are shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def varied_model():
+    """A tiny random Llama with larger weights, so greedy completions vary from token to token."""
+    from helpers import make_tiny_llama
+
+    model, tok = make_tiny_llama(seed=3)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return model, tok
+
+
+def _hf_generate(model, tok, prompt, max_new_tokens, eos=None):
+    ids = tok(prompt, return_tensors="pt")
+    kw = {"eos_token_id": eos} if eos is not None else {}
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, **kw)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_greedy_matches_batch1_generate_and_is_batch_size_invariant(varied_model):
+    model, tok = varied_model
+    ref = [_hf_generate(model, tok, p, 16) for p in PROMPTS]
+    for bs in (1, 3, 64):
+        g = generate(model, tok, PROMPTS, max_new_tokens=16, batch_size=bs)
+        assert [t[0] for t in g.texts] == ref, bs
+        assert g.generated_tokens == 16 * len(PROMPTS)
+
+
+def test_stop_sequences_cut_rows_at_different_steps(varied_model):
+    model, tok = varied_model
+    full = [_hf_generate(model, tok, p, 20) for p in PROMPTS]
+    stop = "l"  # a frequent character: rows stop at different steps and leave the batch early
+    want = [f.split(stop)[0] for f in full]
+    assert len({len(w) for w in want}) > 2  # really different stopping points
+    for bs in (1, 8):
+        g = generate(model, tok, PROMPTS, max_new_tokens=20, stop=(stop,), batch_size=bs)
+        assert [t[0] for t in g.texts] == want
+        assert any(n[0] < 20 for n in g.n_tokens)
+
+
+def test_eos_ends_a_row(varied_model):
+    model, tok = varied_model
+    # declare a token that greedy decoding emits as an extra EOS (via the generation config)
+    ids = tok(PROMPTS[2], return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
+    tid = int(out[0, ids["input_ids"].shape[1] + 5])
+    old = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, tid]
+    try:
+        g = generate(model, tok, PROMPTS, max_new_tokens=24, batch_size=4)
+        ref = [_hf_generate(model, tok, p, 24, eos=[tok.eos_token_id, tid]) for p in PROMPTS]
+    finally:
+        model.generation_config.eos_token_id = old
+    assert [t[0] for t in g.texts] == ref
+    assert g.n_tokens[2][0] <= 6  # the row stopped at (or before) the declared EOS
+
+
+def test_sampling_is_seeded_and_varies(varied_model):
+    model, tok = varied_model
+    a = generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=1.0, n_samples=3, seed=5)
+    b = generate(model, tok, PROMPTS[:3], max_new_tokens=8, temperature=1.0, n_samples=3, seed=5)
+    assert a.texts == b.texts
+    assert all(len(set(s)) > 1 for s in a.texts)  # samples of one prompt differ
+    gr = generate(model, tok, PROMPTS[:2], max_new_tokens=8, n_samples=3)  # greedy: computed once, copied
+    assert all(len(set(s)) == 1 for s in gr.texts) and gr.generated_tokens == 16
+
+
+def test_peft_model_matches_peft_generate(tiny_model_dir, tiny_lora_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(tiny_lora_dir)).eval()
+    ref = []
+    for p in PROMPTS[:4]:
+        ids = tok(p, return_tensors="pt")
+        out = pm.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        ref.append(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    g = generate(pm, tok, PROMPTS[:4], max_new_tokens=12, batch_size=4)
+    assert [t[0] for t in g.texts] == ref
+
+
+def test_evaluate_target_greedy_scores_identical_across_batch_sizes(varied_model):
+    from peftarena_cli.evaluation import evaluate_general, evaluate_target
+
+    model, tok = varied_model
+    from peftarena_cli.tasks.target_tasks import load_target_task
+
+    task = load_target_task("arith", limit=5)
+    task.max_new_tokens = 16  # short: the point is equality, not accuracy
+    runs = [evaluate_target(model, tok, task=task, batch_size=bs) for bs in (1, 4)]
+    cols = ["id", "completion", "extracted", "correct"]
+    assert runs[0][0][cols].equals(runs[1][0][cols])
+    assert runs[0][1].equals(runs[1][1])
+    g = [evaluate_general(model, tok, suite="builtin.facts", limit=6, batch_size=bs) for bs in (1, 8)]
+    assert g[0][0][cols].equals(g[1][0][cols]) and g[0][1].equals(g[1][1])
+    s = runs[0][1].set_index(["task", "metric"])["value"]
+    assert ("target", "target_score") in s.index
