@@ -202,3 +202,48 @@ def test_sweep_collects_eval_columns(tiny_model_dir, adapters):
     base_v = float(logits(load_base(tiny_model_dir), ids)[0, 0].mean())
     assert curve["target"].iloc[0] == pytest.approx(base_v, abs=1e-5)
     assert list(samples["target"]["alpha"]) == [0.0, 0.5, 1.0]
+
+
+def _moments(modules, dims, seed=0):
+    from peftarena_cli.activations.moments import InputMoments
+
+    g = torch.Generator().manual_seed(seed)
+    m = InputMoments(module_group={n: n for n in modules})
+    for n in modules:
+        h = torch.randn(50, dims[n], generator=g, dtype=torch.float64)
+        m.add(n, h)
+    return m
+
+
+@pytest.mark.parametrize("method,path", (("oft", "native"), ("dora", "native"), ("lora", "dense")))
+def test_csd_along_path_matches_merged_rewound_adapter(tiny_model_dir, adapters, method, path, tmp_path):
+    """CSD at α from the live path equals CSD of ΔW(α) taken from PEFT's merge of the rewound adapter."""
+    from peft import PeftModel
+
+    from peftarena_cli.activations.csd import csd_metrics
+    from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.paths.csd_path import path_csd
+    from peftarena_cli.paths.rewind import rewind_adapter
+    from peftarena_cli.paths.sweep import open_path_model
+
+    setup = open_path_model(str(tiny_model_dir), str(adapters[method]), path=path, device="cpu")
+    base = load_base(tiny_model_dir)
+    mods = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    dims = {n: base.get_submodule(n).weight.shape[1] for n in mods}
+    sets = {"general": _moments(mods, dims, 0), "target": _moments(mods, dims, 1)}
+    csd = path_csd(sets)
+    a = 0.5
+    setup.path_model.set_alpha(a)
+    cols = csd(setup.path_model, a)
+    new, _ = rewind_adapter(load_adapter(adapters[method]), a,
+                            base_source=WeightSource.from_ref(resolve_model(str(tiny_model_dir))))
+    merged = PeftModel.from_pretrained(load_base(tiny_model_dir), str(save_adapter(new, tmp_path / "rw"))).merge_and_unload()
+    for role in ("general", "target"):
+        vals = []
+        for n in mods:
+            w0 = base.get_submodule(n).weight.detach()
+            dw = merged.get_submodule(n).weight.detach() - w0
+            vals.append(csd_metrics(sets[role].S(n), sets[role].h2(n), w0, dw)["csd_abs"])
+        assert cols[f"csd_abs_{role}"] == pytest.approx(sum(vals) / len(vals), rel=1e-4)
+    assert len(csd.rows) == len(mods) and all(r["alpha"] == a for r in csd.rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -39,7 +39,7 @@ def interpolate_cmd(
     target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
     general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many examples per evaluation task."),
-    stats: Optional[Path] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats`: adds CSD columns at each α."),
+    stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),
     save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
     allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
     output: OutputOpt = None,
@@ -93,11 +93,11 @@ def interpolate_cmd(
 
             raise OutputError(f"the parent of --save-checkpoints {str(sp)!r} does not exist")
     evaluators = _evaluators(kinds, target_task, general_suite, limit, seed) if kinds else {}
-    if stats is not None:
-        from peftarena_cli.errors import MissingDependency
+    sets = None
+    if stats:
+        from peftarena_cli.activations.moments import merge_stats_files
 
-        raise MissingDependency("CSD along the path (--stats) is not wired in this build",
-                                hint="run `peftarena csd` on a rewound checkpoint (--save-checkpoints) instead")
+        sets, stats_base = merge_stats_files(stats)
 
     import torch
 
@@ -108,6 +108,16 @@ def interpolate_cmd(
                                 device=device, layerwise=layerwise, callback=bar.callback)
     for note in setup.notes:
         warn(note)
+    csd = None
+    if sets is not None:
+        from peftarena_cli.activations.moments import weights_fingerprint
+        from peftarena_cli.errors import IncompatibleInputs
+        from peftarena_cli.paths.csd_path import path_csd
+
+        if stats_base and stats_base != weights_fingerprint(setup.ref):
+            raise IncompatibleInputs(f"the statistics were collected on another base model than {base!r}",
+                                     hint="collect them again with this base: peftarena csd BASE ... --save-stats FILE")
+        csd = path_csd(sets)
     info(f"loaded {base} + {finetuned} ({setup.method}, {setup.path} path) in {time.perf_counter() - t_load:.1f} s")
     on_alpha = None
     if save_checkpoints is not None:
@@ -115,7 +125,7 @@ def interpolate_cmd(
         on_alpha = lambda a, pm: save_checkpoint(setup, a, save_checkpoints, overwrite=True)  # noqa: E731
     t0 = time.perf_counter()
     with Progress("interpolating") as bar:
-        curve, samples = run_sweep(setup, grid, evaluators, on_alpha=on_alpha, callback=bar.callback)
+        curve, samples = run_sweep(setup, grid, evaluators, csd=csd, on_alpha=on_alpha, callback=bar.callback)
     total = time.perf_counter() - t0
     info(f"{len(grid)} points in {total:.1f} s; setting α took {curve['set_seconds'].mean() * 1000:.1f} ms per point "
          f"(evaluation {curve['eval_seconds'].sum():.1f} s in all)")
@@ -132,8 +142,14 @@ def interpolate_cmd(
                 p = Path(output)
                 write_table(df, p.with_name(f"{p.stem}.{kind}-samples.parquet"), prov)
                 info(f"wrote {len(df)} per-sample rows to {p.with_name(f'{p.stem}.{kind}-samples.parquet')}")
-        elif samples:
-            warn("per-sample rows are written only with -o FILE (beside it)")
+            if csd is not None and csd.rows:
+                import pandas as pd
+
+                cp = Path(output).with_name(f"{Path(output).stem}.csd.parquet")
+                write_table(pd.DataFrame(csd.rows), cp, prov)
+                info(f"wrote {len(csd.rows)} per-module CSD rows to {cp}")
+        elif samples or csd is not None:
+            warn("per-sample and per-module rows are written only with -o FILE (beside it)")
         emit_table(curve, output, prov, title="interpolation curve")
 
 
