@@ -247,3 +247,16 @@ def test_csd_along_path_matches_merged_rewound_adapter(tiny_model_dir, adapters,
             vals.append(csd_metrics(sets[role].S(n), sets[role].h2(n), w0, dw)["csd_abs"])
         assert cols[f"csd_abs_{role}"] == pytest.approx(sum(vals) / len(vals), rel=1e-4)
     assert len(csd.rows) == len(mods) and all(r["alpha"] == a for r in csd.rows)
+
+
+def test_parse_alphas_grids_and_bounds():
+    from peftarena_cli.errors import UsageError
+    from peftarena_cli.paths.alphas import parse_alphas
+
+    assert parse_alphas("0:1:0.1") == [round(i / 10, 10) for i in range(11)]
+    assert parse_alphas("0:1:0.6") == [0.0, 0.6]  # never past stop
+    assert parse_alphas("1,0,0.5,0.5") == [0.0, 0.5, 1.0]
+    assert parse_alphas("-0.5:1.5:1", allow_extrapolate=True) == [-0.5, 0.5, 1.5]
+    for bad in ("0:1.5:0.5", "-0.1,0.5", "0:1", "a,b", "1:0:0.1", ""):
+        with pytest.raises(UsageError):
+            parse_alphas(bad)

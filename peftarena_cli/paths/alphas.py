@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from peftarena_cli.errors import UsageError
 
 
@@ -19,10 +21,8 @@ def parse_alphas(spec: str, allow_extrapolate: bool = False) -> list[float]:
             start, stop, step = parts
             if step <= 0 or stop < start:
                 raise UsageError(f"bad --alphas {spec!r}: need start <= stop and step > 0")
-            n = int(round((stop - start) / step + 1e-9))
+            n = int(math.floor((stop - start) / step + 1e-9))
             vals = [start + i * step for i in range(n + 1)]
-            if vals and vals[-1] < stop - 1e-9 and abs(vals[-1] + step - stop) < 1e-9:
-                vals.append(stop)
         else:
             vals = [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
@@ -35,8 +35,6 @@ def parse_alphas(spec: str, allow_extrapolate: bool = False) -> list[float]:
 
 
 def check_alphas(vals: list[float], allow_extrapolate: bool = False) -> None:
-    import math
-
     for a in vals:
         if not math.isfinite(a):
             raise UsageError(f"alpha {a} is not a finite number")

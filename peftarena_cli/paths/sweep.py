@@ -102,6 +102,10 @@ def open_path_model(base: str, finetuned_spec: str, path: str | None = None, sca
     method = "full" if is_full else method_of(ft.config)
     if not is_full:
         check_relative_to_base(ft.config)
+    if scale_mode != "linear" and method != "oft":
+        from peftarena_cli.errors import UsageError
+
+        raise UsageError(f"--generator-scale {scale_mode} applies to OFT adapters only, not {method}")
     chosen, note = choose_path(method, path, is_full)
     notes = [note] if note else []
     if chosen == "dense" and method == "oft" and scale_mode != "linear":
