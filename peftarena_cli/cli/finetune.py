@@ -99,6 +99,8 @@ def finetune_cmd(
     )
     with Progress(f"finetune {method} ({regime})") as prog:
         res = finetune(cfg, callback=prog.callback, log=info)
+    if not res.is_main:
+        return
     last = res.log.iloc[-1] if len(res.log) else None
     msg = (f"trained {res.steps} steps in {res.elapsed_s:.1f} s: {res.tokens_per_s:.0f} tokens/s, "
            f"peak RSS {res.peak_rss_mb:.0f} MiB")

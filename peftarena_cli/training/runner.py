@@ -83,6 +83,7 @@ class FinetuneResult:
     trainable_params: int
     log: object  # DataFrame
     resumed_from: int | None = None
+    is_main: bool = True  # False on the non-main processes of a distributed run
     model: object = None  # the trained model in memory (for callers in Python and tests)
 
 
@@ -250,6 +251,8 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     from accelerate import PartialState
 
     state = PartialState()
+    if not state.is_main_process:
+        say = lambda m: None  # noqa: E731  (one voice per distributed run)
     resume_ckpt = None
     resumed_from = None
     if state.is_main_process:
@@ -331,6 +334,11 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                 manifest["last_step"] = step
                 tlog.write(out, prov)
                 ck.write_manifest(out, manifest)
+                r = tlog.rows[-1] if tlog.rows else {}
+                rw = r.get("reward_mean", float("nan"))
+                rw = f", reward {rw:.3g}" if rw == rw else ""
+                say(f"step {step}/{cfg.steps}: saved checkpoint-{step} (loss {r.get('loss', float('nan')):.4g}{rw}, "
+                    f"{tlog.elapsed():.0f} s)")
             if _interrupt_after is not None and step >= _interrupt_after:
                 raise KeyboardInterrupt(f"test interruption after step {step}")
 
@@ -372,7 +380,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         ck.write_manifest(out, manifest)
     state.wait_for_everyone()
     return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from,
-                          getattr(trainer, "model", model))
+                          state.is_main_process, getattr(trainer, "model", model))
 
 
 def _version(md, pkg: str) -> str | None:
@@ -407,6 +415,7 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
         use_cpu=not device.startswith("cuda"),
         dataloader_num_workers=0,
         save_only_model=False,
+        ddp_find_unused_parameters=False,
     )
     ds = data.to_dataset()
     if cfg.regime == "sft":
