@@ -18,6 +18,7 @@ LimitOpt = typer.Option(None, "--limit", help="Evaluate the first N items (BBH: 
 BatchOpt = typer.Option(None, "--batch-size", help="Generation batch size (default 64 on CPU, 128 on CUDA).")
 BackendOpt = typer.Option("hf", "--backend", help="hf (built-in batched engine) or vllm (needs the vllm extra).")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
+MaxNewOpt = typer.Option(None, "--max-new-tokens", help="Override the per-task generation length (arith 96, gsm8k 256, IFEval 1280, BBH 256, ...).")
 SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
 
 
@@ -144,6 +145,7 @@ def eval_target_cmd(
     limit: Optional[int] = LimitOpt,
     include_base: bool = IncludeBaseOpt,
     batch_size: Optional[int] = BatchOpt,
+    max_new_tokens: Optional[int] = MaxNewOpt,
     backend: str = BackendOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
@@ -197,7 +199,8 @@ def eval_target_cmd(
 
     def run(m, tok, cb, stats):
         return evaluate_target(m, tok, task=tasks[0] if len(tasks) == 1 else task, limit=limit, n_samples=n_samples,
-                               temperature=temperature, ks=k, seed=seed, batch_size=batch_size, progress=cb, stats=stats)
+                               temperature=temperature, ks=k, seed=seed, batch_size=batch_size, progress=cb, stats=stats,
+                               max_new_tokens=max_new_tokens)
 
     frames, summaries, inputs = [], [], {}
     for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target"):
@@ -216,6 +219,7 @@ def eval_general_cmd(
     limit: Optional[int] = LimitOpt,
     include_base: bool = IncludeBaseOpt,
     batch_size: Optional[int] = BatchOpt,
+    max_new_tokens: Optional[int] = MaxNewOpt,
     backend: str = BackendOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
@@ -273,7 +277,8 @@ def eval_general_cmd(
     dev = pick_device(device)
 
     def run(m, tok, cb, stats):
-        return evaluate_general(m, tok, suite=suite, limit=limit, seed=seed, batch_size=batch_size, progress=cb, stats=stats)
+        return evaluate_general(m, tok, suite=suite, limit=limit, seed=seed, batch_size=batch_size, progress=cb, stats=stats,
+                                max_new_tokens=max_new_tokens)
 
     frames, summaries, inputs = [], [], {}
     for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general"):

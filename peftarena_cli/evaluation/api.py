@@ -66,12 +66,13 @@ def load_target_tasks(task="arith", limit=None, seed=0):
 
 
 def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=1, temperature=0.0, ks=None, seed=0,
-                    batch_size=None, progress=None, stats=None):
+                    batch_size=None, progress=None, stats=None, max_new_tokens=None):
     """Target score: per-sample rows and summary (avg@n, pass@k, maj@k, strict/flexible accuracy per
     task; ``task="target", metric="target_score"`` = the mean over tasks of avg@n, in percent).
 
     ``task``: "arith" (built in), a benchmark name, ``NAME=PATH``, a file, a comma-separated list
     of those, or a :class:`Task`. ``stats`` (a dict), when given, receives throughput figures.
+    ``max_new_tokens`` overrides the task's default generation length.
     """
     n_samples = int(n_samples)
     if n_samples < 1:
@@ -83,7 +84,8 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=1, tem
     tokens, secs = 0, 0.0
     for t in tasks:
         rows, gen = run_task(model, tokenizer, t, n_samples=n_samples, temperature=temperature, seed=seed,
-                             batch_size=batch_size, progress=_offset_progress(progress, off, total))
+                             batch_size=batch_size, progress=_offset_progress(progress, off, total),
+                             max_new_tokens=max_new_tokens)
         off += len(t.items) * (n_samples if temperature and temperature > 0 else 1)
         tokens, secs = tokens + gen.generated_tokens, secs + gen.seconds
         df = to_frame(rows)
@@ -143,7 +145,8 @@ def general_summary(frames_by_task) -> pd.DataFrame:
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
-def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batch_size=None, progress=None, stats=None):
+def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batch_size=None, progress=None, stats=None,
+                     max_new_tokens=None):
     """General score: per-sample rows of every part and the summary (``task="general",
     metric="general_score"``, in percent). ``limit`` caps each part (BBH: items per subtask)."""
     tasks = load_general_tasks(suite, limit, seed)
@@ -151,7 +154,7 @@ def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batc
     frames, parts, off, tokens, secs = [], {}, 0, 0, 0.0
     for t in tasks:
         rows, gen = run_task(model, tokenizer, t, seed=seed, batch_size=batch_size,
-                             progress=_offset_progress(progress, off, total))
+                             progress=_offset_progress(progress, off, total), max_new_tokens=max_new_tokens)
         off += len(t.items)
         tokens, secs = tokens + gen.generated_tokens, secs + gen.seconds
         df = to_frame(rows)

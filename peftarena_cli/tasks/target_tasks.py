@@ -130,7 +130,7 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
     """A target task by name (``arith`` or a hub benchmark), ``NAME=PATH`` or a local PATH."""
     name, path = split_spec(spec)
     if name and name not in TARGET_TASKS:
-        raise UsageError(f"unknown target task {name!r}", hint="use one of " + ", ".join(TARGET_TASKS) + ", NAME=PATH or a file")
+        raise DataError(f"unknown target task {name!r}", hint="use one of " + ", ".join(TARGET_TASKS) + ", NAME=PATH or a file")
     if name == "arith":
         if path:
             raise UsageError("the arith task is built in and takes no file")

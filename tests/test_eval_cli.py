@@ -1,0 +1,124 @@
+"""`peftarena eval-target` / `eval-general` end to end on the tiny model: tables, several adapters on
+one base, --responses scoring (IFEval's official response format, re-scoring a Parquet), and every
+bad input of the issue (clear error, exit 1, nothing written)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from peftarena_cli.artifacts.tables import read_table
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def target_run(tiny_model_dir, tiny_lora_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evt") / "target.parquet"
+    r = run_cli("eval-target", tiny_model_dir, "--adapter", tiny_lora_dir, "--include-base", "--limit", "3",
+                "--max-new-tokens", "12", "--batch-size", "2", "-o", out, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr.decode()
+    return out, r
+
+
+def test_eval_target_tables_and_several_adapters(target_run, tiny_lora_dir):
+    out, r = target_run
+    df, prov = read_table(out)
+    for c in ("model", "task", "id", "sample", "prompt", "completion", "extracted", "reference", "correct"):
+        assert c in df.columns
+    assert set(df["model"]) == {"base", str(tiny_lora_dir)}
+    assert len(df) == 6 and prov["command"] == "eval-target" and "base" in prov["inputs"]
+    # the base and the adapter generate different text (the adapter is really applied)
+    by = df.pivot(index="id", columns="model", values="completion")
+    assert (by["base"] != by[str(tiny_lora_dir)]).any()
+    summ, _ = read_table(out.with_name("target.summary.parquet"))
+    assert list(summ.columns) == ["model", "task", "metric", "value", "n"]
+    ts = summ[summ["metric"] == "target_score"]
+    assert len(ts) == 2 and set(ts["task"]) == {"target"}
+    # summary recomputed independently from the per-sample rows
+    for model, g in df.groupby("model"):
+        assert ts[ts["model"] == model]["value"].item() == pytest.approx(100.0 * g["correct"].mean())
+
+
+def test_rescore_parquet_reproduces_scores(target_run, tmp_path):
+    out, _ = target_run
+    df, _ = read_table(out)
+    base_rows = df[df["model"] == "base"].drop(columns=["model"])
+    src = tmp_path / "base.parquet"
+    base_rows.to_parquet(src)
+    r = run_cli("eval-target", "--responses", src, "-o", tmp_path / "re.parquet")
+    assert r.returncode == 0, r.stderr.decode()
+    re, _ = read_table(tmp_path / "re.parquet")
+    assert list(re["correct"]) == list(base_rows["correct"]) and list(re["extracted"]) == list(base_rows["extracted"])
+
+
+def test_eval_general_pipe_gives_parquet(tiny_model_dir):
+    r = run_cli("eval-general", tiny_model_dir, "--suite", "builtin.facts,builtin.ifeval", "--limit", "2",
+                "--max-new-tokens", "8", env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr.decode()
+    df, _ = read_table(io.BytesIO(r.stdout))
+    assert set(df["task"]) == {"facts", "ifeval_builtin"} and len(df) == 4
+    assert df.loc[df["task"] == "ifeval_builtin", "inst_strict"].map(len).ge(1).all()
+    assert "general_score" in r.stderr.decode()
+
+
+def test_ifeval_official_response_format(shared_data, tmp_path):
+    recs = [json.loads(x) for x in (shared_data / "ifeval" / "input_data.jsonl").read_text().splitlines()[:2]]
+    good = " ".join(["word"] * 300) + " *one* *two* *three*"  # follows all 3 instructions of the first prompt
+    resp = tmp_path / "input_response_data.jsonl"
+    resp.write_text("\n".join(json.dumps({"prompt": r["prompt"], "response": t})
+                              for r, t in zip(recs, [good, "Short, bad."])) + "\n")
+    out = tmp_path / "if.parquet"
+    r = run_cli("eval-general", "--suite", f"ifeval={shared_data / 'ifeval' / 'input_data.jsonl'}",
+                "--responses", resp, "-o", out)
+    assert r.returncode == 0, r.stderr.decode()
+    df, _ = read_table(out)
+    assert list(df["inst_strict"].iloc[0]) == [True, True, True]
+    assert df["prompt_strict"].tolist() == [True, False]
+    summ, _ = read_table(tmp_path / "if.summary.parquet")
+    s = summ.set_index(["task", "metric"])["value"]
+    n_inst = len(recs[0]["instruction_id_list"]) + len(recs[1]["instruction_id_list"])
+    expected = 100.0 * (3 + sum(df["inst_strict"].iloc[1])) / n_inst
+    assert s[("ifeval", "inst_strict")] == pytest.approx(expected)
+    assert s[("general", "general_score")] == pytest.approx(expected)
+
+
+def test_unparsable_completion_is_kept_and_wrong(tmp_path):
+    resp = tmp_path / "gsm.jsonl"
+    rows = [{"question": "1+1?", "answer": "so\n#### 2", "response": "The answer is 2."},
+            {"question": "2+2?", "answer": "#### 4", "response": "I have no idea."},
+            {"question": "3+3?", "answer": "#### 6", "response": "6 #### 6"}]
+    resp.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "s.parquet"
+    r = run_cli("eval-target", "--task", "gsm8k", "--responses", resp, "-o", out)
+    assert r.returncode == 0, r.stderr.decode()
+    df, _ = read_table(out)
+    assert df["correct"].tolist() == [True, False, True] and df["extracted"].tolist()[1] == ""
+    assert df["correct_strict"].tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "unknown_suite", "missing_fields", "k_gt_n", "empty", "vllm"])
+def test_bad_inputs_exit_1_without_output(case, tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    args = {
+        "unknown_task": ["eval-target", tiny_model_dir, "--task", "nosuchtask"],
+        "unknown_suite": ["eval-general", tiny_model_dir, "--suite", "builtin,nosuch"],
+        "missing_fields": ["eval-target", tiny_model_dir, "--task", f"gsm8k={bad}"],
+        "k_gt_n": ["eval-target", tiny_model_dir, "-n", "2", "--temperature", "0.7", "--k", "1,4"],
+        "empty": ["eval-target", tiny_model_dir, "--task", f"math500={tmp_path / 'empty.jsonl'}"],
+        "vllm": ["eval-general", tiny_model_dir, "--backend", "vllm"],
+    }[case]
+    bad.write_text(json.dumps({"prompt": "x", "solution": "y"}) + "\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    out = tmp_path / "out.parquet"
+    r = run_cli(*args, "-o", out)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert err.startswith("error: ") and "Traceback" not in err and "hint: " in err
+    assert not out.exists() and not (tmp_path / "out.summary.parquet").exists()
+    assert {"unknown_task": "nosuchtask", "unknown_suite": "nosuch", "missing_fields": "lacks the field",
+            "k_gt_n": "k=4", "empty": "no records", "vllm": "vllm"}[case] in err
