@@ -130,10 +130,17 @@ def worker_straight(args) -> dict:
     del K, L
     U, _, Vh = torch.linalg.svd(X1c.T @ X0c)
     proc = float((X1c @ (U @ Vh) - X0c).norm() / X0c.norm())
+    pca = {}
+    V0 = torch.linalg.svd(X0c, full_matrices=False)[2]  # PCA of the stored tokens, as sklearn does
+    V1 = torch.linalg.svd(X1c, full_matrices=False)[2]
+    for k in (32, 64):
+        if k < X0.shape[1]:
+            P0, P1 = V0[:k].T @ V0[:k], V1[:k].T @ V1[:k]
+            pca[k] = float((P0 - P1).norm() / (2 * k) ** 0.5)
     t2 = time.perf_counter()
     return {"approach": "straightforward, one module", "module": args.module, "dim": X0.shape[1],
             "tokens": X0.shape[0], "forward_s": t1 - t0, "gram_s": t2 - t1, "total_s": t2 - t0,
-            "peak_rss_mib": peak_rss_mib(), "cka": cka, "gram_distortion": gram, "procrustes": proc}
+            "peak_rss_mib": peak_rss_mib(), "cka": cka, "gram_distortion": gram, "procrustes": proc, "pca": pca}
 
 
 def run_worker(extra: list[str], common: list[str]) -> dict:

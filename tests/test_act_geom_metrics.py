@@ -138,3 +138,13 @@ def test_pca_distance_above_float64_dim_stays_within_its_bound():
     for k in ("pca_dist_32", "pca_dist_64"):
         assert got[k] == pytest.approx(want[k], abs=1e-4), k
     assert got["cka"] == pytest.approx(want["cka"], rel=1e-9)
+    assert got["procrustes_residual"] == pytest.approx(want["procrustes_residual"], rel=1e-7)
+
+
+def test_nuclear_norm_fast_path_matches_svd():
+    from peftarena_cli.activations.geometry import PCA_FLOAT64_MAX_DIM, nuclear_norm
+
+    g = torch.Generator().manual_seed(4)
+    d = PCA_FLOAT64_MAX_DIM + 60
+    C = torch.randn(d, d, generator=g, dtype=torch.float64) * torch.logspace(2, -2, d, dtype=torch.float64)
+    assert nuclear_norm(C) == pytest.approx(float(torch.linalg.svdvals(C).sum()), rel=1e-10)

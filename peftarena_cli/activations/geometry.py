@@ -90,6 +90,19 @@ def _eigh(C):
     return torch.linalg.eigh(C)
 
 
+def nuclear_norm(C) -> float:
+    """‖C‖_* in float64: the sum of singular values (svdvals) for d ≤ :data:`PCA_FLOAT64_MAX_DIM`;
+    above, Σ sqrt(eigvalsh(CᵀC)) (about 4× faster on CPU). Each eigenvalue of CᵀC is accurate to
+    ~ε‖C‖₂², so σ_i is off by at most ~ε‖C‖₂²/(2σ_i) (≤ √ε‖C‖₂ for σ_i → 0): for d = 1536 the sum
+    is accurate to ~1e-9‖C‖₂ unless C has many near-zero singular values (then ≤ d·1e-8‖C‖₂)."""
+    import torch
+
+    if C.shape[0] <= PCA_FLOAT64_MAX_DIM:
+        return float(torch.linalg.svdvals(C).sum())
+    lam = torch.linalg.eigvalsh(C.T @ C)
+    return float(lam.clamp_min(0).sqrt().sum())
+
+
 def pca_distances(C00, C11, ks, n: int) -> dict:
     """``pca_dist_k`` and ``pca_gap_k`` for every k, with one eigendecomposition per covariance."""
     d = C00.shape[0]
@@ -147,7 +160,7 @@ def _geometry(ps: PairSums, ks) -> dict:
     t11 = float(torch.trace(C11))
     sd = (ps.s1.to(torch.float64) - ps.s0.to(torch.float64))
     raw2 = max(float(ps.dd) - float(sd @ sd) / max(n, 1), 0.0)
-    nuc = float(torch.linalg.svdvals(C01).sum())
+    nuc = nuclear_norm(C01)
     proc2 = max(t11 + t00 - 2.0 * nuc, 0.0)
     denom = math.sqrt(t00) if t00 > 0 else float("nan")
     raw = math.sqrt(raw2) / denom
