@@ -75,6 +75,7 @@ def finetune_cmd(
     from peftarena_cli.training.runner import FinetuneConfig, finetune
 
     datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)  # our DataError says it in one line
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
