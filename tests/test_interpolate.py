@@ -168,6 +168,13 @@ def test_full_finetune_dense_path(tiny_model_dir, tmp_path):
     torch.testing.assert_close(logits(setup.path_model.model, ids), ft, atol=1e-5, rtol=0)
     setup.path_model.set_alpha(0.0)
     torch.testing.assert_close(logits(setup.path_model.model, ids), base, atol=1e-5, rtol=0)
+    # a dense checkpoint of α = 0.5 reloads as the same model
+    from peftarena_cli.paths.sweep import save_checkpoint
+
+    setup.path_model.set_alpha(0.5)
+    (tmp_path / "ck").mkdir()
+    ck = save_checkpoint(setup, 0.5, tmp_path / "ck")
+    torch.testing.assert_close(logits(load_base(ck), ids), logits(setup.path_model.model, ids), atol=1e-6, rtol=0)
 
 
 def test_path_choice_and_fallback(tiny_model_dir, adapters):

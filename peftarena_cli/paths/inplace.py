@@ -112,29 +112,54 @@ class NativePathModel:
 
 @dataclass
 class DensePathModel:
-    """A plain model whose changed weights are set to W0 + αΔW in place."""
+    """A plain model whose changed weights are set to W0 + αΔW in place.
+
+    The changed parameters are re-pointed into one flat buffer per (dtype, device), with W0 and ΔW
+    stored flat alongside, so moving to α is a single fused ``add`` over all modules.
+    """
 
     model: object
-    w0: dict = field(default_factory=dict)      # parameter name -> W0 (float32 or the model dtype)
-    delta: dict = field(default_factory=dict)   # parameter name -> ΔW
+    w0: dict = field(default_factory=dict)      # parameter name -> W0 (a view into the flat W0 buffer)
+    delta: dict = field(default_factory=dict)   # parameter name -> ΔW (a view into the flat ΔW buffer)
     path: str = "dense"
     alpha: float = 1.0
 
     def __post_init__(self):
+        import torch
+
         params = dict(self.model.named_parameters())
-        self._params = {}
+        groups: dict = {}
         for name in self.delta:
             if name not in params:
                 raise IncompatibleInputs(f"the model has no parameter {name!r}")
-            self._params[name] = params[name]
+            p = params[name]
+            groups.setdefault((p.dtype, p.device), []).append(name)
+        self._flat = []
+        for (dtype, device), names in groups.items():
+            total = sum(params[n].numel() for n in names)
+            fw0 = torch.empty(total, dtype=dtype, device=device)
+            fd = torch.empty(total, dtype=dtype, device=device)
+            fp = torch.empty(total, dtype=dtype, device=device)
+            off = 0
+            with torch.no_grad():
+                for n in names:
+                    p = params[n]
+                    k = p.numel()
+                    fw0[off:off + k].copy_(self.w0[n].reshape(-1))
+                    fd[off:off + k].copy_(self.delta[n].reshape(-1))
+                    fp[off:off + k].copy_(p.data.reshape(-1))
+                    p.data = fp[off:off + k].view(p.shape)
+                    self.w0[n] = fw0[off:off + k].view(p.shape)
+                    self.delta[n] = fd[off:off + k].view(p.shape)
+                    off += k
+            self._flat.append((fw0, fd, fp))
 
     def set_alpha(self, alpha: float) -> None:
         import torch
 
         with torch.no_grad():
-            for name, p in self._params.items():
-                w = torch.add(self.w0[name], self.delta[name], alpha=float(alpha))
-                p.data.copy_(w)
+            for fw0, fd, fp in self._flat:
+                torch.add(fw0, fd, alpha=float(alpha), out=fp)
         self.alpha = float(alpha)
 
     def orthogonality_error(self):

@@ -207,6 +207,8 @@ def save_checkpoint(setup: PathSetup, alpha: float, directory, overwrite: bool =
         ad = Adapter(config=dict(setup.finetuned.config), tensors=pm.current)
         return save_adapter(ad, d, extra_metadata=meta, overwrite=overwrite)
     with atomic_dir(d, overwrite=overwrite) as tmp:
-        pm.model.save_pretrained(str(tmp), safe_serialization=True)
+        # the path's parameters are views into flat buffers: save independent copies
+        state = {k: v.detach().clone().contiguous() for k, v in pm.model.state_dict().items()}
+        pm.model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         setup.tokenizer.save_pretrained(str(tmp))
     return d
