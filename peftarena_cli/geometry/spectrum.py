@@ -14,9 +14,14 @@ Structure used instead of dense work (exact, not approximations):
 
 * low-rank ΔW = B A: u_iᵀΔW v_i = Σ_j (UᵀB)_{ij} (A V)ᵀ_{ij} and ‖ΔW v_i‖² = (A v_i)ᵀ (BᵀB) (A v_i), so
   no out×k matrix is formed; ‖ΔW‖_F² from the r×r Grams and ‖ΔW‖₂ from an r×r core (QR of factors);
-* dense ΔW: ‖ΔW‖₂² is the top eigenvalue of the smaller Gram matrix, in float64;
-* W1 = W0 M with M orthogonal (OFT): W1 = U Σ (Mᵀ V)ᵀ, so v_i(W1) = Mᵀ v_i and
-  |cos| = |v_iᵀ M v_i| with no SVD of W1 (used when ‖MᵀM − I‖ ≤ 1e-6; otherwise W1 is decomposed);
+* dense ΔW: ‖ΔW‖₂² is the top eigenvalue of the smaller Gram matrix (float64 block subspace
+  iteration with Rayleigh–Ritz, falling back to a full eigendecomposition if it does not converge);
+* OFT, W1 = W0 M with block-diagonal M: ΔW = U Σ Vᵀ(M − I), so with C = Vᵀ(M − I)V (k × k)
+  u_iᵀΔW v_i = σ_i C_ii and ‖ΔW v_i‖ = ‖Σ C e_i‖; ‖ΔW‖ = ‖(Mᵀ − I) V Σ‖ (F and 2-norm); M is
+  applied block by block and ΔW is never formed;
+* M orthogonal (‖MᵀM − I‖ ≤ 1e-6, e.g. OFT): W1 = U Σ (Mᵀ V)ᵀ, so v_i(W1) = Mᵀ v_i and
+  |cos| = |v_iᵀ M v_i| = |1 + C_ii| with no SVD of W1; otherwise (BOFT's scale, a loose
+  Cayley–Neumann series) W1 is decomposed;
 * the SVD of W0 comes from :class:`~peftarena_cli.geometry.base_svd.BaseSvdCache`.
 """
 
@@ -53,14 +58,50 @@ def fluctuation(x: torch.Tensor) -> float:
     return float((x.double() - moving_average5(x.double())).abs().mean())
 
 
+def top_eigenvalue(a: torch.Tensor, block: int = 8, tol: float = 1e-10, max_iter: int = 300) -> float:
+    """Largest eigenvalue of a symmetric PSD matrix (float64 block subspace iteration + Rayleigh–Ritz).
+
+    Exact to ``tol`` relative change of the top Ritz value; falls back to ``eigvalsh`` for small
+    matrices or when the iteration does not settle.
+    """
+    a = a.double()
+    n = a.shape[0]
+    if n <= 4 * block:
+        return float(torch.linalg.eigvalsh(a)[-1].clamp_min(0.0))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    y = a @ torch.randn(n, block, generator=g, dtype=torch.float64).to(a.device)
+    prev = None
+    for _ in range(max_iter):
+        q, _r = torch.linalg.qr(y)
+        y = a @ q
+        theta = float(torch.linalg.eigvalsh(q.T @ y)[-1])
+        if prev is not None and abs(theta - prev) <= tol * max(abs(theta), 1e-300):
+            return max(theta, 0.0)
+        prev = theta
+    return float(torch.linalg.eigvalsh(a)[-1].clamp_min(0.0))
+
+
 def spectral_norm_sq(md) -> float:
-    """‖ΔW‖₂² of a ModuleDelta: r×r core for low-rank, float64 Gram eigenvalue otherwise."""
+    """‖ΔW‖₂² of a ModuleDelta: r×r core for low-rank, top eigenvalue of the smaller Gram otherwise."""
     if md.is_low_rank:
         sv = md.singular_values()
         return float(sv[0]) ** 2 if sv.numel() else 0.0
-    d = md.dense().double()
+    d = md.dense()
     g = d @ d.T if d.shape[0] <= d.shape[1] else d.T @ d
-    return float(torch.linalg.eigvalsh(g)[-1].clamp_min(0.0))
+    return top_eigenvalue(g)
+
+
+def rotation_parts(md, u, s, vh):
+    """OFT-style W1 = W0 M: (u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂², diag(C)) without forming ΔW."""
+    v = vh.T.contiguous()  # (in, k)
+    c = v.T @ (md.rotate(v) - v)  # Vᵀ (M − I) V
+    cd = torch.diagonal(c)
+    diag = s * cd
+    energy = torch.linalg.norm(s[:, None] * c, dim=0)
+    f = (md.rotate(v, transpose=True) - v) * s  # (Mᵀ − I) V Σ, same singular values as ΔW
+    fro2 = float(f.double().square().sum())
+    spec2 = top_eigenvalue(f.T @ f) if fro2 > 0 else 0.0
+    return diag, energy, fro2, spec2, cd
 
 
 def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,14 +118,13 @@ def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[to
     return (u * dv).sum(dim=0), torch.linalg.norm(dv, dim=0)
 
 
-def alignment(md, u, s, vh) -> torch.Tensor:
-    """|cos(v_i(W0), v_i(W1))| per index i."""
-    v = vh.T
-    rot = md.rotation
-    if rot is not None and md.row_scale is None:
-        eye = torch.eye(rot.shape[0], device=rot.device, dtype=rot.dtype)
-        if float((rot.T @ rot - eye).abs().max()) <= ORTHO_TOL:
-            return (v * (rot @ v)).sum(dim=0).abs()
+def alignment(md, u, s, vh, cdiag: torch.Tensor | None = None) -> torch.Tensor:
+    """|cos(v_i(W0), v_i(W1))| per index i (``cdiag`` = diag(Vᵀ(M − I)V) when already known)."""
+    if md.is_rotation and md.row_scale is None and md.rotation_orthogonality_error() <= ORTHO_TOL:
+        if cdiag is None:
+            v = vh.T.contiguous()
+            cdiag = (v * (md.rotate(v) - v)).sum(dim=0)
+        return (1.0 + cdiag).abs()
     _, _, vh1 = torch.linalg.svd(md.w1(), full_matrices=False)
     return (vh * vh1).sum(dim=1).abs()
 
@@ -97,16 +137,20 @@ class ModuleSpectrum:
 
 def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
     """All spectrum metrics of one module; ``sva=None`` computes alignment for multiplicative methods only."""
-    diag, energy = profiles(md, u, s, vh)
+    cdiag = None
+    if md.is_rotation and md.row_scale is None:
+        diag, energy, fro2, spec2, cdiag = rotation_parts(md, u, s, vh)
+    else:
+        diag, energy = profiles(md, u, s, vh)
+        fro2 = md.fro2()
+        spec2 = spectral_norm_sq(md)
     p_diag = s + diag
     k = s.shape[0]
-    fro2 = md.fro2()
-    spec2 = spectral_norm_sq(md)
     eff = fro2 / spec2 if spec2 > 0 else 0.0
     s1 = float(s[0]) if k else float("nan")
     etot = float(energy.sum())
     want_sva = md.multiplicative if sva is None else sva
-    sv = alignment(md, u, s, vh) if want_sva else torch.full((k,), float("nan"), device=s.device)
+    sv = alignment(md, u, s, vh, cdiag) if want_sva else torch.full((k,), float("nan"), device=s.device)
     index = {
         "index": torch.arange(k),
         "sigma": s.detach().cpu().double(),

@@ -26,8 +26,9 @@ class ModuleDelta:
     """The update of one linear module.
 
     Exactly one representation is set: ``factors`` (B, A) with ΔW = B @ A (low-rank methods),
-    ``delta_t`` (ΔW itself), or ``w1_t`` (the effective fine-tuned weight). ``rotation`` is set for
-    multiplicative methods whose W1 = W0 @ rotation (OFT, BOFT; rotation may include a scale).
+    ``delta_t`` (ΔW itself), ``w1_t`` (the effective fine-tuned weight), or a right rotation for
+    multiplicative methods, W1 = [diag(row_scale)] W0 M: ``rot_blocks`` (b, n, n) when M is
+    block-diagonal (OFT), else the dense ``rotation`` M (BOFT).
     """
 
     name: str
@@ -39,8 +40,9 @@ class ModuleDelta:
     delta_t: torch.Tensor | None = None
     w1_t: torch.Tensor | None = None
     rotation: torch.Tensor | None = None
-    row_scale: torch.Tensor | None = None  # with rotation: W1 = diag(row_scale) @ W0 @ rotation (BOFT)
-    form: str = ""  # how the saved adapter was read, e.g. "rslora", "pissa residual", "cayley-neumann(5)"
+    rot_blocks: torch.Tensor | None = None
+    row_scale: torch.Tensor | None = None  # with a rotation: W1 = diag(row_scale) @ W0 @ M (BOFT)
+    form: str = ""  # how the saved adapter was read, e.g. "rslora", "pissa residual", "cayley-neumann(5 terms)"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -48,13 +50,41 @@ class ModuleDelta:
         return self.factors is not None
 
     @property
+    def is_rotation(self) -> bool:
+        return self.rotation is not None or self.rot_blocks is not None
+
+    @property
     def multiplicative(self) -> bool:
-        """W1 = W0 @ R for an (approximately) orthogonal R: OFT and BOFT."""
+        """W1 = W0 @ M for an (approximately) orthogonal M: OFT and BOFT."""
         return self.method in ("oft", "boft")
 
     @property
     def rank_bound(self) -> int | None:
         return None if self.factors is None else int(self.factors[1].shape[0])
+
+    def rotate(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """M @ x (or Mᵀ @ x) for the right rotation M of a multiplicative update, x (in, k)."""
+        if self.rot_blocks is not None:
+            b, n, _ = self.rot_blocks.shape
+            blocks = self.rot_blocks.transpose(1, 2) if transpose else self.rot_blocks
+            return torch.bmm(blocks, x.reshape(b, n, -1)).reshape(x.shape)
+        m = self.rotation.T if transpose else self.rotation
+        return m @ x
+
+    def rotation_matrix(self) -> torch.Tensor:
+        """The dense right rotation M (in, in)."""
+        if self.rot_blocks is not None:
+            return torch.block_diag(*self.rot_blocks.unbind(0))
+        return self.rotation
+
+    def rotation_orthogonality_error(self) -> float:
+        """max |MᵀM − I| (block by block for OFT)."""
+        if self.rot_blocks is not None:
+            r = self.rot_blocks
+            eye = torch.eye(r.shape[-1], device=r.device, dtype=r.dtype)
+            return float((r.transpose(1, 2) @ r - eye).abs().max())
+        m = self.rotation
+        return float((m.T @ m - torch.eye(m.shape[0], device=m.device, dtype=m.dtype)).abs().max())
 
     def dense(self) -> torch.Tensor:
         """ΔW = W1 − W0, float32 (out, in)."""
@@ -63,14 +93,18 @@ class ModuleDelta:
             return b @ a
         if self.delta_t is not None:
             return self.delta_t
+        if self.is_rotation and self.row_scale is None:
+            # W0 (M − I) = ((Mᵀ − I) W0ᵀ)ᵀ, blockwise for OFT
+            w0t = self.w0.T.contiguous()
+            return (self.rotate(w0t, transpose=True) - w0t).T
         return self.w1() - self.w0
 
     def w1(self) -> torch.Tensor:
         """The effective fine-tuned weight, float32 (out, in)."""
         if self.w1_t is not None:
             return self.w1_t
-        if self.rotation is not None:
-            w = self.w0 @ self.rotation
+        if self.is_rotation:
+            w = self.rotate(self.w0.T.contiguous(), transpose=True).T
             return w if self.row_scale is None else self.row_scale[:, None] * w
         return self.w0 + self.dense()
 
@@ -79,8 +113,8 @@ class ModuleDelta:
         if self.factors is not None:
             b, a = self.factors
             return b @ (a @ x)
-        if self.rotation is not None:
-            y = self.w0 @ (self.rotation @ x)
+        if self.is_rotation:
+            y = self.w0 @ self.rotate(x)
             if self.row_scale is not None:
                 y = self.row_scale[:, None] * y
             return y - self.w0 @ x
@@ -182,7 +216,8 @@ def iter_module_deltas(
         for what, t in (("the adapter factors", md.factors[0] if md.factors else None),
                         ("the adapter factors", md.factors[1] if md.factors else None),
                         ("the update", md.delta_t), ("the fine-tuned weight", md.w1_t),
-                        ("the rotation", md.rotation), ("the scale", md.row_scale)):
+                        ("the rotation", md.rotation), ("the rotation", md.rot_blocks),
+                        ("the scale", md.row_scale)):
             if t is not None:
                 _check_finite(t, n, what)
         yield md

@@ -56,13 +56,13 @@ def oft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     if cfg.get("block_share") and blocks.shape[0] == 1:
         if in_f % n:
             raise IncompatibleInputs(f"module {module!r}: OFT block size {n} does not divide in_features {in_f}")
-        blocks = blocks.expand(in_f // n, n, n)
+        blocks = blocks.expand(in_f // n, n, n).contiguous()
     if blocks.shape[0] * n != in_f:
         raise IncompatibleInputs(
             f"module {module!r}: OFT rotation covers {blocks.shape[0] * n} inputs, the base has {in_f}"
         )
-    rot = torch.block_diag(*blocks.unbind(0)).T.contiguous()  # W1 = W0 @ Rᵀ
+    rot = blocks.transpose(1, 2).contiguous()  # W1 = W0 @ Rᵀ, Rᵀ block-diagonal with the transposed blocks
     form = f"cayley-neumann({terms} terms)" if neumann else "cayley-exact (solve)"
     if cfg.get("coft"):
         form += ", coft"
-    return {"rotation": rot, "form": form}
+    return {"rot_blocks": rot, "form": form}
