@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install test test-fast demo docs clean-venv
+.PHONY: install test test-fast demo arena docs clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ docs: install
 
 demo: install
 	$(PEFTARENA) models pull smollm2-135m
+	@$(MAKE) --no-print-directory demo-run
+
+# `make arena`: the comparison over several methods (scripts/arena.mk; ARENA_METHODS="..." to choose).
+arena: install
+	$(PEFTARENA) models pull smollm2-135m
+	@$(MAKE) --no-print-directory arena-run
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The reproduction pipeline (demo / arena stages over artifacts).
+include scripts/arena.mk

@@ -310,3 +310,9 @@ def test_manifest_params_and_curve_endpoints(tmp_path):
     assert (c["path"] == "native").all()
     same = with_endpoints(c, rep.leaderboard, "lora")
     assert len(same) == 3  # nothing added twice
+    # a second curve file with the general score only, at the same α: joined into one row
+    write_table(pd.DataFrame({"alpha": [0.5, 0.5], "path": ["native", "native"], "target": [np.nan, 30.0],
+                              "general": [46.0, np.nan]}), runs / "lora" / "curve_parts.parquet")
+    (runs / "lora" / "curve.parquet").unlink()
+    c = build_report([str(runs)]).curves["lora"]
+    assert c["alpha"].tolist() == [0.0, 0.5, 1.0] and c["general"].tolist()[1] == 46.0 and c["target"].tolist()[1] == 30.0

@@ -28,6 +28,16 @@ class Report:
     order: list = field(default_factory=list)  # methods in the order found (fixes their colours)
 
 
+def combine_curve(curve):
+    """One row per (path, α): curve files of one method that evaluated different things at the same
+    points (e.g. `interpolate --eval target` and `--eval general` with different --limit) are joined,
+    taking each column's first non-missing value."""
+    keys = [k for k in ("path", "alpha") if k in curve.columns]
+    if curve.duplicated(keys).any():
+        curve = curve.groupby(keys, sort=True, dropna=False).first().reset_index()
+    return curve
+
+
 def with_endpoints(curve, leaderboard, method: str, base_name: str = "base"):
     """A curve with its ends: the base's scores at α = 0 and the method's at α = 1 when the curve
     has no such row (so a sweep over interior α only still starts at the base and ends at the method)."""
@@ -68,7 +78,7 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
         if "eval_summary" not in m.tables:
             notes.append(f"{name}: no eval summary (no target/general score)")
     corr = correlation_table(lb)
-    curves = {n: with_endpoints(m.tables["curve"], lb, n, base_name) for n, m in methods.items() if "curve" in m.tables}
+    curves = {n: with_endpoints(combine_curve(m.tables["curve"]), lb, n, base_name) for n, m in methods.items() if "curve" in m.tables}
     spectra = {n: m.tables["spectrum_index"] for n, m in methods.items() if "spectrum_index" in m.tables}
     mod = None
     if spectra:

@@ -1,0 +1,138 @@
+# The PEFT-Arena reproduction as Make stages over artifacts (included from the main Makefile).
+#
+#   make demo     LoRA on the built-in arithmetic task: train, evals, spectrum, csd, act-geom,
+#                 a short interpolation, a rewind, the report          (runs/demo, ≤ 10 min on 2 cores)
+#   make arena    the same for several methods                          (runs/arena)
+#
+# Every stage's target is the artifact it writes (written atomically by peftarena), so a rerun
+# skips finished stages and an interrupted run continues where it stopped (training resumes from
+# its last checkpoint). Knobs (override on the command line, e.g. `make arena ARENA_METHODS="lora oft"`):
+
+MODEL          ?= smollm2-135m
+DEMO_RUNS      ?= runs/demo
+ARENA_RUNS     ?= runs/arena
+ARENA_METHODS  ?= full lora pissa dora vera oft miss
+
+# Training (SFT on the built-in arithmetic task). Steps are few so that the CPU budget holds; the
+# learning rates are raised accordingly (docs/report.md, "make demo / make arena").
+STEPS          ?= 30
+BATCH          ?= 4
+LR_full        ?= 5e-5
+LR_lora        ?= 1e-3
+LR_pissa       ?= 5e-4
+LR_dora        ?= 1e-3
+LR_vera        ?= 5e-3
+LR_oft         ?= 2e-3
+LR_miss        ?= 2e-3
+LR_ia3         ?= 5e-3
+LR_boft        ?= 2e-3
+LR_milora      ?= 1e-3
+LR_adalora     ?= 1e-3
+# Evaluation sizes (items per task / per built-in general part) and analysis sizes (prompts per set).
+TARGET_LIMIT   ?= 32
+GENERAL_LIMIT  ?= 4
+ANALYSIS_N     ?= 16
+# Interpolation (interior points: α = 0 is the base's evals, α = 1 the method's) and rewinding.
+ALPHAS         ?= 0.5
+PICK           ?= keep-target:0.8
+INTERP_METHODS ?= lora oft
+
+PEFTARENA      ?= $(VENV)/bin/peftarena
+PA              = $(PEFTARENA)
+SPECTRUM_MODULE ?= layers.18.mlp.down_proj
+
+.PHONY: demo-run arena-run arena-stages
+
+# One run set = RUNS + METHODS (+ which of them get an interpolation curve and a rewound point).
+demo-run:
+	@$(MAKE) --no-print-directory arena-stages RUNS=$(DEMO_RUNS) METHODS="lora" INTERP="lora" TITLE=demo
+
+arena-run:
+	@$(MAKE) --no-print-directory arena-stages RUNS=$(ARENA_RUNS) METHODS="$(ARENA_METHODS)" \
+		INTERP="$(filter $(INTERP_METHODS),$(ARENA_METHODS))" TITLE=arena
+
+ifdef RUNS
+# ---------------------------------------------------------------- what a run set is made of
+STATS     := $(RUNS)/_stats/csd_stats.safetensors
+REWOUND   := $(foreach m,$(INTERP),$(RUNS)/$(m)/rewound/.done)
+EVALS     := $(foreach m,base $(METHODS),$(RUNS)/$(m)/eval_target.parquet $(RUNS)/$(m)/eval_general.parquet)
+ANALYSES  := $(foreach m,$(METHODS),$(RUNS)/$(m)/spectrum.parquet $(RUNS)/$(m)/csd.parquet $(RUNS)/$(m)/act_geom.parquet)
+CURVES    := $(foreach m,$(INTERP),$(RUNS)/$(m)/curve.parquet)
+REPORT    := $(RUNS)/report
+
+# A method's fine-tuned artifact: the PEFT adapter dir, or the full model dir for `full`.
+final      = $(RUNS)/$(1)/train/final
+# eval / analysis arguments: `full` is a model of its own, every other method an adapter on MODEL.
+eval_model = $(if $(filter full,$(1)),$(call final,$(1)),$(MODEL) --adapter $(call final,$(1)))
+
+# Keep every stage's artifact (Make would delete files it made on the way to a pattern target).
+.SECONDARY:
+
+arena-stages: $(REPORT)/leaderboard.parquet
+	@echo
+	@echo "$(TITLE): report in $(REPORT)/ (plane.png, spectrum.png, leaderboard.md)"
+	@sed -n '/^| method/,/^$$/p' $(REPORT)/leaderboard.md
+
+$(REPORT)/leaderboard.parquet: $(EVALS) $(ANALYSES) $(CURVES) $(REWOUND)
+	$(PA) report $(RUNS) -o $(REPORT) --spectrum-module '$(SPECTRUM_MODULE)'
+	@for d in $(dir $(REWOUND)); do $(VENV)/bin/python -c "import json, sys; from safetensors import safe_open; \
+	m = safe_open(sys.argv[1] + '/adapter_model.safetensors', 'pt').metadata(); r = json.loads(m.get('peftarena_rewind', '{}')); \
+	print('rewound', sys.argv[1], 'to alpha', r.get('alpha'), '-', r.get('reason', r.get('criterion', '')))" $$d 2>/dev/null || true; done
+
+# ---------------------------------------------------------------- training
+# The stamp is written only after a complete run; an interrupted run is resumed.
+$(RUNS)/%/train/.done:
+	@mkdir -p $(RUNS)/$*
+	$(PA) finetune $(MODEL) -o $(RUNS)/$*/train --method $* --steps $(STEPS) --batch-size $(BATCH) \
+		--lr $(LR_$*) --save-every $(STEPS) $(if $(wildcard $(RUNS)/$*/train/manifest.json),--resume)
+	@touch $@
+
+# ---------------------------------------------------------------- evaluation
+$(RUNS)/base/eval_target.parquet:
+	@mkdir -p $(@D)
+	$(PA) eval-target $(MODEL) --limit $(TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
+
+$(RUNS)/base/eval_general.parquet:
+	@mkdir -p $(@D)
+	$(PA) eval-general $(MODEL) --limit $(GENERAL_LIMIT) -o $@ --summary $(@D)/eval_general_summary.parquet
+
+$(RUNS)/%/eval_target.parquet: $(RUNS)/%/train/.done
+	$(PA) eval-target $(call eval_model,$*) --limit $(TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
+
+$(RUNS)/%/eval_general.parquet: $(RUNS)/%/train/.done
+	$(PA) eval-general $(call eval_model,$*) --limit $(GENERAL_LIMIT) -o $@ --summary $(@D)/eval_general_summary.parquet
+
+# ---------------------------------------------------------------- weight and activation geometry
+$(RUNS)/%/spectrum.parquet: $(RUNS)/%/train/.done
+	$(PA) spectrum $(MODEL) $(call final,$*) -o $@ --summary $(@D)/spectrum_summary.parquet
+
+$(STATS):
+	@mkdir -p $(@D)
+	$(PA) csd $(MODEL) --general general:$(ANALYSIS_N) --target arith:$(ANALYSIS_N) --save-stats $@
+
+$(RUNS)/%/csd.parquet: $(RUNS)/%/train/.done $(STATS)
+	$(PA) csd $(MODEL) $(call final,$*) --stats $(STATS) -o $@
+
+$(RUNS)/%/act_geom.parquet: $(RUNS)/%/train/.done
+	$(PA) act-geom $(MODEL) $(call final,$*) -p general:$(ANALYSIS_N) -p arith:$(ANALYSIS_N) -o $@
+
+# ---------------------------------------------------------------- paths: interpolate, rewind
+# Target and general are swept separately so each uses the same --limit as the method's own evals;
+# the parts (and their per-sample rows) stay in interp/, the joined curve is what report reads.
+$(RUNS)/%/interp/general.parquet: $(RUNS)/%/train/.done
+	@mkdir -p $(@D)
+	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval general --limit $(GENERAL_LIMIT) -o $@
+
+$(RUNS)/%/interp/target.parquet: $(RUNS)/%/train/.done
+	@mkdir -p $(@D)
+	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval target --limit $(TARGET_LIMIT) -o $@
+
+$(RUNS)/%/curve.parquet: $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet
+	$(VENV)/bin/python scripts/join_curves.py $^ -o $@
+
+# The rewound adapter is the curve's point at the picked α (the same model, as rewind's tests check),
+# so its scores are already on the plane: it is written, not evaluated again.
+$(RUNS)/%/rewound/.done: $(RUNS)/%/curve.parquet
+	$(PA) rewind $(call final,$*) --curve $< --pick $(PICK) --base $(MODEL) -o $(@D) --overwrite
+	@touch $@
+endif
