@@ -61,3 +61,22 @@ def test_alpha_outside_unit_interval_is_refused(tiny_model_dir, ads, tmp_path):
     assert r.returncode == 2  # a usage error
     assert b"outside [0, 1]" in r.stderr and b"--allow-extrapolate" in r.stderr
     assert b"Traceback" not in r.stderr and not out.exists()
+
+
+def test_eval_sweep_end_to_end_on_tiny_model(tiny_model_dir, ads, tmp_path):
+    """--eval target,general through the evaluation engine: headline columns and per-sample files."""
+    from peftarena_cli.artifacts.tables import read_table
+
+    out = tmp_path / "curve.parquet"
+    r = run_cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0,1", "--eval", "target,general",
+                "--limit", "1", "--max-new-tokens", "4", "-o", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    df, _ = read_table(out)
+    assert list(df["alpha"]) == [0.0, 1.0]
+    assert df["target"].notna().all() and df["general"].notna().all()
+    assert ((df["target"] >= 0) & (df["target"] <= 100)).all()
+    assert "general.general_score" in df.columns and (df["general"] == df["general.general_score"]).all()
+    t, _ = read_table(tmp_path / "curve.target-samples.parquet")
+    g, _ = read_table(tmp_path / "curve.general-samples.parquet")
+    assert sorted(set(t["alpha"])) == [0.0, 1.0] and sorted(set(g["alpha"])) == [0.0, 1.0]
+    assert len(t) == 2  # one target example per α

@@ -12,7 +12,8 @@ from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, in
 EVAL_KINDS = ("target", "general")
 
 
-def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: Optional[int], seed: int):
+def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: Optional[int], seed: int,
+                max_new_tokens: Optional[int] = None):
     try:
         from peftarena_cli.evaluation import evaluate_general, evaluate_target
     except ImportError:
@@ -21,10 +22,11 @@ def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: O
         raise MissingDependency("the evaluation engine (peftarena_cli.evaluation) is not available in this build",
                                 hint="run interpolate without --eval, or update peftarena") from None
     out = {}
+    kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if "target" in kinds:
-        out["target"] = lambda m, t: evaluate_target(m, t, task=target_task, limit=limit, seed=seed)
+        out["target"] = lambda m, t: evaluate_target(m, t, task=target_task, limit=limit, seed=seed, **kw)
     if "general" in kinds:
-        out["general"] = lambda m, t: evaluate_general(m, t, suite=general_suite, limit=limit, seed=seed)
+        out["general"] = lambda m, t: evaluate_general(m, t, suite=general_suite, limit=limit, seed=seed, **kw)
     return out
 
 
@@ -38,7 +40,8 @@ def interpolate_cmd(
     evals: Optional[str] = typer.Option(None, "--eval", help="Evaluate at each α: target, general or target,general."),
     target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
     general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many examples per evaluation task."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many examples per evaluation task (BBH: per subtask)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the tasks' generation length."),
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),
     save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
     allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
@@ -92,7 +95,7 @@ def interpolate_cmd(
             from peftarena_cli.errors import OutputError
 
             raise OutputError(f"the parent of --save-checkpoints {str(sp)!r} does not exist")
-    evaluators = _evaluators(kinds, target_task, general_suite, limit, seed) if kinds else {}
+    evaluators = _evaluators(kinds, target_task, general_suite, limit, seed, max_new_tokens) if kinds else {}
     sets = None
     if stats:
         from peftarena_cli.activations.moments import merge_stats_files
