@@ -120,3 +120,19 @@ def test_evaluate_target_greedy_scores_identical_across_batch_sizes(varied_model
     assert g[0][0][cols].equals(g[1][0][cols]) and g[0][1].equals(g[1][1])
     s = runs[0][1].set_index(["task", "metric"])["value"]
     assert ("target", "target_score") in s.index
+
+
+@pytest.mark.slow
+def test_smollm2_engine_matches_generate_and_knows_facts(smollm2_dir):
+    from peftarena_cli.artifacts.loading import load_model
+    from peftarena_cli.evaluation import evaluate_general
+    from peftarena_cli.evaluation.api import builtin_prompts
+    from peftarena_cli.tasks.prompting import render_prompt
+
+    model, tok, _ = load_model(smollm2_dir, device="cpu")
+    prompts = [render_prompt(tok, q, instruction=None) for q in builtin_prompts("arith", 3)]
+    g = generate(model, tok, prompts, max_new_tokens=24)
+    assert [t[0] for t in g.texts] == [_hf_generate(model, tok, p, 24) for p in prompts]
+    per, summ = evaluate_general(model, tok, suite="builtin.facts", limit=12)
+    em = summ.set_index("metric")["value"]["exact_match"]
+    assert em == pytest.approx(100.0 * per["correct"].mean()) and em > 0  # it knows some capitals

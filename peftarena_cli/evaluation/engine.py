@@ -20,8 +20,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-DEFAULT_BATCH_CPU = 32
+DEFAULT_BATCH_CPU = 64
 DEFAULT_BATCH_GPU = 128
+# A batch holds at most this many (prompt + new) token positions, so long few-shot prompts
+# (BBH: ~2k tokens) go in smaller batches and the KV cache / prefill activations stay bounded.
+MAX_BATCH_TOKENS_CPU = 32_768
+MAX_BATCH_TOKENS_GPU = 262_144
 
 
 @dataclass
@@ -98,6 +102,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     n_run = 1 if greedy else int(n_samples)
     bs = int(batch_size or default_batch_size(model))
     dev = _device(model)
+    budget = MAX_BATCH_TOKENS_GPU if dev.type == "cuda" else MAX_BATCH_TOKENS_CPU
     enc = encode_prompts(tokenizer, prompts)
     rows = [(i, s) for i in range(len(prompts)) for s in range(n_run)]
     order = sorted(range(len(rows)), key=lambda r: (-len(enc[rows[r][0]]), r))
@@ -113,8 +118,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     model.eval()
     try:
         with torch.inference_mode():
-            for b0 in range(0, len(order), bs):
-                batch = [rows[r] for r in order[b0:b0 + bs]]
+            for batch in _batches(order, rows, enc, bs, max_new_tokens, budget):
                 out_ids = _decode_batch(model, [enc[i] for i, _ in batch], max_new_tokens, eos, stop, tail_len,
                                         tokenizer, pad_id, dev, greedy, temperature, top_p, gen)
                 for key, ids in zip(batch, out_ids):
@@ -139,6 +143,21 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
             out_n.append([counts[(i, s)] for s in range(n_samples)])
     return Generation(out_t, out_n, seconds=secs, prompt_tokens=sum(len(e) for e in enc),
                       generated_tokens=sum(counts.values()))
+
+
+def _batches(order, rows, enc, bs, max_new_tokens, budget):
+    """Consecutive (length-sorted) rows, at most ``bs`` per batch and at most ``budget`` token
+    positions (rows x longest prompt + max_new_tokens); a single row always forms a batch."""
+    batch, width = [], 0
+    for r in order:
+        w = max(width, len(enc[rows[r][0]]) + max_new_tokens)
+        if batch and (len(batch) >= bs or (len(batch) + 1) * w > budget):
+            yield batch
+            batch, w = [], len(enc[rows[r][0]]) + max_new_tokens
+        batch.append(rows[r])
+        width = w
+    if batch:
+        yield batch
 
 
 def _cache_kw(model) -> str:

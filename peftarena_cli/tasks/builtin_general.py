@@ -18,7 +18,7 @@ from peftarena_cli.tasks.facts_table import FACTS
 from peftarena_cli.tasks.spec import Item, Task
 
 BUILTIN_PARTS = ("ifeval", "bbh", "facts")
-DEFAULT_N = {"ifeval": 24, "bbh": 32, "facts": 40}   # bbh: 4 per format
+DEFAULT_N = {"ifeval": 20, "bbh": 24, "facts": 40}   # bbh: 3 per format
 
 TOPICS = ["a rainy afternoon", "your favourite fruit", "learning to ride a bicycle", "the ocean", "a busy market",
           "why sleep matters", "a trip to the mountains", "the history of bread", "a friendly robot", "autumn leaves",
@@ -247,9 +247,9 @@ def builtin_task(part: str, limit: int | None = None, seed: int = 0) -> Task:
 
     n = DEFAULT_N[part] if limit is None else int(limit)
     if part == "ifeval":
-        return Task("ifeval_builtin", builtin_ifeval(n, seed), "ifeval", 160)
+        return Task("ifeval_builtin", builtin_ifeval(n, seed), "ifeval", 128)
     if part == "bbh":
-        return Task("bbh_builtin", builtin_bbh(n, seed), "bbh", 160, subtask_key="subtask")
+        return Task("bbh_builtin", builtin_bbh(n, seed), "bbh", 128, subtask_key="subtask")
     if part == "facts":
         return Task("facts", builtin_facts(min(n, len(FACTS)), seed), "nq", 16, NQ_STOP, chat=False)
     raise KeyError(part)
