@@ -33,7 +33,7 @@ test-fast: install
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 docs: install
-	$(PY) scripts/gen_docs.py
+	$(PY) -m peftarena_cli.cli.docgen
 
 demo: install
 	$(PEFTARENA) models pull smollm2-135m
