@@ -25,15 +25,33 @@ def test_oft_sqrt_sweep_writes_curve_and_checkpoints(tiny_model_dir, ads, tmp_pa
 
     from peftarena_cli.artifacts.tables import read_table
 
+    import torch
+
+    from peftarena_cli.activations.moments import InputMoments, save_stats, weights_fingerprint
+    from peftarena_cli.artifacts.weights import resolve_model
+
+    mods = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj"]
+    sets = {}
+    for i, role in enumerate(("general", "target")):
+        m = InputMoments(module_group={n: n for n in mods})
+        for n in mods:
+            m.add(n, torch.randn(20, 64, generator=torch.Generator().manual_seed(i), dtype=torch.float64))
+        sets[role] = m
+    stats = save_stats(tmp_path / "stats.st", sets, base_identity=weights_fingerprint(resolve_model(str(tiny_model_dir))))
     out = tmp_path / "curve.parquet"
     r = run_cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0:1:0.25", "--generator-scale", "sqrt",
-                "--save-checkpoints", tmp_path / "ckpt", "-o", out, "--device", "cpu")
+                "--save-checkpoints", tmp_path / "ckpt", "--stats", stats, "-o", out, "--device", "cpu")
     assert r.returncode == 0, r.stderr.decode()
     df, prov = read_table(out)
     assert list(df["alpha"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert set(df["path"]) == {"native"} and set(df["generator_scale"]) == {"sqrt"}
     assert {"target", "general", "set_seconds", "orth_err"} <= set(df.columns)
     assert prov["extra"]["path"] == "native" and "finetuned" in prov["inputs"]
+    # CSD along the path: zero at the base, growing with α; per-module rows beside the curve
+    assert df["csd_abs_general"].iloc[0] == pytest.approx(0.0, abs=1e-12)
+    assert list(df["csd_abs_general"]) == sorted(df["csd_abs_general"]) and df["csd_abs_target"].iloc[-1] > 0
+    per, _ = read_table(tmp_path / "curve.csd.parquet")
+    assert len(per) == 5 * len(mods)
     orig = load_file(str(ads["oft"] / "adapter_model.safetensors"))
     q = load_file(str(tmp_path / "ckpt" / "alpha-0.2500" / "adapter_model.safetensors"))
     for k, v in orig.items():
