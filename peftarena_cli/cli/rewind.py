@@ -33,12 +33,16 @@ def rewind_cmd(
 
         peftarena rewind runs/lora --alpha 0.6 -o lora-0.6/
 
+        peftarena rewind runs/oft --layerwise minscale -o oft-minscale/
+
         peftarena rewind runs/oft --curve curve.parquet --pick keep-target:0.9 --layerwise safescale -o oft-rewound.safetensors
     """
     import math
 
     from peftarena_cli.errors import UsageError
 
+    if alpha is None and curve is None and layerwise:
+        alpha = 1.0  # layer-wise rewinding alone: equalise ρ_ℓ at the fine-tune's own scale
     if (alpha is None) == (curve is None):
         raise UsageError("give exactly one of --alpha A or --curve FILE", hint="e.g. --alpha 0.5, or --curve curve.parquet --pick weighted:0.5")
     if output.exists() and not overwrite:
