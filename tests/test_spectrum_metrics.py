@@ -94,3 +94,18 @@ def test_metrics_match_dense(case, tiny_model_dir, tmp_path):
     if case == "lora":
         # ΔW = BA has rank ≤ 4, so the effective rank is in [1, 4]
         assert ((summ.effective_rank >= 1 - 1e-6) & (summ.effective_rank <= 4 + 1e-6)).all()
+
+
+def test_top_eigenvalue_matches_eigvalsh():
+    from peftarena_cli.geometry.spectrum import top_eigenvalue
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 200, generator=g)
+    a = x.T @ x
+    want = float(torch.linalg.eigvalsh(a.double())[-1])
+    assert top_eigenvalue(a.double()) == pytest.approx(want, rel=1e-9)
+    assert top_eigenvalue(a) == pytest.approx(want, rel=1e-5)
+    # a flat top (three equal leading eigenvalues) still converges
+    q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.full((3,), 5.0, dtype=torch.float64), torch.linspace(4.9, 0, 97, dtype=torch.float64)])
+    assert top_eigenvalue(q @ torch.diag(lam) @ q.T) == pytest.approx(5.0, rel=1e-9)

@@ -20,8 +20,9 @@ Structure used instead of dense work (exact, not approximations):
   u_iᵀΔW v_i = σ_i C_ii and ‖ΔW v_i‖ = ‖Σ C e_i‖; ‖ΔW‖ = ‖(Mᵀ − I) V Σ‖ (F and 2-norm); M is
   applied block by block and ΔW is never formed;
 * M orthogonal (‖MᵀM − I‖ ≤ 1e-6, e.g. OFT): W1 = U Σ (Mᵀ V)ᵀ, so v_i(W1) = Mᵀ v_i and
-  |cos| = |v_iᵀ M v_i| = |1 + C_ii| with no SVD of W1; otherwise (BOFT's scale, a loose
-  Cayley–Neumann series) W1 is decomposed;
+  |cos| = |v_iᵀ M v_i| / ‖Mᵀ v_i‖ with no SVD of W1. PEFT's default Cayley–Neumann series is
+  orthogonal only up to its truncation; up to ‖MᵀM − I‖ ≤ 1e-4 the same formula is used (the
+  normalisation by ‖Mᵀ v_i‖ keeps |cos| ≤ 1); beyond it, and for BOFT's scale, W1 is decomposed;
 * the SVD of W0 comes from :class:`~peftarena_cli.geometry.base_svd.BaseSvdCache`.
 """
 
@@ -38,7 +39,7 @@ SUMMARY_COLUMNS = [
     "module", "layer", "kind", "method", "form", "out_features", "in_features", "sigma_1",
     "effective_rank", "delta_fro", "delta_spec", "fluct_retention", "fluct_energy", "sva_mean",
 ]
-ORTHO_TOL = 1e-6
+ORTHO_TOL = 1e-4  # max |MᵀM − I| under which v_i(W1) = Mᵀ v_i is used (Neumann truncation error)
 
 
 def moving_average5(x: torch.Tensor) -> torch.Tensor:
@@ -58,23 +59,26 @@ def fluctuation(x: torch.Tensor) -> float:
     return float((x.double() - moving_average5(x.double())).abs().mean())
 
 
-def top_eigenvalue(a: torch.Tensor, block: int = 8, tol: float = 1e-10, max_iter: int = 300) -> float:
-    """Largest eigenvalue of a symmetric PSD matrix (float64 block subspace iteration + Rayleigh–Ritz).
+def top_eigenvalue(a: torch.Tensor, block: int = 8, tol: float | None = None, max_iter: int = 300) -> float:
+    """Largest eigenvalue of a symmetric PSD matrix (block subspace iteration + Rayleigh–Ritz).
 
-    Exact to ``tol`` relative change of the top Ritz value; falls back to ``eigvalsh`` for small
-    matrices or when the iteration does not settle.
+    Iterates in ``a``'s dtype (Ritz values in float64) until the top Ritz value changes by less than
+    ``tol`` relative (default 1e-6 in float32, 1e-10 in float64); falls back to ``eigvalsh`` for
+    small matrices or when the iteration does not settle.
     """
-    a = a.double()
+    if tol is None:
+        tol = 1e-10 if a.dtype == torch.float64 else 1e-6
     n = a.shape[0]
     if n <= 4 * block:
-        return float(torch.linalg.eigvalsh(a)[-1].clamp_min(0.0))
+        return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
     g = torch.Generator(device="cpu").manual_seed(0)
-    y = a @ torch.randn(n, block, generator=g, dtype=torch.float64).to(a.device)
+    y = a @ torch.randn(n, block, generator=g, dtype=torch.float64).to(device=a.device, dtype=a.dtype)
     prev = None
     for _ in range(max_iter):
         q, _r = torch.linalg.qr(y)
         y = a @ q
-        theta = float(torch.linalg.eigvalsh(q.T @ y)[-1])
+        t = (q.T @ y).double()
+        theta = float(torch.linalg.eigvalsh(0.5 * (t + t.T))[-1])
         if prev is not None and abs(theta - prev) <= tol * max(abs(theta), 1e-300):
             return max(theta, 0.0)
         prev = theta
@@ -99,7 +103,7 @@ def rotation_parts(md, u, s, vh):
     diag = s * cd
     energy = torch.linalg.norm(s[:, None] * c, dim=0)
     f = (md.rotate(v, transpose=True) - v) * s  # (Mᵀ − I) V Σ, same singular values as ΔW
-    fro2 = float(f.double().square().sum())
+    fro2 = float((f * f).sum(dtype=torch.float64))
     spec2 = top_eigenvalue(f.T @ f) if fro2 > 0 else 0.0
     return diag, energy, fro2, spec2, cd
 
@@ -121,10 +125,11 @@ def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[to
 def alignment(md, u, s, vh, cdiag: torch.Tensor | None = None) -> torch.Tensor:
     """|cos(v_i(W0), v_i(W1))| per index i (``cdiag`` = diag(Vᵀ(M − I)V) when already known)."""
     if md.is_rotation and md.row_scale is None and md.rotation_orthogonality_error() <= ORTHO_TOL:
+        v = vh.T.contiguous()
         if cdiag is None:
-            v = vh.T.contiguous()
             cdiag = (v * (md.rotate(v) - v)).sum(dim=0)
-        return (1.0 + cdiag).abs()
+        norm = torch.linalg.norm(md.rotate(v, transpose=True), dim=0)  # ‖Mᵀ v_i‖ (1 for an exact rotation)
+        return ((1.0 + cdiag) / norm).abs().clamp(max=1.0)
     _, _, vh1 = torch.linalg.svd(md.w1(), full_matrices=False)
     return (vh * vh1).sum(dim=1).abs()
 

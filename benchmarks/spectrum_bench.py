@@ -1,0 +1,283 @@
+"""Benchmark: `peftarena spectrum` vs the straightforward approach on smollm2-135m (210 linear modules).
+
+Workload: a rank-8 LoRA (alpha 16) and an OFT adapter (block size 32, PEFT's default Cayley–Neumann
+variant) on every linear module of smollm2-135m, made here with PEFT directly (random init, then
+perturbed: LoRA B ~ 0.01·N(0,1), OFT generators ~ 0.005·N(0,1)), since training is another command.
+
+Approaches, each in its own subprocess (wall time of the whole process incl. imports, peak RSS
+from /proc/self/status VmHWM):
+
+* straightforward: both full fp32 models in memory, PEFT merge_and_unload, then per module a dense
+  SVD of W0, dense profiles, svdvals(ΔW) for the effective rank and, for OFT, an SVD of W1;
+* tool, first run: `peftarena spectrum` with an empty base-SVD cache (LoRA);
+* tool, second adapter on the same base: OFT with the cache the first run filled;
+* tool, LoRA again with a warm cache.
+
+Numbers are compared column by column: max |tool − straightforward| / max |straightforward|.
+Where the two disagree most (ΔP, which the straightforward forms as a float32 difference of two
+near-equal numbers, and the alignment of near-degenerate singular pairs), the worst module is
+also checked against a float64 computation from PEFT's merged weight.
+The CPUs are shared with other engineers' jobs, so timings are noisy: rerun if a ratio looks off.
+LAPACK runs single-threaded in every process (--threads, default 1): with 2 threads on an
+oversubscribed machine an SVD can be 100x slower, which would swamp the comparison.
+
+Run: .venv/bin/python benchmarks/spectrum_bench.py [--workdir DIR] [--threads N] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- children
+def child_prepare(work: Path, threads: int, model_dir: str) -> None:
+    import torch
+    from peft import LoraConfig, OFTConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    _threads(threads)
+    for name, cfg, scale in (
+        ("lora", LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0), 0.01),
+        ("oft", OFTConfig(oft_block_size=32, target_modules="all-linear"), 0.005),
+    ):
+        if (work / name / "adapter_model.safetensors").is_file():
+            continue
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        pm = get_peft_model(base, cfg)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if p.requires_grad and ("lora_B" in n or "oft_R" in n):
+                    p.add_(scale * torch.randn(p.shape, generator=g))
+        n_mod = sum(1 for n, _ in pm.named_parameters() if n.endswith(("lora_B.default.weight", "oft_R.default.weight")))
+        pm.save_pretrained(str(work / name))
+        print(f"prepared {name}: {n_mod} modules", file=sys.stderr)
+        del pm, base
+
+
+def child_tool(adapter: Path, out: Path, threads: int, device: str, model_dir: str) -> dict:
+    _threads(threads)
+    from peftarena_cli.cli.app import main
+
+    try:
+        main(["--quiet", "spectrum", model_dir, str(adapter), "-o", str(out),
+              "--summary", str(out.with_suffix(".summary.parquet")), "--device", device])
+    except SystemExit as e:
+        if e.code:
+            raise
+    return {}
+
+
+def child_straight(adapter: Path, out: Path, threads: int, device: str, model_dir: str) -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _threads(threads)
+    d = model_dir
+    m0 = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device)
+    m1 = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device)
+    merged = PeftModel.from_pretrained(m1, str(adapter)).merge_and_unload()
+    sd0, sd1 = m0.state_dict(), merged.state_dict()
+    multiplicative = "oft" in json.loads((adapter / "adapter_config.json").read_text())["peft_type"].lower()
+
+    def fluct(x):
+        xp = np.pad(x, 2, mode="reflect")
+        return float(np.mean(np.abs(x - np.convolve(xp, np.ones(5) / 5, mode="valid"))))
+
+    idx, summ = [], []
+    for k in sd0:
+        if ".layers." not in k or not k.endswith("_proj.weight"):
+            continue
+        w0, w1 = sd0[k].float(), sd1[k].float()
+        u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+        dw = w1 - w0
+        p = (u * (w1 @ vh.T)).sum(0)
+        e = torch.linalg.norm(dw @ vh.T, dim=0)
+        sd = torch.linalg.svdvals(dw)
+        sva = np.full(s.shape[0], np.nan)
+        if multiplicative:
+            _, _, vh1 = torch.linalg.svd(w1, full_matrices=False)
+            sva = (vh * vh1).sum(1).abs().cpu().numpy()
+        s_, p_, e_ = (t.double().cpu().numpy() for t in (s, p, e))
+        mod = k[: -len(".weight")]
+        idx.append(pd.DataFrame({"module": mod, "index": np.arange(len(s_)), "sigma": s_, "p_diag": p_,
+                                 "delta_p": np.abs(p_ - s_), "energy": e_, "sva": sva}))
+        summ.append({"module": mod, "effective_rank": float((sd.double() ** 2).sum() / sd[0].double() ** 2),
+                     "delta_fro": float(torch.linalg.norm(dw)), "fluct_retention": fluct(p_ / s_[0]),
+                     "fluct_energy": fluct(e_ / e_.sum())})
+    pd.concat(idx).to_parquet(out)
+    pd.DataFrame(summ).to_parquet(out.with_suffix(".summary.parquet"))
+    return {}
+
+
+def child_main(argv: list[str]) -> None:
+    role, a, b, threads, device, stats, model_dir = argv
+    try:
+        if role == "prepare":
+            child_prepare(Path(a), int(threads), model_dir)
+        elif role == "tool":
+            child_tool(Path(a), Path(b), int(threads), device, model_dir)
+        else:
+            child_straight(Path(a), Path(b), int(threads), device, model_dir)
+    finally:
+        Path(stats).write_text(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+
+
+# ----------------------------------------------------------------------------- parent
+def run_child(role: str, a, b, args, env_extra=None) -> dict:
+    stats = Path(args.workdir) / f".stats-{role}.json"
+    # the children's $PEFTARENA_HOME holds only the SVD cache the benchmark controls
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PEFTARENA_HOME=str(Path(args.workdir) / "home"))
+    env.update(env_extra or {})
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, str(HERE), "_child", role, str(a), str(b), str(args.threads), args.device,
+                        str(stats), args.model_dir], env=env, cwd=ROOT)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        sys.exit(f"{role} failed with exit code {r.returncode}")
+    return {"seconds": wall, **json.loads(stats.read_text())}
+
+
+def compare(tool_out: Path, ref_out: Path) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    a = pd.read_parquet(tool_out)
+    b = pd.read_parquet(ref_out)
+    m = a.merge(b, on=["module", "index"], suffixes=("", "_ref"))
+    assert len(m) == len(a) == len(b), (len(m), len(a), len(b))
+    out = {}
+    for c in ("sigma", "p_diag", "delta_p", "energy", "sva"):
+        ref = m[f"{c}_ref"].to_numpy(float)
+        if np.isnan(ref).all():
+            continue
+        out[c] = float(np.nanmax(np.abs(m[c].to_numpy(float) - ref)) / np.nanmax(np.abs(ref)))
+    sa = pd.read_parquet(tool_out.with_suffix(".summary.parquet")).set_index("module")
+    sb = pd.read_parquet(ref_out.with_suffix(".summary.parquet")).set_index("module").loc[sa.index]
+    for c in ("effective_rank", "delta_fro", "fluct_retention", "fluct_energy"):
+        out[c] = float(np.max(np.abs(sa[c] - sb[c]) / np.abs(sb[c])))
+    out["modules"] = len(sa)
+    return out
+
+
+def float64_truth(model_dir: str, adapter: Path, tool_out: Path, ref_out: Path, col: str) -> str:
+    """For the module where tool and straightforward disagree most on ``col``, compare both with a
+    float64 computation from PEFT's merged weight (which of the two is off?)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    a, b = pd.read_parquet(tool_out), pd.read_parquet(ref_out)
+    m = a.merge(b, on=["module", "index"], suffixes=("", "_ref"))
+    m["d"] = (m[col] - m[f"{col}_ref"]).abs()
+    mod = m.loc[m.d.idxmax(), "module"]
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    w0 = dict(base.named_modules())[mod].weight.detach().double().clone()
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    w1 = dict(merged.named_modules())[mod].weight.detach().double()
+    u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    if col == "sva":
+        truth = (vh * torch.linalg.svd(w1, full_matrices=False)[2]).sum(1).abs()
+    else:  # delta_p
+        truth = (u * ((w1 - w0) @ vh.T)).sum(0).abs()
+    truth = truth.numpy()
+    g = m[m.module == mod].sort_values("index")
+    scale = float(s[0]) if col == "delta_p" else 1.0
+    e_tool = np.abs(g[col].to_numpy() - truth).max() / scale
+    e_ref = np.abs(g[f"{col}_ref"].to_numpy() - truth).max() / scale
+    unit = " (relative to sigma_1)" if col == "delta_p" else ""
+    return (f"  {col} on {mod}, vs float64 from PEFT's merge{unit}: tool {e_tool:.1e}, "
+            f"straightforward {e_ref:.1e}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child_main(sys.argv[2:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "peftarena-spectrum-bench"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reuse-reference", action="store_true",
+                    help="reuse the straightforward runs' outputs and timings from the previous run in --workdir")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    from peftarena_cli import registry
+
+    args.model_dir = str(registry.ensure_model("smollm2-135m"))  # from the user's $PEFTARENA_HOME
+    print(f"workdir {work}; torch threads {args.threads}; device {args.device}", flush=True)
+    run_child("prepare", work, "-", args)
+    shutil.rmtree(work / "home" / "cache" / "svd", ignore_errors=True)
+    res = {}
+    res["tool_lora_cold"] = run_child("tool", work / "lora", work / "tool_lora.parquet", args)
+    res["tool_oft_warm"] = run_child("tool", work / "oft", work / "tool_oft.parquet", args)
+    res["tool_lora_warm"] = run_child("tool", work / "lora", work / "tool_lora2.parquet", args)
+    ref_json = work / "reference-timings.json"
+    if args.reuse_reference and ref_json.is_file():
+        res.update(json.loads(ref_json.read_text()))
+        print("(straightforward timings reused from the previous run)")
+    else:
+        res["straight_lora"] = run_child("straight", work / "lora", work / "ref_lora.parquet", args)
+        res["straight_oft"] = run_child("straight", work / "oft", work / "ref_oft.parquet", args)
+        ref_json.write_text(json.dumps({k: res[k] for k in ("straight_lora", "straight_oft")}))
+    cache_mb = sum(f.stat().st_size for f in (work / "home" / "cache" / "svd").glob("*")) / 2**20
+
+    print("\nrun                          wall s   peak RSS MiB")
+    for k, v in res.items():
+        print(f"{k:28s} {v['seconds']:7.1f}   {v['peak_rss_mb']:8.0f}")
+    sl, so = res["straight_lora"], res["straight_oft"]
+    rows = [
+        ("first run (LoRA, cold cache)", sl, res["tool_lora_cold"], "≥ 3x"),
+        ("second adapter (OFT, warm cache)", so, res["tool_oft_warm"], "≥ 10x"),
+        ("LoRA again (warm cache)", sl, res["tool_lora_warm"], "≥ 10x"),
+    ]
+    print("\n                                   speed-up   RSS ratio (target ≤ 0.6)")
+    for name, ref, tool, target in rows:
+        print(f"{name:34s} {ref['seconds'] / tool['seconds']:6.1f}x    {tool['peak_rss_mb'] / ref['peak_rss_mb']:.2f}"
+              f"   (speed target {target})")
+    print(f"base SVD cache on disk: {cache_mb:.0f} MiB")
+    for name, t, r in (("LoRA", "tool_lora.parquet", "ref_lora.parquet"), ("OFT", "tool_oft.parquet", "ref_oft.parquet")):
+        diffs = compare(work / t, work / r)
+        print(f"\n{name}: max relative difference vs straightforward over {diffs.pop('modules')} modules "
+              f"(target ≤ 1e-4):")
+        for c, v in diffs.items():
+            print(f"  {c:16s} {v:.2e}")
+        adapter = work / name.lower()
+        for col in ("delta_p",) + (("sva",) if name == "OFT" else ()):
+            print(float64_truth(args.model_dir, adapter, work / t, work / r, col))
+    print("\n(timings on shared, noisy CPUs; rerun if a ratio looks off)")
+
+
+if __name__ == "__main__":
+    main()
