@@ -190,3 +190,42 @@ def test_full_finetune_delta(tiny_model_dir, tmp_path):
         key = md.name + ".weight"
         torch.testing.assert_close(md.dense(), new[key] - sd[key])
         torch.testing.assert_close(md.w1(), new[key])
+
+
+def test_milora_residual_and_converted(tiny_model_dir, tmp_path):
+    """MiLoRA (bottom-r triplets, peftarena's own init): residual form against the original base and
+    PEFT's converted form, both vs PEFT's merge of the model that was actually trained."""
+    import json
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.training.methods import milora_init
+    from peftarena_cli.weights import iter_module_deltas, open_finetuned
+
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32),
+                        _lora(r=4, lora_alpha=4))
+    milora_init(pm)
+    pm.save_pretrained(str(tmp_path / "init"))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(str(tmp_path / "residual"))
+    cfg = json.loads((tmp_path / "residual" / "adapter_config.json").read_text())
+    cfg["init_lora_weights"] = "milora"
+    (tmp_path / "residual" / "adapter_config.json").write_text(json.dumps(cfg))
+    pm.save_pretrained(str(tmp_path / "conv"), path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    trained = {k: v.detach().clone() for k, v in pm.merge_and_unload().state_dict().items()}
+    w0s = base_weights(tiny_model_dir)
+    base = WeightSource(tiny_model_dir / "model.safetensors")
+    for d, form in (("residual", "milora residual"), ("conv", "milora converted")):
+        n = 0
+        for md in iter_module_deltas(base, open_finetuned(tmp_path / d)):
+            assert md.method == "milora" and form in md.form, (md.method, md.form)
+            key = md.name + ".weight"
+            torch.testing.assert_close(md.dense(), trained[key] - w0s[key], atol=2e-5, rtol=1e-4)
+            n += 1
+        assert n == 14
