@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--eval", metavar="RUN_DIR", help="exact-match of base vs RUN_DIR/final on the arith test split")
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--which", choices=["both", "base", "tuned"], default="both", help="--eval: which model(s)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--_child", choices=["plain"], help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -128,10 +129,12 @@ def main() -> None:
         return
     if a.eval:
         t = time.perf_counter()
-        base = exact_match(a.model, None, a.n, 50, a.max_new_tokens)
-        tuned = exact_match(a.model, str(Path(a.eval) / "final"), a.n, 50, a.max_new_tokens)
-        print(f"arith test exact-match on {a.n} problems (greedy, {a.max_new_tokens} new tokens): "
-              f"base {base:.1f}%  tuned {tuned:.1f}%  gain {tuned - base:+.1f} points  ({time.perf_counter() - t:.0f} s)")
+        head = f"arith test exact-match on {a.n} problems (greedy, {a.max_new_tokens} new tokens):"
+        base = exact_match(a.model, None, a.n, 50, a.max_new_tokens) if a.which != "tuned" else None
+        tuned = exact_match(a.model, str(Path(a.eval) / "final"), a.n, 50, a.max_new_tokens) if a.which != "base" else None
+        parts = [f"base {base:.1f}%" if base is not None else "", f"tuned {tuned:.1f}%" if tuned is not None else "",
+                 f"gain {tuned - base:+.1f} points" if base is not None and tuned is not None else ""]
+        print(head, "  ".join(p for p in parts if p), f"({time.perf_counter() - t:.0f} s)")
         return
     print(f"LoRA SFT, {a.steps} steps, batch {a.batch}, max length {a.max_length}, model {a.model} "
           f"(shared CPUs: timings are noisy)")
