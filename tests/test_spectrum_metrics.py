@@ -109,3 +109,23 @@ def test_top_eigenvalue_matches_eigvalsh():
     q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g, dtype=torch.float64))
     lam = torch.cat([torch.full((3,), 5.0, dtype=torch.float64), torch.linspace(4.9, 0, 97, dtype=torch.float64)])
     assert top_eigenvalue(q @ torch.diag(lam) @ q.T) == pytest.approx(5.0, rel=1e-9)
+
+
+def test_base_read_once_per_module_and_lowrank_never_dense(tiny_model_dir, tiny_lora_dir, tmp_path, monkeypatch):
+    """Each base tensor is read once (no second model), and a LoRA's ΔW is never materialised."""
+    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.geometry.base_svd import BaseSvdCache
+    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.weights.deltas import ModuleDelta
+
+    reads = []
+    orig_get = WeightSource.get
+    monkeypatch.setattr(WeightSource, "get", lambda self, name: reads.append(name) or orig_get(self, name))
+
+    def no_dense(self):
+        raise AssertionError("dense ΔW formed for a low-rank update")
+
+    monkeypatch.setattr(ModuleDelta, "dense", no_dense)
+    res = compute_spectrum(str(tiny_model_dir), str(tiny_lora_dir), cache=BaseSvdCache(tmp_path / "svd"))
+    assert len(res.summary) == 14
+    assert sorted(reads) == sorted(m + ".weight" for m in res.summary.module)
