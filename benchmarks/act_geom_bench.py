@@ -34,6 +34,13 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
+def cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def make_adapter(out: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -80,11 +87,15 @@ def worker_ours(args) -> dict:
     sums, _ = collect_pair_sums(pm, tok, None, names, batch_size=args.batch_size, max_length=args.max_length,
                                 accum_dtype=acc, tokenized=tk)
     t2 = time.perf_counter()
+    c2 = cpu_s()
+    if args.collect_only:
+        return {"approach": "streamed, all modules (collection only)", "modules": len(names), "tokens": tk.n_tokens,
+                "load_s": t1 - t0, "collect_s": t2 - t1, "total_s": t2 - t0, "cpu_s": c2, "peak_rss_mib": peak_rss_mib()}
     df = metrics_table({"arith": sums})
     t3 = time.perf_counter()
     return {"approach": "streamed, all modules", "modules": len(names), "tokens": tk.n_tokens,
             "load_s": t1 - t0, "collect_s": t2 - t1, "metrics_s": t3 - t2, "total_s": t3 - t0,
-            "peak_rss_mib": peak_rss_mib(), "mean_cka": float(df.cka.mean())}
+            "cpu_s": cpu_s(), "cpu_collect_s": c2, "peak_rss_mib": peak_rss_mib(), "mean_cka": float(df.cka.mean())}
 
 
 def worker_straight(args) -> dict:
@@ -139,7 +150,7 @@ def worker_straight(args) -> dict:
             pca[k] = float((P0 - P1).norm() / (2 * k) ** 0.5)
     t2 = time.perf_counter()
     return {"approach": "straightforward, one module", "module": args.module, "dim": X0.shape[1],
-            "tokens": X0.shape[0], "forward_s": t1 - t0, "gram_s": t2 - t1, "total_s": t2 - t0,
+            "tokens": X0.shape[0], "forward_s": t1 - t0, "gram_s": t2 - t1, "total_s": t2 - t0, "cpu_s": cpu_s(),
             "peak_rss_mib": peak_rss_mib(), "cka": cka, "gram_distortion": gram, "procrustes": proc, "pca": pca}
 
 
@@ -163,7 +174,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--accum-dtype", default="float32")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--straight-modules", type=int, default=2)
+    ap.add_argument("--straight-modules", type=int, default=1)
+    ap.add_argument("--collect-only", action="store_true", help="(worker) skip the metrics phase")
     args = ap.parse_args()
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_straight
@@ -180,28 +192,29 @@ def main() -> None:
         print(f"smollm2-135m + LoRA r=16 (all-linear), {args.prompts} arith prompts, device {dev}, "
               f"accumulators {args.accum_dtype}; CPU shared with other jobs: timings are noisy", flush=True)
         res = {}
-        for L in (args.max_length, args.small_max_length):
-            r = run_worker(["ours", "--max-length", str(L)], common)
+        for L, extra in ((args.max_length, []), (args.small_max_length, ["--collect-only"])):
+            r = run_worker(["ours", "--max-length", str(L), *extra], common)
             res[L] = r
-            print(f"ours   max_length={L:3d}: {r['modules']} modules, {r['tokens']} tokens: total {r['total_s']:.1f} s "
-                  f"(load {r['load_s']:.1f}, collect {r['collect_s']:.1f}, metrics {r['metrics_s']:.1f}); "
-                  f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+            print(f"ours   max_length={L:3d}: {r['approach']}: {r['modules']} modules, {r['tokens']} tokens: "
+                  f"wall {r['total_s']:.1f} s, CPU {r['cpu_s']:.1f} s (load {r['load_s']:.1f}, collect {r['collect_s']:.1f}"
+                  f"{', metrics %.1f' % r['metrics_s'] if 'metrics_s' in r else ''}); peak RSS {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
         mods = ["model.layers.14.self_attn.q_proj", "model.layers.14.mlp.up_proj", "model.layers.3.mlp.down_proj",
                 "model.layers.20.self_attn.v_proj"][: args.straight_modules]
         st = []
         for m in mods:
             r = run_worker(["straight", "--module", m, "--max-length", str(args.max_length)], common)
             st.append(r)
-            print(f"straightforward {m} (d={r['dim']}, {r['tokens']} tokens): total {r['total_s']:.1f} s "
-                  f"(load+2 forwards {r['forward_s']:.1f}, Grams {r['gram_s']:.1f}); peak RSS {r['peak_rss_mib']:.0f} MiB",
+            print(f"straightforward {m} (d={r['dim']}, {r['tokens']} tokens): wall {r['total_s']:.1f} s, CPU {r['cpu_s']:.1f} s "
+                  f"(load+2 forwards {r['forward_s']:.1f}, Grams+SVDs {r['gram_s']:.1f}); peak RSS {r['peak_rss_mib']:.0f} MiB",
                   flush=True)
-        per = sum(r["total_s"] for r in st) / len(st)
-        ours = res[args.max_length]["total_s"]
-        print(f"\nstraightforward, 10 modules (extrapolated: 10 × mean of {len(st)} measured): {10 * per:.0f} s")
-        print(f"straightforward, all {res[args.max_length]['modules']} modules (extrapolated): {res[args.max_length]['modules'] * per:.0f} s")
-        print(f"ours, all {res[args.max_length]['modules']} modules in one run: {ours:.0f} s")
-        print(f"ratio (straightforward 10 modules / ours all modules): {10 * per / ours:.2f}x; "
-              f"(straightforward all modules / ours): {res[args.max_length]['modules'] * per / ours:.1f}x")
+        ours = res[args.max_length]
+        for key, what in (("cpu_s", "CPU seconds (less sensitive to the shared CPU)"), ("total_s", "wall seconds")):
+            per = sum(r[key] for r in st) / len(st)
+            print(f"\n[{what}] straightforward 10 modules (10 x mean of {len(st)} measured): {10 * per:.0f}; "
+                  f"all {ours['modules']}: {ours['modules'] * per:.0f}; ours, all {ours['modules']} in one run: {ours[key]:.0f}; "
+                  f"ratio straightforward-10 / ours-all = {10 * per / ours[key]:.2f}x, straightforward-all / ours-all = "
+                  f"{ours['modules'] * per / ours[key]:.1f}x")
         a, b = res[args.max_length], res[args.small_max_length]
         print(f"peak RSS of ours at {a['tokens']} tokens: {a['peak_rss_mib']:.0f} MiB; at {b['tokens']} tokens: "
               f"{b['peak_rss_mib']:.0f} MiB (accumulators: 6 d×d per module, independent of tokens)")

@@ -148,3 +148,12 @@ def test_nuclear_norm_fast_path_matches_svd():
     d = PCA_FLOAT64_MAX_DIM + 60
     C = torch.randn(d, d, generator=g, dtype=torch.float64) * torch.logspace(2, -2, d, dtype=torch.float64)
     assert nuclear_norm(C) == pytest.approx(float(torch.linalg.svdvals(C).sum()), rel=1e-10)
+
+
+def test_nuclear_norm_fast_path_on_rank_deficient_matrix():
+    from peftarena_cli.activations.geometry import PCA_FLOAT64_MAX_DIM, nuclear_norm
+
+    g = torch.Generator().manual_seed(5)
+    d = PCA_FLOAT64_MAX_DIM + 200
+    C = torch.randn(d, 30, generator=g, dtype=torch.float64) @ torch.randn(30, d, generator=g, dtype=torch.float64)
+    assert nuclear_norm(C) == pytest.approx(float(torch.linalg.svdvals(C).sum()), rel=1e-10)

@@ -94,13 +94,19 @@ def nuclear_norm(C) -> float:
     """‖C‖_* in float64: the sum of singular values (svdvals) for d ≤ :data:`PCA_FLOAT64_MAX_DIM`;
     above, Σ sqrt(eigvalsh(CᵀC)) (about 4× faster on CPU). Each eigenvalue of CᵀC is accurate to
     ~ε‖C‖₂², so σ_i is off by at most ~ε‖C‖₂²/(2σ_i) (≤ √ε‖C‖₂ for σ_i → 0): for d = 1536 the sum
-    is accurate to ~1e-9‖C‖₂ unless C has many near-zero singular values (then ≤ d·1e-8‖C‖₂)."""
+    is accurate to ~1e-9‖C‖₂. Eigenvalues below the rounding floor d·ε·‖C‖₂² count as zero
+    (rank-deficient C, e.g. fewer tokens than d); true singular values below √(d·ε)‖C‖₂ ≈ 4e-7‖C‖₂
+    (d = 1536) are lost that way, at most that much each."""
     import torch
 
     if C.shape[0] <= PCA_FLOAT64_MAX_DIM:
         return float(torch.linalg.svdvals(C).sum())
     lam = torch.linalg.eigvalsh(C.T @ C)
-    return float(lam.clamp_min(0).sqrt().sum())
+    # eigenvalues below the rounding floor are zero singular values (e.g. fewer tokens than d):
+    # their square roots would otherwise add ~√ε‖C‖ each
+    floor = C.shape[0] * torch.finfo(lam.dtype).eps * float(lam[-1].clamp_min(0))
+    lam = torch.where(lam > floor, lam, torch.zeros_like(lam))
+    return float(lam.sqrt().sum())
 
 
 def pca_distances(C00, C11, ks, n: int) -> dict:
