@@ -355,9 +355,10 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         trainer.add_callback(_AdaLora())
     if torch.cuda.is_available() and device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    t_train = time.perf_counter()
+    t_train, c_train = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
     train_s = time.perf_counter() - t_train
+    train_cpu_s = time.process_time() - c_train  # CPU seconds of all threads: robust to other load
 
     final_step = trainer.state.global_step
     df = tlog.frame()
@@ -375,7 +376,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         ck.link_final(out, final_step)
         tlog.write(out, prov)
         manifest.update({"status": "complete", "last_step": final_step, "final": "final",
-                         "train_seconds": train_s, "total_seconds": time.perf_counter() - t_start,
+                         "train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "total_seconds": time.perf_counter() - t_start,
                          "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu})
         ck.write_manifest(out, manifest)
     state.wait_for_everyone()
