@@ -86,6 +86,9 @@ def test_text_key_detection_and_override(capsys, tmp_path, tiny_model_dir, tiny_
     assert load_prompts(str(prompt_files / "b.json")).prompts == PROMPTS[:3]
     assert load_prompts(str(prompt_files / "c.parquet")).prompts == PROMPTS[3:]
     assert load_prompts("arith:4").prompts[0].endswith("?")
+    for name in ("general", "ifeval", "bbh", "facts"):  # the evaluation package's built-in suites
+        ps = load_prompts(f"{name}:3")
+        assert len(ps.prompts) == 3 and ps.source == f"builtin:{name}" and all(p.strip() for p in ps.prompts)
     with pytest.raises(DataError, match="no text key"):
         load_prompts(str(prompt_files / "d.jsonl"))
     assert load_prompts(str(prompt_files / "d.jsonl"), text_key="body").prompts == PROMPTS[:2]
