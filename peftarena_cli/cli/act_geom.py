@@ -45,8 +45,9 @@ def act_geom_cmd(
 
         peftarena act-geom smollm2-135m adapter/ -p prompts.jsonl -m down_proj --gram-sample 1024
 
-        peftarena act-geom smollm2-135m adapter/ -p arith --shard 1/2 --save-sums s1.st   # and 2/2
-        peftarena act-geom --sums s1.st --sums s2.st -o geom.parquet
+        peftarena act-geom smollm2-135m adapter/ -p arith --shard 1/2 --save-sums s1.st
+
+        peftarena act-geom --sums s1.st --sums s2.st -o geom.parquet   # after 2/2 as well
     """
     import time
 

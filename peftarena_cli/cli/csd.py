@@ -47,7 +47,9 @@ def csd_cmd(
 
         peftarena csd smollm2-135m other-adapter/ --stats stats.st --alpha 0.5 --alpha 1 -o csd.parquet
 
-        peftarena csd smollm2-135m --target arith --shard 1/2 --save-stats s1.st   # then --stats s1.st --stats s2.st
+        peftarena csd smollm2-135m --target arith --shard 1/2 --save-stats s1.st
+
+        peftarena csd smollm2-135m adapter/ --stats s1.st --stats s2.st   # after 2/2 as well
     """
     import time
 
