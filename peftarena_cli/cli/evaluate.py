@@ -132,6 +132,8 @@ def _target_from_responses(task: str, path: Path, records, limit, seed):
         return load_target_task("arith", limit=max(limit or 0, len(records), 100), seed=seed), False
     if p:
         return load_target_task(task, limit=None, seed=seed), False
+    if records and set(records[0]) <= {"id", "key", "prompt", "response"}:  # no task fields: match the hub task
+        return load_target_task(name, limit=None, seed=seed), False
     return load_target_task(f"{name}={path}", limit=None, seed=seed), True
 
 
@@ -256,11 +258,15 @@ def eval_general_cmd(
                 raise UsageError("--responses JSONL scores one suite part at a time", hint="pass e.g. --suite ifeval=input_data.jsonl")
             name, _, p = parts[0].partition("=")
             aligned = False
+            own_fields = {"ifeval": ("instruction_id_list", "kwargs"), "nq_open": ("question", "answer")}
             if name in ("ifeval", "bbh", "nq_open") and not p:
                 if name == "bbh":
                     raise DataError("BBH responses need the BBH folder for targets", hint="pass --suite bbh=DIR")
-                t = load_general_tasks(f"{name}={responses}")[0]
-                aligned = True
+                if recs and all(f in recs[0] for f in own_fields[name]):
+                    t = load_general_tasks(f"{name}={responses}")[0]  # the records carry the task's fields
+                    aligned = True
+                else:  # e.g. IFEval's input_response_data.jsonl (prompt, response): match the hub task by prompt
+                    t = load_general_tasks(name)[0]
             else:
                 t = load_general_tasks(parts[0], limit=max(limit or 0, len(recs)) if name.startswith("builtin") else None, seed=seed)[0]
             if aligned:
