@@ -217,3 +217,10 @@ def test_builtin_suite_deterministic_and_self_consistent():
     for it in builtin_task("ifeval").items:
         assert all(i in ifeval.CHECKS for i in it.meta["instruction_id_list"])
     assert len(builtin_prompts("general", 9)) == 9 and builtin_prompts("arith", 3, seed=1) == builtin_prompts("arith", 3, seed=1)
+
+
+def test_ifeval_nth_paragraph_edge_cases():
+    kw = {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "don"}
+    assert ifeval.check_instruction("length_constraints:nth_paragraph_first_word", "Intro.\n\n\"Don't stop.\"", kw)
+    # an empty paragraph in second position: the 2nd split part is empty -> fails
+    assert not ifeval.check_instruction("length_constraints:nth_paragraph_first_word", "Intro.\n\n\n\nDon't.", kw)

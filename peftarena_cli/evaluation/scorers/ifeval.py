@@ -84,14 +84,21 @@ def number_words(r, num_words=1, relation="at least", **_):
 
 
 def nth_paragraph_first_word(r, num_paragraphs=1, nth_paragraph=1, first_word="", **_):
-    paras = [p for p in re.split(r"\n\n", r) if p.strip()]
-    if len(paras) != int(num_paragraphs) or int(nth_paragraph) > len(paras) or int(nth_paragraph) < 1:
+    """Paragraphs are separated by a blank line ("\n\n"); empty ones do not count, but the n-th
+    is taken by position in the split, and must not be empty. The first word is read up to the
+    first punctuation mark (after leading quotes), lower-cased."""
+    paras = re.split(r"\n\n", r)
+    n_real = sum(1 for p in paras if p.strip())
+    nth = int(nth_paragraph)
+    if nth < 1 or nth > n_real or not paras[nth - 1].strip():
         return False
-    para = paras[int(nth_paragraph) - 1].strip()
-    if not para:
-        return False
-    word = re.sub(r"[^\w]", "", para.split()[0]).lower() if para.split() else ""
-    return word == first_word.lower()
+    word = paras[nth - 1].strip().split()[0].lstrip("'").lstrip('"')
+    first = ""
+    for ch in word:
+        if ch in ".,?!'\"":
+            break
+        first += ch.lower()
+    return n_real == int(num_paragraphs) and first == first_word.lower()
 
 
 # --- detectable content -----------------------------------------------------------------------
