@@ -14,8 +14,8 @@ Structure used instead of dense work (exact, not approximations):
 
 * low-rank ΔW = B A: u_iᵀΔW v_i = Σ_j (UᵀB)_{ij} (A V)ᵀ_{ij} and ‖ΔW v_i‖² = (A v_i)ᵀ (BᵀB) (A v_i), so
   no out×k matrix is formed; ‖ΔW‖_F² from the r×r Grams and ‖ΔW‖₂ from an r×r core (QR of factors);
-* dense ΔW: ‖ΔW‖₂² is the top eigenvalue of the smaller Gram matrix (float64 block subspace
-  iteration with Rayleigh–Ritz, falling back to a full eigendecomposition if it does not converge);
+* dense ΔW: ‖ΔW‖₂² is the top eigenvalue of the smaller Gram matrix (block subspace iteration,
+  Rayleigh–Ritz in float64, a full eigendecomposition if it does not settle);
 * OFT, W1 = W0 M with block-diagonal M: ΔW = U Σ Vᵀ(M − I), so with C = Vᵀ(M − I)V (k × k)
   u_iᵀΔW v_i = σ_i C_ii and ‖ΔW v_i‖ = ‖Σ C e_i‖; ‖ΔW‖ = ‖(Mᵀ − I) V Σ‖ (F and 2-norm); M is
   applied block by block and ΔW is never formed;
@@ -60,29 +60,33 @@ def fluctuation(x: torch.Tensor) -> float:
 
 
 def top_eigenvalue(a: torch.Tensor, block: int = 8, tol: float | None = None, max_iter: int = 300) -> float:
-    """Largest eigenvalue of a symmetric PSD matrix (block subspace iteration + Rayleigh–Ritz).
+    """Largest eigenvalue of a symmetric PSD matrix (block subspace iteration + Rayleigh–Ritz)."""
+    if a.shape[0] <= 4 * block:
+        return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
+    return _top_gram_eigenvalue(lambda q: a @ q, a.shape[0], a.dtype, a.device, block, tol, max_iter,
+                                fallback=lambda: torch.linalg.eigvalsh(a.double())[-1])
 
-    Iterates in ``a``'s dtype (Ritz values in float64) until the top Ritz value changes by less than
-    ``tol`` relative (default 1e-6 in float32, 1e-10 in float64); falls back to ``eigvalsh`` for
-    small matrices or when the iteration does not settle.
+
+def _top_gram_eigenvalue(op, n, dtype, device, block, tol, max_iter, fallback) -> float:
+    """Block subspace iteration on a PSD operator; Ritz values in float64.
+
+    Stops when the top Ritz value changes by less than ``tol`` relative (default 1e-6 in float32,
+    1e-10 in float64); ``fallback()`` (a full decomposition) if it does not settle.
     """
     if tol is None:
-        tol = 1e-10 if a.dtype == torch.float64 else 1e-6
-    n = a.shape[0]
-    if n <= 4 * block:
-        return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
+        tol = 1e-10 if dtype == torch.float64 else 1e-6
     g = torch.Generator(device="cpu").manual_seed(0)
-    y = a @ torch.randn(n, block, generator=g, dtype=torch.float64).to(device=a.device, dtype=a.dtype)
+    y = op(torch.randn(n, block, generator=g, dtype=torch.float64).to(device=device, dtype=dtype))
     prev = None
     for _ in range(max_iter):
         q, _r = torch.linalg.qr(y)
-        y = a @ q
+        y = op(q)
         t = (q.T @ y).double()
         theta = float(torch.linalg.eigvalsh(0.5 * (t + t.T))[-1])
         if prev is not None and abs(theta - prev) <= tol * max(abs(theta), 1e-300):
             return max(theta, 0.0)
         prev = theta
-    return float(torch.linalg.eigvalsh(a)[-1].clamp_min(0.0))
+    return max(float(fallback()), 0.0)
 
 
 def spectral_norm_sq(md) -> float:
@@ -91,21 +95,22 @@ def spectral_norm_sq(md) -> float:
         sv = md.singular_values()
         return float(sv[0]) ** 2 if sv.numel() else 0.0
     d = md.dense()
-    g = d @ d.T if d.shape[0] <= d.shape[1] else d.T @ d
-    return top_eigenvalue(g)
+    return top_eigenvalue(d @ d.T if d.shape[0] <= d.shape[1] else d.T @ d)
 
 
 def rotation_parts(md, u, s, vh):
-    """OFT-style W1 = W0 M: (u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂², diag(C)) without forming ΔW."""
+    """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂² and, for the alignment,
+    diag(C) and ‖Mᵀ v_i‖, without forming ΔW."""
     v = vh.T.contiguous()  # (in, k)
-    c = v.T @ (md.rotate(v) - v)  # Vᵀ (M − I) V
+    c = v.T @ (md.rotate(v) - v)  # C = Vᵀ (M − I) V
     cd = torch.diagonal(c)
     diag = s * cd
     energy = torch.linalg.norm(s[:, None] * c, dim=0)
-    f = (md.rotate(v, transpose=True) - v) * s  # (Mᵀ − I) V Σ, same singular values as ΔW
+    mtv = md.rotate(v, transpose=True)
+    f = (mtv - v) * s  # (Mᵀ − I) V Σ: ΔW = U fᵀ, same singular values as ΔW
     fro2 = float((f * f).sum(dtype=torch.float64))
     spec2 = top_eigenvalue(f.T @ f) if fro2 > 0 else 0.0
-    return diag, energy, fro2, spec2, cd
+    return diag, energy, fro2, spec2, (cd, torch.linalg.norm(mtv, dim=0))
 
 
 def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +127,13 @@ def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[to
     return (u * dv).sum(dim=0), torch.linalg.norm(dv, dim=0)
 
 
-def alignment(md, u, s, vh, cdiag: torch.Tensor | None = None) -> torch.Tensor:
-    """|cos(v_i(W0), v_i(W1))| per index i (``cdiag`` = diag(Vᵀ(M − I)V) when already known)."""
+def alignment(md, u, s, vh, known: tuple | None = None) -> torch.Tensor:
+    """|cos(v_i(W0), v_i(W1))| per index i (``known`` = (diag(Vᵀ(M − I)V), ‖Mᵀ v_i‖) when at hand)."""
     if md.is_rotation and md.row_scale is None and md.rotation_orthogonality_error() <= ORTHO_TOL:
-        v = vh.T.contiguous()
-        if cdiag is None:
-            cdiag = (v * (md.rotate(v) - v)).sum(dim=0)
-        norm = torch.linalg.norm(md.rotate(v, transpose=True), dim=0)  # ‖Mᵀ v_i‖ (1 for an exact rotation)
+        if known is None:
+            v = vh.T.contiguous()
+            known = ((v * (md.rotate(v) - v)).sum(dim=0), torch.linalg.norm(md.rotate(v, transpose=True), dim=0))
+        cdiag, norm = known  # norm = ‖Mᵀ v_i‖, 1 for an exact rotation
         return ((1.0 + cdiag) / norm).abs().clamp(max=1.0)
     _, _, vh1 = torch.linalg.svd(md.w1(), full_matrices=False)
     return (vh * vh1).sum(dim=1).abs()
@@ -142,9 +147,9 @@ class ModuleSpectrum:
 
 def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
     """All spectrum metrics of one module; ``sva=None`` computes alignment for multiplicative methods only."""
-    cdiag = None
+    known = None
     if md.is_rotation and md.row_scale is None:
-        diag, energy, fro2, spec2, cdiag = rotation_parts(md, u, s, vh)
+        diag, energy, fro2, spec2, known = rotation_parts(md, u, s, vh)
     else:
         diag, energy = profiles(md, u, s, vh)
         fro2 = md.fro2()
@@ -155,7 +160,7 @@ def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
     s1 = float(s[0]) if k else float("nan")
     etot = float(energy.sum())
     want_sva = md.multiplicative if sva is None else sva
-    sv = alignment(md, u, s, vh, cdiag) if want_sva else torch.full((k,), float("nan"), device=s.device)
+    sv = alignment(md, u, s, vh, known) if want_sva else torch.full((k,), float("nan"), device=s.device)
     index = {
         "index": torch.arange(k),
         "sigma": s.detach().cpu().double(),
