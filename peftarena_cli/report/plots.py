@@ -167,10 +167,16 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
     # a little margin so labels fit inside
     xs = [p[0] for p in obstacles] or [0, 1]
     ys = [p[1] for p in obstacles] or [0, 1]
-    xr = max(max(xs) - min(xs), 1.0)
-    yr = max(max(ys) - min(ys), 1.0)
-    ax.set_xlim(min(xs) - 0.15 * xr, max(xs) + 0.2 * xr)
-    ax.set_ylim(min(ys) - 0.12 * yr, max(ys) + 0.15 * yr)
+    xr = max(max(xs) - min(xs), 5.0)  # scores are percent: show at least a 5-point window
+    yr = max(max(ys) - min(ys), 5.0)
+    xlo = min(xs) - 0.15 * xr
+    ylo = min(ys) - 0.12 * yr
+    if min(xs) >= 0:
+        xlo = max(xlo, -0.04 * xr)
+    if min(ys) >= 0:
+        ylo = max(ylo, -0.04 * yr)
+    ax.set_xlim(xlo, max(xs) + 0.2 * xr)
+    ax.set_ylim(ylo, max(ys) + 0.15 * yr)
     if label_points:
         for r in ok.to_dict("records"):
             labels.insert(0, (r["general"], r["target"], r["method"],
