@@ -113,7 +113,6 @@ def convert(name: str) -> Path:
     if getattr(clean.generation_config, "pad_token_id", None) is None:
         clean.generation_config.pad_token_id = config.pad_token_id
     with atomic_dir(dest, overwrite=True) as tmp:
-        os.chmod(tmp, 0o755)
         clean.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
     return dest

@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread per test process: the suite runs with xdist on 2 cores, and small LAPACK
+# calls with several threads on a busy machine run 50-500x slower. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import make_adapter, save_tiny_llama  # noqa: E402

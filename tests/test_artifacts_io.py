@@ -214,3 +214,15 @@ def test_file_identity_changes_with_content(tiny_model_dir, tmp_path):
     save_file({"x": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
     assert path_identity(tmp_path / "other.safetensors") != a
     json.dumps({"id": a})
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    import pandas as pd
+
+    write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "t.parquet").stat().st_mode) == 0o666 & ~mask

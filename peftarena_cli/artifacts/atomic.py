@@ -16,6 +16,12 @@ from pathlib import Path
 from peftarena_cli.errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_parent(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path; raise :class:`OutputError` if its directory does not exist."""
     p = Path(path)
@@ -36,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -71,6 +78,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             f"{str(final)!r} already exists", hint="choose another path or pass --overwrite"
         )
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():
