@@ -154,9 +154,15 @@ def worker_straight(args) -> dict:
             "peak_rss_mib": peak_rss_mib(), "cka": cka, "gram_distortion": gram, "procrustes": proc, "pca": pca}
 
 
+THREADS: int | None = None
+
+
 def run_worker(extra: list[str], common: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--worker", *extra, *common]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ)
+    if THREADS:
+        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-3000:])
         raise SystemExit(f"worker failed: {' '.join(extra)}")
@@ -176,7 +182,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--straight-modules", type=int, default=1)
     ap.add_argument("--collect-only", action="store_true", help="(worker) skip the metrics phase")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads per worker; on a shared CPU use 1: idle OpenMP threads spin and "
+                         "inflate CPU time (measured: 2 threads burned ~7x the CPU seconds of 1 under load 20)")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_straight
         print(json.dumps(fn(args)))
