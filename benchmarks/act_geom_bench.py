@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true", help="(worker) skip the metrics phase")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads per worker; on a shared CPU use 1: idle OpenMP threads spin and "
-                         "inflate CPU time (measured: 2 threads burned ~7x the CPU seconds of 1 under load 20)")
+                         "inflate CPU time (under load ~20 on 2 cores we saw several times the CPU seconds with 2 threads)")
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
