@@ -267,3 +267,17 @@ def test_parse_alphas_grids_and_bounds():
     for bad in ("0:1.5:0.5", "-0.1,0.5", "0:1", "a,b", "1:0:0.1", ""):
         with pytest.raises(UsageError):
             parse_alphas(bad)
+
+
+@pytest.mark.parametrize("method", ("oft", "dora"))
+def test_native_merged_mode_equals_unmerged(tiny_model_dir, adapters, method):
+    """merge=True (used when evaluating): PEFT's merge of W(α) from the kept W0 gives the same logits."""
+    ids = tokens(3)
+    plain = _native(tiny_model_dir, adapters[method])
+    merged = _native(tiny_model_dir, adapters[method], merge=True)
+    for a in (0.3, 0.0, 1.0, 0.6):
+        plain.set_alpha(a)
+        merged.set_alpha(a)
+        torch.testing.assert_close(logits(merged.model, ids), logits(plain.model, ids), atol=1e-5, rtol=0)
+    assert merged._tuners and all(mod.merged for mod, _, _ in merged._tuners)  # forwards use the merged weight
+    assert any((w - w0).abs().max() > 1e-6 for _, w, w0 in merged._tuners)

@@ -108,7 +108,7 @@ def interpolate_cmd(
     t_load = time.perf_counter()
     with Progress("forming ΔW") as bar:
         setup = open_path_model(base, finetuned, path=path, scale_mode=generator_scale, dtype=dtype,
-                                device=device, layerwise=layerwise, callback=bar.callback)
+                                device=device, layerwise=layerwise, callback=bar.callback, merge=bool(evaluators))
     for note in setup.notes:
         warn(note)
     csd = None

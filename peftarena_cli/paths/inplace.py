@@ -33,7 +33,7 @@ class NativePathModel:
     path = "native"
 
     def __init__(self, peft_model, config: dict, scale_mode: str = "linear", layer_scales: dict | None = None,
-                 adapter_name: str = "default"):
+                 adapter_name: str = "default", merge: bool = False):
         from peft import get_peft_model_state_dict
 
         from peftarena_cli.paths.native import base_row_norms_from_weights, check_relative_to_base, magnitude_modules, method_of
@@ -55,6 +55,20 @@ class NativePathModel:
         self.current = self.tensors
         self._live = self._map_live_params()
         self._dirty: set[str] = set()
+        # merge=True: after each α, PEFT's own merge writes W(α) into the base weights (from a kept
+        # copy of W0), so forward passes cost what the base model's do (OFT otherwise re-forms its
+        # rotations on every forward). Used by sweeps that evaluate.
+        self.merge = merge
+        self._tuners = []
+        if merge:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for _, mod in peft_model.get_base_model().named_modules():
+                if isinstance(mod, BaseTunerLayer) and adapter_name in getattr(mod, "merged_adapters", []) + list(
+                        getattr(mod, "active_adapters", [])):
+                    base = mod.get_base_layer()
+                    if getattr(base, "weight", None) is not None:
+                        self._tuners.append((mod, base.weight, base.weight.detach().clone()))
 
     def _map_live_params(self) -> dict | None:
         """saved key -> live tensor (PEFT inserts the adapter name into the key); None if any key is unmapped."""
@@ -97,6 +111,10 @@ class NativePathModel:
                 bad = list(getattr(res, "unexpected_keys", []))
                 if bad:
                     raise IncompatibleInputs(f"adapter tensors did not map into the model: {bad[0]}")
+            for mod, weight, w0 in self._tuners:
+                weight.data.copy_(w0)
+                mod.merged_adapters = []
+                mod.merge(adapter_names=[self.adapter_name])
         self.alpha = float(alpha)
 
     def orthogonality_error(self) -> float | None:

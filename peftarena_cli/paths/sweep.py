@@ -89,7 +89,7 @@ def dense_deltas_from_adapter(model, ref, finetuned, device: str, callback=None)
 
 def open_path_model(base: str, finetuned_spec: str, path: str | None = None, scale_mode: str = "linear",
                     dtype: str = "float32", device: str = "auto", layerwise: str | None = None,
-                    callback=None) -> PathSetup:
+                    callback=None, merge: bool = False) -> PathSetup:
     """Load the base once and build the path model for ``finetuned_spec`` (adapter or full model)."""
     from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
     from peftarena_cli.artifacts.weights import WeightSource
@@ -122,7 +122,7 @@ def open_path_model(base: str, finetuned_spec: str, path: str | None = None, sca
     if chosen == "native":
         pm = attach_adapter(model, ft.adapter)
         pm.eval()
-        path_model = NativePathModel(pm, ft.config, scale_mode=scale_mode, layer_scales=layer_scales)
+        path_model = NativePathModel(pm, ft.config, scale_mode=scale_mode, layer_scales=layer_scales, merge=merge)
     elif is_full:
         w0, delta = dense_deltas_from_full(model, WeightSource.from_ref(ft.ref), callback=callback)
         path_model = DensePathModel(model, w0, delta)
