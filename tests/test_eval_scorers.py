@@ -111,6 +111,8 @@ def test_nq_normalisation():
     assert nq.score_nq(" The Beatles", ["Beatles", "the beatles band"])["correct"]
     assert not nq.score_nq(" Rolling Stones", ["Beatles"])["correct"]
     assert nq.score_nq("", ["x"])["correct"] is False
+    assert nq.score_facts(" The capital of France is Paris.", ["Paris"])["correct"]
+    assert not nq.score_facts(" Parisian food", ["Paris"])["correct"]
 
 
 def test_bbh_extraction():

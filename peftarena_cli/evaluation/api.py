@@ -215,7 +215,7 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto"):
 
 
 def _summary_for(df, scorers: dict, ks, kind):
-    general = {"ifeval", "bbh", "nq"}
+    general = {"ifeval", "bbh", "nq", "facts"}
     if kind == "general" or (kind == "auto" and set(scorers.values()) <= general):
         return general_summary({t: (scorers[t], df[df["task"] == t]) for t in scorers})
     summary, scores = [], []

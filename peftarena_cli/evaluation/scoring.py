@@ -20,7 +20,8 @@ from peftarena_cli.evaluation.scorers import nq as nq_s
 COLUMNS = ["task", "subtask", "id", "sample", "prompt", "completion", "extracted", "reference", "correct",
            "correct_strict", "correct_flexible", "prompt_strict", "prompt_loose", "instruction_id_list",
            "inst_strict", "inst_loose", "n_tokens", "meta"]
-PRIMARY = {"math": "avg@n", "choice": "avg@n", "ifeval": "inst_strict", "bbh": "accuracy", "nq": "exact_match"}
+PRIMARY = {"math": "avg@n", "choice": "avg@n", "ifeval": "inst_strict", "bbh": "accuracy", "nq": "exact_match",
+           "facts": "exact_match"}
 
 
 def score_one(scorer: str, completion: str, reference, meta: dict) -> dict:
@@ -35,6 +36,8 @@ def score_one(scorer: str, completion: str, reference, meta: dict) -> dict:
         return bbh_s.score_bbh(completion, str(reference))
     if scorer == "nq":
         return nq_s.score_nq(completion, list(reference))
+    if scorer == "facts":
+        return nq_s.score_facts(completion, list(reference))
     raise ValueError(f"unknown scorer {scorer!r}")
 
 
@@ -111,7 +114,7 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
             rows.append({"task": f"{task_name}/{sub}", "metric": "accuracy", "value": a, "n": len(g)})
         primary = sum(accs) / len(accs) if accs else 0.0
         rows.append({"task": task_name, "metric": "accuracy", "value": primary, "n": len(d)})
-    elif scorer == "nq":
+    elif scorer in ("nq", "facts"):
         d = df[df["sample"] == 0]
         primary = 100.0 * float(d["correct"].mean())
         rows.append({"task": task_name, "metric": "exact_match", "value": primary, "n": len(d)})

@@ -5,9 +5,10 @@
   this project, checked by the same scorer as the real IFEval;
 * ``bbh`` part: procedural versions of the algorithmic BBH formats (boolean expressions,
   multistep arithmetic, dyck languages, word sorting, object counting, navigate, web of lies,
-  tracking shuffled objects), zero-shot with "So the answer is X." as the answer format;
+  tracking shuffled objects), zero-shot, answer after "So the answer is";
 * ``facts`` part: factual recall from :mod:`peftarena_cli.tasks.facts_table`, asked in the NQ-open
-  format and scored by NQ-open exact match.
+  format; correct when an accepted answer occurs (whole words, SQuAD-normalised) in the answer
+  line (small models answer in sentences), unlike NQ-open's exact match.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ BBH_FORMATS = {
     "word_sorting": _word_sort, "object_counting": _object_count, "navigate": _navigate, "web_of_lies": _web_of_lies,
     "tracking_shuffled_objects": _shuffled,
 }
-BBH_INSTRUCTION = "Think step by step, then end with: So the answer is X."
+BBH_INSTRUCTION = "Think step by step, then finish with the sentence \"So the answer is\" followed by your answer."
 
 
 def builtin_bbh(n: int, seed: int = 0) -> list[Item]:
@@ -251,5 +252,5 @@ def builtin_task(part: str, limit: int | None = None, seed: int = 0) -> Task:
     if part == "bbh":
         return Task("bbh_builtin", builtin_bbh(n, seed), "bbh", 128, subtask_key="subtask")
     if part == "facts":
-        return Task("facts", builtin_facts(min(n, len(FACTS)), seed), "nq", 16, NQ_STOP, chat=False)
+        return Task("facts", builtin_facts(min(n, len(FACTS)), seed), "facts", 16, NQ_STOP, chat=False)
     raise KeyError(part)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCORERS = ("math", "choice", "ifeval", "bbh", "nq")
+SCORERS = ("math", "choice", "ifeval", "bbh", "nq", "facts")
 
 
 @dataclass

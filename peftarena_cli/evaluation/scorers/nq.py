@@ -33,3 +33,15 @@ def exact_match(prediction: str, references) -> bool:
 def score_nq(completion: str, references) -> dict:
     ans = extract_answer(completion)
     return {"extracted": ans, "correct": bool(ans) and exact_match(ans, references)}
+
+
+def contains_match(prediction: str, references) -> bool:
+    """Whole-word containment after normalisation (used by the built-in facts set, whose small
+    models answer in sentences: "The capital of France is Paris")."""
+    p = f" {normalize_answer(prediction)} "
+    return any(normalize_answer(r) and f" {normalize_answer(r)} " in p for r in references)
+
+
+def score_facts(completion: str, references) -> dict:
+    ans = extract_answer(completion)
+    return {"extracted": ans, "correct": bool(ans) and contains_match(ans, references)}
