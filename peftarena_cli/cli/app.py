@@ -32,7 +32,9 @@ app = typer.Typer(
 )
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
-COMMAND_MODULES: list[str] = ["spectrum", "report", "interpolate", "rewind", "finetune", "csd", "act_geom", "evaluate"]
+COMMAND_MODULES: list[str] = [
+    "finetune", "evaluate", "spectrum", "csd", "act_geom", "interpolate", "rewind", "report",
+]
 
 
 def _version(value: bool) -> None:
