@@ -16,7 +16,7 @@ AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
 LimitOpt = typer.Option(None, "--limit", help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
 BatchOpt = typer.Option(None, "--batch-size", help="Generation batch size (default 64 on CPU, 128 on CUDA).")
-BackendOpt = typer.Option("hf", "--backend", help="hf (built-in batched engine) or vllm (needs the vllm extra).")
+BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine; the only backend so far). vllm is not available yet and is refused with a clear error.")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
 MaxNewOpt = typer.Option(None, "--max-new-tokens", help="Override the per-task generation length (arith 96, gsm8k 256, IFEval 1280, BBH 256, ...).")
 SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
