@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     from peftarena_cli.errors import PeftArenaError
 
+    # Library progress bars (transformers' "Loading weights", hub downloads) would interleave with
+    # ours on stderr; peftarena reports progress itself. Users can set the variable to 0.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="peftarena", standalone_mode=True)
