@@ -32,14 +32,17 @@ LR_adalora     ?= 1e-3
 TARGET_LIMIT   ?= 32
 GENERAL_LIMIT  ?= 4
 ANALYSIS_N     ?= 16
-# Interpolation (interior points: α = 0 is the base's evals, α = 1 the method's) and rewinding.
-ALPHAS         ?= 0.5
+# Interpolation points (the ends are needed by rewind's keep-target criterion) and rewinding.
+ALPHAS         ?= 0,0.5,1
 PICK           ?= keep-target:0.8
 INTERP_METHODS ?= lora oft
 
 PEFTARENA      ?= $(VENV)/bin/peftarena
 PA              = $(PEFTARENA)
 SPECTRUM_MODULE ?= layers.18.mlp.down_proj
+# act-geom on every module of smollm2 costs ~4 min and ~17 GB (float64 sums of up to 1536² per
+# module); the pipeline measures the study's choice, down_proj of every layer (ACTGEOM_MODULES= for all).
+ACTGEOM_MODULES ?= down_proj
 
 .PHONY: demo-run arena-run arena-stages
 
@@ -114,7 +117,8 @@ $(RUNS)/%/csd.parquet: $(RUNS)/%/train/.done $(STATS)
 	$(PA) csd $(MODEL) $(call final,$*) --stats $(STATS) -o $@
 
 $(RUNS)/%/act_geom.parquet: $(RUNS)/%/train/.done
-	$(PA) act-geom $(MODEL) $(call final,$*) -p general:$(ANALYSIS_N) -p arith:$(ANALYSIS_N) -o $@
+	$(PA) act-geom $(MODEL) $(call final,$*) -p general:$(ANALYSIS_N) -p arith:$(ANALYSIS_N) \
+		$(if $(ACTGEOM_MODULES),-m $(ACTGEOM_MODULES)) -o $@
 
 # ---------------------------------------------------------------- paths: interpolate, rewind
 # Target and general are swept separately so each uses the same --limit as the method's own evals;

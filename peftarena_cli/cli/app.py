@@ -66,6 +66,17 @@ def _debug() -> bool:
     return os.environ.get("PEFTARENA_DEBUG", "") not in ("", "0")
 
 
+def _quiet_library_warnings() -> None:
+    """Library chatter that says nothing to a peftarena user (shown with PEFTARENA_DEBUG=1)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # PEFT looks up the adapter's base_model_name_or_path on the hub; for a registry alias such as
+    # smollm2-135m that lookup is meaningless and fails offline.
+    warnings.filterwarnings("ignore", message="Unable to fetch remote file")
+    warnings.filterwarnings("ignore", message="Could not find a config file in")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every expected error into one line + exit code.
 
@@ -77,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     # Library progress bars (transformers' "Loading weights", hub downloads) would interleave with
     # ours on stderr; peftarena reports progress itself. Users can set the variable to 0.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not _debug():
+        _quiet_library_warnings()
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="peftarena", standalone_mode=True)
