@@ -68,8 +68,11 @@ final      = $(RUNS)/$(1)/train/final
 # eval / analysis arguments: `full` is a model of its own, every other method an adapter on MODEL.
 eval_model = $(if $(filter full,$(1)),$(call final,$(1)),$(MODEL) --adapter $(call final,$(1)))
 
-# Keep every stage's artifact (Make would delete files it made on the way to a pattern target).
-.SECONDARY:
+# Keep the artifacts Make reaches only through pattern rules (it would delete them as intermediates).
+# Not `.SECONDARY:` with no prerequisites: that makes every file intermediate, and a missing
+# intermediate never triggers a rebuild, so adding a method to an existing run set did nothing.
+.PRECIOUS: $(RUNS)/%/train/.done $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
+	$(RUNS)/%/curve.parquet $(RUNS)/%/rewound/.done
 
 arena-stages: $(REPORT)/leaderboard.parquet
 	@echo
