@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from test_act_geom_collect import PROMPTS, direct_outputs, one_thread  # noqa: F401
+from test_act_geom_collect import PROMPTS, direct_outputs
 from test_act_geom_metrics import dense_reference
 from test_csd_cli import cli, foreign_lora  # noqa: F401  (fixture)
 from peftarena_cli.artifacts.tables import read_table

@@ -10,13 +10,6 @@ from peftarena_cli.activations.geometry import geometry_from_sums, gram_distorti
 
 from test_act_geom_metrics import dense_reference
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: intra-op threads only add overhead (and spin on a shared CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 PROMPTS = ["Ava has 3 apples.", "What is 12 + 7?", "Hello there, how are you today my friend?",

@@ -9,12 +9,6 @@ from peftarena_cli.activations.geometry import geometry_from_sums, gram_distorti
 from peftarena_cli.activations.pair_sums import PairSums, load_sums, merge_sums_files, save_sums
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def dense_reference(X0, X1, ks=(32, 64)):

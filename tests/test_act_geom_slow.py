@@ -6,7 +6,6 @@ import torch
 
 from helpers import make_adapter
 from test_act_geom_metrics import dense_reference
-from test_act_geom_collect import one_thread  # noqa: F401
 from test_csd_cli import cli
 from peftarena_cli.artifacts.tables import read_table
 

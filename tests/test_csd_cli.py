@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import make_adapter, save_tiny_llama
-from test_act_geom_collect import PROMPTS, one_thread  # noqa: F401
+from test_act_geom_collect import PROMPTS
 from peftarena_cli.artifacts.tables import read_table
 
 

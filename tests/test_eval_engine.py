@@ -11,13 +11,6 @@ from peftarena_cli.evaluation.engine import generate
 PROMPTS = ["hello world " * k for k in range(1, 6)] + ["abc", "What is 2+2?", "x"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and the CPUs are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

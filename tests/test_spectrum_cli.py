@@ -13,12 +13,6 @@ from helpers import make_adapter, save_tiny_llama
 from peftarena_cli.artifacts.tables import read_table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

@@ -6,13 +6,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """LAPACK with 2 threads on the shared, oversubscribed CPUs is up to 100x slower; restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 from helpers import make_adapter
 
