@@ -124,3 +124,36 @@ def test_bad_input_fails_cleanly_without_output(capsys, tmp_path, tiny_model_dir
     assert code == code_want, err
     assert want in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_full_finetune_equals_its_adapter(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
+    """A full fine-tuned model (here: the LoRA merged into the base and saved as a model) gives the
+    same table as the adapter itself: the second model runs on the same batches."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    full = tmp_path / "full"
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(tiny_lora_dir)).merge_and_unload()
+    merged.save_pretrained(str(full))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(full))
+    outs = {}
+    for name, ft in (("adapter", tiny_lora_dir), ("full", full)):
+        outs[name] = tmp_path / f"{name}.parquet"
+        code, err = cli(capsys, "act-geom", tiny_model_dir, ft, "-p", prompt_files / "a.txt", "-o", outs[name], "-b", "3")
+        assert code == 0, err
+    a, _ = read_table(outs["adapter"])
+    f, prov = read_table(outs["full"])
+    assert len(f) == len(a) == 14
+    assert prov["inputs"]["adapter"].split("@")[-1] != prov["inputs"]["base"].split("@")[-1]
+    for c in METRICS:
+        assert f[c].to_numpy() == pytest.approx(a[c].to_numpy(), rel=2e-4, abs=1e-6, nan_ok=True), c
+
+
+def test_full_finetune_of_another_architecture_is_refused(capsys, tmp_path, tiny_model_dir, prompt_files):
+    from helpers import save_tiny_llama
+
+    other = save_tiny_llama(tmp_path / "other", hidden=32)
+    out = tmp_path / "g.parquet"
+    code, err = cli(capsys, "act-geom", tiny_model_dir, other, "-p", prompt_files / "a.txt", "-o", out)
+    assert code == 1 and "error: module 'model.layers.0.self_attn.q_proj': shape" in err, err
+    assert not out.exists()

@@ -87,14 +87,24 @@ class GramSample:
 
 def collect_pair_sums(peft_model, tokenizer, prompts: list[str], modules: list[str], *, batch_size: int = 16,
                       max_length: int = 512, accum_dtype=None, gram_sample: int = 0, seed: int = 0,
-                      callback=None, tokenized: Tokenized | None = None):
-    """Streamed act-geom sums for every selected module: ``({module: PairSums}, GramSample|None)``."""
+                      callback=None, tokenized: Tokenized | None = None, model1=None):
+    """Streamed act-geom sums for every selected module: ``({module: PairSums}, GramSample|None)``.
+
+    With ``model1=None``, ``peft_model`` is a PEFT-wrapped model: the base outputs come from it with
+    the adapter disabled. Otherwise ``peft_model`` is the base model and ``model1`` the fine-tuned
+    model (full fine-tuning), run on the same batches.
+    """
+    import contextlib
+
     import torch
 
     tok = tokenized or tokenize(tokenizer, prompts, max_length)
     dev = _device_of(peft_model)
     body = decoder_of(peft_model)
     mods = find_modules(peft_model, modules)
+    body1 = body if model1 is None else decoder_of(model1)
+    mods1 = mods if model1 is None else find_modules(model1, modules)
+    off = peft_model.disable_adapter if model1 is None else contextlib.nullcontext
     dtype = accum_dtype or torch.float64
     sums: dict[str, PairSums] = {}
     sample = GramSample.choose(tok.n_tokens, gram_sample, seed) if gram_sample else None
@@ -112,18 +122,18 @@ def collect_pair_sums(peft_model, tokenizer, prompts: list[str], modules: list[s
             sample.take(sample.rows1, name, X1, offset)
 
     cap0 = ModuleCapture(mods, what="output")
-    cap1 = ModuleCapture(mods, what="output", sink=sink)
+    cap1 = ModuleCapture(mods1, what="output", sink=sink)
     done = 0
     with torch.inference_mode():
         for ids, mask in batches(tok, batch_size, _pad_id(tokenizer), dev):
-            with cap0, peft_model.disable_adapter():
+            with cap0, off():
                 cap0.set_mask(mask)
                 body(input_ids=ids, attention_mask=mask)
             x0.update(cap0.captured)
             cap0.captured.clear()
             with cap1:
                 cap1.set_mask(mask)
-                body(input_ids=ids, attention_mask=mask)
+                body1(input_ids=ids, attention_mask=mask)
             x0.clear()
             offset += int(mask.sum())
             done += ids.shape[0]

@@ -14,7 +14,7 @@ from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 
 def act_geom_cmd(
     base: Optional[str] = typer.Argument(None, help="Base model: HF directory or alias (smollm2-135m). Optional with --sums."),
-    adapter: Optional[str] = typer.Argument(None, help="PEFT adapter (directory or .safetensors). Optional with --sums."),
+    adapter: Optional[str] = typer.Argument(None, help="PEFT adapter (directory or .safetensors) or full fine-tuned model. Optional with --sums."),
     prompts: Optional[List[str]] = typer.Option(None, "--prompts", "-p", help="Prompt set (repeatable): a file (.txt/.jsonl/.json/.parquet) or a built-in name (arith, general, ifeval, bbh, facts; NAME:N)."),
     sums: Optional[List[Path]] = typer.Option(None, "--sums", help="Merge saved sums files (shards) and compute the metrics; no forward pass."),
     save_sums: Optional[Path] = typer.Option(None, "--save-sums", help="Write the streamed sums here (safetensors; needed with --shard)."),
@@ -84,12 +84,13 @@ def act_geom_cmd(
         meta = metas[0]
         for role, spec in (("base", base), ("adapter", adapter)):
             if spec is not None and meta.get(f"{role}_identity"):
-                from peftarena_cli.artifacts.adapters import load_adapter
+                from peftarena_cli.artifacts.adapters import is_adapter_path, load_adapter
                 from peftarena_cli.artifacts.weights import resolve_model
 
                 from peftarena_cli.activations.moments import weights_fingerprint
 
-                ident = weights_fingerprint(resolve_model(spec)) if role == "base" else load_adapter(spec).identity()
+                full = role == "base" or not is_adapter_path(spec)
+                ident = weights_fingerprint(resolve_model(spec)) if full else load_adapter(spec).identity()
                 if ident != meta[f"{role}_identity"]:
                     raise IncompatibleInputs(f"the sums were collected with another {role} than {spec!r}")
         for role in ("base", "adapter"):
@@ -111,18 +112,25 @@ def act_geom_cmd(
         from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
         from peftarena_cli.cli.activation_options import peak_rss_mib, prepare_prompts
 
+        from peftarena_cli.activations.moments import weights_fingerprint
+        from peftarena_cli.artifacts.adapters import is_adapter_path
+
         dev = pick_device(device)
-        ad = load_adapter(adapter)
+        # ADAPTER is a PEFT adapter, or a full fine-tuned model (a second model run on the same batches)
+        ad = load_adapter(adapter) if is_adapter_path(adapter) else None
         model, tok, ref = load_model(base, dtype=dtype, device=dev)
+        model1 = None
+        if ad is None:
+            model1, _, ref1 = load_model(adapter, dtype=dtype, device=dev)
+            _check_same_architecture(model, model1, base, adapter)
         names = select_modules(linear_module_names(model), modules)
         loaded = []
         for spec in prompts:  # load every prompt set before the long part
             loaded.append((spec, *prepare_prompts(spec, tok, n=n, seed=seed, text_key=text_key, chat=chat,
                                                   shard=parsed_shard, max_length=max_length)))
-        pm = attach_adapter(model, ad)
-        from peftarena_cli.activations.moments import weights_fingerprint
-
-        inputs = {"base": (base, weights_fingerprint(ref)), "adapter": (adapter, ad.identity())}
+        pm = attach_adapter(model, ad) if ad is not None else model
+        inputs = {"base": (base, weights_fingerprint(ref)),
+                  "adapter": (adapter, ad.identity() if ad is not None else weights_fingerprint(ref1))}
         acc = torch.float64 if accum_dtype == "float64" else torch.float32
         sets = {}
         t0 = time.perf_counter()
@@ -132,7 +140,7 @@ def act_geom_cmd(
             with Progress(f"act-geom {label}") as bar:
                 s, sample = collect_pair_sums(pm, tok, plist, names, batch_size=batch_size, max_length=max_length,
                                               accum_dtype=acc, gram_sample=gram_sample, seed=seed,
-                                              callback=bar.callback, tokenized=tokd)
+                                              callback=bar.callback, tokenized=tokd, model1=model1)
             sets[label] = s
             if sample is not None:
                 samples[label] = sample
@@ -158,6 +166,23 @@ def act_geom_cmd(
         prov.extra.update(extra)
         _summary(df)
         emit_table(df, output, prov, title="act-geom")
+
+
+def _check_same_architecture(m0, m1, base: str, finetuned: str) -> None:
+    """A full fine-tune must have the base's linear modules with the same shapes."""
+    import torch
+
+    from peftarena_cli.errors import IncompatibleInputs
+
+    lin1 = {n: tuple(m.weight.shape) for n, m in m1.named_modules() if isinstance(m, torch.nn.Linear)}
+    for n, m in m0.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            if n not in lin1:
+                raise IncompatibleInputs(f"module {n!r} of the base {base!r} is missing from {finetuned!r}",
+                                         hint="pass the fine-tune of this base (an adapter or a full model)")
+            if lin1[n] != tuple(m.weight.shape):
+                raise IncompatibleInputs(f"module {n!r}: shape {lin1[n]} in {finetuned!r}, {tuple(m.weight.shape)} in the base",
+                                         hint="pass the fine-tune of this base (an adapter or a full model)")
 
 
 def metrics_table(sets: dict, samples: dict | None = None):
