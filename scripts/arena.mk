@@ -21,16 +21,16 @@ LR_full        ?= 5e-5
 LR_lora        ?= 1e-3
 LR_pissa       ?= 5e-4
 LR_dora        ?= 1e-3
-LR_vera        ?= 5e-3
-LR_oft         ?= 2e-3
-LR_miss        ?= 2e-3
+LR_vera        ?= 1e-2
+LR_oft         ?= 5e-4
+LR_miss        ?= 5e-4
 LR_ia3         ?= 5e-3
 LR_boft        ?= 2e-3
 LR_milora      ?= 1e-3
 LR_adalora     ?= 1e-3
 # Evaluation sizes (items per task / per built-in general part) and analysis sizes (prompts per set).
 TARGET_LIMIT   ?= 32
-GENERAL_LIMIT  ?= 4
+GENERAL_LIMIT  ?= 16
 ANALYSIS_N     ?= 16
 # Interpolation points (the ends are needed by rewind's keep-target criterion) and rewinding.
 ALPHAS         ?= 0,0.5,1

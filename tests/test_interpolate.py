@@ -184,6 +184,7 @@ def test_path_choice_and_fallback(tiny_model_dir, adapters):
     assert choose_path("lora", None, False) == ("native", None)
     path, note = choose_path("ia3", None, False)
     assert path == "dense" and "no native path" in note
+    assert choose_path("full", None, True) == ("dense", None)  # a full fine-tune: the dense path is its path
     with pytest.raises(UnsupportedMethod):
         open_path_model(str(tiny_model_dir), str(adapters["ia3"]), path="native", device="cpu")
 

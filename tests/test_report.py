@@ -316,3 +316,27 @@ def test_manifest_params_and_curve_endpoints(tmp_path):
     (runs / "lora" / "curve.parquet").unlink()
     c = build_report([str(runs)]).curves["lora"]
     assert c["alpha"].tolist() == [0.0, 0.5, 1.0] and c["general"].tolist()[1] == 46.0 and c["target"].tolist()[1] == 30.0
+
+
+def test_a_model_evaluated_without_adapter_belongs_to_its_directory(tmp_path):
+    """eval labels a model run without --adapter "base"; in RUNS/full/ that model is the full fine-tune,
+    while the same kind of file given on its own (no NAME=, no method directory) is the base."""
+    from report_synth import eval_summaries
+
+    from peftarena_cli.artifacts.tables import Provenance, write_table
+
+    runs = tmp_path / "runs"
+    for name, (t, g) in {"base": (10.0, 50.0), "full": (40.0, 30.0)}.items():
+        (runs / name).mkdir(parents=True)
+        ts, gs = eval_summaries(t, g)
+        write_table(ts.assign(model="base"), runs / name / "eval_target_summary.parquet", Provenance(command="eval-target"))
+        write_table(gs.assign(model="base"), runs / name / "eval_general_summary.parquet", Provenance(command="eval-general"))
+    lb = build_leaderboard(collect_results([str(runs)])).set_index("method")
+    assert lb.loc["full", "target"] == 40.0 and lb.loc["base", "target"] == 10.0
+    assert lb.loc["full", "forgetting"] == pytest.approx(20.0)
+    import shutil
+
+    (tmp_path / "results").mkdir()
+    shutil.copy(runs / "base" / "eval_target_summary.parquet", tmp_path / "results" / "base_eval.parquet")
+    lone = collect_results([str(tmp_path / "results" / "base_eval.parquet"), f"full={runs / 'full'}"])
+    assert set(lone) == {"base", "full"}

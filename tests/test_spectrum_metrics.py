@@ -13,13 +13,12 @@ from test_weights_methods import CASES, base_weights, peft_merged
 
 
 def dense_reference(w0: torch.Tensor, w1: torch.Tensor) -> dict:
-    """The textbook computation: dense SVDs of W0, ΔW and W1, profiles by dense float64 products.
+    """The textbook computation: dense float64 SVDs of W0, ΔW and W1, profiles by dense float64 products.
 
-    W0's singular vectors come from the float32 SVD (as the tool documents): for near-degenerate
-    singular pairs the per-index vectors are only defined up to a rotation inside the pair, so a
-    float64 SVD would pick a different (equally valid) basis there.
+    The tool decomposes W0 in float64 too (through its Gram matrix), so the per-index singular
+    vectors agree even for the closest singular pairs of these random matrices.
     """
-    u, s, vh = (t.double() for t in torch.linalg.svd(w0.float(), full_matrices=False))
+    u, s, vh = torch.linalg.svd(w0.double(), full_matrices=False)
     w0, w1 = w0.double(), w1.double()
     d = w1 - w0
     p = torch.diag(u.T @ w1 @ vh.T)
@@ -122,3 +121,49 @@ def test_base_read_once_per_module_and_lowrank_never_dense(tiny_model_dir, tiny_
     res = compute_spectrum(str(tiny_model_dir), str(tiny_lora_dir), cache=BaseSvdCache(tmp_path / "svd"))
     assert len(res.summary) == 14
     assert sorted(reads) == sorted(m + ".weight" for m in res.summary.module)
+
+
+@pytest.mark.parametrize("shape", [(48, 20), (20, 48), (32, 32)])
+def test_thin_svd_matches_float64_svd(shape):
+    from peftarena_cli.geometry.base_svd import thin_svd
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(*shape, generator=g)
+    u, s, vh = thin_svd(w)
+    k = min(shape)
+    assert u.shape == (shape[0], k) and s.shape == (k,) and vh.shape == (k, shape[1]) and u.dtype == torch.float32
+    s64 = torch.linalg.svdvals(w.double())
+    assert torch.allclose(s.double(), s64, rtol=1e-6)
+    assert torch.allclose((u.double() * s.double()) @ vh.double(), w.double(), atol=1e-5)
+    assert torch.allclose(u.T @ u, torch.eye(k), atol=1e-5) and torch.allclose(vh @ vh.T, torch.eye(k), atol=1e-5)
+    assert bool((s[:-1] >= s[1:]).all())
+
+
+def test_thin_svd_of_a_rank_deficient_matrix_falls_back_to_the_svd():
+    from peftarena_cli.geometry.base_svd import thin_svd
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(30, 3, generator=g) @ torch.randn(3, 20, generator=g)  # rank 3: 17 zero singular values
+    u, s, vh = thin_svd(w)
+    assert torch.allclose((u * s) @ vh, w, atol=1e-5)
+    assert torch.allclose(u.T @ u, torch.eye(20), atol=1e-5)
+    assert float(s[3]) < 1e-5 * float(s[0])
+
+
+def test_parallel_workers_give_the_same_tables_in_order(tiny_model_dir, tiny_lora_dir, tmp_path):
+    from peftarena_cli.geometry.base_svd import BaseSvdCache
+    from peftarena_cli.geometry.spectrum import compute_spectrum
+
+    threads = torch.get_num_threads()
+    one = compute_spectrum(str(tiny_model_dir), str(tiny_lora_dir), cache=BaseSvdCache(enabled=False), workers=1)
+    calls = []
+    three = compute_spectrum(str(tiny_model_dir), str(tiny_lora_dir), cache=BaseSvdCache(tmp_path / "svd"), workers=3,
+                             callback=lambda i, n, name: calls.append((i, name)))
+    assert list(three.summary.module) == list(one.summary.module)
+    assert [c[0] for c in calls] == list(range(1, len(one.summary) + 1))
+    assert [c[1] for c in calls] == list(one.summary.module)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(three.index, one.index)
+    pd.testing.assert_frame_equal(three.summary, one.summary)
+    assert torch.get_num_threads() == threads  # the workers' single-threading is undone

@@ -180,6 +180,38 @@ def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
     return ModuleSpectrum(index=index, summary=summary)
 
 
+def spectrum_workers(device: str, total: int, workers: int | None = None) -> int:
+    """How many modules to work on at once: 1 on an accelerator, else ``workers`` or torch's threads."""
+    if not str(device).startswith("cpu"):
+        return 1
+    n = torch.get_num_threads() if workers is None else workers
+    return max(1, min(n, total))
+
+
+def _in_parallel(items, work, take, n_workers: int) -> None:
+    """``take(*work(item))`` for every item, in order, ``n_workers`` single-threaded workers at once."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="spectrum") as ex:
+            pending: deque = deque()
+            try:
+                for item in items:
+                    pending.append(ex.submit(work, item))
+                    while len(pending) >= 2 * n_workers:
+                        take(*pending.popleft().result())
+                while pending:
+                    take(*pending.popleft().result())
+            finally:
+                for f in pending:
+                    f.cancel()
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class SpectrumResult:
     index: object  # pandas DataFrame, INDEX_COLUMNS
@@ -196,11 +228,16 @@ def compute_spectrum(
     cache=None,
     sva: bool | None = None,
     callback: Callable[[int, int, str], None] | None = None,
+    workers: int | None = None,
 ) -> SpectrumResult:
-    """Spectrum tables of a fine-tune against its base, one module at a time.
+    """Spectrum tables of a fine-tune against its base, module by module.
 
     ``cache`` is a :class:`BaseSvdCache` (default: the on-disk cache under ``$PEFTARENA_HOME``);
-    pass ``BaseSvdCache(enabled=False)`` to skip it.
+    pass ``BaseSvdCache(enabled=False)`` to skip it. On the CPU, ``workers`` modules (default: as
+    many as torch has intra-op threads) are worked on at once, each single-threaded: the per-module
+    decompositions are too small for LAPACK to use several cores well. Modules are read and checked
+    in order in the calling thread and at most 2 × workers are in flight, so memory stays bounded;
+    the output is in module order whatever the number of workers.
     """
     import numpy as np
     import pandas as pd
@@ -222,9 +259,12 @@ def compute_spectrum(
     total = len(select_modules(ft.module_names(), kinds, layers)) if ft.module_names() else 0
     idx_parts: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
     rows = []
-    for i, md in enumerate(iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device, svd=svd_fn)):
+
+    def work(md):
         u, s, vh = svd_fn(md.name, md.w0)
-        ms = module_spectrum(md, u, s, vh, sva=sva)
+        return md, module_spectrum(md, u, s, vh, sva=sva)
+
+    def take(md, ms):
         k = len(ms.index["index"])
         idx_parts["module"].append(np.full(k, md.name, dtype=object))
         idx_parts["layer"].append(np.full(k, md.layer, dtype=np.int32))
@@ -233,7 +273,15 @@ def compute_spectrum(
             idx_parts[c].append(ms.index[c].numpy())
         rows.append(ms.summary)
         if callback is not None:
-            callback(i + 1, total, md.name)
+            callback(len(rows), total, md.name)
+
+    deltas = iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device, svd=svd_fn)
+    n_workers = spectrum_workers(device, total, workers)
+    if n_workers <= 1:
+        for md in deltas:
+            take(*work(md))
+    else:
+        _in_parallel(deltas, work, take, n_workers)
     index = pd.DataFrame({c: np.concatenate(v) for c, v in idx_parts.items()})
     index["index"] = index["index"].astype(np.int32)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

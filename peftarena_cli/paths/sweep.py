@@ -48,6 +48,8 @@ def choose_path(method: str, requested: str | None, is_full: bool) -> tuple[str,
     if requested is None:
         if has_native:
             return "native", None
+        if is_full:  # for a full fine-tune W0 + αΔW is the path: nothing to warn about
+            return "dense", None
         return "dense", f"{method} has no native path: using the dense path W0 + αΔW"
     return requested, None
 

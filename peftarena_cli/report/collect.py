@@ -115,7 +115,9 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
 
     Methods keep the order in which they were found, with ``base_name`` first when present.
     """
-    groups: list[tuple[str, Path, list[Path]]] = []  # (method, directory, files)
+    # (method, directory, files, owned): owned = the method name comes from NAME= or a directory, so a
+    # model evaluated on its own there (a full fine-tune: no adapter, eval labels it "base") is that method
+    groups: list[tuple[str, Path, list[Path], bool]] = []
     for spec in specs:
         name = None
         raw = str(spec)
@@ -130,9 +132,9 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
             if p.suffix != ".parquet":
                 raise InvalidArtifact(f"{raw!r} is not a Parquet result table",
                                       hint="pass result .parquet files or directories that hold them")
-            groups.append((name or p.resolve().parent.name, p.parent, [p]))
+            groups.append((name or p.resolve().parent.name, p.parent, [p], name is not None))
         elif name is not None or _dir_has_results(p):
-            groups.append((name or p.resolve().name, p, _parquet_files(p)))
+            groups.append((name or p.resolve().name, p, _parquet_files(p), True))
         else:
             subs = [s for s in sorted(p.iterdir()) if s.is_dir() and not s.name.startswith(".") and _dir_has_results(s)]
             if not subs:
@@ -141,17 +143,17 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
                     hint="pass RUNS/ with one sub-directory per method, or NAME=PATH",
                 )
             for s in subs:
-                groups.append((s.name, s, _parquet_files(s)))
+                groups.append((s.name, s, _parquet_files(s), True))
 
     methods: dict[str, MethodResults] = {}
-    for name, d, files in groups:
+    for name, d, files, owned in groups:
         m = methods.setdefault(name, MethodResults(name=name, directory=d))
         for f in files:
             kind, df, prov = _classify(f)
             if kind is None:
                 continue
             if kind == "eval_summary" and "model" in df.columns:
-                for label, part in split_by_model(df, name, base_name).items():
+                for label, part in split_by_model(df, name, base_name, owned=owned).items():
                     target = m if label == name else methods.setdefault(label, MethodResults(name=label))
                     target.add(kind, part, f, prov)
                 continue
@@ -182,15 +184,19 @@ def method_from_label(label: str) -> str:
     return str(label)
 
 
-def split_by_model(df, group_name: str, base_name: str = "base") -> dict:
+def split_by_model(df, group_name: str, base_name: str = "base", owned: bool = False) -> dict:
     """Split an eval summary with a ``model`` column (eval's ``--adapter A --adapter B --include-base``)
     into methods: ``base`` rows go to the base; a single adapter belongs to the file's own method;
-    several adapters are named by :func:`method_from_label`."""
+    several adapters are named by :func:`method_from_label`. A file that holds only ``base`` rows
+    (a model evaluated without adapters, e.g. a full fine-tune) belongs to its own method when
+    ``owned`` (its name came from NAME= or its directory), else to the base."""
     labels = [lab for lab in df["model"].astype(str).unique()]
     adapters = [lab for lab in labels if lab != "base"]
     out = {}
     for lab in labels:
-        if lab == "base":
+        if lab == "base" and owned and not adapters:
+            name = group_name
+        elif lab == "base":
             name = base_name
         elif len(adapters) == 1:
             name = group_name
