@@ -144,8 +144,8 @@ def test_bad_inputs(capsys, tiny_model_dir, tiny_lora_dir, two_files, tmp_path):
     save_adapter(ad, tmp_path / "nan.st")
     err = _bad(capsys, tmp_path, tiny_model_dir, tmp_path / "nan.st")
     assert "model.layers.1.mlp.up_proj" in err and "NaN" in err
-    # empty selection is a usage error (exit 2) that lists what there is
-    err = _bad(capsys, tmp_path, *two_files, "--layers", "7", code=2)
+    # an empty selection: exit 1 (as for any input that does not fit), and the hint lists what there is
+    err = _bad(capsys, tmp_path, *two_files, "--layers", "7", code=1)
     assert "selection is empty" in err
     # a base that is not a model / a missing file
     _bad(capsys, tmp_path, tmp_path / "nope.st", tiny_lora_dir)

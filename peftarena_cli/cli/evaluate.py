@@ -16,7 +16,7 @@ AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
 LimitOpt = typer.Option(None, "--limit", help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
 BatchOpt = typer.Option(None, "--batch-size", help="Generation batch size (default 64 on CPU, 128 on CUDA).")
-BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine; the only backend so far). vllm is not available yet and is refused with a clear error.")
+BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
 MaxNewOpt = typer.Option(None, "--max-new-tokens", help="Override the per-task generation length (arith 96, gsm8k 256, IFEval 1280, BBH 256, ...).")
 SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
@@ -31,18 +31,15 @@ def _summary_path(output: Optional[Path], summary: Optional[Path]) -> Optional[P
 
 
 def _check_backend(backend: str) -> None:
-    from peftarena_cli.errors import MissingDependency, UnsupportedMethod, UsageError
+    from peftarena_cli.errors import UsageError
 
     if backend == "hf":
         return
     if backend != "vllm":
         raise UsageError(f"unknown backend {backend!r}", hint="use hf or vllm")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        raise MissingDependency("the vllm backend needs the vllm package, which is not installed",
-                                hint="pip install 'peftarena[vllm]' on a CUDA machine, or use --backend hf") from None
-    raise UnsupportedMethod("the vllm backend is not implemented in this version", hint="use --backend hf")
+    from peftarena_cli.evaluation.vllm_backend import import_vllm
+
+    import_vllm()  # a clear error before anything is loaded when it is not installed
 
 
 def _peak_rss_mib() -> float:
@@ -51,21 +48,43 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str):
+def _load_for_backend(base, dtype, device, backend, seed):
+    """(model, tokenizer, ref): the HF model, or a vLLM engine standing in for it."""
+    from peftarena_cli.artifacts.loading import load_model
+
+    if backend != "vllm":
+        return load_model(base, dtype=dtype, device=device)
+    from peftarena_cli.artifacts.loading import _config_dir, load_tokenizer
+    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.evaluation.vllm_backend import VllmModel
+
+    ref = resolve_model(base)
+    return VllmModel(_config_dir(ref), dtype="auto" if dtype in (None, "auto") else dtype, seed=seed), load_tokenizer(ref), ref
+
+
+def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str, backend: str = "hf", seed: int = 0):
     """Load the base once; evaluate it and/or each adapter in turn. Yields (model label, per_sample, summary, stats, prov inputs)."""
     import time
 
-    from peftarena_cli.artifacts.loading import attach_adapter, load_model
+    from peftarena_cli.artifacts.loading import attach_adapter
     from peftarena_cli.cli.common import Progress, info
 
     t = time.perf_counter()
-    model, tok, ref = load_model(base, dtype=dtype, device=device)
-    info(f"loaded {base} in {time.perf_counter() - t:.1f} s")
+    model, tok, ref = _load_for_backend(base, dtype, device, backend, seed)
+    info(f"loaded {base} in {time.perf_counter() - t:.1f} s" + (" (vllm)" if backend == "vllm" else ""))
     inputs = {"base": (base, ref.identity())}
     runs = (["base"] if include_base or not adapters else []) + list(adapters or [])
     wrapped = None
     for i, label in enumerate(runs):
-        if label == "base":
+        if backend == "vllm":
+            from peftarena_cli.artifacts.adapters import load_adapter
+
+            ad = None if label == "base" else load_adapter(label)
+            if ad is not None:
+                inputs[f"adapter{i}"] = (label, ad.identity())
+            model.use_adapter(ad, name=f"a{i}")
+            m = model
+        elif label == "base":
             m = model
         else:
             from peftarena_cli.artifacts.adapters import load_adapter
@@ -205,7 +224,7 @@ def eval_target_cmd(
                                max_new_tokens=max_new_tokens)
 
     frames, summaries, inputs = [], [], {}
-    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target"):
+    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target", backend, seed):
         ps.insert(0, "model", label)
         summ.insert(0, "model", label)
         frames.append(ps)
@@ -287,7 +306,7 @@ def eval_general_cmd(
                                 max_new_tokens=max_new_tokens)
 
     frames, summaries, inputs = [], [], {}
-    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general"):
+    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general", backend, seed):
         ps.insert(0, "model", label)
         summ.insert(0, "model", label)
         frames.append(ps)

@@ -169,7 +169,7 @@ def select_modules(names: list[str], kinds: list[str] | None, layers: list[int] 
         have_kinds = sorted({module_kind(n) for n in names})
         have_layers = sorted({module_layer(n) for n in names})
         span = f"{have_layers[0]}..{have_layers[-1]}" if have_layers else "none"
-        raise UsageError(
+        raise IncompatibleInputs(
             f"the selection is empty: no changed module matches kinds={kinds or 'all'} layers={layers or 'all'}",
             hint=f"this fine-tune changes {len(names)} modules: kinds {', '.join(have_kinds) or 'none'}; layers {span}",
         )
