@@ -151,3 +151,22 @@ def test_nuclear_norm_fast_path_on_rank_deficient_matrix():
     d = PCA_FLOAT64_MAX_DIM + 200
     C = torch.randn(d, 30, generator=g, dtype=torch.float64) @ torch.randn(30, d, generator=g, dtype=torch.float64)
     assert nuclear_norm(C) == pytest.approx(float(torch.linalg.svdvals(C).sum()), rel=1e-10)
+
+
+def test_module_rows_in_parallel_equal_one_at_a_time():
+    from peftarena_cli.activations.geometry import module_rows
+
+    mods = {}
+    for i, d in enumerate((80, 300, 40, 300, 80)):  # 300 > 256: the float32 eigh path too
+        X0, X1 = pair(n=400, d=d, seed=i)
+        mods[f"model.layers.{i}.mlp.down_proj"] = streamed(X0, X1)
+    threads = torch.get_num_threads()
+    one = module_rows("s", mods, workers=1)
+    many = module_rows("s", mods, workers=3)
+    assert [r["module"] for r in many] == list(mods)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(pd.DataFrame(many), pd.DataFrame(one))  # bit-identical, NaNs included
+    assert one[1] == {"prompt_set": "s", "module": "model.layers.1.mlp.down_proj", "layer": 1, "kind": "down_proj",
+                      **geometry_from_sums(mods["model.layers.1.mlp.down_proj"])}
+    assert torch.get_num_threads() == threads

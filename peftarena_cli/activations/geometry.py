@@ -192,6 +192,39 @@ def _geometry(ps: PairSums, ks) -> dict:
     return out
 
 
+def module_rows(set_name: str, mods: dict, sample=None, workers: int | None = None) -> list[dict]:
+    """One act-geom row per module of one prompt set (``{module: PairSums}``), in the given order.
+
+    The per-module decompositions are small, so LAPACK gains little from several threads on one of
+    them: ``workers`` modules (default: torch's intra-op thread count) are worked on at once, each
+    single-threaded. ``sample`` (a GramSample) adds the study-style sampled Gram distortion.
+    """
+    import torch
+
+    from peftarena_cli.activations.capture import module_kind, module_layer
+
+    def one(item):
+        mname, ps = item
+        row = {"prompt_set": set_name, "module": mname, "layer": module_layer(mname), "kind": module_kind(mname)}
+        row.update(_geometry(ps, PCA_KS))
+        if sample is not None:
+            s0, s1 = sample.matrices(mname)
+            row["gram_distortion_sampled"] = gram_distortion_dense(s0, s1)
+            row["gram_sample_tokens"] = int(s0.shape[0])
+        return row
+
+    items = list(mods.items())
+    n = torch.get_num_threads() if workers is None else workers
+    n = max(1, min(n, len(items)))
+    with small_linalg_threads():
+        if n == 1:
+            return [one(it) for it in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n, thread_name_prefix="act-geom") as ex:
+            return list(ex.map(one, items))
+
+
 def row_normalise(X, eps: float = EPS):
     return X / X.norm(dim=1, keepdim=True).clamp_min(eps)
 

@@ -77,6 +77,7 @@ def act_geom_cmd(
 
     extra: dict = {"shard": shard, "accum_dtype": accum_dtype, "gram_sample": gram_sample}
     samples: dict = {}
+    done_rows: list = []  # metric rows of prompt sets whose sums were already released
     inputs: dict = {}
     dev = None
     if sums:
@@ -131,6 +132,8 @@ def act_geom_cmd(
         pm = attach_adapter(model, ad) if ad is not None else model
         inputs = {"base": (base, weights_fingerprint(ref)),
                   "adapter": (adapter, ad.identity() if ad is not None else weights_fingerprint(ref1))}
+        from peftarena_cli.activations.geometry import module_rows
+
         acc = torch.float64 if accum_dtype == "float64" else torch.float32
         sets = {}
         t0 = time.perf_counter()
@@ -141,9 +144,15 @@ def act_geom_cmd(
                 s, sample = collect_pair_sums(pm, tok, plist, names, batch_size=batch_size, max_length=max_length,
                                               accum_dtype=acc, gram_sample=gram_sample, seed=seed,
                                               callback=bar.callback, tokenized=tokd, model1=model1)
-            sets[label] = s
-            if sample is not None:
-                samples[label] = sample
+            if save_sums is None and not parsed_shard:
+                # metrics now, then the sums go: peak memory is one prompt set's sums, not all of them
+                done_rows.extend(module_rows(label, s, sample))
+                sets[label] = None
+                del s, sample
+            else:
+                sets[label] = s
+                if sample is not None:
+                    samples[label] = sample
             total += tokd.n_tokens
             extra[f"set:{label}"] = {"source": ps.source, "n_prompts": len(plist), "n_tokens": tokd.n_tokens,
                                      "n_truncated": tokd.n_truncated}
@@ -159,7 +168,7 @@ def act_geom_cmd(
     if save_sums is not None and sums:
         write_sums(save_sums, sets, {"merged_from": [str(s) for s in sums]})
         info(f"wrote merged sums to {save_sums}")
-    df = metrics_table(sets, samples)
+    df = metrics_table({k: v for k, v in sets.items() if v is not None}, samples, done_rows)
     with provenance_for("act-geom", seed=seed, dtype=dtype, device=dev) as prov:
         for role, (spec, ident) in inputs.items():
             prov.add_input(role, spec, ident)
@@ -185,24 +194,15 @@ def _check_same_architecture(m0, m1, base: str, finetuned: str) -> None:
                                          hint="pass the fine-tune of this base (an adapter or a full model)")
 
 
-def metrics_table(sets: dict, samples: dict | None = None):
-    """The act-geom table: one row per (prompt set, module)."""
+def metrics_table(sets: dict, samples: dict | None = None, rows: list | None = None):
+    """The act-geom table: one row per (prompt set, module); ``rows`` = rows already computed."""
     import pandas as pd
 
-    from peftarena_cli.activations.capture import module_kind, module_layer
-    from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
+    from peftarena_cli.activations.geometry import module_rows
 
-    rows = []
+    rows = list(rows or [])
     for sname, mods in sets.items():
-        for mname, ps in mods.items():
-            row = {"prompt_set": sname, "module": mname, "layer": module_layer(mname), "kind": module_kind(mname)}
-            row.update(geometry_from_sums(ps))
-            sample = (samples or {}).get(sname)
-            if sample is not None:
-                s0, s1 = sample.matrices(mname)
-                row["gram_distortion_sampled"] = gram_distortion_dense(s0, s1)
-                row["gram_sample_tokens"] = int(s0.shape[0])
-            rows.append(row)
+        rows.extend(module_rows(sname, mods, (samples or {}).get(sname)))
     return pd.DataFrame(rows)
 
 
