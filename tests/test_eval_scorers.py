@@ -226,3 +226,69 @@ def test_ifeval_nth_paragraph_edge_cases():
     assert ifeval.check_instruction("length_constraints:nth_paragraph_first_word", "Intro.\n\n\"Don't stop.\"", kw)
     # an empty paragraph in second position: the 2nd split part is empty -> fails
     assert not ifeval.check_instruction("length_constraints:nth_paragraph_first_word", "Intro.\n\n\n\nDon't.", kw)
+
+
+# ------------------------------------------------------------------ medical MCQ files in the hub formats
+MEDMCQA_HUB = [  # openlifescienceai/medmcqa: cop is a ClassLabel 0..3
+    {"id": "q1", "question": "Which vitamin deficiency causes scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D",
+     "cop": 2, "choice_type": "single", "exp": "", "subject_name": "Biochemistry", "topic_name": ""},
+    {"id": "q2", "question": "Largest organ?", "opa": "Skin", "opb": "Liver", "opc": "Lung", "opd": "Brain", "cop": 0,
+     "choice_type": "single", "exp": None, "subject_name": "Anatomy", "topic_name": None},
+    {"id": "q3", "question": "Normal adult heart rate?", "opa": "20", "opb": "40", "opc": "200", "opd": "60-100", "cop": 3,
+     "choice_type": "single", "exp": "", "subject_name": "Physiology", "topic_name": ""},
+]
+
+
+def _jsonl(path, recs):
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return path
+
+
+def test_medmcqa_hub_and_original_numbering(tmp_path):
+    from peftarena_cli.errors import DataError
+    from peftarena_cli.tasks.target_tasks import load_target_task
+
+    t = load_target_task(f"medmcqa={_jsonl(tmp_path / 'hub.jsonl', MEDMCQA_HUB)}")
+    assert [it.reference for it in t.items] == ["C", "A", "D"] and t.items[0].id == "medmcqa-q1"
+    assert "(C) C" in t.items[0].prompt and "(D) D" in t.items[0].prompt
+    # the original release numbers the options 1..4
+    orig = [dict(r, cop=r["cop"] + 1) for r in MEDMCQA_HUB]
+    t1 = load_target_task(f"medmcqa={_jsonl(tmp_path / 'orig.jsonl', orig)}")
+    assert [it.reference for it in t1.items] == ["C", "A", "D"]
+    # the unlabelled test split (cop = -1) is refused, not scored as wrong
+    with pytest.raises(DataError, match="no answer"):
+        load_target_task(f"medmcqa={_jsonl(tmp_path / 'test.jsonl', [dict(r, cop=-1) for r in MEDMCQA_HUB])}")
+    with pytest.raises(DataError, match="cop"):
+        load_target_task(f"medmcqa={_jsonl(tmp_path / 'bad.jsonl', [dict(MEDMCQA_HUB[0], cop=7)])}")
+    # the format is recognised from the fields alone
+    assert load_target_task(str(tmp_path / "hub.jsonl")).name == "medmcqa"
+
+
+def test_medqa_formats_and_scoring(tmp_path):
+    from peftarena_cli.evaluation.api import score_responses
+    from peftarena_cli.tasks.target_tasks import load_target_task
+
+    gbaker = [  # GBaker/MedQA-USMLE-4-options: options as a dict, answer_idx a letter
+        {"question": "A 23-year-old ... most likely diagnosis?", "answer": "Asthma",
+         "options": {"A": "COPD", "B": "Asthma", "C": "Pneumonia", "D": "Sarcoidosis"}, "meta_info": "step1", "answer_idx": "B"},
+        {"question": "Drug of choice?", "answer": "Penicillin",
+         "options": {"A": "Penicillin", "B": "Vancomycin", "C": "Linezolid", "D": "Daptomycin"}, "meta_info": "step2&3", "answer_idx": "A"},
+    ]
+    bigbio = [  # bigbio/med_qa (source schema): options as a list of {key, value}
+        {"question": "Next best step?", "answer": "CT scan",
+         "options": [{"key": "A", "value": "MRI"}, {"key": "B", "value": "X-ray"}, {"key": "C", "value": "CT scan"},
+                     {"key": "D", "value": "Biopsy"}, {"key": "E", "value": "Observation"}], "meta_info": "step1", "answer_idx": "C"},
+    ]
+    g = load_target_task(f"medqa={_jsonl(tmp_path / 'g.jsonl', gbaker)}")
+    assert [it.reference for it in g.items] == ["B", "A"] and "(B) Asthma" in g.items[0].prompt
+    b = load_target_task(f"medqa={_jsonl(tmp_path / 'b.jsonl', bigbio)}")
+    assert b.items[0].reference == "C" and "(E) Observation" in b.items[0].prompt
+    no_idx = [{k: v for k, v in r.items() if k != "answer_idx"} for r in gbaker]
+    assert [it.reference for it in load_target_task(f"medqa={_jsonl(tmp_path / 'n.jsonl', no_idx)}").items] == ["B", "A"]
+    # hand-scored responses: strict needs the instructed answer form, flexible takes a bare letter too
+    recs = [{"id": g.items[0].id, "response": "The answer is (B)."},
+            {"id": g.items[1].id, "response": "I think it is C, Linezolid."}]
+    per, summ = score_responses(g, recs, kind="target")
+    assert per["correct"].tolist() == [True, False]
+    acc = summ.set_index("metric")["value"]
+    assert acc["accuracy"] == 50.0

@@ -65,10 +65,18 @@ def _mc_items(name, recs, path) -> list[Item]:
     items = []
     if name == "medmcqa":
         require_fields(recs, ["question", "opa", "opb", "opc", "opd", "cop"], "medmcqa data", path)
-        for i, r in enumerate(recs):
+        cops = [int(r["cop"]) for r in recs]
+        if any(c < 0 for c in cops):
+            raise DataError(f"medmcqa data in {path}: {sum(c < 0 for c in cops)} records have no answer (cop = -1, "
+                            "the unlabelled test split)", hint="use the validation split, which has answers")
+        # the hub dataset numbers the correct option 0..3 (a ClassLabel); the original release 1..4
+        one_based = 4 in cops and 0 not in cops
+        if any(c > (4 if one_based else 3) for c in cops):
+            raise DataError(f"medmcqa data in {path}: cop outside 0..3 / 1..4", hint="cop is the correct option's number")
+        for i, (r, cop) in enumerate(zip(recs, cops)):
             opts = [r["opa"], r["opb"], r["opc"], r["opd"]]
-            cop = int(r["cop"])
-            items.append(Item(f"medmcqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), L[cop], {"options": opts}))
+            items.append(Item(f"medmcqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), L[cop - one_based],
+                              {"options": opts}))
     elif name == "medqa":
         require_fields(recs, ["question", "options", ("answer_idx", "answer")], "medqa data", path)
         for i, r in enumerate(recs):
