@@ -13,8 +13,8 @@ from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 
 
 def act_geom_cmd(
-    base: Optional[str] = typer.Argument(None, help="Base model: HF directory or alias (smollm2-135m). Optional with --sums."),
-    adapter: Optional[str] = typer.Argument(None, help="PEFT adapter (directory or .safetensors) or full fine-tuned model. Optional with --sums."),
+    base: Optional[str] = typer.Argument(None, metavar="BASE", help="Base model: HF directory or alias (smollm2-135m). Optional with --sums."),
+    adapter: Optional[str] = typer.Argument(None, metavar="ADAPTER", help="PEFT adapter (directory or .safetensors) or full fine-tuned model. Optional with --sums."),
     prompts: Optional[List[str]] = typer.Option(None, "--prompts", "-p", help="Prompt set (repeatable): a file (.txt/.jsonl/.json/.parquet) or a built-in name (arith, general, ifeval, bbh, facts; NAME:N)."),
     sums: Optional[List[Path]] = typer.Option(None, "--sums", help="Merge saved sums files (shards) and compute the metrics; no forward pass."),
     save_sums: Optional[Path] = typer.Option(None, "--save-sums", help="Write the streamed sums here (safetensors; needed with --shard)."),

@@ -13,8 +13,8 @@ from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 
 
 def csd_cmd(
-    base: str = typer.Argument(..., help="Base model: HF directory, .safetensors file or alias (smollm2-135m)."),
-    adapter: Optional[str] = typer.Argument(None, help="PEFT adapter (directory or .safetensors) or full fine-tuned model. "
+    base: str = typer.Argument(..., metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m)."),
+    adapter: Optional[str] = typer.Argument(None, metavar="ADAPTER", help="PEFT adapter (directory or .safetensors) or full fine-tuned model. "
                                                       "Omit it to only collect statistics (--save-stats)."),
     general: Optional[str] = typer.Option(None, "--general", "-g", help="General prompt set: a file (.txt/.jsonl/.json/.parquet) or a built-in name (arith, general, ifeval, bbh, facts; NAME:N)."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target prompt set (same forms as --general)."),

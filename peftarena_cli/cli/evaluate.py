@@ -11,7 +11,7 @@ import typer
 
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 
-BaseArg = typer.Argument(None, help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
+BaseArg = typer.Argument(None, metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory or .safetensors); repeat it to evaluate several on one loaded base.")
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
 LimitOpt = typer.Option(None, "--limit", help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")

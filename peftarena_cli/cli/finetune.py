@@ -28,7 +28,7 @@ Example:
 
 
 def finetune_cmd(
-    base: str = typer.Argument(..., help="Base model: HF dir, .safetensors with config, alias (smollm2-135m) or hub id."),
+    base: str = typer.Argument(..., metavar="BASE", help="Base model: HF dir, .safetensors with config, alias (smollm2-135m) or hub id."),
     output: Path = typer.Option(..., "--output", "-o", help="Run directory to create (refused if it holds another run)."),
     method: str = typer.Option("lora", "--method", "-m", help=f"One of: {METHOD_NAMES}."),
     regime: str = typer.Option("sft", "--regime", help="sft (completion-only loss) or rlvr (GRPO, verifiable reward)."),

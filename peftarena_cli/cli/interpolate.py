@@ -31,7 +31,7 @@ def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: O
 
 
 def interpolate_cmd(
-    base: str = typer.Argument(..., help="Base model: alias (smollm2-135m), HF directory or .safetensors."),
+    base: str = typer.Argument(..., metavar="BASE", help="Base model: alias (smollm2-135m), HF directory or .safetensors."),
     finetuned: str = typer.Argument(..., metavar="ADAPTER", help="PEFT adapter (directory or single .safetensors) or a full fine-tuned model."),
     alphas: str = typer.Option("0:1:0.1", "--alphas", help="Path positions: start:stop:step (stop included) or a comma list."),
     path: Optional[str] = typer.Option(None, "--path", help="dense (W0 + αΔW, any method) or native (the method's own structure). Default: native when the method has one, else dense with a warning."),

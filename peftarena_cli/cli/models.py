@@ -27,7 +27,7 @@ def list_cmd() -> None:
 
 @app.command("pull")
 def pull_cmd(
-    name: str = typer.Argument(..., help="Model alias, e.g. smollm2-135m."),
+    name: str = typer.Argument(..., metavar="NAME", help="Model alias, e.g. smollm2-135m."),
     force: bool = typer.Option(False, "--force", help="Convert again even if cached."),
 ) -> None:
     """Convert an alias's model once into the cache (a safetensors model directory).
@@ -50,7 +50,7 @@ def pull_cmd(
 
 
 @app.command("path")
-def path_cmd(name: str = typer.Argument(..., help="Model alias.")) -> None:
+def path_cmd(name: str = typer.Argument(..., metavar="NAME", help="Model alias.")) -> None:
     """Print the cached directory of an alias (converting it first if needed).
 
     Example: peftarena spectrum "$(peftarena models path smollm2-135m)" adapter.st

@@ -40,8 +40,8 @@ def parse_layers(values: list[str] | None) -> list[int] | None:
 
 
 def spectrum_cmd(
-    base: str = typer.Argument(..., help="Base model: HF directory, .safetensors/.st file, or alias (smollm2-135m)."),
-    finetuned: str = typer.Argument(..., help="PEFT adapter (directory or single .safetensors with embedded config) "
+    base: str = typer.Argument(..., metavar="BASE", help="Base model: HF directory, .safetensors/.st file, or alias (smollm2-135m)."),
+    finetuned: str = typer.Argument(..., metavar="FINETUNED", help="PEFT adapter (directory or single .safetensors with embedded config) "
                                               "or a full fine-tuned model (directory or .safetensors)."),
     output: OutputOpt = None,
     summary: Optional[Path] = typer.Option(None, "--summary", "-s", help="Also write the per-module summary table here (Parquet)."),
