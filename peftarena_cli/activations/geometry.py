@@ -131,26 +131,6 @@ def pca_distances(C00, C11, ks, n: int) -> dict:
     return out
 
 
-def pca_distance(C00, C11, k: int, n: int):
-    """(‖P0 − P1‖_F / √(2k), min relative eigengap δ_k/λ_k) from two covariances."""
-    import torch
-
-    d = C00.shape[0]
-    if k >= d or k >= n - 1:
-        return float("nan"), float("nan")
-    l0, V0 = _eigh(C00)
-    l1, V1 = _eigh(C11)
-    # eigh is ascending: the top k are the last k columns
-    T0, T1 = V0[:, -k:], V1[:, -k:]
-    overlap = float((T0.T @ T1).pow(2).sum())
-    dist = math.sqrt(max(1.0 - overlap / k, 0.0))
-    gaps = []
-    for lam in (l0, l1):
-        lk, lk1 = float(lam[-k]), float(lam[-k - 1])
-        gaps.append((lk - lk1) / lk if lk > 0 else 0.0)
-    return dist, min(gaps)
-
-
 def geometry_from_sums(ps: PairSums, ks=PCA_KS) -> dict:
     """All act-geom metrics of one module from its streamed sums."""
     with small_linalg_threads():
