@@ -7,6 +7,8 @@ its own:
 
 * ``native``  — peftarena: base loaded once, PEFT adapter attached once, ``set_alpha`` rescales the
   adapter tensors in place (NativePathModel);
+* ``merged``  — the native path as ``interpolate --eval`` runs it: after the rescale, W(α) is written
+  into the base weights with PEFT's own merge (so the evaluation's forwards cost the base model's);
 * ``dense``   — peftarena: base loaded once, ΔW formed once, ``set_alpha`` writes W0 + αΔW;
 * ``reload``  — the straightforward approach: for every α, load the base model from disk, load the
   adapter with PeftModel.from_pretrained, scale it, merge_and_unload.
@@ -70,10 +72,11 @@ def run_one(approach: str, base: str, adapter: str, alphas: list[float], device:
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
     per = []
-    if approach in ("native", "dense"):
+    if approach in ("native", "merged", "dense"):
         from peftarena_cli.paths.sweep import open_path_model
 
-        setup = open_path_model(base, adapter, path=approach, device=dev)
+        setup = open_path_model(base, adapter, path="dense" if approach == "dense" else "native", device=dev,
+                                merge=approach == "merged")
         sync()
         setup_s = time.perf_counter() - t0
         for a in alphas:
@@ -129,7 +132,7 @@ def main() -> None:
         print(f"base {base}; {args.points} α points; timings on shared CPUs are noisy (rerun if off)")
         results = {}
         for method, ad in adapters.items():
-            for approach in ("native", "dense", "reload"):
+            for approach in ("native", "merged", "dense", "reload"):
                 r = subprocess.run([sys.executable, __file__, "--points", str(args.points), "--device", args.device,
                                     "--child", approach, base, ad], capture_output=True, text=True)
                 if r.returncode != 0:
@@ -142,7 +145,7 @@ def main() -> None:
                       + (f"  peak CUDA {res['peak_cuda_mib']:.0f} MiB" if res["peak_cuda_mib"] else ""))
         for method in adapters:
             rl = results[(method, "reload")]["mean_per_alpha_s"]
-            for approach in ("native", "dense"):
+            for approach in ("native", "merged", "dense"):
                 r = results[(method, approach)]["mean_per_alpha_s"]
                 print(f"{method}: reload-per-α / {approach}-in-place per-α overhead = {rl / r:.0f}x")
 
