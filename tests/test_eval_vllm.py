@@ -118,3 +118,13 @@ def test_stop_sequences_cut_the_completion(fake_vllm, tiny_model_dir):
     assert [len(t) for t in g.texts] == [3, 3]  # greedy: one decode, repeated per sample
     assert all(t.endswith("The answer is 3.") for ts in g.texts for t in ts)
     assert g.generated_tokens == 10 and g.extra["backend"] == "vllm"
+
+
+def test_eval_general_through_vllm(fake_vllm, capsys, tmp_path, tiny_model_dir):
+    out = tmp_path / "g.parquet"
+    code, err = cli(capsys, "eval-general", tiny_model_dir, "--backend", "vllm", "--limit", "2", "-o", out)
+    assert code == 0, err
+    assert len(fake_vllm.instances) == 1
+    df, _ = read_table(out)
+    assert set(df.task) == {"ifeval_builtin", "bbh_builtin", "facts"} and len(df) == 6
+    assert df.completion.str.startswith("base ").all()
