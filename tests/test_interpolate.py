@@ -270,7 +270,7 @@ def test_parse_alphas_grids_and_bounds():
             parse_alphas(bad)
 
 
-@pytest.mark.parametrize("method", ("oft", "dora"))
+@pytest.mark.parametrize("method", ("oft", "dora", "lora", "vera", "miss"))
 def test_native_merged_mode_equals_unmerged(tiny_model_dir, adapters, method):
     """merge=True (used when evaluating): PEFT's merge of W(α) from the kept W0 gives the same logits."""
     ids = tokens(3)
@@ -282,3 +282,5 @@ def test_native_merged_mode_equals_unmerged(tiny_model_dir, adapters, method):
         torch.testing.assert_close(logits(merged.model, ids), logits(plain.model, ids), atol=1e-5, rtol=0)
     assert merged._tuners and all(mod.merged for mod, _, _ in merged._tuners)  # forwards use the merged weight
     assert any((w - w0).abs().max() > 1e-6 for _, w, w0 in merged._tuners)
+    # LoRA, VeRA and MiSS move by one fused add W0 + αΔW(1) after the first α (checked linear once)
+    assert (merged._delta1 is not None) == (method in ("lora", "vera", "miss"))

@@ -21,6 +21,16 @@ from dataclasses import dataclass, field
 from peftarena_cli.errors import IncompatibleInputs, NumericalError
 
 
+# native paths that scale one factor by α: the update, and so the merged weight, is linear in α
+LINEAR_NATIVE = ("lora", "vera", "miss")
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
 def _tuner_base_weight(peft_model, module: str):
     sub = peft_model.get_base_model().get_submodule(module)
     base = sub.get_base_layer() if hasattr(sub, "get_base_layer") else sub
@@ -69,6 +79,12 @@ class NativePathModel:
                     base = mod.get_base_layer()
                     if getattr(base, "weight", None) is not None:
                         self._tuners.append((mod, base.weight, base.weight.detach().clone()))
+        # LoRA, VeRA and MiSS scale one factor by α, so the merged weight is W0 + α·ΔW(1): after one
+        # PEFT merge at α = 1 (and a check at α = 1/2 that the path really is linear), done here at
+        # setup, each α is one fused add per weight instead of PEFT's merge of every module
+        self._delta1: list | None = None
+        if merge and self.method in LINEAR_NATIVE and not layer_scales and self._live is not None and self._tuners:
+            self._delta1 = self._linear_deltas()  # part of the setup; leaves the model merged at α = 1
 
     def _map_live_params(self) -> dict | None:
         """saved key -> live tensor (PEFT inserts the adapter name into the key); None if any key is unmapped."""
@@ -111,11 +127,46 @@ class NativePathModel:
                 bad = list(getattr(res, "unexpected_keys", []))
                 if bad:
                     raise IncompatibleInputs(f"adapter tensors did not map into the model: {bad[0]}")
-            for mod, weight, w0 in self._tuners:
-                weight.data.copy_(w0)
-                mod.merged_adapters = []
-                mod.merge(adapter_names=[self.adapter_name])
+            if self._delta1 is not None:
+                for (mod, weight, w0), d in zip(self._tuners, self._delta1):
+                    torch.add(w0, d, alpha=float(alpha), out=weight.data)
+            else:
+                self._peft_merge()
         self.alpha = float(alpha)
+
+    def _peft_merge(self) -> None:
+        for mod, weight, w0 in self._tuners:
+            weight.data.copy_(w0)
+            mod.merged_adapters = []
+            mod.merge(adapter_names=[self.adapter_name])
+
+    def _linear_deltas(self) -> list | None:
+        """ΔW(1) per merged weight, if PEFT's merge at α = 1/2 equals W0 + ΔW(1)/2; else None.
+
+        Leaves the model as it was (at ``self.alpha``)."""
+        import torch
+
+        here = self.alpha
+        try:
+            self._set_tensors(1.0)
+            self._peft_merge()
+            deltas = [weight.detach() - w0 for _, weight, w0 in self._tuners]
+            self._set_tensors(0.5)
+            self._peft_merge()
+            linear = all(torch.allclose(weight, w0 + 0.5 * d, rtol=1e-5, atol=1e-6 * float(w0.abs().max()))
+                         for (_, weight, w0), d in zip(self._tuners, deltas))
+        finally:
+            self._set_tensors(here)
+            self._peft_merge()
+        return deltas if linear else None
+
+    def _set_tensors(self, alpha: float) -> None:
+        """Copy the adapter tensors at ``alpha`` into the live model (no merge)."""
+        self.current = self.tensors_at(alpha)
+        with torch_no_grad():
+            for k, v in self.current.items():
+                self._live[k].data.copy_(v)
+        self._dirty = {k for k, v in self.current.items() if v is not self.tensors[k]}
 
     def orthogonality_error(self) -> float | None:
         """max ‖RᵀR − I‖_F over the OFT blocks at the current α (None for non-OFT methods)."""
