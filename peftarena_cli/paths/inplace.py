@@ -147,17 +147,18 @@ class NativePathModel:
         import torch
 
         here = self.alpha
-        try:
-            self._set_tensors(1.0)
-            self._peft_merge()
-            deltas = [weight.detach() - w0 for _, weight, w0 in self._tuners]
-            self._set_tensors(0.5)
-            self._peft_merge()
-            linear = all(torch.allclose(weight, w0 + 0.5 * d, rtol=1e-5, atol=1e-6 * float(w0.abs().max()))
-                         for (_, weight, w0), d in zip(self._tuners, deltas))
-        finally:
-            self._set_tensors(here)
-            self._peft_merge()
+        with torch.no_grad():
+            try:
+                self._set_tensors(1.0)
+                self._peft_merge()
+                deltas = [weight.detach() - w0 for _, weight, w0 in self._tuners]
+                self._set_tensors(0.5)
+                self._peft_merge()
+                linear = all(torch.allclose(weight, w0 + 0.5 * d, rtol=1e-5, atol=1e-6 * float(w0.abs().max()))
+                             for (_, weight, w0), d in zip(self._tuners, deltas))
+            finally:
+                self._set_tensors(here)
+                self._peft_merge()
         return deltas if linear else None
 
     def _set_tensors(self, alpha: float) -> None:
