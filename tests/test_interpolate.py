@@ -284,3 +284,4 @@ def test_native_merged_mode_equals_unmerged(tiny_model_dir, adapters, method):
     assert any((w - w0).abs().max() > 1e-6 for _, w, w0 in merged._tuners)
     # LoRA, VeRA and MiSS move by one fused add W0 + αΔW(1) after the first α (checked linear once)
     assert (merged._delta1 is not None) == (method in ("lora", "vera", "miss"))
+    assert (merged._oft_keys is not None) == (method == "oft")  # OFT: W0 Rᵀ(α) formed directly

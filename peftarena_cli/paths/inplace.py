@@ -70,21 +70,29 @@ class NativePathModel:
         # rotations on every forward). Used by sweeps that evaluate.
         self.merge = merge
         self._tuners = []
+        self._tuner_names: list[str] = []
         if merge:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
-            for _, mod in peft_model.get_base_model().named_modules():
+            for name, mod in peft_model.get_base_model().named_modules():
                 if isinstance(mod, BaseTunerLayer) and adapter_name in getattr(mod, "merged_adapters", []) + list(
                         getattr(mod, "active_adapters", [])):
                     base = mod.get_base_layer()
                     if getattr(base, "weight", None) is not None:
                         self._tuners.append((mod, base.weight, base.weight.detach().clone()))
+                        self._tuner_names.append(name)
         # LoRA, VeRA and MiSS scale one factor by α, so the merged weight is W0 + α·ΔW(1): after one
         # PEFT merge at α = 1 (and a check at α = 1/2 that the path really is linear), done here at
         # setup, each α is one fused add per weight instead of PEFT's merge of every module
         self._delta1: list | None = None
+        self._oft_keys: list | None = None
         if merge and self.method in LINEAR_NATIVE and not layer_scales and self._live is not None and self._tuners:
             self._delta1 = self._linear_deltas()  # part of the setup; leaves the model merged at α = 1
+        elif merge and self.method == "oft" and self._live is not None and self._tuners:
+            # OFT: W(α) = W0 Rᵀ(α) formed here, all blocks of a module at once (the rotation code
+            # spectrum uses, tested against PEFT's merge), checked once against PEFT's merge at
+            # α = 1/2; PEFT's per-module merge is the fallback
+            self._oft_keys = self._oft_fast_keys()
 
     def _map_live_params(self) -> dict | None:
         """saved key -> live tensor (PEFT inserts the adapter name into the key); None if any key is unmapped."""
@@ -130,6 +138,8 @@ class NativePathModel:
             if self._delta1 is not None:
                 for (mod, weight, w0), d in zip(self._tuners, self._delta1):
                     torch.add(w0, d, alpha=float(alpha), out=weight.data)
+            elif self._oft_keys is not None:
+                self._oft_merge()
             else:
                 self._peft_merge()
         self.alpha = float(alpha)
@@ -160,6 +170,51 @@ class NativePathModel:
                 self._set_tensors(here)
                 self._peft_merge()
         return deltas if linear else None
+
+    def _oft_merge(self) -> None:
+        """W(α) = W0 Rᵀ(α) for every OFT tuner, from the current (α-scaled) generators."""
+        import types
+
+        import torch
+
+        from peftarena_cli.weights.oft import oft_parts
+
+        for (mod, weight, w0), name, key in zip(self._tuners, self._tuner_names, self._oft_keys):
+            ft = types.SimpleNamespace(modules={name: {"oft_R.weight": self.current[key]}}, config=self.config)
+            rot = oft_parts(name, w0, ft, str(w0.device), None)["rot_blocks"].to(w0.dtype)  # (b, n, n)
+            b, n, _ = rot.shape
+            w = torch.bmm(w0.reshape(w0.shape[0], b, n).transpose(0, 1), rot)  # (b, out, n)
+            weight.data.copy_(w.transpose(0, 1).reshape(w0.shape))
+            mod.merged_adapters = [self.adapter_name]
+
+    def _oft_fast_keys(self) -> list | None:
+        """The generator key of every tuner, if the fast OFT merge equals PEFT's at α = 1/2; else None."""
+        import torch
+
+        keys = []
+        for name in self._tuner_names:
+            hit = [k for k in self.tensors if k.endswith(f"{name}.oft_R.weight")]
+            if len(hit) != 1:
+                return None
+            keys.append(hit[0])
+        here = self.alpha
+        ok = False
+        with torch.no_grad():
+            try:
+                self._set_tensors(0.5)
+                self._peft_merge()
+                want = [weight.detach().clone() for _, weight, _ in self._tuners]
+                self._oft_keys = keys
+                self._oft_merge()
+                ok = all(torch.allclose(weight, w, rtol=1e-4, atol=1e-5 * float(w.abs().max()))
+                         for (_, weight, _), w in zip(self._tuners, want))
+            except Exception:  # noqa: BLE001 - anything the fast path cannot do goes to PEFT's merge
+                ok = False
+            finally:
+                self._oft_keys = None
+                self._set_tensors(here)
+                self._peft_merge()
+        return keys if ok else None
 
     def _set_tensors(self, alpha: float) -> None:
         """Copy the adapter tensors at ``alpha`` into the live model (no merge)."""
