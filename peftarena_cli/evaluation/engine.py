@@ -95,7 +95,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     Greedy decoding (``temperature == 0``) gives the same completion for every sample, so it is
     computed once per prompt. Completions are cut before the first stop sequence.
     """
-    if hasattr(model, "llm"):  # the vllm backend (evaluation/vllm_backend.py) generates on its own
+    from peftarena_cli.evaluation.vllm_backend import VllmModel
+
+    if isinstance(model, VllmModel):  # the vllm backend generates on its own
         return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
                               top_p=top_p, n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress,
                               label=label)

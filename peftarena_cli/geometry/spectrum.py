@@ -60,33 +60,29 @@ def fluctuation(x: torch.Tensor) -> float:
 
 
 def top_eigenvalue(a: torch.Tensor, block: int = 8, tol: float | None = None, max_iter: int = 300) -> float:
-    """Largest eigenvalue of a symmetric PSD matrix (block subspace iteration + Rayleigh–Ritz)."""
-    if a.shape[0] <= 4 * block:
-        return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
-    return _top_gram_eigenvalue(lambda q: a @ q, a.shape[0], a.dtype, a.device, block, tol, max_iter,
-                                fallback=lambda: torch.linalg.eigvalsh(a.double())[-1])
+    """Largest eigenvalue of a symmetric PSD matrix (block subspace iteration + Rayleigh–Ritz).
 
-
-def _top_gram_eigenvalue(op, n, dtype, device, block, tol, max_iter, fallback) -> float:
-    """Block subspace iteration on a PSD operator; Ritz values in float64.
-
-    Stops when the top Ritz value changes by less than ``tol`` relative (default 1e-6 in float32,
-    1e-10 in float64); ``fallback()`` (a full decomposition) if it does not settle.
+    Iterates in ``a``'s dtype (Ritz values in float64) until the top Ritz value changes by less than
+    ``tol`` relative (default 1e-6 in float32, 1e-10 in float64); falls back to ``eigvalsh`` for
+    small matrices or when the iteration does not settle.
     """
+    n = a.shape[0]
+    if n <= 4 * block:
+        return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
     if tol is None:
-        tol = 1e-10 if dtype == torch.float64 else 1e-6
+        tol = 1e-10 if a.dtype == torch.float64 else 1e-6
     g = torch.Generator(device="cpu").manual_seed(0)
-    y = op(torch.randn(n, block, generator=g, dtype=torch.float64).to(device=device, dtype=dtype))
+    y = a @ torch.randn(n, block, generator=g, dtype=torch.float64).to(device=a.device, dtype=a.dtype)
     prev = None
     for _ in range(max_iter):
         q, _r = torch.linalg.qr(y)
-        y = op(q)
+        y = a @ q
         t = (q.T @ y).double()
         theta = float(torch.linalg.eigvalsh(0.5 * (t + t.T))[-1])
         if prev is not None and abs(theta - prev) <= tol * max(abs(theta), 1e-300):
             return max(theta, 0.0)
         prev = theta
-    return max(float(fallback()), 0.0)
+    return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
 
 
 def spectral_norm_sq(md) -> float:

@@ -25,12 +25,6 @@ from peftarena_cli.errors import IncompatibleInputs, NumericalError
 LINEAR_NATIVE = ("lora", "vera", "miss")
 
 
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
-
-
 def _tuner_base_weight(peft_model, module: str):
     sub = peft_model.get_base_model().get_submodule(module)
     base = sub.get_base_layer() if hasattr(sub, "get_base_layer") else sub
@@ -117,24 +111,9 @@ class NativePathModel:
 
     def set_alpha(self, alpha: float) -> None:
         import torch
-        from peft import set_peft_model_state_dict
 
-        self.current = self.tensors_at(alpha)
         with torch.no_grad():
-            if self._live is not None:  # direct copies of the tensors that differ from the saved ones
-                for k, v in self.current.items():
-                    if v is self.tensors[k] and k not in self._dirty:
-                        continue
-                    self._live[k].data.copy_(v)
-                    if v is self.tensors[k]:
-                        self._dirty.discard(k)
-                    else:
-                        self._dirty.add(k)
-            else:  # pragma: no cover - PEFT's own key mapping
-                res = set_peft_model_state_dict(self.model, self.current, adapter_name=self.adapter_name)
-                bad = list(getattr(res, "unexpected_keys", []))
-                if bad:
-                    raise IncompatibleInputs(f"adapter tensors did not map into the model: {bad[0]}")
+            self._set_tensors(alpha)
             if self._delta1 is not None:
                 for (mod, weight, w0), d in zip(self._tuners, self._delta1):
                     torch.add(w0, d, alpha=float(alpha), out=weight.data)
@@ -144,34 +123,69 @@ class NativePathModel:
                 self._peft_merge()
         self.alpha = float(alpha)
 
+    def _set_tensors(self, alpha: float) -> None:
+        """Copy the adapter tensors at ``alpha`` into the live model (no merge); call under no_grad."""
+        from peft import set_peft_model_state_dict
+
+        self.current = self.tensors_at(alpha)
+        if self._live is not None:  # direct copies of the tensors that differ from the saved ones
+            for k, v in self.current.items():
+                if v is self.tensors[k] and k not in self._dirty:
+                    continue
+                self._live[k].data.copy_(v)
+                if v is self.tensors[k]:
+                    self._dirty.discard(k)
+                else:
+                    self._dirty.add(k)
+        else:  # pragma: no cover - PEFT's own key mapping
+            res = set_peft_model_state_dict(self.model, self.current, adapter_name=self.adapter_name)
+            bad = list(getattr(res, "unexpected_keys", []))
+            if bad:
+                raise IncompatibleInputs(f"adapter tensors did not map into the model: {bad[0]}")
+
     def _peft_merge(self) -> None:
         for mod, weight, w0 in self._tuners:
             weight.data.copy_(w0)
             mod.merged_adapters = []
             mod.merge(adapter_names=[self.adapter_name])
 
-    def _linear_deltas(self) -> list | None:
-        """ΔW(1) per merged weight, if PEFT's merge at α = 1/2 equals W0 + ΔW(1)/2; else None.
-
-        Leaves the model as it was (at ``self.alpha``)."""
+    def _matches_peft_merge(self, fast_merge, rtol: float, atol: float) -> bool:
+        """Whether ``fast_merge()`` (after the adapter tensors are set to α = 1/2) writes the weights
+        PEFT's merge writes; ``atol`` is relative to each weight's largest entry. Leaves the model
+        as it was (at ``self.alpha``, merged by PEFT)."""
         import torch
 
         here = self.alpha
         with torch.no_grad():
             try:
-                self._set_tensors(1.0)
-                self._peft_merge()
-                deltas = [weight.detach() - w0 for _, weight, w0 in self._tuners]
                 self._set_tensors(0.5)
                 self._peft_merge()
-                linear = all(torch.allclose(weight, w0 + 0.5 * d, rtol=1e-5, atol=1e-6 * float(w0.abs().max()))
-                             for (_, weight, w0), d in zip(self._tuners, deltas))
+                want = [weight.detach().clone() for _, weight, _ in self._tuners]
+                fast_merge()
+                return all(torch.allclose(weight, w, rtol=rtol, atol=atol * float(w.abs().max()))
+                           for (_, weight, _), w in zip(self._tuners, want))
+            except Exception:  # noqa: BLE001 - anything the fast path cannot do goes to PEFT's merge
+                return False
             finally:
                 self._set_tensors(here)
                 self._peft_merge()
-        return deltas if linear else None
 
-    def _oft_merge(self) -> None:
+    def _linear_deltas(self) -> list | None:
+        """ΔW(1) per merged weight, if W0 + ΔW(1)/2 is PEFT's merge at α = 1/2; else None."""
+        import torch
+
+        with torch.no_grad():
+            self._set_tensors(1.0)
+            self._peft_merge()
+            deltas = [weight.detach() - w0 for _, weight, w0 in self._tuners]
+
+        def half():
+            for (_, weight, w0), d in zip(self._tuners, deltas):
+                torch.add(w0, d, alpha=0.5, out=weight.data)
+
+        return deltas if self._matches_peft_merge(half, rtol=1e-5, atol=1e-6) else None
+
+    def _oft_merge(self, keys: list | None = None) -> None:
         """W(α) = W0 Rᵀ(α) for every OFT tuner, from the current (α-scaled) generators."""
         import types
 
@@ -179,7 +193,7 @@ class NativePathModel:
 
         from peftarena_cli.weights.oft import oft_parts
 
-        for (mod, weight, w0), name, key in zip(self._tuners, self._tuner_names, self._oft_keys):
+        for (mod, weight, w0), name, key in zip(self._tuners, self._tuner_names, keys or self._oft_keys):
             ft = types.SimpleNamespace(modules={name: {"oft_R.weight": self.current[key]}}, config=self.config)
             rot = oft_parts(name, w0, ft, str(w0.device), None)["rot_blocks"].to(w0.dtype)  # (b, n, n)
             b, n, _ = rot.shape
@@ -189,40 +203,13 @@ class NativePathModel:
 
     def _oft_fast_keys(self) -> list | None:
         """The generator key of every tuner, if the fast OFT merge equals PEFT's at α = 1/2; else None."""
-        import torch
-
         keys = []
         for name in self._tuner_names:
             hit = [k for k in self.tensors if k.endswith(f"{name}.oft_R.weight")]
             if len(hit) != 1:
                 return None
             keys.append(hit[0])
-        here = self.alpha
-        ok = False
-        with torch.no_grad():
-            try:
-                self._set_tensors(0.5)
-                self._peft_merge()
-                want = [weight.detach().clone() for _, weight, _ in self._tuners]
-                self._oft_keys = keys
-                self._oft_merge()
-                ok = all(torch.allclose(weight, w, rtol=1e-4, atol=1e-5 * float(w.abs().max()))
-                         for (_, weight, _), w in zip(self._tuners, want))
-            except Exception:  # noqa: BLE001 - anything the fast path cannot do goes to PEFT's merge
-                ok = False
-            finally:
-                self._oft_keys = None
-                self._set_tensors(here)
-                self._peft_merge()
-        return keys if ok else None
-
-    def _set_tensors(self, alpha: float) -> None:
-        """Copy the adapter tensors at ``alpha`` into the live model (no merge)."""
-        self.current = self.tensors_at(alpha)
-        with torch_no_grad():
-            for k, v in self.current.items():
-                self._live[k].data.copy_(v)
-        self._dirty = {k for k, v in self.current.items() if v is not self.tensors[k]}
+        return keys if self._matches_peft_merge(lambda: self._oft_merge(keys), rtol=1e-4, atol=1e-5) else None
 
     def orthogonality_error(self) -> float | None:
         """max ‖RᵀR − I‖_F over the OFT blocks at the current α (None for non-OFT methods)."""
