@@ -226,3 +226,31 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "t.parquet").stat().st_mode) == 0o666 & ~mask
+
+
+def test_weight_source_reads_every_dtype_like_safetensors(tmp_path):
+    """The pread reader gives the same tensors as safetensors' own loader, dtype by dtype."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from peftarena_cli.artifacts.weights import WeightSource
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g)
+    tensors = {
+        "f64": x.double(), "f32": x, "f16": x.half(), "bf16": x.bfloat16(), "i64": (x * 100).long(),
+        "i32": (x * 100).int(), "i8": (x * 10).to(torch.int8), "u8": (x.abs() * 10).to(torch.uint8),
+        "bool": x > 0, "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4), "3d": torch.randn(2, 3, 4, generator=g),
+    }
+    p = tmp_path / "w.safetensors"
+    save_file(tensors, str(p), metadata={"format": "pt"})
+    want = load_file(str(p))
+    src = WeightSource(p)
+    assert sorted(src.keys()) == sorted(tensors)
+    for k, t in want.items():
+        got = src.get(k)
+        assert got.dtype == t.dtype and got.shape == t.shape, k
+        assert torch.equal(got, t), k
+    # the tensor owns its memory: writing to it leaves the next read alone
+    src.get("f32").zero_()
+    assert torch.equal(src.get("f32"), x)

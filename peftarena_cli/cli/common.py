@@ -120,29 +120,6 @@ def _fmt(v) -> str:
     return s if len(s) < 200 else s[:197] + "..."
 
 
-def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Serve every heap allocation of ``nbytes`` or more with its own mmap (glibc only; else a no-op).
-
-    glibc raises its mmap threshold each time a large block is freed, after which blocks of that size
-    come from the heap, and a heap fragmented by many short-lived, differently sized tensors (the
-    per-module work of spectrum) holds on to the freed memory: measured on smollm2-135m, peak RSS
-    1016 MiB instead of 838 MiB. A fixed threshold turns the adjustment off. This changes the whole
-    process, so only commands that are the whole process (the CLI) call it.
-    """
-    try:
-        import ctypes
-        import ctypes.util
-
-        name = ctypes.util.find_library("c")
-        if not name or not sys.platform.startswith("linux"):
-            return
-        libc = ctypes.CDLL(name)
-        M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, int(nbytes))
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
 def refuse_binary_to_terminal(what: str) -> None:
     """Commands whose only output is binary call this when no ``-o`` was given."""
     from peftarena_cli.errors import UsageError

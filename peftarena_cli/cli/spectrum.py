@@ -69,7 +69,7 @@ def spectrum_cmd(
     import sys
 
     from peftarena_cli.artifacts.loading import pick_device
-    from peftarena_cli.cli.common import Progress, emit_table, fixed_mmap_threshold, info, provenance_for
+    from peftarena_cli.cli.common import Progress, emit_table, info, provenance_for
     from peftarena_cli.errors import UsageError
     from peftarena_cli.geometry.base_svd import BaseSvdCache
     from peftarena_cli.geometry.spectrum import compute_spectrum
@@ -87,7 +87,6 @@ def spectrum_cmd(
 
         check_output_parent(output)
     dev = pick_device(device)
-    fixed_mmap_threshold()
     with Progress("spectrum") as bar:
         res = compute_spectrum(base, finetuned, kinds=parse_kinds(modules), layers=parse_layers(layers),
                                device=dev, cache=BaseSvdCache(enabled=cache), sva=sva, callback=bar.callback)

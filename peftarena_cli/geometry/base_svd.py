@@ -59,10 +59,10 @@ class BaseSvdCache:
         path = self.path_for(tid) if self.enabled else None
         if path is not None and path.is_file():
             try:
-                from safetensors.torch import load_file
+                from peftarena_cli.artifacts.weights import WeightSource
 
-                d = load_file(str(path), device=str(w0.device))
-                u, s, vh = d["U"], d["S"], d["Vh"]
+                src = WeightSource(path, device=str(w0.device))
+                u, s, vh = src.get("U"), src.get("S"), src.get("Vh")
                 k = min(w0.shape)
                 if u.shape == (w0.shape[0], k) and vh.shape == (k, w0.shape[1]):
                     with self._lock:
