@@ -167,3 +167,23 @@ def test_parallel_workers_give_the_same_tables_in_order(tiny_model_dir, tiny_lor
     pd.testing.assert_frame_equal(three.index, one.index)
     pd.testing.assert_frame_equal(three.summary, one.summary)
     assert torch.get_num_threads() == threads  # the workers' single-threading is undone
+
+
+def test_thin_svd_leaves_out_u_only_where_it_can_be_derived():
+    from peftarena_cli.geometry.base_svd import left_vectors, thin_svd, ut_times
+
+    g = torch.Generator().manual_seed(5)
+    tall = torch.randn(60, 24, generator=g)  # well conditioned: σ_1/σ_k ≈ 4
+    u, s, vh = thin_svd(tall, with_u=False)
+    assert u is None
+    u64, s64, vh64 = torch.linalg.svd(tall.double(), full_matrices=False)
+    assert torch.allclose(s.double(), s64, rtol=1e-6)
+    derived = left_vectors(tall, s, vh)
+    assert torch.allclose((derived.double() * s64) @ vh.double(), tall.double(), atol=1e-5)
+    b = torch.randn(60, 3, generator=g)
+    torch.testing.assert_close(ut_times(None, s, vh, tall, b), derived.T @ b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(left_vectors(tall, s, vh, slice(0, 2)), derived[:, :2])
+    # a wide matrix's U is the cheap side, and an ill-conditioned one keeps it (accuracy)
+    assert thin_svd(tall.T.contiguous(), with_u=False)[0] is not None
+    ill = tall @ torch.diag(torch.logspace(0, -3, 24))
+    assert thin_svd(ill, with_u=False)[0] is not None

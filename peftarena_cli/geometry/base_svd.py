@@ -1,7 +1,8 @@
 """The SVD of a base weight W0 = U Σ Vᵀ, cached on disk and reused across every adapter of that base.
 
 The SVD does not depend on the adapter, so it is computed once per base tensor and stored under
-``$PEFTARENA_HOME/cache/svd/<tensor identity>.safetensors`` (float32 U, S, Vh). The key is the
+``$PEFTARENA_HOME/cache/svd/<tensor identity>.safetensors`` (float32 S, Vh and, where it is kept,
+U; see :func:`thin_svd`'s ``with_u``). The key is the
 tensor's identity (file header hash + size + name + dtype/shape/offsets, see
 :func:`peftarena_cli.artifacts.identity.tensor_identity`), so a changed base file never hits a
 stale entry. Writes are atomic. The decomposition runs in float64 on the device the weight is on
@@ -11,13 +12,15 @@ stale entry. Writes are atomic. The decomposition runs in float64 on the device 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
 
 import torch
 
-VERSION = "v1"  # bump when the stored layout or the algorithm changes
+VERSION = "v2"  # bump when the stored layout or the algorithm changes
+KAPPA_DERIVED_U = 100.0  # U is left out (and derived as W0 V Σ⁻¹ when needed) only up to this σ_1/σ_k
 
 
 def default_root() -> Path:
@@ -46,7 +49,7 @@ class BaseSvdCache:
         tid = base.tensor_id(key)
         with self._lock:
             hit = self._recent.get(tid)
-        if hit is not None and hit[0].device == w0.device:
+        if hit is not None and hit[1].device == w0.device:
             return hit
         usv = self._get(tid, w0)
         with self._lock:
@@ -62,15 +65,15 @@ class BaseSvdCache:
                 from peftarena_cli.artifacts.weights import WeightSource
 
                 src = WeightSource(path, device=str(w0.device))
-                u, s, vh = src.get("U"), src.get("S"), src.get("Vh")
+                u, s, vh = src.get("U") if "U" in src else None, src.get("S"), src.get("Vh")
                 k = min(w0.shape)
-                if u.shape == (w0.shape[0], k) and vh.shape == (k, w0.shape[1]):
+                if (u is None or u.shape == (w0.shape[0], k)) and vh.shape == (k, w0.shape[1]):
                     with self._lock:
                         self.hits += 1
                     return u, s, vh
             except Exception:  # a corrupt cache entry is recomputed, never trusted
                 pass
-        u, s, vh = thin_svd(w0)
+        u, s, vh = thin_svd(w0, with_u=False)
         with self._lock:
             self.misses += 1
         if path is not None:
@@ -85,13 +88,15 @@ class BaseSvdCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                save_file({"U": u.contiguous().cpu(), "S": s.contiguous().cpu(), "Vh": vh.contiguous().cpu()},
-                          str(tmp), metadata={"format": "pt", "peftarena_svd": VERSION})
+                parts = {"S": s.contiguous().cpu(), "Vh": vh.contiguous().cpu()}
+                if u is not None:
+                    parts["U"] = u.contiguous().cpu()
+                save_file(parts, str(tmp), metadata={"format": "pt", "peftarena_svd": VERSION})
         except OSError:
             pass  # a read-only or full cache directory only costs speed
 
 
-def thin_svd(w0: torch.Tensor):
+def thin_svd(w0: torch.Tensor, with_u: bool = True):
     """U (out, k), S (k,), Vh (k, in) of a float32/float64 matrix, k = min(out, in), in w0's dtype.
 
     Computed in float64 through the eigendecomposition of the smaller Gram matrix G = W0ᵀW0 (or
@@ -99,6 +104,11 @@ def thin_svd(w0: torch.Tensor):
     as LAPACK's float64 SVD for singular values down to ~1e-6·σ_1 (the error in σ_i² is
     ~1e-16·σ_1²) and faster than its float32 SVD on these shapes. A matrix with a smaller singular
     value (or a zero one) goes to the float64 SVD instead.
+
+    With ``with_u=False``, U is returned as None when it is the side that costs a product
+    (W0 at least as tall as wide) and W0 is well conditioned (σ_1/σ_k ≤ ``KAPPA_DERIVED_U``): then
+    σ_i = √λ_i and U = W0 V Σ⁻¹ (:func:`left_vectors`, :func:`ut_times`) is as accurate in float32
+    as a stored U, to within κ·2⁻²⁴ ≤ 6e-6.
     """
     dtype = w0.dtype if w0.dtype in (torch.float32, torch.float64) else torch.float32
     w = w0.double()
@@ -107,8 +117,13 @@ def thin_svd(w0: torch.Tensor):
         return u.to(dtype), s.to(dtype), vh.to(dtype)
     tall = w.shape[0] >= w.shape[1]
     g = w.T @ w if tall else w @ w.T
-    _, vecs = torch.linalg.eigh(g)
-    vecs = vecs.flip(1)
+    lam, vecs = torch.linalg.eigh(g)
+    lam, vecs = lam.flip(0), vecs.flip(1)
+    if tall and not with_u:
+        top = float(lam[0])
+        if math.isfinite(top) and top > 0 and float(lam[-1]) >= top / KAPPA_DERIVED_U**2:
+            s = lam.sqrt()  # eigh returns them in order, each accurate to ~1e-16·σ_1²/σ_i ≤ 1e-12·σ_i here
+            return None, s.to(dtype), vecs.T.to(dtype).contiguous()
     x = w @ vecs if tall else w.T @ vecs
     s = torch.linalg.norm(x, dim=0)
     if not bool(torch.isfinite(s).all()) or float(s.min()) <= 1e-6 * float(s.max()):
@@ -119,3 +134,16 @@ def thin_svd(w0: torch.Tensor):
     x = x / s
     u, vh = (x, vecs.T) if tall else (vecs, x.T)
     return u.to(dtype).contiguous(), s.to(dtype), vh.to(dtype).contiguous()
+
+
+def left_vectors(w0: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, idx=slice(None)) -> torch.Tensor:
+    """Columns ``idx`` of U = W0 V Σ⁻¹, for an SVD whose U was left out (float32, w0's device)."""
+    return ((w0.double() @ vh[idx].double().T) / s[idx].double()).to(torch.float32)
+
+
+def ut_times(u, s: torch.Tensor, vh: torch.Tensor, w0: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Uᵀ b for b (out, r); without U as Σ⁻¹ Vᵀ (W0ᵀ b) in float64, which costs O(out·in·r)."""
+    if u is not None:
+        return u.T @ b
+    y = vh.double() @ (w0.double().T @ b.double())
+    return (y / s.double()[:, None]).to(b.dtype)

@@ -28,6 +28,8 @@ Structure used instead of dense work (exact, not approximations):
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,17 +111,21 @@ def rotation_parts(md, u, s, vh):
     return diag, energy, fro2, spec2, (cd, torch.linalg.norm(mtv, dim=0))
 
 
-def profiles(md, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u_iᵀ ΔW v_i, ‖ΔW v_i‖) for every index i of W0's SVD."""
+def profiles(md, u, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u_iᵀ ΔW v_i, ‖ΔW v_i‖) for every index i of W0's SVD (``u`` None: derived from W0, V, Σ)."""
+    from peftarena_cli.geometry.base_svd import left_vectors, ut_times
+
     v = vh.T
     if md.is_low_rank:
         b, a = md.factors
         av = a @ v  # (r, k)
-        ub = u.T @ b  # (k, r)
+        ub = ut_times(u, s, vh, md.w0, b)  # (k, r)
         diag = (ub * av.T).sum(dim=1)
         energy = ((b.T @ b) @ av * av).sum(dim=0).clamp_min(0.0).sqrt()
         return diag, energy
     dv = md.matmul(v)  # (out, k)
+    if u is None:
+        u = left_vectors(md.w0, s, vh)
     return (u * dv).sum(dim=0), torch.linalg.norm(dv, dim=0)
 
 
@@ -236,7 +242,6 @@ def compute_spectrum(
     the output is in module order whatever the number of workers.
     """
     import numpy as np
-    import pandas as pd
 
     from peftarena_cli.artifacts.weights import WeightSource, resolve_model
     from peftarena_cli.geometry.base_svd import BaseSvdCache
@@ -244,6 +249,9 @@ def compute_spectrum(
     from peftarena_cli.weights.deltas import base_key, select_modules
 
     t0 = time.perf_counter()
+    # pandas is only needed for the tables at the end: its import (~0.3 s) runs beside the work,
+    # which spends its time in LAPACK/BLAS with the GIL released
+    threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
     ref = resolve_model(base_spec)
     base = WeightSource.from_ref(ref, device="cpu")
     ft = open_finetuned(finetuned_spec)
@@ -278,6 +286,8 @@ def compute_spectrum(
             take(*work(md))
     else:
         _in_parallel(deltas, work, take, n_workers)
+    import pandas as pd
+
     index = pd.DataFrame({c: np.concatenate(v) for c, v in idx_parts.items()})
     index["index"] = index["index"].astype(np.int32)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
