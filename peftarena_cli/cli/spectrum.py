@@ -54,7 +54,7 @@ def spectrum_cmd(
 ) -> None:
     """Retention profile P_diag, update energy E_Δ, effective rank, fluctuation and alignment per module.
 
-    W0 = U Σ Vᵀ per linear module (float32 SVD, cached across adapters of the same base);
+    W0 = U Σ Vᵀ per linear module (computed in float64, cached across adapters of the same base);
     P_diag(i) = u_iᵀ W1 v_i, ΔP(i) = |P_diag(i) − σ_i|, E_Δ(i) = ‖ΔW v_i‖, effective rank
     ‖ΔW‖_F²/‖ΔW‖₂². Low-rank adapters are never expanded to ΔW for the profiles. Columns and
     methods: docs/spectrum.md, docs/methods.md.
