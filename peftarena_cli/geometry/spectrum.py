@@ -77,9 +77,11 @@ def top_eigenvalue(a: torch.Tensor, block: int = 8, tol: float | None = None, ma
     y = a @ torch.randn(n, block, generator=g, dtype=torch.float64).to(device=a.device, dtype=a.dtype)
     prev = None
     for _ in range(max_iter):
-        q, _r = torch.linalg.qr(y)
+        # the QR of the thin n × block iterate and the block × block Ritz problem run in host LAPACK:
+        # on a GPU each would be a solver call costing more than the product with ``a``
+        q = torch.linalg.qr(y.cpu())[0].to(a.device)
         y = a @ q
-        t = (q.T @ y).double()
+        t = (q.T @ y).double().cpu()
         theta = float(torch.linalg.eigvalsh(0.5 * (t + t.T))[-1])
         if prev is not None and abs(theta - prev) <= tol * max(abs(theta), 1e-300):
             return max(theta, 0.0)

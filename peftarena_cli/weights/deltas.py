@@ -131,7 +131,8 @@ class ModuleDelta:
     def singular_values(self) -> torch.Tensor:
         """Singular values of ΔW (descending); for low-rank forms from an r×r core (QR of the factors)."""
         if self.factors is not None:
-            b, a = self.factors
+            # thin factors (out × r, r × in): host LAPACK is faster than a GPU solver call on them
+            b, a = (f.cpu() for f in self.factors)
             qb, rb = torch.linalg.qr(b)
             qa, ra = torch.linalg.qr(a.T)
             return torch.linalg.svdvals(rb @ ra.T)
