@@ -187,13 +187,14 @@ _DTYPES = {
 }
 
 
-def read_tensor(fd: int, header: dict, name: str):
+def read_tensor(path: Path, header: dict, name: str):
     """Read one tensor of a checked safetensors file (``header`` from :func:`check_safetensors`,
     with the offset of the data added as ``__data_start__``).
 
-    The bytes are read with ``pread`` into a buffer the tensor owns, not memory-mapped: a mapped
-    file's pages count towards the process's resident memory until it exits (reading all of
-    smollm2-135m through mmap adds its 0.5 GB to the peak), and each 4 KiB page costs a fault.
+    The bytes are read straight into a buffer the tensor owns (an unbuffered ``readinto``), not
+    memory-mapped: a mapped file's pages count towards the process's resident memory until it
+    exits (reading all of smollm2-135m through mmap adds its 0.5 GB to the peak), and each 4 KiB
+    page costs a fault. Each call opens the file itself, so threads can read at once.
     """
     import sys
 
@@ -209,11 +210,13 @@ def read_tensor(fd: int, header: dict, name: str):
         return torch.empty(shape, dtype=dtype)
     raw = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled, unlike a bytearray
     view, done = memoryview(raw.numpy()), 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], header["__data_start__"] + begin + done)
-        if got <= 0:
-            raise ValueError("the file ends early")
-        done += got
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(header["__data_start__"] + begin)
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise ValueError("the file ends early")
+            done += got
     return raw.view(dtype).reshape(shape)
 
 
@@ -227,7 +230,6 @@ class WeightSource:
         self.device = device
         self._where: dict[str, Path] = {}
         self._headers: dict[Path, dict] = {}
-        self._fds: dict[Path, int] = {}
         for f in self.files:
             h = check_safetensors(f)
             with open(f, "rb") as fh:
@@ -268,25 +270,13 @@ class WeightSource:
         f = self._where[name]
         return tensor_identity(self._headers[f][name], file_identity(f), name)
 
-    def _fd(self, f: Path) -> int:
-        if f not in self._fds:
-            self._fds[f] = os.open(f, os.O_RDONLY)
-        return self._fds[f]
-
-    def __del__(self):
-        for fd in getattr(self, "_fds", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
     def get(self, name: str):
         """Load one tensor (as stored) into memory of its own, on this source's device."""
         if name not in self._where:
             raise KeyError(name)
         f = self._where[name]
         try:
-            t = read_tensor(self._fd(f), self._headers[f], name)
+            t = read_tensor(f, self._headers[f], name)
         except Exception as e:
             raise InvalidArtifact(f"cannot read tensor {name!r} from {f}: {e}") from None
         return t if self.device == "cpu" else t.to(self.device)
