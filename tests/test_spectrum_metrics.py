@@ -187,3 +187,13 @@ def test_thin_svd_leaves_out_u_only_where_it_can_be_derived():
     assert thin_svd(tall.T.contiguous(), with_u=False)[0] is not None
     ill = tall @ torch.diag(torch.logspace(0, -3, 24))
     assert thin_svd(ill, with_u=False)[0] is not None
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (200, 200), (50, 30)])
+def test_blocked_gram_equals_the_product(shape):
+    from peftarena_cli.geometry.base_svd import gram
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    g = gram(x)
+    torch.testing.assert_close(g, x.T @ x, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(gram(x.T), x @ x.T, rtol=1e-12, atol=1e-10)  # a transposed view

@@ -116,7 +116,7 @@ def thin_svd(w0: torch.Tensor, with_u: bool = True):
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         return u.to(dtype), s.to(dtype), vh.to(dtype)
     tall = w.shape[0] >= w.shape[1]
-    g = w.T @ w if tall else w @ w.T
+    g = gram(w if tall else w.T)
     lam, vecs = torch.linalg.eigh(g)
     lam, vecs = lam.flip(0), vecs.flip(1)
     if tall and not with_u:
@@ -134,6 +134,29 @@ def thin_svd(w0: torch.Tensor, with_u: bool = True):
     x = x / s
     u, vh = (x, vecs.T) if tall else (vecs, x.T)
     return u.to(dtype).contiguous(), s.to(dtype), vh.to(dtype).contiguous()
+
+
+def gram(x: torch.Tensor, blocks: int = 3) -> torch.Tensor:
+    """xᵀx for x (n, k).
+
+    torch has no symmetric rank-k update (syrk), and a plain ``x.T @ x`` spends half its flops on
+    the mirror image. On the CPU the columns are split into ``blocks`` groups and only the blocks
+    on and above the diagonal are multiplied (6 of 9): 1.5x faster than ``x.T @ x`` on
+    smollm2-135m's shapes, in float64 and float32. On a GPU the single product is faster.
+    """
+    k = x.shape[1]
+    if x.device.type != "cpu" or k < 64 * blocks:
+        return x.T @ x
+    edges = [round(i * k / blocks) for i in range(blocks + 1)]
+    cols = [x[:, edges[i]:edges[i + 1]] for i in range(blocks)]
+    g = torch.empty(k, k, dtype=x.dtype, device=x.device)
+    for i in range(blocks):
+        for j in range(i, blocks):
+            b = cols[i].T @ cols[j]
+            g[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = b
+            if i != j:
+                g[edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = b.T
+    return g
 
 
 def left_vectors(w0: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, idx=slice(None)) -> torch.Tensor:

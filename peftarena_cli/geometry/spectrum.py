@@ -94,13 +94,17 @@ def spectral_norm_sq(md) -> float:
     if md.is_low_rank:
         sv = md.singular_values()
         return float(sv[0]) ** 2 if sv.numel() else 0.0
+    from peftarena_cli.geometry.base_svd import gram
+
     d = md.dense()
-    return top_eigenvalue(d @ d.T if d.shape[0] <= d.shape[1] else d.T @ d)
+    return top_eigenvalue(gram(d.T if d.shape[0] <= d.shape[1] else d))
 
 
 def rotation_parts(md, u, s, vh):
     """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂² and, for the alignment,
     diag(C) and ‖Mᵀ v_i‖, without forming ΔW."""
+    from peftarena_cli.geometry.base_svd import gram
+
     v = vh.T.contiguous()  # (in, k)
     c = v.T @ (md.rotate(v) - v)  # C = Vᵀ (M − I) V
     cd = torch.diagonal(c)
@@ -109,7 +113,7 @@ def rotation_parts(md, u, s, vh):
     mtv = md.rotate(v, transpose=True)
     f = (mtv - v) * s  # (Mᵀ − I) V Σ: ΔW = U fᵀ, same singular values as ΔW
     fro2 = float((f * f).sum(dtype=torch.float64))
-    spec2 = top_eigenvalue(f.T @ f) if fro2 > 0 else 0.0
+    spec2 = top_eigenvalue(gram(f)) if fro2 > 0 else 0.0
     return diag, energy, fro2, spec2, (cd, torch.linalg.norm(mtv, dim=0))
 
 
