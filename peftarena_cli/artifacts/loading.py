@@ -35,7 +35,10 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _config_dir(ref: ModelRef) -> Path:
+def config_dir(ref: ModelRef) -> Path:
+    """Where the model's config and tokenizer are read from: the model directory, or a single
+    weights file's own directory (it needs a config.json there unless the file's metadata carries
+    the config). Raises InvalidArtifact for a bare weights file."""
     if ref.is_single_file:
         d = ref.path.parent
         if (d / "config.json").is_file():
@@ -58,7 +61,7 @@ def _config_dir(ref: ModelRef) -> Path:
 def load_tokenizer(ref: ModelRef):
     from transformers import AutoTokenizer
 
-    d = _config_dir(ref)
+    d = config_dir(ref)
     try:
         tok = AutoTokenizer.from_pretrained(str(d))
     except Exception as e:
@@ -74,7 +77,7 @@ def load_model(spec, dtype: str = "float32", device: str = "auto"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
-    d = _config_dir(ref)
+    d = config_dir(ref)
     dev = pick_device(device)
     if ref.is_single_file and not (d / "config.json").is_file():
         from safetensors import safe_open

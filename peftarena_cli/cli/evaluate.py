@@ -54,12 +54,12 @@ def _load_for_backend(base, dtype, device, backend, seed):
 
     if backend != "vllm":
         return load_model(base, dtype=dtype, device=device)
-    from peftarena_cli.artifacts.loading import _config_dir, load_tokenizer
+    from peftarena_cli.artifacts.loading import config_dir, load_tokenizer
     from peftarena_cli.artifacts.weights import resolve_model
     from peftarena_cli.evaluation.vllm_backend import VllmModel
 
     ref = resolve_model(base)
-    return VllmModel(_config_dir(ref), dtype="auto" if dtype in (None, "auto") else dtype, seed=seed), load_tokenizer(ref), ref
+    return VllmModel(config_dir(ref), dtype="auto" if dtype in (None, "auto") else dtype, seed=seed), load_tokenizer(ref), ref
 
 
 def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str, backend: str = "hf", seed: int = 0):
