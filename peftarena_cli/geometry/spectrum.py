@@ -28,13 +28,13 @@ Structure used instead of dense work (exact, not approximations):
 
 from __future__ import annotations
 
-import importlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from peftarena_cli.geometry.base_svd import BaseSvdCache, gram, left_vectors, ut_times
 
 INDEX_COLUMNS = ["module", "layer", "kind", "index", "sigma", "p_diag", "delta_p", "energy", "sva"]
 SUMMARY_COLUMNS = [
@@ -110,8 +110,6 @@ def spectral_norm_sq(md) -> float:
     if md.is_low_rank:
         sv = md.singular_values()
         return float(sv[0]) ** 2 if sv.numel() else 0.0
-    from peftarena_cli.geometry.base_svd import gram
-
     d = md.dense()
     return top_eigenvalue(gram(d.T if d.shape[0] <= d.shape[1] else d))
 
@@ -119,8 +117,6 @@ def spectral_norm_sq(md) -> float:
 def rotation_parts(md, u, s, vh):
     """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂² and, for the alignment,
     diag(C) and ‖Mᵀ v_i‖, without forming ΔW."""
-    from peftarena_cli.geometry.base_svd import gram
-
     v = vh.T.contiguous()  # (in, k)
     c = v.T @ (md.rotate(v) - v)  # C = Vᵀ (M − I) V
     cd = torch.diagonal(c)
@@ -135,8 +131,6 @@ def rotation_parts(md, u, s, vh):
 
 def profiles(md, u, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(u_iᵀ ΔW v_i, ‖ΔW v_i‖) for every index i of W0's SVD (``u`` None: derived from W0, V, Σ)."""
-    from peftarena_cli.geometry.base_svd import left_vectors, ut_times
-
     v = vh.T
     if md.is_low_rank:
         b, a = md.factors
@@ -264,16 +258,13 @@ def compute_spectrum(
     the output is in module order whatever the number of workers.
     """
     import numpy as np
+    import pandas as pd
 
     from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
     from peftarena_cli.weights.deltas import base_key, select_modules
 
     t0 = time.perf_counter()
-    # pandas is only needed for the tables at the end: its import (~0.3 s) runs beside the work,
-    # which spends its time in LAPACK/BLAS with the GIL released
-    threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
     ref = resolve_model(base_spec)
     base = WeightSource.from_ref(ref, device="cpu")
     ft = open_finetuned(finetuned_spec)
@@ -308,8 +299,6 @@ def compute_spectrum(
             take(*work(md))
     else:
         _in_parallel(deltas, work, take, n_workers)
-    import pandas as pd
-
     index = pd.DataFrame({c: np.concatenate(v) for c, v in idx_parts.items()})
     index["index"] = index["index"].astype(np.int32)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
