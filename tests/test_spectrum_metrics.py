@@ -197,3 +197,26 @@ def test_blocked_gram_equals_the_product(shape):
     g = gram(x)
     torch.testing.assert_close(g, x.T @ x, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(gram(x.T), x @ x.T, rtol=1e-12, atol=1e-10)  # a transposed view
+
+
+def test_cache_entry_replaces_the_same_tensors_older_layout(tiny_model_dir, tmp_path):
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.geometry import base_svd
+
+    base = WeightSource.from_ref(resolve_model(str(tiny_model_dir)))
+    key = "model.layers.0.mlp.gate_proj.weight"
+    cache = base_svd.BaseSvdCache(tmp_path / "svd")
+    path = cache.path_for(base.tensor_id(key))
+    other = cache.path_for(base.tensor_id("model.layers.0.mlp.up_proj.weight"))
+    stale = path.with_name(path.name.replace(f"-{base_svd.VERSION}.", "-v1."))
+    tmp_path.joinpath("svd").mkdir()
+    stale.write_bytes(b"an old entry")
+    unrelated = other.with_name(other.name.replace(f"-{base_svd.VERSION}.", "-v1."))
+    unrelated.write_bytes(b"another tensor's old entry")
+    u, s, vh = cache.get(base, key, base.get(key))
+    assert path.is_file() and not stale.exists() and unrelated.exists()
+    assert cache.misses == 1
+    # and the stored entry is read back as it was computed
+    again = base_svd.BaseSvdCache(tmp_path / "svd")
+    u2, s2, vh2 = again.get(base, key, base.get(key))
+    assert again.hits == 1 and torch.equal(s2, s) and torch.equal(vh2, vh) and (u2 is None) == (u is None)

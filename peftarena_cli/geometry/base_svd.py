@@ -92,6 +92,9 @@ class BaseSvdCache:
                 if u is not None:
                     parts["U"] = u.contiguous().cpu()
                 save_file(parts, str(tmp), metadata={"format": "pt", "peftarena_svd": VERSION})
+            for old in path.parent.glob(path.name.replace(f"-{VERSION}.", "-v*.")):
+                if old != path:  # the same tensor's entry in an earlier layout: never read again
+                    old.unlink(missing_ok=True)
         except OSError:
             pass  # a read-only or full cache directory only costs speed
 
