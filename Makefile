@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install test test-fast demo arena docs clean-venv
+.PHONY: install test test-fast gpu-check demo arena docs clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+# On a machine with a GPU: every --device command on CUDA against the CPU, then spectrum's benchmark
+# on CUDA (random weights of smollm2's shapes, so it needs no model package).
+gpu-check: install
+	$(PY) -m pytest -n 4 tests/test_cuda.py $(PYTEST_ARGS)
+	$(PY) benchmarks/spectrum_bench.py --device cuda --threads 8 --model synthetic-smollm2
 
 docs: install
 	$(PY) -m peftarena_cli.cli.docgen
