@@ -162,9 +162,9 @@ def gram(x: torch.Tensor, blocks: int = 3) -> torch.Tensor:
     return g
 
 
-def left_vectors(w0: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, idx=slice(None)) -> torch.Tensor:
-    """Columns ``idx`` of U = W0 V Σ⁻¹, for an SVD whose U was left out (float32, w0's device)."""
-    return ((w0.double() @ vh[idx].double().T) / s[idx].double()).to(torch.float32)
+def left_vectors(w0: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """U = W0 V Σ⁻¹, for an SVD whose U was left out (float32, w0's device)."""
+    return ((w0.double() @ vh.double().T) / s.double()).to(torch.float32)
 
 
 def ut_times(u, s: torch.Tensor, vh: torch.Tensor, w0: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

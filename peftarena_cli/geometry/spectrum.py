@@ -270,15 +270,16 @@ def compute_spectrum(
     ft = open_finetuned(finetuned_spec)
     cache = cache if cache is not None else BaseSvdCache()
 
-    def svd_fn(name, w0):
-        return cache.get(base, base_key(base, name), w0)
+    def svd_fn(name, w0):  # the whole SVD, as the formers expect (PiSSA's residual needs U)
+        u, s, vh = cache.get(base, base_key(base, name), w0)
+        return (left_vectors(w0, s, vh) if u is None else u), s, vh
 
     total = len(select_modules(ft.module_names(), kinds, layers)) if ft.module_names() else 0
     idx_parts: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
     rows = []
 
     def work(md):
-        u, s, vh = svd_fn(md.name, md.w0)
+        u, s, vh = cache.get(base, base_key(base, md.name), md.w0)  # U may be left out: the metrics derive it
         return md, module_spectrum(md, u, s, vh, sva=sva)
 
     def take(md, ms):

@@ -95,13 +95,7 @@ def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
         else:
             idx = slice(sv.shape[0] - r, sv.shape[0])
             forms.append("milora residual")
-        if u is None:  # a cached SVD that left U out (well-conditioned W0): U = W0 V Σ⁻¹
-            from peftarena_cli.geometry.base_svd import left_vectors
-
-            u = left_vectors(w0, sv, vh, idx)
-        else:
-            u = u[:, idx]
-        u, sv, vh = u.to(device), sv[idx].to(device), vh[idx].to(device)
+        u, sv, vh = u[:, idx].to(device), sv[idx].to(device), vh[idx].to(device)
         b = torch.cat([b * s, -(u * sv)], dim=1)
         a = torch.cat([a, vh], dim=0)
         s = 1.0
