@@ -150,6 +150,11 @@ def check_safetensors(path: Path) -> dict:
     Catches files that are not safetensors, truncated files and corrupt headers before any
     expensive work starts.
     """
+    return _parse_safetensors(path)[0]
+
+
+def _parse_safetensors(path: Path) -> tuple[dict, int]:
+    """(header, offset of the tensor data) of a checked safetensors file (see check_safetensors)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -177,7 +182,7 @@ def check_safetensors(path: Path) -> dict:
             f"{str(path)!r} is truncated ({size} bytes, header needs {8 + n + end})",
             hint="the file is incomplete; copy or download it again",
         )
-    return header
+    return header, 8 + n
 
 
 _DTYPES = {
@@ -187,9 +192,9 @@ _DTYPES = {
 }
 
 
-def read_tensor(path: Path, header: dict, name: str):
-    """Read one tensor of a checked safetensors file (``header`` from :func:`check_safetensors`,
-    with the offset of the data added as ``__data_start__``).
+def read_tensor(path: Path, data_start: int, entry: dict):
+    """Read one tensor of a checked safetensors file: ``entry`` is its header entry, ``data_start``
+    where the file's tensor data begins.
 
     The bytes are read straight into a buffer the tensor owns (an unbuffered ``readinto``), not
     memory-mapped: a mapped file's pages count towards the process's resident memory until it
@@ -200,7 +205,6 @@ def read_tensor(path: Path, header: dict, name: str):
 
     import torch
 
-    entry = header[name]
     dtype = getattr(torch, _DTYPES.get(entry["dtype"], ""), None)
     if dtype is None or sys.byteorder != "little":
         raise ValueError(f"unsupported safetensors dtype {entry['dtype']}")
@@ -211,7 +215,7 @@ def read_tensor(path: Path, header: dict, name: str):
     raw = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled, unlike a bytearray
     view, done = memoryview(raw.numpy()), 0
     with open(path, "rb", buffering=0) as fh:
-        fh.seek(header["__data_start__"] + begin)
+        fh.seek(data_start + begin)
         while done < len(view):
             got = fh.readinto(view[done:])
             if not got:
@@ -230,13 +234,12 @@ class WeightSource:
         self.device = device
         self._where: dict[str, Path] = {}
         self._headers: dict[Path, dict] = {}
+        self._data_start: dict[Path, int] = {}
         for f in self.files:
-            h = check_safetensors(f)
-            with open(f, "rb") as fh:
-                h["__data_start__"] = 8 + struct.unpack("<Q", fh.read(8))[0]
+            h, self._data_start[f] = _parse_safetensors(f)
             self._headers[f] = h
             for k in h:
-                if k not in ("__metadata__", "__data_start__"):
+                if k != "__metadata__":
                     self._where[k] = f
 
     @classmethod
@@ -276,7 +279,7 @@ class WeightSource:
             raise KeyError(name)
         f = self._where[name]
         try:
-            t = read_tensor(f, self._headers[f], name)
+            t = read_tensor(f, self._data_start[f], self._headers[f][name])
         except Exception as e:
             raise InvalidArtifact(f"cannot read tensor {name!r} from {f}: {e}") from None
         return t if self.device == "cpu" else t.to(self.device)
