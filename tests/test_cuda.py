@@ -30,13 +30,13 @@ PROMPTS = [
 ]
 
 
-def _both(tmp_path, name, *args, out_flag="-o", extra_out=()):
+def _both(tmp_path, name, *args, extra_out=()):
     """Run the command on cpu and on cuda; return the two output paths."""
     outs = {}
     for dev in ("cpu", "cuda"):
         out = tmp_path / f"{name}-{dev}.parquet"
         more = [a.format(dev=dev) for a in extra_out]
-        r = run_cli(*args, *more, out_flag, out, "--device", dev, env={"OMP_NUM_THREADS": "4"})
+        r = run_cli(*args, *more, "-o", out, "--device", dev, env={"OMP_NUM_THREADS": "4"})
         assert r.returncode == 0, f"{name} on {dev}: {r.stderr.decode()[-2000:]}"
         outs[dev] = out
     return outs["cpu"], outs["cuda"]
