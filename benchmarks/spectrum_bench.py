@@ -107,12 +107,14 @@ def child_prepare(work: Path, threads: int, model_dir: str) -> None:
 
 
 def child_tool(adapter: Path, out: Path, threads: int, device: str, model_dir: str) -> dict:
-    _threads(threads)
-    from peftarena_cli.cli.app import main
+    """The real command line, as `python -m peftarena_cli` runs it (torch is not imported before it:
+    the CLI's entry point imports it itself; OMP_NUM_THREADS, set by the parent, gives its threads)."""
+    import runpy
 
+    sys.argv = ["peftarena", "--quiet", "spectrum", model_dir, str(adapter), "-o", str(out),
+                "--summary", str(out.with_suffix(".summary.parquet")), "--device", device]
     try:
-        main(["--quiet", "spectrum", model_dir, str(adapter), "-o", str(out),
-              "--summary", str(out.with_suffix(".summary.parquet")), "--device", device])
+        runpy.run_module("peftarena_cli", run_name="__main__")
     except SystemExit as e:
         if e.code:
             raise

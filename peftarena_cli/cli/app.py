@@ -6,6 +6,7 @@ Modules import only typer and the standard library at top level so ``--help`` st
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -36,6 +37,8 @@ COMMAND_MODULES: list[str] = [
     "finetune", "evaluate", "spectrum", "csd", "act_geom", "interpolate", "rewind", "report",
 ]
 
+TORCHLESS_COMMANDS = {"report"}  # Parquet in, figures out: no torch import to pay for
+
 
 def _version(value: bool) -> None:
     if value:
@@ -51,11 +54,31 @@ def _root(
     STATE["quiet"] = quiet
 
 
+def _as_command_process(command):
+    """Wrap a command's callback: as the process's entry point, apply :mod:`peftarena_cli.cli.process`'s
+    settings (torch imported outside the garbage collector's reach, glibc malloc thresholds) before
+    it runs. The callback runs only after click has parsed the arguments, so ``--help`` and
+    completion import nothing heavy."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        if STATE.get("entry_point"):
+            from peftarena_cli.cli import process
+
+            process.before_command()
+        return command(*args, **kwargs)
+
+    return run
+
+
 def _register() -> None:
     from peftarena_cli.cli import models
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"peftarena_cli.cli.{name}").register(app)
+    for info in app.registered_commands:
+        if info.name not in TORCHLESS_COMMANDS:
+            info.callback = _as_command_process(info.callback)
     app.add_typer(models.app, name="models")
 
 
@@ -85,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     from peftarena_cli.errors import PeftArenaError
 
+    STATE["entry_point"] = argv is None  # the process's own command line, not a caller in Python
     # Library progress bars (transformers' "Loading weights", hub downloads) would interleave with
     # ours on stderr; peftarena reports progress itself. Users can set the variable to 0.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -112,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error: internal error: {type(e).__name__}: {first}\n")
         sys.stderr.write("hint: rerun with PEFTARENA_DEBUG=1 for the traceback and report it\n")
         code = 1
+    if STATE["entry_point"]:
+        from peftarena_cli.cli import process
+
+        process.before_exit()
     sys.exit(code)
 
 
