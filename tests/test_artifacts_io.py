@@ -178,6 +178,37 @@ def test_table_provenance_roundtrip(tmp_path):
         require_columns(back, ["module", "sigma"], "spectrum table")
 
 
+def test_arrow_table_equals_pandas_route_and_imports_no_pandas(tmp_path):
+    """arrow_table's Parquet reads back as the DataFrame it stands for, with pandas' own column
+    types (large_string, int32, float64), and building and writing it never imports pandas."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from peftarena_cli.artifacts.tables import arrow_table
+
+    cols = {"module": np.array(["a.q_proj", "b", "ünï", ""], dtype=object), "layer": np.array([0, 1, 2, 3], dtype=np.int32),
+            "x": np.array([1.5, np.nan, -0.0, 1e300]), "n": np.arange(4, dtype=np.int64), "form": ["", "r", "s", "t"]}
+    t = arrow_table(cols)
+    assert t.schema.field("module").type == pa.large_string() and t.schema.field("layer").type == pa.int32()
+    df = pd.DataFrame({k: list(v) if k in ("module", "form") else v for k, v in cols.items()})
+    write_table(t, tmp_path / "a.parquet", Provenance(command="t"))
+    write_table(df, tmp_path / "b.parquet", Provenance(command="t"))
+    pd.testing.assert_frame_equal(read_table(tmp_path / "a.parquet")[0], read_table(tmp_path / "b.parquet")[0])
+    write_table(t, tmp_path / "a.csv")
+    assert (tmp_path / "a.csv").read_text().splitlines()[1] == "a.q_proj,0,1.5,0,"
+    with pytest.raises(TypeError, match="dtype bool"):
+        arrow_table({"flag": np.array([True])})
+
+    code = ("import sys, numpy as np; from peftarena_cli.artifacts.tables import arrow_table, table_bytes; "
+            "b = table_bytes(arrow_table({'m': ['x'], 'v': np.ones(1)})); print(b[:4], 'pandas' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "b'PAR1' False", r.stderr
+
+
 def test_read_table_errors(tmp_path):
     with pytest.raises(InputNotFound):
         read_table(tmp_path / "none.parquet")

@@ -78,7 +78,9 @@ def stdout_is_terminal() -> bool:
 
 
 def emit_table(df, output: Optional[Path], provenance=None, title: str | None = None, max_rows: int = 30) -> None:
-    """The stdout rules (DESIGN §2): ``-o`` writes a file; a pipe gets Parquet bytes; a terminal gets a table."""
+    """The stdout rules (DESIGN §2): ``-o`` writes a file; a pipe gets Parquet bytes; a terminal gets a table.
+
+    ``df`` is a pandas DataFrame or a pyarrow Table."""
     from peftarena_cli.artifacts.tables import table_bytes, write_table
 
     if output is not None and str(output) != "-":
@@ -86,7 +88,7 @@ def emit_table(df, output: Optional[Path], provenance=None, title: str | None = 
         info(f"wrote {len(df)} rows to {output}")
         return
     if stdout_is_terminal() and str(output) != "-":
-        print_table(df, title=title, max_rows=max_rows)
+        print_table(df.to_pandas() if hasattr(df, "to_pandas") else df, title=title, max_rows=max_rows)
         info("[dim](stdout is a terminal: showing a table; pipe or pass -o FILE for Parquet)[/dim]")
         return
     data = table_bytes(df, provenance)

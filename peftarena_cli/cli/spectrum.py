@@ -105,10 +105,10 @@ def spectrum_cmd(
             from peftarena_cli.artifacts.tables import write_table
 
             prov.extra["table"] = "summary"
-            write_table(res.summary, summary, prov)
-            info(f"wrote {len(res.summary)} rows to {summary}")
+            write_table(res.summary_table, summary, prov)
+            info(f"wrote {len(res.summary_table)} rows to {summary}")
         prov.extra["table"] = table
-        df = res.index if table == "index" else res.summary
+        df = res.index_table if table == "index" else res.summary_table
         emit_table(df, output, prov, title=f"spectrum ({table})")
     sys.stderr.flush()
 

@@ -28,6 +28,7 @@ Structure used instead of dense work (exact, not approximations):
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,15 +86,17 @@ def top_eigenvalue(a: torch.Tensor, tol: float | None = None, max_steps: int = 3
     basis[0] = q / q.norm()
     alpha = torch.zeros(m, dtype=torch.float64)
     beta = torch.zeros(m, dtype=torch.float64)
+    w = torch.empty(n, dtype=a.dtype)
     for j in range(m):
-        w = a @ basis[j]
+        torch.mv(a, basis[j], out=w)
         done = basis[: j + 1]
-        h = done @ w  # classical Gram–Schmidt against every earlier vector, twice
-        w -= done.T @ h
+        h = done @ w  # classical Gram–Schmidt against every earlier vector, twice, in place
+        w.addmv_(done.T, h, alpha=-1.0)
         h2 = done @ w
-        w -= done.T @ h2
-        alpha[j] = float(h[j] + h2[j])
-        b = float(w.norm())
+        w.addmv_(done.T, h2, alpha=-1.0)
+        h += h2
+        alpha[j] = h[j]
+        b = float(torch.linalg.vector_norm(w))
         beta[j] = b
         if (j + 1) % check_every == 0 or j == m - 1 or b == 0.0:
             t = torch.diag(alpha[: j + 1]) + torch.diag(beta[:j], 1) + torch.diag(beta[:j], -1)
@@ -101,7 +104,7 @@ def top_eigenvalue(a: torch.Tensor, tol: float | None = None, max_steps: int = 3
             theta = float(ev[-1])
             if b * abs(float(vec[-1, -1])) <= tol * max(theta, 1e-300) or b <= 1e-12 * max(theta, 1e-300):
                 return max(theta, 0.0)
-        basis[j + 1] = w / b
+        torch.div(w, b, out=basis[j + 1])
     return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
 
 
@@ -116,17 +119,29 @@ def spectral_norm_sq(md) -> float:
 
 def rotation_parts(md, u, s, vh):
     """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂² and, for the alignment,
-    diag(C) and ‖Mᵀ v_i‖, without forming ΔW."""
+    diag(C) and ‖Mᵀ v_i‖, without forming ΔW.
+
+    Two products of the size of a k × in × k GEMM: C = Vᵀ(M − I)V and the Gram matrix
+    D = Vᵀ(M − I)(Mᵀ − I)V. Everything else comes from them: ΔW = U Σ Vᵀ(M − I) has the singular
+    values of (Mᵀ − I)VΣ, whose Gram matrix is Σ D Σ (so ‖ΔW‖_F² = Σ_i σ_i² D_ii), and
+    ‖Mᵀ v_i‖² = ‖v_i + (Mᵀ − I)v_i‖² = 1 + 2 C_ii + D_ii.
+    """
     v = vh.T.contiguous()  # (in, k)
-    c = v.T @ (md.rotate(v) - v)  # C = Vᵀ (M − I) V
+    x = md.rotate(v)
+    x -= v  # (M − I) V
+    c = vh @ x  # C = Vᵀ (M − I) V
     cd = torch.diagonal(c)
     diag = s * cd
-    energy = torch.linalg.norm(s[:, None] * c, dim=0)
-    mtv = md.rotate(v, transpose=True)
-    f = (mtv - v) * s  # (Mᵀ − I) V Σ: ΔW = U fᵀ, same singular values as ΔW
-    fro2 = float((f * f).sum(dtype=torch.float64))
-    spec2 = top_eigenvalue(gram(f)) if fro2 > 0 else 0.0
-    return diag, energy, fro2, spec2, (cd, torch.linalg.norm(mtv, dim=0))
+    s2 = s * s
+    energy = (s2 @ (c * c)).clamp_min(0.0).sqrt()  # ‖Σ C e_i‖ = ‖ΔW v_i‖
+    y = md.rotate(v, transpose=True)
+    y -= v  # (Mᵀ − I) V
+    d = gram(y)
+    dd = torch.diagonal(d)
+    fro2 = float((s2 * dd).sum(dtype=torch.float64))
+    spec2 = top_eigenvalue(s[:, None] * d * s) if fro2 > 0 else 0.0
+    mt_norm = (1.0 + 2.0 * cd + dd).clamp_min(0.0).sqrt()
+    return diag, energy, fro2, spec2, (cd, mt_norm)
 
 
 def profiles(md, u, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,9 +247,24 @@ def _in_parallel(items, work, take, n_workers: int) -> None:
 
 @dataclass
 class SpectrumResult:
-    index: object  # pandas DataFrame, INDEX_COLUMNS
-    summary: object  # pandas DataFrame, SUMMARY_COLUMNS
+    """The two tables as Arrow tables (what the CLI writes: no pandas import, 0.2 s of a warm run)
+    and, on first use, as pandas DataFrames (``index``, ``summary``)."""
+
+    index_table: object  # pyarrow.Table, INDEX_COLUMNS
+    summary_table: object  # pyarrow.Table, SUMMARY_COLUMNS
     stats: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def index(self):
+        return self.index_table.to_pandas()
+
+    @functools.cached_property
+    def summary(self):
+        return self.summary_table.to_pandas()
+
+
+SUMMARY_DTYPES = {"layer": "int32", "out_features": "int64", "in_features": "int64"}
+SUMMARY_STRINGS = {"module", "kind", "method", "form"}  # every other column is float64
 
 
 def compute_spectrum(
@@ -258,8 +288,8 @@ def compute_spectrum(
     the output is in module order whatever the number of workers.
     """
     import numpy as np
-    import pandas as pd
 
+    from peftarena_cli.artifacts.tables import arrow_table
     from peftarena_cli.artifacts.weights import WeightSource, resolve_model
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
     from peftarena_cli.weights.deltas import base_key, select_modules
@@ -284,9 +314,9 @@ def compute_spectrum(
 
     def take(md, ms):
         k = len(ms.index["index"])
-        idx_parts["module"].append(np.full(k, md.name, dtype=object))
+        idx_parts["module"].append((md.name, k))
         idx_parts["layer"].append(np.full(k, md.layer, dtype=np.int32))
-        idx_parts["kind"].append(np.full(k, md.kind, dtype=object))
+        idx_parts["kind"].append((md.kind, k))
         for c in ("index", "sigma", "p_diag", "delta_p", "energy", "sva"):
             idx_parts[c].append(ms.index[c].numpy())
         rows.append(ms.summary)
@@ -300,10 +330,19 @@ def compute_spectrum(
             take(*work(md))
     else:
         _in_parallel(deltas, work, take, n_workers)
-    index = pd.DataFrame({c: np.concatenate(v) for c, v in idx_parts.items()})
-    index["index"] = index["index"].astype(np.int32)
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    summary["layer"] = summary["layer"].astype(np.int32)
+    def repeated(parts):  # (value, count) pairs -> one value per row
+        names = np.array([v for v, _ in parts], dtype=object)
+        return np.repeat(names, [n for _, n in parts]) if parts else names
+
+    cols = {c: repeated(v) if c in ("module", "kind") else np.concatenate(v) if v else np.zeros(0)
+            for c, v in idx_parts.items()}
+    cols["index"] = cols["index"].astype(np.int32)
+    cols["layer"] = cols["layer"].astype(np.int32)
+    index = arrow_table({c: cols[c] for c in INDEX_COLUMNS})
+    summary = arrow_table({
+        c: [r[c] for r in rows] if c in SUMMARY_STRINGS
+        else np.array([r[c] for r in rows], dtype=SUMMARY_DTYPES.get(c, "float64"))
+        for c in SUMMARY_COLUMNS})
     elapsed = time.perf_counter() - t0
     stats = {
         "modules": len(rows), "seconds": elapsed, "modules_per_s": len(rows) / elapsed if elapsed > 0 else 0.0,
@@ -311,4 +350,4 @@ def compute_spectrum(
         "base_identity": ref.identity(), "finetuned_identity": ft.identity(),
         "forms": sorted({r["form"] for r in rows if r["form"]}),
     }
-    return SpectrumResult(index=index, summary=summary, stats=stats)
+    return SpectrumResult(index_table=index, summary_table=summary, stats=stats)
