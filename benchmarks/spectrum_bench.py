@@ -136,10 +136,6 @@ def child_straight(adapter: Path, out: Path, threads: int, device: str, model_di
     sd0, sd1 = m0.state_dict(), merged.state_dict()
     multiplicative = "oft" in json.loads((adapter / "adapter_config.json").read_text())["peft_type"].lower()
 
-    def fluct(x):
-        xp = np.pad(x, 2, mode="reflect")
-        return float(np.mean(np.abs(x - np.convolve(xp, np.ones(5) / 5, mode="valid"))))
-
     idx, summ = [], []
     for k in sd0:
         if ".layers." not in k or not k.endswith("_proj.weight"):
@@ -159,8 +155,8 @@ def child_straight(adapter: Path, out: Path, threads: int, device: str, model_di
         idx.append(pd.DataFrame({"module": mod, "index": np.arange(len(s_)), "sigma": s_, "p_diag": p_,
                                  "delta_p": np.abs(p_ - s_), "energy": e_, "sva": sva}))
         summ.append({"module": mod, "effective_rank": float((sd.double() ** 2).sum() / sd[0].double() ** 2),
-                     "delta_fro": float(torch.linalg.norm(dw)), "fluct_retention": fluct(p_ / s_[0]),
-                     "fluct_energy": fluct(e_ / e_.sum())})
+                     "delta_fro": float(torch.linalg.norm(dw)), "fluct_retention": _fluct(p_ / s_[0]),
+                     "fluct_energy": _fluct(e_ / e_.sum())})
     pd.concat(idx).to_parquet(out)
     pd.DataFrame(summ).to_parquet(out.with_suffix(".summary.parquet"))
     return {}
@@ -226,9 +222,17 @@ def compare(tool_out: Path, ref_out: Path) -> dict:
     return out
 
 
+def _fluct(x):
+    import numpy as np
+
+    xp = np.pad(x, 2, mode="reflect")
+    return float(np.mean(np.abs(x - np.convolve(xp, np.ones(5) / 5, mode="valid"))))
+
+
 def float64_truth(model_dir: str, adapter: Path, tool_out: Path, ref_out: Path, col: str) -> str:
-    """For the module where tool and straightforward disagree most on ``col``, compare both with a
-    float64 computation from PEFT's merged weight (which of the two is off?)."""
+    """For the module where tool and straightforward disagree most on ``col`` (delta_p, energy,
+    sva or the summary's fluct_energy), compare both with a float64 computation from PEFT's merged
+    weight: which of the two is off?"""
     import numpy as np
     import pandas as pd
     import torch
@@ -237,23 +241,35 @@ def float64_truth(model_dir: str, adapter: Path, tool_out: Path, ref_out: Path, 
 
     a, b = pd.read_parquet(tool_out), pd.read_parquet(ref_out)
     m = a.merge(b, on=["module", "index"], suffixes=("", "_ref"))
-    m["d"] = (m[col] - m[f"{col}_ref"]).abs()
-    mod = m.loc[m.d.idxmax(), "module"]
+    if col == "fluct_energy":
+        sa = pd.read_parquet(tool_out.with_suffix(".summary.parquet")).set_index("module")
+        sb = pd.read_parquet(ref_out.with_suffix(".summary.parquet")).set_index("module").loc[sa.index]
+        mod = ((sa[col] - sb[col]).abs() / sb[col].abs()).idxmax()
+    else:
+        mod = m.loc[(m[col] - m[f"{col}_ref"]).abs().idxmax(), "module"]
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     w0 = dict(base.named_modules())[mod].weight.detach().double().clone()
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     w1 = dict(merged.named_modules())[mod].weight.detach().double()
     u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    g = m[m.module == mod].sort_values("index")
+    if col == "fluct_energy":
+        e = torch.linalg.norm((w1 - w0) @ vh.T, dim=0).numpy()
+        truth = _fluct(e / e.sum())
+        tool, ref = (_fluct(x / x.sum()) for x in (g["energy"].to_numpy(), g["energy_ref"].to_numpy()))
+        return (f"  {col} on {mod}, vs float64 from PEFT's merge (relative): tool {abs(tool - truth) / truth:.1e}, "
+                f"straightforward {abs(ref - truth) / truth:.1e}")
     if col == "sva":
         truth = (vh * torch.linalg.svd(w1, full_matrices=False)[2]).sum(1).abs()
+    elif col == "energy":
+        truth = torch.linalg.norm((w1 - w0) @ vh.T, dim=0)
     else:  # delta_p
         truth = (u * ((w1 - w0) @ vh.T)).sum(0).abs()
     truth = truth.numpy()
-    g = m[m.module == mod].sort_values("index")
-    scale = float(s[0]) if col == "delta_p" else 1.0
+    scale = float(s[0]) if col == "delta_p" else float(np.abs(truth).max())
     e_tool = np.abs(g[col].to_numpy() - truth).max() / scale
     e_ref = np.abs(g[f"{col}_ref"].to_numpy() - truth).max() / scale
-    unit = " (relative to sigma_1)" if col == "delta_p" else ""
+    unit = " (relative to sigma_1)" if col == "delta_p" else " (relative to its max)"
     return (f"  {col} on {mod}, vs float64 from PEFT's merge{unit}: tool {e_tool:.1e}, "
             f"straightforward {e_ref:.1e}")
 
@@ -322,7 +338,7 @@ def main() -> None:
         for c, v in diffs.items():
             print(f"  {c:16s} {v:.2e}")
         adapter = work / name.lower()
-        for col in ("delta_p",) + (("sva",) if name == "OFT" else ()):
+        for col in ("delta_p", "energy", "fluct_energy") + (("sva",) if name == "OFT" else ()):
             print(float64_truth(args.model_dir, adapter, work / t, work / r, col))
     print("\n(timings on shared, noisy CPUs; rerun if a ratio looks off)")
 

@@ -220,3 +220,63 @@ def test_cache_entry_replaces_the_same_tensors_older_layout(tiny_model_dir, tmp_
     again = base_svd.BaseSvdCache(tmp_path / "svd")
     u2, s2, vh2 = again.get(base, key, base.get(key))
     assert again.hits == 1 and torch.equal(s2, s) and torch.equal(vh2, vh) and (u2 is None) == (u is None)
+
+
+def test_alignment_resolves_close_singular_values_of_a_near_orthogonal_rotation(tiny_model_dir, tmp_path):
+    """PEFT's Cayley–Neumann rotation is orthogonal only to its truncation; W0 with two singular
+    values 1e-5 apart then has them mixed in W1 = W0 M. |cos| must follow float64 truth (PEFT's
+    merge in float64), where |1 + C_ii| / ‖Mᵀ v_i‖, which assumes M orthogonal, is off by far more."""
+    from peft import OFTConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from peftarena_cli.geometry.base_svd import BaseSvdCache
+    from peftarena_cli.geometry.spectrum import compute_spectrum
+
+    mod = "model.layers.0.self_attn.q_proj"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float64)
+    lin = dict(model.named_modules())[mod]
+    u, s, vh = torch.linalg.svd(lin.weight.data, full_matrices=False)
+    s[3] = s[4] * (1 + 1e-5)  # a near-degenerate pair
+    lin.weight.data = (u * s) @ vh
+    base_dir = tmp_path / "base"
+    model.to(torch.float32).save_pretrained(str(base_dir), safe_serialization=True)
+    ad = make_adapter(base_dir, OFTConfig(oft_block_size=16, use_cayley_neumann=True, target_modules=["q_proj"]),
+                      tmp_path / "oft", scale=0.012)
+
+    res = compute_spectrum(str(base_dir), str(ad), layers=[0], cache=BaseSvdCache(enabled=False))
+    got = res.index.sort_values("index")["sva"].to_numpy()
+
+    b64 = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float64)
+    w0 = dict(b64.named_modules())[mod].weight.detach().clone()
+    w1 = dict(PeftModel.from_pretrained(b64, str(ad)).merge_and_unload().named_modules())[mod].weight.detach()
+    _, s0, vh0 = torch.linalg.svd(w0, full_matrices=False)
+    truth = (vh0 * torch.linalg.svd(w1, full_matrices=False)[2]).sum(dim=1).abs().numpy()
+    m = torch.linalg.solve(w0, w1)  # W1 = W0 M, W0 square and well conditioned
+    assert 1e-7 < float((m @ m.T - torch.eye(64, dtype=torch.float64)).abs().max()) < 1e-4  # Neumann: not exact
+    v = vh0.T
+    naive = ((v * (m @ v)).sum(0) / torch.linalg.norm(m.T @ v, dim=0)).abs().numpy()
+
+    assert np.abs(naive - truth).max() > 1e-4  # the case needs the correction
+    np.testing.assert_allclose(got, truth, atol=1e-5)
+
+
+def test_rotation_alignment_blocks_and_fallback():
+    from peftarena_cli.geometry.spectrum import MAX_CLUSTER, _intervals, rotation_alignment
+
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[2, 3] = mask[4, 3] = mask[8, 6] = True
+    assert _intervals(mask) == [(2, 4), (6, 8)]
+    assert _intervals(torch.zeros(3, 3, dtype=torch.bool)) == []
+    # an exact rotation (C antisymmetric + D = −(C + Cᵀ) = 0 defect): |cos| = |1 + C_ii| exactly
+    k = 6
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(k, k, generator=g, dtype=torch.float64) * 0.05
+    q = q - q.T
+    rot = torch.linalg.matrix_exp(q)  # orthogonal M; take V = I so C = M − I, D = (Mᵀ − I)ᵀ(Mᵀ − I)
+    c, d = rot - torch.eye(k, dtype=torch.float64), (rot.T - torch.eye(k, dtype=torch.float64)).T @ (rot.T - torch.eye(k, dtype=torch.float64))
+    s = torch.linspace(3.0, 1.0, k, dtype=torch.float64)
+    torch.testing.assert_close(rotation_alignment(s, c, d), (1 + torch.diagonal(c)).abs().clamp(max=1.0))
+    # all singular values equal: every pair is coupled, one block larger than MAX_CLUSTER -> None
+    n = MAX_CLUSTER + 1
+    c = torch.randn(n, n, generator=g) * 1e-3
+    assert rotation_alignment(torch.ones(n), c, torch.eye(n) * 1e-4) is None
