@@ -276,6 +276,10 @@ def test_rotation_alignment_blocks_and_fallback():
     c, d = rot - torch.eye(k, dtype=torch.float64), (rot.T - torch.eye(k, dtype=torch.float64)).T @ (rot.T - torch.eye(k, dtype=torch.float64))
     s = torch.linspace(3.0, 1.0, k, dtype=torch.float64)
     torch.testing.assert_close(rotation_alignment(s, c, d), (1 + torch.diagonal(c)).abs().clamp(max=1.0))
+    # two equal singular values and no coupling at all (0/0 in the first-order term): still exact
+    s = torch.tensor([2.0, 1.0, 1.0, 0.5], dtype=torch.float64)
+    z = torch.zeros(4, 4, dtype=torch.float64)
+    torch.testing.assert_close(rotation_alignment(s, z, z), torch.ones(4, dtype=torch.float64))
     # all singular values equal: every pair is coupled, one block larger than MAX_CLUSTER -> None
     n = MAX_CLUSTER + 1
     c = torch.randn(n, n, generator=g) * 1e-3
