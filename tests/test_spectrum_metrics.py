@@ -284,3 +284,28 @@ def test_rotation_alignment_blocks_and_fallback():
     n = MAX_CLUSTER + 1
     c = torch.randn(n, n, generator=g) * 1e-3
     assert rotation_alignment(torch.ones(n), c, torch.eye(n) * 1e-4) is None
+
+
+def test_eigh_uses_single_threaded_numpy_lapack_only_in_worker_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    from peftarena_cli.geometry import base_svd
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    x = torch.randn(80, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = x.T @ x
+    before = blas_threads()
+    with base_svd.single_threaded_numpy_lapack() as init:
+        inside = blas_threads()
+        with ThreadPoolExecutor(1, initializer=init) as ex:
+            used, (lam, vecs) = ex.submit(lambda: (base_svd._thread.numpy_lapack, base_svd.eigh(g))).result()
+    assert inside and all(n == 1 for n in inside) and used  # NumPy's BLAS is found and limited here
+    assert blas_threads() == before  # restored afterwards
+    assert not getattr(base_svd._thread, "numpy_lapack", False)  # the calling thread keeps torch's
+    lam_t, vecs_t = torch.linalg.eigh(g)
+    torch.testing.assert_close(lam, lam_t, rtol=1e-12, atol=1e-12 * float(lam_t[-1]))
+    torch.testing.assert_close((vecs * vecs_t).sum(0).abs(), torch.ones(50, dtype=torch.float64), rtol=0, atol=1e-9)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peftarena_cli.geometry.base_svd import BaseSvdCache, gram, left_vectors, ut_times
+from peftarena_cli.geometry.base_svd import BaseSvdCache, gram, left_vectors, single_threaded_numpy_lapack, ut_times
 
 INDEX_COLUMNS = ["module", "layer", "kind", "index", "sigma", "p_diag", "delta_p", "energy", "sva"]
 SUMMARY_COLUMNS = [
@@ -299,7 +299,8 @@ def _in_parallel(items, work, take, n_workers: int) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="spectrum") as ex:
+        with single_threaded_numpy_lapack() as init, \
+                ThreadPoolExecutor(n_workers, thread_name_prefix="spectrum", initializer=init) as ex:
             pending: deque = deque()
             try:
                 for item in items:
