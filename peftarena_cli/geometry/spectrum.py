@@ -158,12 +158,10 @@ def profiles(md, u, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, to
     return (u * dv).sum(dim=0), torch.linalg.norm(dv, dim=0)
 
 
-def alignment(md, u, s, vh, cd: tuple | None = None) -> torch.Tensor:
-    """|cos(v_i(W0), v_i(W1))| per index i (``cd`` = :func:`rotation_parts`' (C, D), when at hand)."""
-    if md.is_rotation and md.row_scale is None and md.rotation_orthogonality_error() <= ORTHO_TOL:
-        if cd is None:
-            v = vh.T.contiguous()
-            cd = (vh @ (md.rotate(v) - v), gram(md.rotate(v, transpose=True) - v))
+def alignment(md, s, vh, cd: tuple | None = None) -> torch.Tensor:
+    """|cos(v_i(W0), v_i(W1))| per index i. ``cd`` is :func:`rotation_parts`' (C, D) for a rotation
+    W1 = W0 M; without it (any other method, ``--sva``) W1 is decomposed."""
+    if cd is not None and md.rotation_orthogonality_error() <= ORTHO_TOL:
         cos = rotation_alignment(s, *cd)
         if cos is not None:
             return cos
@@ -263,7 +261,7 @@ def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
     s1 = float(s[0]) if k else float("nan")
     etot = float(energy.sum())
     want_sva = md.multiplicative if sva is None else sva
-    sv = alignment(md, u, s, vh, cd) if want_sva else torch.full((k,), float("nan"), device=s.device)
+    sv = alignment(md, s, vh, cd) if want_sva else torch.full((k,), float("nan"), device=s.device)
     index = {
         "index": torch.arange(k),
         "sigma": s.detach().cpu().double(),
