@@ -20,7 +20,8 @@ def csd_cmd(
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target prompt set (same forms as --general)."),
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Reuse saved statistics instead of running the base model (repeatable: shards are merged)."),
     save_stats: Optional[Path] = typer.Option(None, "--save-stats", help="Write the collected (or merged) statistics here (safetensors)."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Interpolation points W0 + α ΔW (repeatable; default 1)."),
+    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Interpolation points W0 + α ΔW (repeatable; default 1; within [0, 1])."),
+    allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept --alpha outside [0, 1]."),
     modules: ModulesOpt = None,
     n: NOpt = None,
     text_key: TextKeyOpt = None,
@@ -70,6 +71,14 @@ def csd_cmd(
     if adapter is None and save_stats is None:
         raise UsageError("nothing to do without ADAPTER", hint="pass ADAPTER, or --save-stats FILE to only collect statistics")
     alphas = tuple(alpha) if alpha else (1.0,)
+    from peftarena_cli.paths.alphas import check_alphas
+
+    check_alphas(list(alphas), allow_extrapolate, option="--alpha")
+    from peftarena_cli.artifacts.guard import check_outputs, check_weights_output
+
+    check_weights_output(save_stats, "--save-stats")
+    check_outputs({"-o": output, "--save-stats": save_stats}, [base, adapter, general, target, *(stats or [])],
+                  tables=("-o",))
 
     from peftarena_cli.activations.capture import linear_module_names, select_modules
     from peftarena_cli.activations.csd import csd_table

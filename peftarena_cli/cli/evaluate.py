@@ -14,11 +14,11 @@ from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 BaseArg = typer.Argument(None, metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory or .safetensors); repeat it to evaluate several on one loaded base.")
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
-LimitOpt = typer.Option(None, "--limit", help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
-BatchOpt = typer.Option(None, "--batch-size", help="Generation batch size (default 64 on CPU, 128 on CUDA).")
+LimitOpt = typer.Option(None, "--limit", min=1, help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
+BatchOpt = typer.Option(None, "--batch-size", min=1, help="Generation batch size (default 64 on CPU, 128 on CUDA).")
 BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
-MaxNewOpt = typer.Option(None, "--max-new-tokens", help="Override the per-task generation length (arith 96, gsm8k 256, IFEval 1280, BBH 256, ...).")
+MaxNewOpt = typer.Option(None, "--max-new-tokens", min=1, help="Override the per-task generation length (arith 96, gsm8k 256, IFEval 1280, BBH 256, ...).")
 SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
 
 
@@ -26,8 +26,26 @@ def _summary_path(output: Optional[Path], summary: Optional[Path]) -> Optional[P
     if summary is not None:
         return summary
     if output is not None and str(output) != "-":
-        return output.with_name(output.stem + ".summary" + (output.suffix or ".parquet"))
+        return output.with_name(output.stem + ".summary" + (".csv" if output.suffix.lower() == ".csv" else ".parquet"))
     return None
+
+
+def _check_outputs(output, summary, inputs) -> None:
+    """Before any work: no output (nor the derived summary) may overwrite or sit inside an input."""
+    from peftarena_cli.artifacts.guard import check_outputs
+
+    check_outputs({"-o": output, "--summary": _summary_path(output, summary)}, inputs, tables=("-o", "--summary"))
+
+
+def _check_k_option(k) -> None:
+    """--k is a comma list of positive integers (checked against -n later)."""
+    if k is None:
+        return
+    from peftarena_cli.errors import UsageError
+
+    parts = [x.strip() for x in str(k).split(",") if x.strip()]
+    if not parts or not all(x.isdigit() and int(x) >= 1 for x in parts):
+        raise UsageError(f"--k {k!r}: expected positive integers such as 1,2,4", hint="e.g. --k 1,4 (each k <= -n)")
 
 
 def _check_backend(backend: str) -> None:
@@ -160,8 +178,8 @@ def eval_target_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
     task: str = typer.Option("arith", "--task", "-t", help="arith (built in), gsm8k, math500, aime24, amc23, medmcqa, medqa, pubmedqa (hub), NAME=PATH, or a file."),
-    n_samples: int = typer.Option(1, "-n", "--samples", help="Samples per problem (avg@n; pass@k and maj@k for k <= n)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
+    n_samples: int = typer.Option(1, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy; > 0 samples."),
     k: Optional[str] = typer.Option(None, "--k", help="pass@k / maj@k values, e.g. 1,2,4 (default: powers of 2 up to n)."),
     limit: Optional[int] = LimitOpt,
     include_base: bool = IncludeBaseOpt,
@@ -188,6 +206,8 @@ def eval_target_cmd(
     """
     from peftarena_cli.errors import DataError, UsageError
 
+    _check_k_option(k)
+    _check_outputs(output, summary, [base, *(adapter or []), responses, task])
     _check_backend(backend)
     if responses is not None:
         from peftarena_cli.evaluation.api import rescore_table, score_responses
@@ -262,6 +282,7 @@ def eval_general_cmd(
     """
     from peftarena_cli.errors import DataError, UsageError
 
+    _check_outputs(output, summary, [base, *(adapter or []), responses, suite])
     _check_backend(backend)
     from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks
 

@@ -53,15 +53,19 @@ def rewind_cmd(
         from peftarena_cli.errors import OutputError
 
         raise OutputError(f"output directory {str(output.parent)!r} does not exist (for {str(output)!r})")
+    from peftarena_cli.artifacts.guard import check_outputs
     from peftarena_cli.paths.alphas import check_alphas
 
+    check_outputs({"-o": output}, [finetuned, base, curve])
     record: dict = {}
+    curve_prov: dict = {}
     if curve is not None:
         from peftarena_cli.artifacts.identity import path_identity
         from peftarena_cli.artifacts.tables import read_table
         from peftarena_cli.paths.criteria import pick_alpha
 
         df, prov = read_table(curve)
+        curve_prov = prov
         chosen = pick_alpha(df, pick)
         alpha = chosen.alpha
         record.update(criterion=chosen.criterion, reason=chosen.reason, curve=f"{curve}@{path_identity(curve)}",
@@ -81,6 +85,7 @@ def rewind_cmd(
     from peftarena_cli.weights.finetuned import open_finetuned
 
     ft = open_finetuned(finetuned)
+    _check_curve_source(curve_prov, curve, finetuned, ft.identity())
     if ft.kind == "full":
         if layerwise:
             raise UsageError("--layerwise applies to OFT adapters, not full fine-tunes")
@@ -126,6 +131,19 @@ def rewind_cmd(
         info(f"{layerwise}: target ρ* = {rinfo['rho_target']:.4g}; generator scale per layer: "
              + ", ".join(f"{k}:{v:.3f}" for k, v in scales.items()))
     info(f"wrote the {method} adapter at α = {alpha:g} to {output}")
+
+
+def _check_curve_source(prov: dict, curve, finetuned: str, identity: str) -> None:
+    """The curve's provenance names the fine-tune it was measured on; it must be this one."""
+    src = (prov.get("inputs") or {}).get("finetuned") if isinstance(prov, dict) else None
+    if not src or "@" not in str(src):
+        return
+    spec, _, ident = str(src).rpartition("@")
+    if ident and ident != identity:
+        from peftarena_cli.errors import IncompatibleInputs
+
+        raise IncompatibleInputs(f"the curve {str(curve)!r} was measured on another fine-tune ({spec!r}) than {finetuned!r}",
+                                 hint="pass the adapter the curve was measured on, or run `peftarena interpolate` on this one")
 
 
 def register(app: typer.Typer) -> None:

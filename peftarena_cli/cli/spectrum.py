@@ -15,6 +15,9 @@ def parse_kinds(values: list[str] | None) -> list[str] | None:
     return out or None
 
 
+MAX_LAYERS = 100_000  # a range is expanded into a set: bound it before it fills memory
+
+
 def parse_layers(values: list[str] | None) -> list[int] | None:
     """``18``, ``0-5``, ``3,7`` (repeatable) -> sorted layer numbers."""
     from peftarena_cli.errors import UsageError
@@ -31,6 +34,9 @@ def parse_layers(values: list[str] | None) -> list[int] | None:
                     lo, hi = int(a), int(b)
                     if hi < lo:
                         raise ValueError
+                    if hi - lo >= MAX_LAYERS:
+                        raise UsageError(f"--layers {v!r} spans more than {MAX_LAYERS} layers",
+                                         hint="give the layer numbers of the model, e.g. 0-29")
                     out.update(range(lo, hi + 1))
                 else:
                     out.add(int(part))
@@ -86,6 +92,9 @@ def spectrum_cmd(
         from peftarena_cli.artifacts.atomic import check_output_parent
 
         check_output_parent(output)
+    from peftarena_cli.artifacts.guard import check_outputs
+
+    check_outputs({"-o": output, "--summary": summary}, [base, finetuned], tables=("-o", "--summary"))
     dev = pick_device(device)
     with Progress("spectrum") as bar:
         res = compute_spectrum(base, finetuned, kinds=parse_kinds(modules), layers=parse_layers(layers),
