@@ -28,7 +28,7 @@ def dense_reference(w0: torch.Tensor, w1: torch.Tensor) -> dict:
     sva = (vh * vh1).sum(dim=1).abs()
     return {"sigma": s, "p_diag": p, "delta_p": (p - s).abs(), "energy": e,
             "effective_rank": float((sd ** 2).sum() / sd[0] ** 2), "delta_fro": float(torch.linalg.norm(d)),
-            "sva": sva}
+            "sva": sva, "delta_sv": sd}
 
 
 def np_fluct(x: np.ndarray) -> float:
@@ -73,9 +73,18 @@ def test_metrics_match_dense(case, tiny_model_dir, tmp_path):
         row = summ.loc[mod]
         assert row.effective_rank == pytest.approx(ref["effective_rank"], rel=1e-4)
         assert row.delta_fro == pytest.approx(ref["delta_fro"], rel=1e-4)
-        assert row.fluct_retention == pytest.approx(np_fluct(ref["p_diag"].numpy() / s1), rel=1e-3, abs=1e-9)
-        assert row.fluct_energy == pytest.approx(np_fluct(ref["energy"].numpy() / ref["energy"].sum().item()),
-                                                 rel=1e-3, abs=1e-9)
+        # the study's retention smoothness: fluctuation of the raw |ΔP_diag(i)|
+        assert row.fluct_retention == pytest.approx(np_fluct(ref["delta_p"].numpy()), rel=1e-3, abs=1e-7 * s1)
+        assert row.fluct_base_retention == pytest.approx(np_fluct(ref["p_diag"].numpy() / s1), rel=1e-3, abs=1e-9)
+        esum = ref["energy"].sum().item()
+        assert row.fluct_energy == pytest.approx(np_fluct(ref["energy"].numpy() / esum), rel=1e-3, abs=1e-9)
+        # × ΣE_Δ: the study's score on the raw E_Δ (the factor docs/spectrum.md gives)
+        assert row.fluct_energy * g["energy"].sum() == pytest.approx(np_fluct(ref["energy"].numpy()), rel=1e-3)
+        sd = ref["delta_sv"].numpy()
+        for i in range(5):
+            want = sd[i] if i < len(sd) else float("nan")
+            assert row[f"delta_sv_{i + 1}"] == pytest.approx(want, rel=1e-4, abs=1e-5 * sd[0], nan_ok=True), (mod, i)
+        assert row.delta_sv_1 == pytest.approx(row.delta_spec, rel=1e-12)
         if method in ("oft", "boft"):
             # the non-orthogonal cases (Neumann series, BOFT's scale) decompose W1 in float32; near-degenerate
             # singular pairs of the tiny random W0 then differ from float64 by a few 1e-4
@@ -101,6 +110,46 @@ def test_top_eigenvalue_matches_eigvalsh():
     q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g, dtype=torch.float64))
     lam = torch.cat([torch.full((3,), 5.0, dtype=torch.float64), torch.linspace(4.9, 0, 97, dtype=torch.float64)])
     assert top_eigenvalue(q @ torch.diag(lam) @ q.T) == pytest.approx(5.0, rel=1e-9)
+
+
+def test_top_eigenvalues_match_eigvalsh_with_multiplicity_and_low_rank():
+    from peftarena_cli.geometry.spectrum import top_eigenvalues
+
+    g = torch.Generator().manual_seed(1)
+    for rows in (300, 3, 7):  # full rank, and rank 3 / 7 (an exhausted Krylov space)
+        x = torch.randn(rows, 200, generator=g, dtype=torch.float64)
+        a = x.T @ x
+        want = torch.linalg.eigvalsh(a).flip(0)[:5].clamp_min(0)
+        got = top_eigenvalues(a)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want[0]))
+        torch.testing.assert_close(top_eigenvalues(a.float()), want, rtol=0, atol=1e-5 * float(want[0]))
+    # repeated leading eigenvalues (5, 5, 5, 4, 4): single-vector Lanczos would find each once
+    q, _ = torch.linalg.qr(torch.randn(150, 150, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([5.0, 5, 5, 4, 4], dtype=torch.float64), torch.linspace(3.9, 0, 145, dtype=torch.float64)])
+    got = top_eigenvalues(q @ torch.diag(lam) @ q.T)
+    torch.testing.assert_close(got, lam[:5], rtol=0, atol=1e-9)
+    # small matrices: every eigenvalue there is, at most five
+    assert top_eigenvalues(torch.eye(3, dtype=torch.float64)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_fluct_retention_is_the_study_formula_on_raw_delta_p(tiny_model_dir, tiny_lora_dir, tmp_path):
+    """fluct_retention = mean |x − MA5(x)| of x = |ΔP_diag(i)| (reflect padding), from a dense float64
+    computation; fluct_base_retention the same on P_diag/σ₁."""
+    from peftarena_cli.geometry.base_svd import BaseSvdCache
+    from peftarena_cli.geometry.spectrum import compute_spectrum
+
+    merged = peft_merged(tiny_model_dir, tiny_lora_dir)
+    w0s = base_weights(tiny_model_dir)
+    res = compute_spectrum(str(tiny_model_dir), str(tiny_lora_dir), cache=BaseSvdCache(enabled=False))
+    for row in res.summary.itertuples():
+        w0, w1 = w0s[row.module + ".weight"].double(), merged[row.module + ".weight"].double()
+        u, s, vh = np.linalg.svd(w0.numpy(), full_matrices=False)
+        dp = np.abs(np.einsum("ki,kl,il->i", u, (w1 - w0).numpy(), vh))
+        xp = np.pad(dp, 2, mode="reflect")
+        ma = np.array([xp[i:i + 5].mean() for i in range(len(dp))])
+        assert row.fluct_retention == pytest.approx(np.abs(dp - ma).mean(), rel=1e-3)
+        pd_ = s + np.einsum("ki,kl,il->i", u, (w1 - w0).numpy(), vh)
+        assert row.fluct_base_retention == pytest.approx(np_fluct(pd_ / s[0]), rel=1e-3)
 
 
 def test_base_read_once_per_module_and_lowrank_never_dense(tiny_model_dir, tiny_lora_dir, tmp_path, monkeypatch):

@@ -7,15 +7,18 @@ For a linear module with base weight W0 = U Σ Vᵀ (σ_i descending) and update
 * effective rank of ΔW  ‖ΔW‖_F² / ‖ΔW‖₂²  (0 when ΔW = 0);
 * fluctuation score of a profile x: mean_i |x_i − MA_5(x)_i|, MA_5 a width-5 moving average with
   reflect padding (mirror without repeating the edge: x2 x1 | x0 x1 x2 …). The retention score
-  uses P_diag/σ_1, the energy score E_Δ/Σ_i E_Δ(i) (the normalisations the plots use);
+  (``fluct_retention``) is the study's: the fluctuation of the raw drift ΔP_diag(i), unnormalised;
+  ``fluct_base_retention`` is the fluctuation of P_diag/σ_1 (dominated by the base's own σ_i/σ_1);
+  the energy score uses E_Δ/Σ_i E_Δ(i) (× Σ_i E_Δ(i) gives the study's score on raw E_Δ);
+* the top five singular values of ΔW (``delta_sv_1`` … ``delta_sv_5``; 0 beyond ΔW's rank);
 * singular-vector alignment (multiplicative methods: OFT, BOFT) |cos(v_i(W0), v_i(W1))|.
 
 Structure used instead of dense work (exact, not approximations):
 
 * low-rank ΔW = B A: u_iᵀΔW v_i = Σ_j (UᵀB)_{ij} (A V)ᵀ_{ij} and ‖ΔW v_i‖² = (A v_i)ᵀ (BᵀB) (A v_i), so
   no out×k matrix is formed; ‖ΔW‖_F² from the r×r Grams and ‖ΔW‖₂ from an r×r core (QR of factors);
-* dense ΔW: ‖ΔW‖₂² is the top eigenvalue of the smaller Gram matrix (Lanczos, see
-  :func:`top_eigenvalue`);
+* dense ΔW: ‖ΔW‖₂² and the next four squared singular values are the top eigenvalues of the
+  smaller Gram matrix (block Lanczos, see :func:`top_eigenvalues`);
 * OFT, W1 = W0 M with block-diagonal M: ΔW = U Σ Vᵀ(M − I), so with C = Vᵀ(M − I)V and
   D = Vᵀ(M − I)(Mᵀ − I)V (k × k) u_iᵀΔW v_i = σ_i C_ii, ‖ΔW v_i‖ = ‖Σ C e_i‖ and ‖ΔW‖ = ‖Σ D Σ‖^½
   (F: trace, 2-norm: top eigenvalue); M is applied block by block and ΔW is never formed;
@@ -37,10 +40,12 @@ import torch
 
 from peftarena_cli.geometry.base_svd import BaseSvdCache, gram, left_vectors, single_threaded_numpy_lapack, ut_times
 
+TOP_SV = 5  # singular values of ΔW reported per module (the study's delta_sv_top5)
 INDEX_COLUMNS = ["module", "layer", "kind", "index", "sigma", "p_diag", "delta_p", "energy", "sva"]
 SUMMARY_COLUMNS = [
     "module", "layer", "kind", "method", "form", "out_features", "in_features", "sigma_1",
-    "effective_rank", "delta_fro", "delta_spec", "fluct_retention", "fluct_energy", "sva_mean",
+    "effective_rank", "delta_fro", "delta_spec", "fluct_retention", "fluct_base_retention", "fluct_energy",
+    "sva_mean", *(f"delta_sv_{i}" for i in range(1, TOP_SV + 1)),
 ]
 ORTHO_TOL = 1e-4  # max |MᵀM − I| under which v_i(W1) = Mᵀ v_i is used (Neumann truncation error)
 
@@ -108,6 +113,108 @@ def top_eigenvalue(a: torch.Tensor, tol: float | None = None, max_steps: int = 3
     return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
 
 
+def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = None, max_dim: int = 320,
+                    check_every: int = 2) -> torch.Tensor:
+    """The ``count`` largest eigenvalues (descending, float64, clamped at 0) of a symmetric PSD matrix.
+
+    Block Lanczos with full reorthogonalisation and a block of ``count + 3`` vectors, so an
+    eigenvalue repeated up to that many times is found with its multiplicity (single-vector
+    Lanczos finds each distinct eigenvalue once). T = QᵀAQ is taken from the projections
+    themselves, not assumed block-tridiagonal, and a block that loses rank (an exhausted Krylov
+    space, e.g. a rank-deficient ΔW) is completed with random directions, so the Rayleigh–Ritz
+    values stay exact for the space spanned. Stops when every wanted Ritz pair's residual
+    ‖R s_i‖ is below ``tol`` × θ_1 (default 1e-6 in float32, 1e-10 in float64), which bounds
+    each eigenvalue's error by the same; ``eigvalsh`` for small matrices or when ``max_dim``
+    vectors do not settle it. Runs on the host in ``a``'s dtype, the small problems in float64.
+    """
+    n = a.shape[0]
+    want = min(count, n)
+    if n <= max(32, 6 * count):
+        ev = torch.linalg.eigvalsh(a.double().cpu()).flip(0)[:want]
+        return ev.clamp_min(0.0)
+    a = a.cpu()
+    dt = a.dtype
+    if tol is None:
+        tol = 1e-10 if dt == torch.float64 else 1e-6
+    p = count + 3
+    m = min(n, max_dim)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    basis = torch.empty(m + p, n, dtype=dt)  # orthonormal rows
+    t = torch.zeros(m + p, m + p, dtype=torch.float64)
+
+    def orthonormal_block(x, j):
+        for _ in range(2):  # classical Gram–Schmidt against the basis, twice, then QR inside the block
+            if j:
+                x -= (x @ basis[:j].T) @ basis[:j]
+        q, r = torch.linalg.qr(x.T)
+        return q.T, r
+
+    def _next_block(q, j):
+        # q spans the residual block; where the block lost rank (exhausted Krylov space) q's columns
+        # are noise that need not be orthogonal to the basis: reorthogonalise, and replace a column
+        # that loses more than half its norm doing so by a random direction
+        nxt = q.T.contiguous()
+        for _ in range(3):
+            nxt, r2 = orthonormal_block(nxt, j)
+            bad = r2.diagonal().abs() < 0.5
+            if not bool(bad.any()):
+                break
+            nxt[bad] = torch.randn(int(bad.sum()), n, generator=g, dtype=torch.float64).to(dt)
+        return nxt
+
+    q0, _ = orthonormal_block(torch.randn(p, n, generator=g, dtype=torch.float64).to(dt), 0)
+    basis[:p] = q0
+    j = p  # rows filled
+    steps = 0
+    b0 = 0  # first row of the block being expanded
+    while True:
+        blk = basis[b0:b0 + p]
+        w = blk @ a  # rows (A q_l)ᵀ, a symmetric
+        done = basis[:j]
+        h = w @ done.T
+        w -= h @ done
+        h2 = w @ done.T
+        w -= h2 @ done
+        h = (h + h2).double()  # the block's rows of T = QᵀAQ (and, by symmetry, its columns)
+        t[b0:b0 + p, :j] = h
+        t[:j, b0:b0 + p] = h.T
+        q, r = torch.linalg.qr(w.T)  # w = rᵀ qᵀ: the residual block and its coupling r
+        steps += 1
+        if steps % check_every and j + p <= m and j < n:
+            basis[j:j + p] = _next_block(q, j)
+            b0 = j
+            j += p
+            continue
+        ts = t[:j, :j]
+        ev, vec = torch.linalg.eigh((ts + ts.T) / 2)
+        theta = ev.flip(0)[:want]
+        s_last = vec.flip(1)[b0:b0 + p, :want]
+        res = torch.linalg.vector_norm(r.double() @ s_last, dim=0)
+        top = max(float(theta[0]), 1e-300)
+        if bool((res <= tol * top).all()) or j >= n:
+            return theta.clamp_min(0.0)
+        if j + p > m:
+            break
+        basis[j:j + p] = _next_block(q, j)
+        b0 = j
+        j += p
+    ev = torch.linalg.eigvalsh(a.double()).flip(0)[:want]
+    return ev.clamp_min(0.0)
+
+
+def top_singular_values(md, count: int = TOP_SV) -> torch.Tensor:
+    """The ``count`` largest singular values of ΔW (descending, float64; 0 beyond ΔW's rank, and
+    only min(out, in) of them): r×r core for low-rank, top eigenvalues of the smaller Gram matrix
+    otherwise."""
+    k = min(md.w0.shape)
+    want = min(count, k)
+    if md.is_low_rank:
+        sv = md.singular_values().double().cpu()[:want]
+        return torch.cat([sv, torch.zeros(want - sv.numel(), dtype=torch.float64)])
+    d = md.dense()
+    return top_eigenvalues(gram(d.T if d.shape[0] <= d.shape[1] else d), count).sqrt()
+
+
 def spectral_norm_sq(md) -> float:
     """‖ΔW‖₂² of a ModuleDelta: r×r core for low-rank, top eigenvalue of the smaller Gram otherwise."""
     if md.is_low_rank:
@@ -118,7 +225,7 @@ def spectral_norm_sq(md) -> float:
 
 
 def rotation_parts(md, u, s, vh):
-    """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ‖ΔW‖₂² and, for the alignment,
+    """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ΔW's top squared singular values and, for the alignment,
     (C, D) (below), without forming ΔW.
 
     Two products of the size of a k × in × k GEMM: C and the Gram matrix
@@ -138,8 +245,9 @@ def rotation_parts(md, u, s, vh):
     d = gram(y)
     dd = torch.diagonal(d)
     fro2 = float((s2 * dd).sum(dtype=torch.float64))
-    spec2 = top_eigenvalue(s[:, None] * d * s) if fro2 > 0 else 0.0
-    return diag, energy, fro2, spec2, (c, d)
+    want = min(TOP_SV, min(md.w0.shape))
+    top2 = top_eigenvalues(s[:, None] * d * s) if fro2 > 0 else torch.zeros(want, dtype=torch.float64)
+    return diag, energy, fro2, top2, (c, d)
 
 
 def profiles(md, u, s: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,11 +358,13 @@ def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
     """All spectrum metrics of one module; ``sva=None`` computes alignment for multiplicative methods only."""
     cd = None
     if md.is_rotation and md.row_scale is None:
-        diag, energy, fro2, spec2, cd = rotation_parts(md, u, s, vh)
+        diag, energy, fro2, top2, cd = rotation_parts(md, u, s, vh)
+        top_sv = top2.clamp_min(0.0).sqrt()
     else:
         diag, energy = profiles(md, u, s, vh)
         fro2 = md.fro2()
-        spec2 = spectral_norm_sq(md)
+        top_sv = top_singular_values(md)
+    spec2 = float(top_sv[0]) ** 2 if top_sv.numel() else 0.0
     p_diag = s + diag
     k = s.shape[0]
     eff = fro2 / spec2 if spec2 > 0 else 0.0
@@ -274,10 +384,13 @@ def module_spectrum(md, u, s, vh, sva: bool | None = None) -> ModuleSpectrum:
         "module": md.name, "layer": md.layer, "kind": md.kind, "method": md.method, "form": md.form,
         "out_features": int(md.w0.shape[0]), "in_features": int(md.w0.shape[1]), "sigma_1": s1,
         "effective_rank": eff, "delta_fro": fro2 ** 0.5, "delta_spec": spec2 ** 0.5,
-        "fluct_retention": fluctuation(index["p_diag"] / s1) if s1 > 0 else float("nan"),
+        "fluct_retention": fluctuation(index["delta_p"]),
+        "fluct_base_retention": fluctuation(index["p_diag"] / s1) if s1 > 0 else float("nan"),
         "fluct_energy": fluctuation(index["energy"] / etot) if etot > 0 else 0.0,
         "sva_mean": float(index["sva"].mean()) if want_sva else float("nan"),
     }
+    for i in range(TOP_SV):  # NaN beyond min(out, in): ΔW has no such singular value
+        summary[f"delta_sv_{i + 1}"] = float(top_sv[i]) if i < top_sv.numel() else float("nan")
     return ModuleSpectrum(index=index, summary=summary)
 
 
