@@ -19,7 +19,7 @@ import pandas as pd
 from peftarena_cli.errors import DataError, IncompatibleInputs
 from peftarena_cli.evaluation.scoring import score_rows, summarize, to_frame
 
-SUMMARY_COLUMNS = ["task", "metric", "value", "n"]
+SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "estimator", "note"]
 BUILTIN_NAMES = ("arith", "general", "ifeval", "bbh", "facts")
 
 
@@ -51,6 +51,16 @@ def _check_ks(ks, n_samples):
         return parse_ks(ks, n_samples)
     except Exception as e:  # UsageError from parse_ks -> exit 1 here: k larger than n is a bad input
         raise IncompatibleInputs(str(e), hint="pass -n (samples) at least as large as the largest k") from None
+
+
+def _aggregate(summary: list[dict], row: dict, parts: list[tuple[str, str]]) -> dict:
+    """An aggregate row (target_score, the general score) with its interval from its parts' primary rows
+    (se = √(Σ se²) / P; docs/eval.md, "Intervals")."""
+    from peftarena_cli.evaluation.intervals import aggregate_row
+    from peftarena_cli.evaluation.scoring import primary_row
+
+    prims = [primary_row(summary, sc, name) for sc, name in parts]
+    return aggregate_row(row["task"], row["metric"], row["value"], row["n"], prims, "mean of parts")
 
 
 def load_target_tasks(task="arith", limit=None, seed=0):
@@ -93,8 +103,8 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=1, tem
         srows, primary = summarize(df, t.scorer, t.name, ks)
         summary += srows
         scores.append(primary)
-    summary.append({"task": "target", "metric": "target_score", "value": sum(scores) / len(scores),
-                    "n": sum(len(t.items) for t in tasks)})
+    summary.append(_aggregate(summary, {"task": "target", "metric": "target_score", "value": sum(scores) / len(scores),
+                                        "n": sum(len(t.items) for t in tasks)}, [(t.scorer, t.name) for t in tasks]))
     if stats is not None:
         stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0)
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
@@ -140,8 +150,8 @@ def general_summary(frames_by_task) -> pd.DataFrame:
         rows, primary = summarize(df, scorer, name)
         summary += rows
         scores.append(primary)
-    summary.append({"task": "general", "metric": "general_score", "value": sum(scores) / len(scores) if scores else float("nan"),
-                    "n": len(scores)})
+    summary.append(_aggregate(summary, {"task": "general", "metric": "general_score", "value": sum(scores) / len(scores) if scores else float("nan"),
+                                        "n": len(scores)}, [(sc, nm) for nm, (sc, _) in frames_by_task.items()]))
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
@@ -225,7 +235,8 @@ def _summary_for(df, scorers: dict, ks, kind):
         rows, primary = summarize(df[df["task"] == t], sc, t, ks)
         summary += rows
         scores.append(primary)
-    summary.append({"task": "target", "metric": "target_score", "value": sum(scores) / len(scores), "n": df["id"].nunique()})
+    summary.append(_aggregate(summary, {"task": "target", "metric": "target_score", "value": sum(scores) / len(scores),
+                                        "n": df["id"].nunique()}, list(zip(scorers.values(), scorers.keys()))))
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 

@@ -79,3 +79,19 @@ def sample_metrics(per_sample, ks: list[int], value_col: str = "correct"):
             v = sum(maj_at_k(e, c, k) for e, c in zip(extr, corr)) / max(n_items, 1)
             rows.append({"metric": f"maj@{k}", "value": 100.0 * v, "n": n_items})
     return rows
+
+
+def per_item_values(per_sample, metric: str, value_col: str = "correct") -> list[float]:
+    """Per-problem values (0..1) of ``avg@n``, ``pass@k`` or ``maj@k``, in ``id`` order of first
+    appearance: the unit the summary's interval resamples (docs/eval.md, "Intervals")."""
+    groups = per_sample.sort_values("sample").groupby("id", sort=False)
+    out = []
+    for _, g in groups:
+        c = list(g[value_col].fillna(False).astype(bool)) if hasattr(g[value_col], "fillna") else list(g[value_col])
+        if metric.startswith("pass@"):
+            out.append(pass_at_k(len(c), sum(c), int(metric[5:])))
+        elif metric.startswith("maj@"):
+            out.append(maj_at_k(list(g["extracted"]), c, int(metric[4:])))
+        else:
+            out.append(avg_at_n(c))
+    return out

@@ -120,4 +120,16 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
         rows.append({"task": task_name, "metric": "exact_match", "value": primary, "n": len(d)})
     else:  # pragma: no cover
         raise ValueError(scorer)
+    from peftarena_cli.evaluation.intervals import add_intervals
+
+    add_intervals(rows, df, scorer, task_name)  # se, ci_low, ci_high, estimator, note (docs/eval.md)
     return rows, primary
+
+
+def primary_row(rows: list[dict], scorer: str, task_name: str) -> dict | None:
+    """The summary row of a task's primary metric (:data:`PRIMARY`) among ``rows``."""
+    want = PRIMARY.get(scorer)
+    for r in rows:
+        if r["task"] == task_name and (r["metric"] == want or (want == "avg@n" and str(r["metric"]).startswith("avg@"))):
+            return r
+    return None
