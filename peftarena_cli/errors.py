@@ -72,3 +72,9 @@ class DataError(PeftArenaError):
 
 class MissingDependency(PeftArenaError):
     default_hint = "install the missing package"
+
+
+class DeviceNotAvailable(PeftArenaError):
+    """A device that was asked for is not there (e.g. --device cuda without CUDA)."""
+
+    default_hint = "pass --device cpu (or auto: CUDA when present)"

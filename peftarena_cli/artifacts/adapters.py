@@ -92,8 +92,11 @@ def is_adapter_path(spec: str | os.PathLike) -> bool:
     return False
 
 
-def load_adapter(spec: str | os.PathLike, device: str = "cpu") -> Adapter:
-    """Load an adapter from a PEFT directory or a single safetensors file."""
+def load_adapter(spec: str | os.PathLike, device: str = "cpu", allow_nonfinite: bool = False) -> Adapter:
+    """Load an adapter from a PEFT directory or a single safetensors file.
+
+    Tensors holding NaN or Inf are refused (:class:`~peftarena_cli.errors.NumericalError`) unless
+    ``allow_nonfinite``."""
     from safetensors.torch import load_file
 
     p = Path(spec).expanduser()
@@ -140,7 +143,25 @@ def load_adapter(spec: str | os.PathLike, device: str = "cpu") -> Adapter:
         raise InvalidArtifact(f"cannot read {str(weights)!r}: {e}") from None
     if not tensors:
         raise AdapterError(f"{str(spec)!r} holds no tensors")
+    if not allow_nonfinite:
+        check_finite(tensors, f"adapter {str(spec)!r}")
     return Adapter(config=config, tensors=tensors, path=p, metadata=meta)
+
+
+def check_finite(tensors, what: str) -> None:
+    """The one NaN/Inf policy: weights holding NaN or Inf are refused (every command), naming the
+    first tensors affected. ``tensors``: a dict or (name, tensor) pairs."""
+    import torch
+
+    bad = []
+    for name, t in (tensors.items() if hasattr(tensors, "items") else tensors):
+        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    if bad:
+        from peftarena_cli.errors import NumericalError
+
+        raise NumericalError(f"{what} holds NaN or Inf in {len(bad)} tensor(s): {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}",
+                             hint="the fine-tune diverged or the file is damaged; use an earlier checkpoint")
 
 
 def _metadata(adapter: Adapter, extra: dict | None) -> dict[str, str]:

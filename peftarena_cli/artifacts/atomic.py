@@ -22,6 +22,12 @@ def _umask() -> int:
     return mask
 
 
+def _output_oserror(e: OSError, path) -> OutputError:
+    """An OSError while writing ``path`` as the user error it is (read-only, full disk, no permission)."""
+    why = e.strerror or type(e).__name__
+    return OutputError(f"cannot write {str(path)!r}: {why}", hint="choose a writable location with enough free space")
+
+
 def check_output_parent(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path; raise :class:`OutputError` if its directory does not exist."""
     p = Path(path)
@@ -35,11 +41,67 @@ def check_output_parent(path: str | os.PathLike) -> Path:
     return p
 
 
+STALE_UNKNOWN_S = 24 * 3600  # a temporary entry without a writer's pid is stale after a day
+
+
+def _tmp_prefix(name: str) -> str:
+    """``.tmp-<name>.<pid>.``: the writer's pid lets a later run tell a dead writer's leftovers
+    from a live writer's work in progress."""
+    return f".tmp-{name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove ``.tmp-*`` / ``.old-*`` entries in ``directory`` (for final name ``name``, or all)
+    left behind by a writer that was killed: its pid no longer runs (or, for entries without a
+    pid, they are older than a day). Returns what was removed."""
+    import re
+    import time
+
+    d = Path(directory)
+    removed: list[Path] = []
+    if not d.is_dir():
+        return removed
+    pat = re.compile(r"^\.(?:tmp|old)-(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[^.]+$")
+    for e in d.iterdir():
+        m = pat.match(e.name)
+        if not m or (name is not None and m.group("name") != name):
+            continue
+        pid = m.group("pid")
+        try:
+            if pid is not None:
+                if int(pid) == os.getpid() or _pid_alive(int(pid)):
+                    continue
+            elif time.time() - e.lstat().st_mtime < STALE_UNKNOWN_S:
+                continue
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e, ignore_errors=True)
+            else:
+                e.unlink(missing_ok=True)
+            removed.append(e)
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds."""
     final = check_output_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
+    clean_stale_tmp(final.parent, final.name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(final.name), dir=final.parent)
+    except OSError as e:
+        raise _output_oserror(e, final) from None
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
@@ -77,12 +139,16 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise OutputError(
             f"{str(final)!r} already exists", hint="choose another path or pass --overwrite"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=parent))
+    clean_stale_tmp(parent, final.name)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(final.name), dir=parent))
+    except OSError as e:
+        raise _output_oserror(e, final) from None
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}.", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}.{os.getpid()}.", dir=parent))
             os.replace(final, old / "x")
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)

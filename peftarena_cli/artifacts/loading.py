@@ -28,9 +28,30 @@ def torch_dtype(name: str):
 
 def pick_device(device: str = "auto") -> str:
     """``auto`` means CUDA when present, else CPU."""
-    if device != "auto":
-        return device
     import torch
+
+    if device != "auto":
+        d = str(device)
+        if d.startswith("cuda") and not torch.cuda.is_available():
+            from peftarena_cli.errors import DeviceNotAvailable
+
+            raise DeviceNotAvailable(f"--device {d}: CUDA is not available on this machine")
+        if d.startswith("cuda:"):
+            try:
+                idx = int(d.split(":", 1)[1])
+            except ValueError:
+                from peftarena_cli.errors import UsageError
+
+                raise UsageError(f"--device {d!r}: expected cpu, cuda, cuda:N or auto") from None
+            if idx >= torch.cuda.device_count():
+                from peftarena_cli.errors import DeviceNotAvailable
+
+                raise DeviceNotAvailable(f"--device {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        elif d not in ("cpu", "cuda", "mps"):
+            from peftarena_cli.errors import UsageError
+
+            raise UsageError(f"unknown --device {d!r}", hint="use cpu, cuda, cuda:N or auto")
+        return d
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -62,14 +83,55 @@ def load_tokenizer(ref: ModelRef):
     from transformers import AutoTokenizer
 
     d = config_dir(ref)
+    refuse_remote_code(_read_json(d / "tokenizer_config.json"), ref.spec)
     try:
-        tok = AutoTokenizer.from_pretrained(str(d))
+        tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
     except Exception as e:
         raise InvalidArtifact(f"cannot load a tokenizer from {str(d)!r}: {type(e).__name__}: {e}",
                               hint="the model directory needs its tokenizer files") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def refuse_remote_code(config: dict, spec) -> None:
+    """A model whose config maps its classes to its own Python files (``auto_map``) is refused:
+    peftarena never runs code that comes with a model (``trust_remote_code`` is always False), and
+    never asks on stdin/stdout whether it may."""
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise InvalidArtifact(
+            f"{str(spec)!r} defines its own model code (auto_map in its config); peftarena never runs a model's code",
+            hint="use a model whose architecture transformers implements (e.g. Llama, Qwen2, Mistral)")
+
+
+def check_loaded_names(model, missing: list[str], unexpected: list[str], spec, mismatched=None) -> None:
+    """Missing or unexpected tensor names (a file whose names do not match the architecture would
+    otherwise run with random weights) are an error naming a few of them. Keys tied to a loaded
+    tensor (``lm_head.weight`` with tied embeddings) and non-persistent buffers are not missing."""
+    sd = model.state_dict()
+    loaded_ptrs = {t.data_ptr() for k, t in sd.items() if k not in set(missing)}
+    missing = sorted(k for k in missing if k in sd and sd[k].data_ptr() not in loaded_ptrs)
+    unexpected = sorted(unexpected)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s) ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    if mismatched:
+        names = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in mismatched]
+        problems.append(f"{len(names)} tensor(s) of the wrong shape ({', '.join(names[:3])})")
+    if problems:
+        raise IncompatibleInputs(
+            f"the weights of {str(spec)!r} do not match its architecture: {'; '.join(problems)}",
+            hint="pass the model's own weights file (tensor names as transformers saves them) or its HF directory")
 
 
 def load_model(spec, dtype: str = "float32", device: str = "auto"):
@@ -86,20 +148,30 @@ def load_model(spec, dtype: str = "float32", device: str = "auto"):
         with safe_open(str(ref.path), framework="pt") as f:
             cfgd = json.loads(f.metadata()["config"])
         config = AutoConfig.for_model(**cfgd) if "model_type" in cfgd else PretrainedConfig(**cfgd)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+        refuse_remote_code(cfgd, ref.spec)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=False)
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(ref.path)), strict=False)
+        res = model.load_state_dict(load_file(str(ref.path)), strict=False)
+        model.tie_weights()
+        check_loaded_names(model, list(res.missing_keys), list(res.unexpected_keys), ref.spec)
     else:
+        refuse_remote_code(_read_json(d / "config.json"), ref.spec)
         kwargs = {}
         if ref.is_single_file:
             from safetensors.torch import load_file
 
             kwargs["state_dict"] = load_file(str(ref.path))
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch_dtype(dtype), **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch_dtype(dtype), trust_remote_code=False,
+                                                               output_loading_info=True, **kwargs)
         except (OSError, ValueError) as e:
-            raise InvalidArtifact(f"cannot load a model from {ref.spec!r}: {e}") from None
+            raise InvalidArtifact(f"cannot load a model from {ref.spec!r}: {str(e).splitlines()[0] if str(e) else e}") from None
+        check_loaded_names(model, list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or []),
+                           ref.spec, mismatched=list(info.get("mismatched_keys") or []))
+    from peftarena_cli.artifacts.adapters import check_finite
+
+    check_finite(model.named_parameters(), f"model {str(ref.spec)!r}")
     model.to(dev)
     model.eval()
     tok = load_tokenizer(ref)

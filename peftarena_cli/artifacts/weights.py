@@ -124,11 +124,17 @@ def resolve_model(spec: str | os.PathLike, allow_download: bool = True) -> Model
         raise InputNotFound(f"no such file or directory: {s!r}")
     if not allow_download:
         raise InputNotFound(f"{s!r} is not a local path or alias")
+    org = s.split("/", 1)[0]
+    if Path(org).expanduser().is_dir():
+        # `runs/lora` where runs/ exists: a mistyped local path, not a hub id; no network
+        raise InputNotFound(f"no such file or directory: {s!r} (and {org + '/'!r} is a local directory, so it is not "
+                            "tried as a hub id)", hint="check the path; use ./ORG/NAME for local paths")
     d = download_hub_model(s)
     return ModelRef(s, "hub", d, weight_files_in(d))
 
 
 def download_hub_model(repo_id: str) -> Path:
+    """Download a hub model (only ever for a spec that cannot be a local path: see resolve_model)."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -138,8 +144,9 @@ def download_hub_model(repo_id: str) -> Path:
         )
     except Exception as e:  # network errors, missing repos, gated repos
         raise ModelNotAvailable(
-            f"could not fetch {repo_id!r} from the Hugging Face hub: {type(e).__name__}",
-            hint="check the id and your network, or pass a local directory / `smollm2-135m`",
+            f"no such local path {repo_id!r}; tried the Hugging Face hub as well and could not fetch it "
+            f"({type(e).__name__})",
+            hint="check the path (or the hub id and your network), or pass a local directory / `smollm2-135m`",
         ) from e
     return Path(d)
 
@@ -174,9 +181,22 @@ def _parse_safetensors(path: Path) -> tuple[dict, int]:
         if k == "__metadata__":
             continue
         try:
-            end = max(end, int(v["data_offsets"][1]))
+            begin, stop = (int(x) for x in v["data_offsets"])
+            shape = [int(x) for x in v["shape"]]
+            dtype = v["dtype"]
         except (KeyError, TypeError, IndexError, ValueError):
             raise InvalidArtifact(f"{str(path)!r}: corrupt safetensors entry {k!r}") from None
+        if dtype not in _ITEMSIZE:
+            raise InvalidArtifact(f"{str(path)!r}: tensor {k!r} has an unknown dtype {dtype!r}")
+        n_items = 1
+        for x in shape:
+            n_items *= x
+        if begin < 0 or stop < begin or any(x < 0 for x in shape) or stop - begin != n_items * _ITEMSIZE[dtype]:
+            raise InvalidArtifact(
+                f"{str(path)!r}: tensor {k!r} is declared {dtype} {shape} ({n_items * _ITEMSIZE[dtype]} bytes) "
+                f"but holds {stop - begin} bytes",
+                hint="the header does not describe the data; the file is corrupt or was edited")
+        end = max(end, stop)
     if 8 + n + end > size:
         raise InvalidArtifact(
             f"{str(path)!r} is truncated ({size} bytes, header needs {8 + n + end})",
@@ -184,6 +204,9 @@ def _parse_safetensors(path: Path) -> tuple[dict, int]:
         )
     return header, 8 + n
 
+
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
 _DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",

@@ -72,6 +72,11 @@ def act_geom_cmd(
         raise UsageError("--gram-sample cannot be combined with --shard (the sample is not additive)")
     if sums and gram_sample:
         raise UsageError("--gram-sample needs the activations: run with --prompts")
+    from peftarena_cli.artifacts.guard import check_outputs, check_weights_output
+
+    check_weights_output(save_sums, "--save-sums")
+    check_outputs({"-o": output, "--save-sums": save_sums}, [base, adapter, *(prompts or []), *(sums or [])],
+                  tables=("-o",))
 
     from peftarena_cli.activations.pair_sums import merge_sums_files, save_sums as write_sums
 

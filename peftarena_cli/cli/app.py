@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import sys
 from typing import Optional
@@ -40,6 +41,9 @@ COMMAND_MODULES: list[str] = [
 TORCHLESS_COMMANDS = {"report"}  # Parquet in, figures out: no torch import to pay for
 
 
+QUIET_HELP = "Only errors on stderr: no progress bars, log lines, warnings or score tables."
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"peftarena {__version__}")
@@ -48,10 +52,34 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
-    STATE["quiet"] = quiet
+    if quiet:
+        set_quiet()
+
+
+def set_quiet() -> None:
+    STATE["quiet"] = True
+    os.environ["TQDM_DISABLE"] = "1"  # library progress bars (e.g. the GGUF conversion's)
+
+
+def _with_quiet(command):
+    """Give a command its own ``-q/--quiet`` so it works after the subcommand too and is listed in
+    the command's --help."""
+    sig = inspect.signature(command, eval_str=True)
+
+    @functools.wraps(command)
+    def run(*args, quiet: bool = False, **kwargs):
+        if quiet:
+            set_quiet()
+        return command(*args, **kwargs)
+
+    param = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                              default=typer.Option(False, "--quiet", "-q", help=QUIET_HELP))
+    run.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    run.__annotations__ = {**{p.name: p.annotation for p in sig.parameters.values()}, "quiet": bool}
+    return run
 
 
 def _as_command_process(command):
@@ -79,6 +107,9 @@ def _register() -> None:
     for info in app.registered_commands:
         if info.name not in TORCHLESS_COMMANDS:
             info.callback = _as_command_process(info.callback)
+        info.callback = _with_quiet(info.callback)
+    for info in models.app.registered_commands:
+        info.callback = _with_quiet(info.callback)
     app.add_typer(models.app, name="models")
 
 
@@ -100,6 +131,40 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Could not find a config file in")
 
 
+TELEMETRY_OFF = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",  # huggingface_hub's send_telemetry (TRL, transformers, datasets use it)
+    "DO_NOT_TRACK": "1",  # the common opt-out that huggingface_hub and others read
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled",
+    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+}
+
+
+def no_telemetry() -> None:
+    """Telemetry off inside a peftarena process: nothing leaves the machine unless a hub id was asked for."""
+    for k, v in TELEMETRY_OFF.items():
+        os.environ[k] = v
+
+
+def _expected_failure(e: BaseException) -> tuple[str, str] | None:
+    """(message, hint) for failures that are the environment's, not a bug: a read-only or full disk,
+    missing permissions, a refused pickle, a device that is not there."""
+    import errno
+    import pickle
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                              errno.EFBIG, errno.ENAMETOOLONG):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return (f"{e.strerror or type(e).__name__}{where}",
+                "free disk space or choose a writable output location" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                else "check the path's permissions, or choose another location")
+    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+        return ("refused to load a pickled file that holds more than plain tensors (it could run code)",
+                "remove the file (e.g. a planted rng_state.pth under resume/), or start the run again with --overwrite")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every expected error into one line + exit code.
 
@@ -112,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     # Library progress bars (transformers' "Loading weights", hub downloads) would interleave with
     # ours on stderr; peftarena reports progress itself. Users can set the variable to 0.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    no_telemetry()
     if not _debug():
         _quiet_library_warnings()
     command = typer.main.get_command(app)
@@ -132,10 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # unexpected: one line unless debugging
         if _debug():
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
-        sys.stderr.write(f"error: internal error: {type(e).__name__}: {first}\n")
-        sys.stderr.write("hint: rerun with PEFTARENA_DEBUG=1 for the traceback and report it\n")
-        code = 1
+        expected = _expected_failure(e)
+        if expected is not None:
+            sys.stderr.write(f"error: {expected[0]}\nhint: {expected[1]}\n")
+            code = 1
+        else:
+            first = str(e).splitlines()[0] if str(e) else ""
+            sys.stderr.write(f"error: internal error: {type(e).__name__}: {first}\n")
+            sys.stderr.write("hint: rerun with PEFTARENA_DEBUG=1 for the traceback and report it\n")
+            code = 1
     if STATE["entry_point"]:
         from peftarena_cli.cli import process
 

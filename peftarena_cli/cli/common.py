@@ -34,7 +34,9 @@ def info(msg: str) -> None:
 
 
 def warn(msg: str) -> None:
-    err_console().print(f"[yellow]warning:[/yellow] {msg}")
+    """A warning on stderr (suppressed by --quiet, which leaves only errors)."""
+    if not STATE["quiet"]:
+        err_console().print(f"[yellow]warning:[/yellow] {msg}")
 
 
 def progress_enabled() -> bool:
@@ -104,6 +106,8 @@ def print_table(df, title: str | None = None, max_rows: int = 30, file=None) -> 
     from rich.console import Console
     from rich.table import Table
 
+    if file is sys.stderr and STATE["quiet"]:  # a table on stderr is a log line: --quiet drops it
+        return
     t = Table(title=title, show_lines=False)
     for c in df.columns:
         t.add_column(str(c), overflow="fold", max_width=40)

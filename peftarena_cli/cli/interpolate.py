@@ -40,8 +40,8 @@ def interpolate_cmd(
     evals: Optional[str] = typer.Option(None, "--eval", help="Evaluate at each α: target, general or target,general."),
     target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
     general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many examples per evaluation task (BBH: per subtask)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the tasks' generation length."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many examples per evaluation task (BBH: per subtask)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the tasks' generation length."),
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),
     save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
     allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
@@ -85,6 +85,18 @@ def interpolate_cmd(
         raise UsageError("--limit must be at least 1")
     if output is not None and str(output) != "-":
         check_output_parent(output)
+    from peftarena_cli.artifacts.guard import check_outputs
+
+    outs: dict = {"-o": output, "--save-checkpoints": save_checkpoints}
+    if output is not None and str(output) != "-":
+        op = Path(output)
+        for kind in kinds:
+            outs[f"-o ({kind} samples)"] = op.with_name(f"{op.stem}.{kind}-samples.parquet")
+        if stats:
+            outs["-o (csd rows)"] = op.with_name(f"{op.stem}.csd.parquet")
+    check_outputs(outs, [base, finetuned, *(stats or []), target_task if "target" in kinds else None,
+                         general_suite if "general" in kinds else None],
+                  tables=[k for k in outs if k.startswith("-o")])
     if save_checkpoints is not None:
         sp = Path(save_checkpoints)
         if sp.exists() and not sp.is_dir():
@@ -95,6 +107,8 @@ def interpolate_cmd(
             from peftarena_cli.errors import OutputError
 
             raise OutputError(f"the parent of --save-checkpoints {str(sp)!r} does not exist")
+    if save_checkpoints is not None:
+        _check_checkpoint_dir(Path(save_checkpoints))
     evaluators = _evaluators(kinds, target_task, general_suite, limit, seed, max_new_tokens) if kinds else {}
     sets = None
     if stats:
@@ -124,7 +138,10 @@ def interpolate_cmd(
     info(f"loaded {base} + {finetuned} ({setup.method}, {setup.path} path) in {time.perf_counter() - t_load:.1f} s")
     on_alpha = None
     if save_checkpoints is not None:
-        Path(save_checkpoints).mkdir(exist_ok=True)
+        _claim_checkpoint_dir(Path(save_checkpoints), {
+            "format": "peftarena-sweep/1", "base": f"{base}@{setup.ref.identity()}",
+            "finetuned": f"{finetuned}@{setup.finetuned.identity()}", "path": setup.path,
+            "generator_scale": setup.scale_mode, "layerwise": layerwise or ""})
         on_alpha = lambda a, pm: save_checkpoint(setup, a, save_checkpoints, overwrite=True)  # noqa: E731
     t0 = time.perf_counter()
     with Progress("interpolating") as bar:
@@ -154,6 +171,47 @@ def interpolate_cmd(
         elif samples or csd is not None:
             warn("per-sample and per-module rows are written only with -o FILE (beside it)")
         emit_table(curve, output, prov, title="interpolation curve")
+
+
+SWEEP_MANIFEST = "sweep.json"
+
+
+def _check_checkpoint_dir(d: Path) -> None:
+    """--save-checkpoints DIR: new, empty, or holding checkpoints of a peftarena sweep (cheap check
+    before any work; the sweep's identity is compared once the models are open)."""
+    if not d.is_dir():
+        return
+    entries = [e for e in d.iterdir() if not e.name.startswith(".tmp-")]
+    if entries and not (d / SWEEP_MANIFEST).is_file():
+        from peftarena_cli.errors import OutputError
+
+        raise OutputError(f"--save-checkpoints {str(d)!r} already holds files that are not a peftarena sweep",
+                          hint="choose a new or empty directory")
+
+
+def _claim_checkpoint_dir(d: Path, manifest: dict) -> None:
+    """Create DIR (or reuse it for the same sweep: same base, fine-tune, path and scaling) and record
+    which sweep its alpha-*/ checkpoints belong to. A different sweep's checkpoints are refused,
+    never mixed; leftovers of an interrupted write (.tmp-*) are removed."""
+    import json
+
+    from peftarena_cli.artifacts.atomic import atomic_write_text, clean_stale_tmp
+    from peftarena_cli.errors import OutputError
+
+    d.mkdir(exist_ok=True)
+    m = d / SWEEP_MANIFEST
+    if m.is_file():
+        try:
+            old = json.loads(m.read_text())
+        except ValueError:
+            old = {}
+        diff = [k for k in manifest if old.get(k) != manifest[k]]
+        if diff:
+            raise OutputError(f"--save-checkpoints {str(d)!r} holds the checkpoints of another sweep "
+                              f"(differs in: {', '.join(diff)})",
+                              hint="choose a new directory, or remove the old checkpoints first")
+    clean_stale_tmp(d)
+    atomic_write_text(m, json.dumps(manifest, indent=2) + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from peftarena_cli.cli.common import emit_table, info
@@ -13,16 +16,33 @@ app = typer.Typer(
 
 
 @app.command("list")
-def list_cmd() -> None:
+def list_cmd(
+    parquet: bool = typer.Option(False, "--parquet", help="Write the list as Parquet to stdout (or -o) instead of a readable table."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the list as Parquet here."),
+) -> None:
     """List known model aliases, whether their package is installed, and whether they are cached.
+
+    A readable table goes to stdout, also through a pipe (`peftarena models list | less`);
+    --parquet or -o FILE give Parquet.
 
     Example: peftarena models list
     """
+    import sys
+
     import pandas as pd
 
     from peftarena_cli import registry
+    from peftarena_cli.cli.common import print_table
 
-    emit_table(pd.DataFrame(registry.list_models()), None, title="models")
+    df = pd.DataFrame(registry.list_models())
+    if parquet or output is not None:
+        if output is not None:
+            from peftarena_cli.artifacts.guard import check_outputs
+
+            check_outputs({"-o": output}, [], tables=("-o",))
+        emit_table(df, output, title="models")
+        return
+    print_table(df, title="models", file=sys.stdout)
 
 
 @app.command("pull")

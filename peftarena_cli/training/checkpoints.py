@@ -200,3 +200,45 @@ def latest_resume_state(out: Path) -> Path | None:
         if (c / "trainer_state.json").is_file() and s > best_step:
             best, best_step = c, s
     return best
+
+
+LOCK_NAME = ".peftarena.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``OUT/.peftarena.lock``, ``flock``): a second writer to
+    the same directory is refused, naming the first. The kernel releases the lock when its holder
+    dies, so a killed run never blocks the next one; the file itself is left in place (it is ignored
+    when OUT is checked for other files)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        from peftarena_cli.errors import OutputError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise OutputError(f"another peftarena finetune ({holder}) is writing to {str(self.path.parent)!r}",
+                              hint="wait for it to finish, or choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -134,9 +134,7 @@ def check_output_dir(out: Path, key: str, cfg: FinetuneConfig) -> str:
     """'fresh' | 'resume' | 'overwrite'; raise when OUT holds something else and no flag allows it."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {str(out)!r} exists and is not a directory", hint="choose a directory path")
-    if not out.parent.exists():
-        raise OutputError(f"parent directory of {str(out)!r} does not exist", hint="create it first")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(e.name != ck.LOCK_NAME for e in out.iterdir()):
         return "fresh"
     man = ck.read_manifest(out)
     if cfg.overwrite:
@@ -154,6 +152,36 @@ def check_output_dir(out: Path, key: str, cfg: FinetuneConfig) -> str:
     kind = "a peftarena run" if man is not None else "other files"
     raise OutputError(f"output directory {str(out)!r} already holds {kind}",
                       hint="pass --resume to continue that run, --overwrite to replace it, or choose a new directory")
+
+
+def _make_run_dir(out: Path) -> list[Path]:
+    """Create OUT and any missing parents; return the directories created (outermost first)."""
+    made = []
+    for d in [*reversed(out.parents), out]:
+        if not d.exists():
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            made.append(d)
+    return made
+
+
+def _undo_run_dir(out: Path, made: list[Path]) -> None:
+    """Remove what a run that failed before its first checkpoint wrote: OUT itself when this run
+    created it (and the parents it created), else OUT's contents."""
+    if out in made:
+        shutil.rmtree(out, ignore_errors=True)
+        for d in reversed(made[:-1]):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        return
+    for child in out.iterdir():
+        if child.name == ck.LOCK_NAME:
+            continue
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _mixed_precision(cfg: FinetuneConfig, device: str) -> tuple[bool, bool]:
@@ -212,6 +240,10 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     validate_config(cfg)
     choice = methods.resolve_method(cfg.method, cfg.rank, cfg.alpha, cfg.block_size, cfg.target_modules, cfg.lr)
     out = Path(cfg.output).expanduser()
+    from peftarena_cli.artifacts.guard import check_outputs_vs_inputs, check_writable
+
+    check_outputs_vs_inputs({"-o": out}, [cfg.base, cfg.data])
+    check_writable(out)
     ref = resolve_model(cfg.base)
     base_identity = ref.identity() if hasattr(ref, "identity") else ""
     device = pick_device(cfg.device)
@@ -238,150 +270,165 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     model.train()
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    existed = out.exists()
-    trainer = _build_trainer(cfg, choice, model, tok, data, out, device)
-    if len(trainer.train_dataset) == 0:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
-                        f"({len(data)} records, all dropped by truncation)",
-                        hint="raise --max-length or use shorter prompts")
-
-    # --- everything validated: from here on we write -------------------------------------------
     from accelerate import PartialState
 
-    state = PartialState()
-    if not state.is_main_process:
-        say = lambda m: None  # noqa: E731  (one voice per distributed run)
-    resume_ckpt = None
-    resumed_from = None
-    if state.is_main_process:
-        if mode == "overwrite":
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        out.mkdir(exist_ok=True)
-    state.wait_for_everyone()
-    if mode == "resume":
-        resume_ckpt = ck.latest_resume_state(out)
-        if resume_ckpt is not None:
-            resumed_from = int(resume_ckpt.name.split("-")[1])
-            say(f"resuming from step {resumed_from}")
-        else:
-            say("nothing to resume yet: starting from step 0")
-    import importlib.metadata as md
+    lock, made = None, []
+    try:
+        if PartialState().is_main_process:
+            made = _make_run_dir(out)
+            lock = ck.RunLock(out).acquire()
+            mode = check_output_dir(out, key, cfg)  # again under the lock: another writer may have finished meanwhile
+        existed = out.exists()
+        trainer = _build_trainer(cfg, choice, model, tok, data, out, device)
+        if len(trainer.train_dataset) == 0:
+            raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
+                            f"({len(data)} records, all dropped by truncation)",
+                            hint="raise --max-length or use shorter prompts")
 
-    versions = {p: _version(md, p) for p in ("peftarena", "torch", "transformers", "peft", "trl", "accelerate", "datasets")}
-    peft_cfg = None
-    if hasattr(model, "peft_config"):
-        peft_cfg = model.peft_config["default"].to_dict()
-    manifest = {
-        "format": "peftarena-run/1",
-        "status": "running",
-        "run_key": key,
-        "command": cfg.argv,
-        "config": {k: getattr(cfg, k) for k in FinetuneConfig.RUN_KEYS},
-        "base": {"spec": cfg.base, "path": str(ref.path), "identity": base_identity},
-        "method": {**choice.to_dict(), "summary": choice.method.summary,
-                   "peft_config": json.loads(json.dumps(peft_cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o))),
-                   "saved_as": "lora (converted from the residual-base form, rank 2r)" if choice.method.mutates_base else None},
-        "data": {**data.source, "records": len(data)},
-        "trainable_params": n_trainable,
-        "seed": cfg.seed,
-        "device": device,
-        "world_size": world,
-        "versions": versions,
-        "python": sys.version.split()[0],
-        "checkpoints": [],
-    }
-    old = ck.read_manifest(out) if mode == "resume" else None
-    if old and resumed_from is not None:
-        manifest["checkpoints"] = [c for c in old.get("checkpoints", []) if c["step"] <= resumed_from]
-        manifest["resumed"] = old.get("resumed", []) + [resumed_from]
-    if state.is_main_process:
-        ck.write_manifest(out, manifest)
+        # --- everything validated: from here on we write -------------------------------------------
+        from accelerate import PartialState
 
-    prov = Provenance(command="finetune", argv=cfg.argv, seed=cfg.seed, dtype=cfg.dtype, device=device,
-                      extra={"run_key": key, "method": choice.method.name, "regime": cfg.regime})
-    prov.add_input("base", cfg.base, base_identity)
-    tlog = ck.TrainLog.resume_from(out, resumed_from) if resumed_from is not None else ck.TrainLog()
+        state = PartialState()
+        if not state.is_main_process:
+            say = lambda m: None  # noqa: E731  (one voice per distributed run)
+        resume_ckpt = None
+        resumed_from = None
+        if state.is_main_process:
+            if mode == "overwrite":
+                for child in out.iterdir():
+                    if child.name == ck.LOCK_NAME:
+                        continue
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            out.mkdir(exist_ok=True)
+        state.wait_for_everyone()
+        if mode == "resume":
+            resume_ckpt = ck.latest_resume_state(out)
+            if resume_ckpt is not None:
+                resumed_from = int(resume_ckpt.name.split("-")[1])
+                say(f"resuming from step {resumed_from}")
+            else:
+                say("nothing to resume yet: starting from step 0")
+        import importlib.metadata as md
 
-    from transformers import TrainerCallback
+        versions = {p: _version(md, p) for p in ("peftarena", "torch", "transformers", "peft", "trl", "accelerate", "datasets")}
+        peft_cfg = None
+        if hasattr(model, "peft_config"):
+            peft_cfg = model.peft_config["default"].to_dict()
+        manifest = {
+            "format": "peftarena-run/1",
+            "status": "running",
+            "run_key": key,
+            "command": cfg.argv,
+            "config": {k: getattr(cfg, k) for k in FinetuneConfig.RUN_KEYS},
+            "base": {"spec": cfg.base, "path": str(ref.path), "identity": base_identity},
+            "method": {**choice.to_dict(), "summary": choice.method.summary,
+                       "peft_config": json.loads(json.dumps(peft_cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o))),
+                       "saved_as": "lora (converted from the residual-base form, rank 2r)" if choice.method.mutates_base else None},
+            "data": {**data.source, "records": len(data)},
+            "trainable_params": n_trainable,
+            "seed": cfg.seed,
+            "device": device,
+            "world_size": world,
+            "versions": versions,
+            "python": sys.version.split()[0],
+            "checkpoints": [],
+        }
+        old = ck.read_manifest(out) if mode == "resume" else None
+        if old and resumed_from is not None:
+            manifest["checkpoints"] = [c for c in old.get("checkpoints", []) if c["step"] <= resumed_from]
+            manifest["resumed"] = old.get("resumed", []) + [resumed_from]
+        if state.is_main_process:
+            ck.write_manifest(out, manifest)
 
-    full = choice.method.name == "full"
-    extra_meta = {"method": choice.method.name, "run_key": key}
+        prov = Provenance(command="finetune", argv=cfg.argv, seed=cfg.seed, dtype=cfg.dtype, device=device,
+                          extra={"run_key": key, "method": choice.method.name, "regime": cfg.regime})
+        prov.add_input("base", cfg.base, base_identity)
+        tlog = ck.TrainLog.resume_from(out, resumed_from) if resumed_from is not None else ck.TrainLog()
 
-    class _Trajectory(TrainerCallback):
-        def __init__(self):
-            self.saved = {c["step"] for c in manifest["checkpoints"]}
+        from transformers import TrainerCallback
 
-        def on_train_begin(self, args, st, control, **kw):
-            tlog.restart_clock()
+        full = choice.method.name == "full"
+        extra_meta = {"method": choice.method.name, "run_key": key}
 
-        def on_log(self, args, st, control, logs=None, **kw):
-            row = tlog.add(st.global_step, logs or {}, st.num_input_tokens_seen)
-            if row is not None and callback is not None and state.is_main_process:
-                lab = f"loss {row['loss']:.4g}" if row["loss"] == row["loss"] else ""
-                if row["reward_mean"] == row["reward_mean"]:
-                    lab += f" reward {row['reward_mean']:.3g}"
-                callback(st.global_step, cfg.steps, lab)
+        class _Trajectory(TrainerCallback):
+            def __init__(self):
+                self.saved = {c["step"] for c in manifest["checkpoints"]}
 
-        def on_save(self, args, st, control, model=None, **kw):
-            step = st.global_step
-            if state.is_main_process and step not in self.saved:
-                ck.save_checkpoint(out, step, model, tok, full, init_tensors, cfg.base, extra_meta)
-                self.saved.add(step)
-                manifest["checkpoints"].append({"step": step, "path": f"checkpoint-{step}"})
-                manifest["last_step"] = step
-                tlog.write(out, prov)
-                ck.write_manifest(out, manifest)
-                r = tlog.rows[-1] if tlog.rows else {}
-                rw = r.get("reward_mean", float("nan"))
-                rw = f", reward {rw:.3g}" if rw == rw else ""
-                say(f"step {step}/{cfg.steps}: saved checkpoint-{step} (loss {r.get('loss', float('nan')):.4g}{rw}, "
-                    f"{tlog.elapsed():.0f} s)")
-            if _interrupt_after is not None and step >= _interrupt_after:
-                raise KeyboardInterrupt(f"test interruption after step {step}")
+            def on_train_begin(self, args, st, control, **kw):
+                tlog.restart_clock()
 
-    class _AdaLora(TrainerCallback):
-        def on_optimizer_step(self, args, st, control, **kw):
-            m = getattr(model, "module", model)
-            m.base_model.update_and_allocate(st.global_step)
+            def on_log(self, args, st, control, logs=None, **kw):
+                row = tlog.add(st.global_step, logs or {}, st.num_input_tokens_seen)
+                if row is not None and callback is not None and state.is_main_process:
+                    lab = f"loss {row['loss']:.4g}" if row["loss"] == row["loss"] else ""
+                    if row["reward_mean"] == row["reward_mean"]:
+                        lab += f" reward {row['reward_mean']:.3g}"
+                    callback(st.global_step, cfg.steps, lab)
 
-    from transformers.trainer_callback import PrinterCallback
+            def on_save(self, args, st, control, model=None, **kw):
+                step = st.global_step
+                if state.is_main_process and step not in self.saved:
+                    ck.save_checkpoint(out, step, model, tok, full, init_tensors, cfg.base, extra_meta)
+                    self.saved.add(step)
+                    manifest["checkpoints"].append({"step": step, "path": f"checkpoint-{step}"})
+                    manifest["last_step"] = step
+                    tlog.write(out, prov)
+                    ck.write_manifest(out, manifest)
+                    r = tlog.rows[-1] if tlog.rows else {}
+                    rw = r.get("reward_mean", float("nan"))
+                    rw = f", reward {rw:.3g}" if rw == rw else ""
+                    say(f"step {step}/{cfg.steps}: saved checkpoint-{step} (loss {r.get('loss', float('nan')):.4g}{rw}, "
+                        f"{tlog.elapsed():.0f} s)")
+                if _interrupt_after is not None and step >= _interrupt_after:
+                    raise KeyboardInterrupt(f"test interruption after step {step}")
 
-    trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries data only
-    trainer.add_callback(_Trajectory())
-    if choice.method.name == "adalora":
-        trainer.add_callback(_AdaLora())
-    if torch.cuda.is_available() and device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    t_train, c_train = time.perf_counter(), time.process_time()
-    trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
-    train_s = time.perf_counter() - t_train
-    train_cpu_s = time.process_time() - c_train  # CPU seconds of all threads: robust to other load
+        class _AdaLora(TrainerCallback):
+            def on_optimizer_step(self, args, st, control, **kw):
+                m = getattr(model, "module", model)
+                m.base_model.update_and_allocate(st.global_step)
 
-    final_step = trainer.state.global_step
-    df = tlog.frame()
-    new = df[df["step"] > (resumed_from or 0)]
-    tokens = float(new["tokens"].iloc[-1] - (df[df["step"] <= (resumed_from or 0)]["tokens"].iloc[-1]
-                                            if resumed_from and (df["step"] <= resumed_from).any() else 0.0)) if len(new) else 0.0
-    tps = tokens / train_s if train_s > 0 else float("nan")
-    peak_gpu = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None
-    final = out / "final"
-    if state.is_main_process:
-        if not ck.checkpoint_dir(out, final_step).is_dir():
-            ck.save_checkpoint(out, final_step, getattr(trainer, "model", model), tok, full, init_tensors, cfg.base,
-                               extra_meta)
-            manifest["checkpoints"].append({"step": final_step, "path": f"checkpoint-{final_step}"})
-        ck.link_final(out, final_step)
-        tlog.write(out, prov)
-        manifest.update({"status": "complete", "last_step": final_step, "final": "final",
-                         "train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "total_seconds": time.perf_counter() - t_start,
-                         "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu})
-        ck.write_manifest(out, manifest)
-    state.wait_for_everyone()
-    return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from,
-                          state.is_main_process, getattr(trainer, "model", model))
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries data only
+        trainer.add_callback(_Trajectory())
+        if choice.method.name == "adalora":
+            trainer.add_callback(_AdaLora())
+        if torch.cuda.is_available() and device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        t_train, c_train = time.perf_counter(), time.process_time()
+        trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
+        train_s = time.perf_counter() - t_train
+        train_cpu_s = time.process_time() - c_train  # CPU seconds of all threads: robust to other load
+
+        final_step = trainer.state.global_step
+        df = tlog.frame()
+        new = df[df["step"] > (resumed_from or 0)]
+        tokens = float(new["tokens"].iloc[-1] - (df[df["step"] <= (resumed_from or 0)]["tokens"].iloc[-1]
+                                                if resumed_from and (df["step"] <= resumed_from).any() else 0.0)) if len(new) else 0.0
+        tps = tokens / train_s if train_s > 0 else float("nan")
+        peak_gpu = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None
+        final = out / "final"
+        if state.is_main_process:
+            if not ck.checkpoint_dir(out, final_step).is_dir():
+                ck.save_checkpoint(out, final_step, getattr(trainer, "model", model), tok, full, init_tensors, cfg.base,
+                                   extra_meta)
+                manifest["checkpoints"].append({"step": final_step, "path": f"checkpoint-{final_step}"})
+            ck.link_final(out, final_step)
+            tlog.write(out, prov)
+            manifest.update({"status": "complete", "last_step": final_step, "final": "final",
+                             "train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "total_seconds": time.perf_counter() - t_start,
+                             "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu})
+            ck.write_manifest(out, manifest)
+        state.wait_for_everyone()
+        return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from,
+                              state.is_main_process, getattr(trainer, "model", model))
+    except BaseException:
+        if lock is not None and mode != "resume" and not any(out.glob("checkpoint-*")):
+            _undo_run_dir(out, made)  # failed before its first checkpoint: leave nothing behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _version(md, pkg: str) -> str | None:
