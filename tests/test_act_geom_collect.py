@@ -80,7 +80,10 @@ def test_truncation_is_counted_and_batching_does_not_matter(models64):
         ga, gb = geometry_from_sums(a[name]), geometry_from_sums(b[name])
         assert ga["n_tokens"] == t.n_tokens == X0[name].shape[0]
         for k in ga:
-            assert gb[k] == pytest.approx(ga[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+            if isinstance(ga[k], str):  # pca_reason_k
+                assert gb[k] == ga[k], k
+            else:
+                assert gb[k] == pytest.approx(ga[k], rel=1e-9, abs=1e-12, nan_ok=True), k
 
 
 def test_sampled_gram_subset_is_the_dense_gram_of_those_tokens(models64):

@@ -28,8 +28,14 @@ def dense_reference(X0, X1, ks=(32, 64)):
     cka = (K * L).sum() / torch.sqrt((K * K).sum() * (L * L).sum())
     cos = torch.nn.functional.cosine_similarity(X0, X1, dim=1)
     lnr = (X1.norm(dim=1) / X0.norm(dim=1)).log().abs().mean()
+    # the study's per-token statistics, directly: arccos of the cosine (float64; these angles are not
+    # small), the torch median (lower middle value), the norm ratio's population std
+    angle = torch.arccos(cos.clamp(-1, 1))
+    ratio = X1.norm(dim=1) / (X0.norm(dim=1) + 1e-12)
     out = dict(raw_residual=raw, procrustes_residual=proc, procrustes_improvement=raw - proc,
-               gram_distortion=gram, cka=cka, cos_drift=1 - cos.mean(), log_norm_ratio=lnr)
+               gram_distortion=gram, cka=cka, cos_drift=1 - cos.mean(), log_norm_ratio=lnr,
+               angular_drift_mean=angle.mean(), angular_drift_median=angle.median(),
+               norm_ratio_mean=ratio.mean(), norm_ratio_std=ratio.std(unbiased=False))
     for k in ks:
         V0 = torch.linalg.svd(X0c, full_matrices=False)[2][:k].T
         V1 = torch.linalg.svd(X1c, full_matrices=False)[2][:k].T
@@ -98,7 +104,11 @@ def test_sums_are_additive_and_survive_a_file_round_trip(tmp_path):
     merged, _ = merge_sums_files([tmp_path / "a.st", tmp_path / "b.st"])
     got = geometry_from_sums(merged["s"]["m"])
     for k, v in full.items():
-        assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+        if isinstance(v, str):
+            assert got[k] == v, k
+        else:
+            assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+    assert got["angular_drift_median"] == full["angular_drift_median"]  # one of the tokens' angles, exactly
     loaded, meta = load_sums(tmp_path / "a.st")
     assert meta == {"base": "x"} and loaded["s"]["m"].n_tokens == 120
 
@@ -120,6 +130,53 @@ def test_pca_distance_is_nan_when_k_not_below_dim():
     X0, X1 = pair(n=100, d=40)
     got = geometry_from_sums(streamed(X0, X1))
     assert math.isnan(got["pca_dist_64"]) and not math.isnan(got["pca_dist_32"])
+
+
+def test_pca_distance_is_nan_with_reason_when_rank_is_below_k_plus_one():
+    """34 distinct tokens, repeated to 200: the covariances have rank 33, so the top-64 subspace is
+    undefined (NaN, the reason given) though k < n − 1 counted in tokens; top-32 stays defined, and
+    at rank exactly k (33 distinct tokens, rank 32) the top-32 subspace is the range: defined too."""
+    X0, X1 = pair(n=34, d=80, seed=13)
+    idx = torch.arange(200) % 34
+    got = geometry_from_sums(streamed(X0[idx], X1[idx]))
+    assert got["pca_rank"] == 33
+    assert math.isnan(got["pca_dist_64"]) and math.isnan(got["pca_gap_64"])
+    assert got["pca_reason_64"] == "rank 33 < k"
+    assert got["pca_reason_32"] == "" and not math.isnan(got["pca_dist_32"])
+    X0, X1 = pair(n=33, d=80, seed=15)
+    got = geometry_from_sums(streamed(X0[idx % 33], X1[idx % 33]))
+    assert got["pca_rank"] == 32 and got["pca_reason_32"] == ""
+    assert got["pca_gap_32"] == pytest.approx(1.0, abs=1e-9)
+    # the distance there is the one between the two ranges
+    V0 = torch.linalg.svd(X0 - X0.mean(0), full_matrices=False)[2][:32].T
+    V1 = torch.linalg.svd(X1 - X1.mean(0), full_matrices=False)[2][:32].T
+    assert got["pca_dist_32"] == pytest.approx(float((V0 @ V0.T - V1 @ V1.T).norm() / 8.0), rel=1e-6)
+    # the same above the float64 dimension (float32 eigh: the rank floor is d·ε₃₂·λ_max)
+    from peftarena_cli.activations import geometry
+
+    X0, X1 = pair(n=34, d=geometry.PCA_FLOAT64_MAX_DIM + 44, seed=14)
+    got = geometry_from_sums(streamed(X0[idx], X1[idx]))
+    assert got["pca_rank"] == 33 and got["pca_reason_64"] == "rank 33 < k"
+    # and the reasons for k ≥ d and k ≥ n − 1
+    X0, X1 = pair(n=30, d=40)
+    got = geometry_from_sums(streamed(X0, X1))
+    assert got["pca_reason_64"] == "k >= d" and got["pca_reason_32"] == "rank <= n_tokens - 1 = 29 < k"
+
+
+def test_small_angles_are_accurate_where_arccos_is_not():
+    """θ = 2·atan2(‖z1 − z0‖, ‖z1 + z0‖): for a rotation by 1e-9 rad arccos(cos) gives 0 or ~1e-8."""
+    theta = 1e-9
+    n = 10
+    X0 = torch.zeros(n, 3, dtype=torch.float64)
+    X0[:, 0] = torch.arange(1, n + 1, dtype=torch.float64)
+    X1 = X0.clone()
+    X1[:, 0] = X0[:, 0] * math.cos(theta)
+    X1[:, 1] = X0[:, 0] * math.sin(theta)
+    X1 *= 2.0  # and double every norm
+    got = geometry_from_sums(streamed(X0, X1))
+    assert got["angular_drift_mean"] == pytest.approx(theta, rel=1e-6)
+    assert got["angular_drift_median"] == pytest.approx(theta, rel=1e-6)
+    assert got["norm_ratio_mean"] == pytest.approx(2.0, rel=1e-12) and got["norm_ratio_std"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_pca_distance_above_float64_dim_stays_within_its_bound():

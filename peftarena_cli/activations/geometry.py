@@ -14,6 +14,9 @@ Z = row-L2-normalised (uncentred). From :class:`~peftarena_cli.activations.pair_
 * CKA (linear, centred) ‖C01‖_F² / (‖C00‖_F ‖C11‖_F);
 * cos drift            1 − mean_t cos(x0_t, x1_t) = 1 − tr(Z0ᵀZ1)/n;
 * log-norm ratio       mean_t |log(‖x1_t‖/‖x0_t‖)|;
+* angular drift        mean and median over tokens of θ_t = ∠(x0_t, x1_t) in radians (the median is
+                       the lower middle value for an even count, as torch's ``median``);
+* norm ratio           mean and population standard deviation over tokens of ρ_t = ‖x1_t‖/(‖x0_t‖ + 1e-12);
 * PCA subspace distance ‖P0 − P1‖_F / √(2k), P_i the projector on the top-k eigenvectors of C_ii
                        (the top-k principal directions), = √(1 − ‖V0ᵀV1‖_F²/k).
 
@@ -24,7 +27,11 @@ diagonal entry (2–3× faster on CPU), which perturbs C by E with ‖E‖_2 ≲
 bounds the effect: the projector moves by ‖ΔP‖_F ≤ √2‖E‖_F/δ_k with δ_k = λ_k − λ_{k+1}, so the
 reported distance is off by at most ‖E‖_F/(δ_k √k). ``pca_gap_k`` reports min over both models
 of δ_k/λ_k: with gaps ≳ 1e-3 the float32 error is below ~1e-4; tiny gaps mean the top-k subspace
-itself is ill-defined. NaN when k ≥ d or k ≥ n − 1 (the projector is then trivial or not unique).
+itself is ill-defined. NaN when k ≥ d (the projector is the identity) or when either covariance's
+numerical rank is below k (the top-k subspace is then not unique: it takes arbitrary null-space
+directions; at rank exactly k it is the covariance's range, well defined, gap 1);
+``pca_reason_k`` says which, ``pca_rank`` gives the smaller numerical rank: the eigenvalues above d·ε·λ_max, ε the unit roundoff of the
+eigendecomposition's precision (float64, or float32 above :data:`PCA_FLOAT64_MAX_DIM`).
 
 :func:`gram_distortion_dense` is the token×token form, used for the study-style ``--gram-sample``
 mode (the study builds the Gram on ≤1024 sampled tokens) and by the tests.
@@ -109,14 +116,35 @@ def nuclear_norm(C) -> float:
     return float(lam.sqrt().sum())
 
 
+def numerical_rank(lam, d: int) -> int:
+    """Eigenvalues (of a d×d PSD matrix, from :func:`_eigh`) above the rounding floor d·ε·λ_max, ε the
+    unit roundoff of the precision the eigendecomposition ran in."""
+    import torch
+
+    eps = torch.finfo(torch.float32 if d > PCA_FLOAT64_MAX_DIM else torch.float64).eps
+    top = float(lam[-1])
+    if not top > 0:
+        return 0
+    return int((lam > d * eps * top).sum())
+
+
 def pca_distances(C00, C11, ks, n: int) -> dict:
-    """``pca_dist_k`` and ``pca_gap_k`` for every k, with one eigendecomposition per covariance."""
+    """``pca_dist_k``, ``pca_gap_k`` and ``pca_reason_k`` for every k, and ``pca_rank``, with one
+    eigendecomposition per covariance. A distance is NaN, with the reason, when k ≥ d (the projector
+    is the identity) or when either covariance's numerical rank is below k (the top-k subspace then
+    holds arbitrary directions of the null space). The centred covariance of n tokens has rank at
+    most n − 1, so k ≥ n needs no decomposition to be rejected."""
     d = C00.shape[0]
     out = {}
-    valid = [k for k in ks if k < d and k < n - 1]
-    eig = (_eigh(C00), _eigh(C11)) if valid else None
+    cheap = [k for k in ks if k < d and k < n]
+    eig = (_eigh(C00), _eigh(C11)) if cheap else None
+    rank = min(numerical_rank(eig[0][0], d), numerical_rank(eig[1][0], d)) if eig else max(min(n - 1, d), 0)
+    out["pca_rank"] = rank  # without a decomposition (every k excluded): the bound min(n − 1, d)
     for k in ks:
-        if k not in valid:
+        reason = ("k >= d" if k >= d else f"rank <= n_tokens - 1 = {n - 1} < k" if k >= n
+                  else f"rank {rank} < k" if rank < k else "")
+        out[f"pca_reason_{k}"] = reason
+        if reason:
             out[f"pca_dist_{k}"], out[f"pca_gap_{k}"] = float("nan"), float("nan")
             continue
         (l0, V0), (l1, V1) = eig
@@ -167,9 +195,26 @@ def _geometry(ps: PairSums, ks) -> dict:
         "cka": cka,
         "cos_drift": 1.0 - float(torch.trace(f(ps.G01))) / max(n, 1),
         "log_norm_ratio": float(ps.lnr) / max(n, 1),
+        **drift_statistics(ps),
     }
     out.update(pca_distances(C00, C11, ks, n))
     return out
+
+
+def drift_statistics(ps: PairSums) -> dict:
+    """Angular drift (mean, median; radians) and norm ratio (mean, population std) over the tokens."""
+    import torch
+
+    n = ps.n_tokens
+    if n == 0:
+        nan = float("nan")
+        return {"angular_drift_mean": nan, "angular_drift_median": nan, "norm_ratio_mean": nan, "norm_ratio_std": nan}
+    m1 = float(ps.nr1) / n  # mean of ρ − 1
+    var = max(float(ps.nr2) / n - m1 * m1, 0.0)
+    angles = ps.token_angles()
+    median = float(torch.sort(angles.to(torch.float64)).values[(angles.numel() - 1) // 2]) if angles.numel() else float("nan")
+    return {"angular_drift_mean": float(ps.ang) / n, "angular_drift_median": median,
+            "norm_ratio_mean": 1.0 + m1, "norm_ratio_std": math.sqrt(var)}
 
 
 def module_rows(set_name: str, mods: dict, sample=None, workers: int | None = None) -> list[dict]:
