@@ -157,3 +157,21 @@ def test_full_finetune_of_another_architecture_is_refused(capsys, tmp_path, tiny
     code, err = cli(capsys, "act-geom", tiny_model_dir, other, "-p", prompt_files / "a.txt", "-o", out)
     assert code == 1 and "error: module 'model.layers.0.self_attn.q_proj': shape" in err, err
     assert not out.exists()
+
+
+def test_txt_prompts_are_stripped_per_line_and_blank_lines_skipped(capsys, tmp_path, tiny_model_dir, tiny_lora_dir):
+    """A .txt file with padded lines and blank lines gives the token counts of the stripped file."""
+    from peftarena_cli.activations.prompts import read_prompt_file
+
+    stripped = tmp_path / "stripped.txt"
+    stripped.write_text("\n".join(PROMPTS[:4]) + "\n")
+    padded = tmp_path / "padded.txt"
+    padded.write_text("\n".join(f"  \t{p}   " for p in PROMPTS[:2]) + "\n\n   \n" + "\n".join(f" {p}\t" for p in PROMPTS[2:4]) + "\r\n")
+    assert read_prompt_file(padded) == read_prompt_file(stripped) == PROMPTS[:4]
+    counts = []
+    for f in (stripped, padded):
+        out = tmp_path / f"{f.stem}.parquet"
+        code, err = cli(capsys, "act-geom", tiny_model_dir, tiny_lora_dir, "-p", f, "-m", "model.layers.1.mlp.down_proj", "-o", out)
+        assert code == 0, err
+        counts.append(int(read_table(out)[0].n_tokens.iloc[0]))
+    assert counts[0] == counts[1] > 0

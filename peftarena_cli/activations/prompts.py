@@ -5,7 +5,8 @@ A prompt set is given as:
 * a built-in suite name: ``arith`` (the arithmetic word-problem generator's question text) and,
   when the evaluation package provides them, ``general``, ``ifeval``, ``bbh``, ``facts``;
   ``NAME:N`` picks N prompts (default :data:`DEFAULT_N`);
-* a ``.txt`` file (one prompt per non-empty line);
+* a ``.txt`` file (one prompt per line, each line stripped of leading and trailing white space, as
+  the study's scripts do; blank lines are skipped);
 * a ``.jsonl`` / ``.json`` file (a list of records, or ``{"examples": [...]}`` /  ``{"data": [...]}``)
   with a text key auto-detected among :data:`TEXT_KEYS` (first match in that order), or ``text_key``;
 * a ``.parquet`` file with such a column.
@@ -84,8 +85,9 @@ def read_prompt_file(path: Path, text_key: str | None = None) -> list[str]:
     s = str(path)
     suf = path.suffix.lower()
     if suf == ".txt":
-        prompts = [ln.rstrip("\r\n") for ln in path.read_text(encoding="utf-8").splitlines()]
-        prompts = [p for p in prompts if p.strip()]
+        # stripped per line (the study's scripts do the same: padded lines tokenise as the text)
+        prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        prompts = [p for p in prompts if p]
     elif suf == ".jsonl":
         recs = []
         for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines()):
