@@ -49,7 +49,8 @@ def direct_csd(model_dir, adapter_dir, prompts, module):
     e_w0 = (H @ W0.T).pow(2).sum(1).mean()
     h2 = H.pow(2).sum(1).mean()
     return {"csd_abs": float(e_dw), "csd_rel": float(e_dw / (e_w0 + 1e-12)),
-            "csd_un": float(e_dw / ((dW.pow(2).sum() + 1e-12) * (h2 + 1e-12))), "n": H.shape[0]}
+            "csd_un": float(e_dw / ((dW.pow(2).sum() + 1e-12) * (h2 + 1e-12))), "n": H.shape[0],
+            "w0h2": float(e_w0)}
 
 
 def test_csd_matches_direct_computation_and_stats_are_reusable(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
@@ -72,6 +73,7 @@ def test_csd_matches_direct_computation_and_stats_are_reusable(capsys, tmp_path,
             assert row[f"n_tokens_{role}"] == want["n"]
             for k in ("csd_abs", "csd_rel", "csd_un"):
                 assert row[f"{k}_{role}"] == pytest.approx(want[k], rel=1e-5), (module, role, k)
+            assert row[f"w0h2_{role}"] == pytest.approx(want["w0h2"], rel=1e-5), (module, role)  # E‖W0 h‖²
         assert row["csd_ratio_abs"] == pytest.approx(row["csd_abs_general"] / row["csd_abs_target"], rel=1e-6)
     # reuse: no forward pass, same numbers; α scales csd_abs by α²
     out2 = tmp_path / "csd2.parquet"

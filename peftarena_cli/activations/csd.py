@@ -55,6 +55,7 @@ def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,)
             for k in ("csd_abs", "csd_rel", "csd_un"):
                 row[f"{k}_{role}"] = r[k]
             row[f"h2_{role}"] = m.h2(name)
+            row[f"w0h2_{role}"] = r["w0_energy"]  # E‖W0 h‖², csd_rel's denominator (the study reports it)
             row[f"n_tokens_{role}"] = m.n(name)
         if "general" in sets and "target" in sets:
             for k in ("csd_abs", "csd_rel", "csd_un"):
