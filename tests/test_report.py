@@ -340,3 +340,33 @@ def test_a_model_evaluated_without_adapter_belongs_to_its_directory(tmp_path):
     shutil.copy(runs / "base" / "eval_target_summary.parquet", tmp_path / "results" / "base_eval.parquet")
     lone = collect_results([str(tmp_path / "results" / "base_eval.parquet"), f"full={runs / 'full'}"])
     assert set(lone) == {"base", "full"}
+
+
+def test_report_uses_the_study_fluct_retention_and_recomputes_it_for_old_spectrum_tables():
+    """spec_fluct_retention is the mean over modules of the fluctuation of the raw |ΔP_diag(i)|; a
+    summary from before fluct_base_retention existed holds the old statistic under the name, so the
+    report recomputes it from the per-index table (or leaves it out)."""
+    import numpy as np
+    import pandas as pd
+
+    from peftarena_cli.report.leaderboard import geometry_columns
+    from peftarena_cli.report.plots import spectrum_profiles
+
+    rng = np.random.default_rng(0)
+    rows, want = [], []
+    for m in ("model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"):
+        dp = rng.uniform(0, 1e-3, 12)
+        for i in range(12):
+            rows.append({"module": m, "index": i, "sigma": 3.0 - 0.1 * i, "p_diag": 3.0 - 0.1 * i + dp[i], "delta_p": dp[i], "energy": 1.0})
+        xp = np.pad(dp, 2, mode="reflect")
+        want.append(np.mean([abs(dp[i] - xp[i:i + 5].mean()) for i in range(12)]))
+    index = pd.DataFrame(rows)
+    old = pd.DataFrame({"module": ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"],
+                        "effective_rank": [1.0, 2.0], "fluct_retention": [0.5, 0.7]})
+    got = geometry_columns({"spectrum_summary": old, "spectrum_index": index})
+    assert got["spec_fluct_retention"] == pytest.approx(np.mean(want), rel=1e-12)
+    assert "spec_fluct_retention" not in geometry_columns({"spectrum_summary": old})
+    new = old.assign(fluct_base_retention=[0.5, 0.7], fluct_retention=want)
+    assert geometry_columns({"spectrum_summary": new})["spec_fluct_retention"] == pytest.approx(np.mean(want))
+    _, ret, _ = spectrum_profiles(index, "model.layers.0.mlp.down_proj")
+    np.testing.assert_array_equal(ret, index.delta_p.to_numpy()[:12])  # the plot reads the raw |ΔP|

@@ -144,10 +144,35 @@ def _per_set_means(df, metrics, prefix: str) -> dict[str, float]:
     return out
 
 
+def fluctuation(x) -> float:
+    """mean |x − MA₅(x)|, MA₅ centred, reflect padding (as ``peftarena_cli.geometry.spectrum.fluctuation``)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return math.nan
+    xp = np.pad(x, 2, mode="reflect" if len(x) >= 3 else "edge")
+    return float(np.abs(x - np.convolve(xp, np.ones(5) / 5, mode="valid")).mean())
+
+
+def spectrum_summary(tables: dict):
+    """The spectrum summary with ``fluct_retention`` in its current (the study's) definition, the
+    fluctuation of the raw |ΔP_diag(i)|. A summary written before ``fluct_base_retention`` existed
+    holds the fluctuation of P_diag/σ₁ under that name: it is recomputed from the per-index table
+    when there is one, and dropped otherwise (never averaged under the wrong name)."""
+    spec = tables.get("spectrum_summary")
+    if spec is None or "fluct_retention" not in spec.columns or "fluct_base_retention" in spec.columns:
+        return spec
+    spec = spec.rename(columns={"fluct_retention": "fluct_base_retention"})
+    index = tables.get("spectrum_index")
+    if index is not None and "delta_p" in index.columns:
+        per = {str(m): fluctuation(g.sort_values("index")["delta_p"]) for m, g in index.groupby("module", sort=False)}
+        spec["fluct_retention"] = spec["module"].astype(str).map(per).astype(float)
+    return spec
+
+
 def geometry_columns(tables: dict, modules: str | None = None) -> dict[str, float]:
     """Per-method geometry aggregates over the modules matching ``modules`` (a regex; all by default)."""
     out: dict[str, float] = {}
-    spec = tables.get("spectrum_summary")
+    spec = spectrum_summary(tables)
     if spec is not None:
         s = _select_modules(spec, modules)
         for m in SPECTRUM_MEAN:

@@ -250,17 +250,20 @@ def pick_module(spectra: dict, module: str | None = None) -> str | None:
 
 
 def spectrum_profiles(df, module: str):
-    """(index, retention drift ΔP_diag/σ₁, energy E_Δ/ΣE_Δ) for one module of a per-index table."""
+    """(index, raw retention drift |ΔP_diag(i)| (as the study plots it, and as ``fluct_retention``
+    scores it), energy E_Δ/ΣE_Δ) for one module of a per-index table."""
     d = df[df["module"].astype(str) == module].sort_values("index")
-    sigma1 = float(d["sigma"].max()) if "sigma" in d.columns and len(d) else 1.0
     delta = d["delta_p"].to_numpy(float) if "delta_p" in d.columns else np.abs(d["p_diag"].to_numpy(float) - d["sigma"].to_numpy(float))
     energy = d["energy"].to_numpy(float)
     esum = energy.sum()
-    return d["index"].to_numpy(int), delta / (sigma1 or 1.0), energy / (esum if esum > 0 else 1.0)
+    return d["index"].to_numpy(int), delta, energy / (esum if esum > 0 else 1.0)
 
 
 def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: dict | None = None):
-    """Retention drift and update energy per singular index of W0 for one module, one line per method."""
+    """Retention drift and update energy per singular index of W0 for one module, one line per method;
+    the retention panel's legend gives each method's ``fluct_retention`` on this module."""
+    from peftarena_cli.report.leaderboard import fluctuation
+
     plt = _mpl()
     colors = colors or method_colors([base_name, *spectra.keys()], base_name)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -269,16 +272,18 @@ def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: d
         if len(idx) == 0:
             continue
         lw = 1.1 if len(idx) <= 64 else 0.8
-        a1.plot(idx, np.maximum(ret, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85, label=name)
+        a1.plot(idx, np.maximum(ret, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85,
+                label=f"{name}  {fluctuation(ret):.2e}")
         a2.plot(idx, np.maximum(en, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85, label=name)
-    a1.set_title("Retention drift  ΔP_diag(i) / σ₁", fontsize=11)
+    a1.set_title("Retention drift  |ΔP_diag(i)|", fontsize=11)
     a2.set_title("Update energy  E_Δ(i) / Σ E_Δ", fontsize=11)
     for a in (a1, a2):
         a.set_yscale("log")
         a.set_xlabel("singular index i of W0 (descending σ)")
         a.grid(True, alpha=0.25, which="both")
-    a1.set_ylabel("relative to σ₁ (log)")
+    a1.set_ylabel("|u_iᵀ ΔW v_i| (log)")
     a2.set_ylabel("share of total energy (log)")
+    a1.legend(fontsize=8, loc="best", ncol=2 if len(spectra) > 5 else 1, title="fluct_retention", title_fontsize=8)
     a2.legend(fontsize=8, loc="best", ncol=2 if len(spectra) > 5 else 1)
     fig.suptitle(f"Spectrum of {module}", fontsize=12)
     fig.tight_layout()
