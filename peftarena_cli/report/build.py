@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from peftarena_cli.errors import OutputError
 
-REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "plane.png", "plane.svg", "spectrum.png")
+REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "points.parquet", "plane.png", "plane.svg",
+                "spectrum.png")
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Report:
     notes: list = field(default_factory=list)  # human-readable remarks (what was missing)
     inputs: dict = field(default_factory=dict)  # method -> [files]
     order: list = field(default_factory=list)  # methods in the order found (fixes their colours)
+    points: object = None  # DataFrame: every point of the plane (methods and curve points) with intervals
+    statements: list = field(default_factory=list)  # significance and frontier sentences for the markdown
 
 
 def combine_curve(curve):
@@ -78,7 +83,14 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
         if "eval_summary" not in m.tables:
             notes.append(f"{name}: no eval summary (no target/general score)")
     corr = correlation_table(lb)
-    curves = {n: with_endpoints(combine_curve(m.tables["curve"]), lb, n, base_name) for n, m in methods.items() if "curve" in m.tables}
+    notes += list(lb.attrs.get("notes", []))
+    raw_curves = {n: combine_curve(m.tables["curve"]) for n, m in methods.items() if "curve" in m.tables}
+    notes += curve_mismatch_notes(methods, raw_curves, lb, base_name)
+    curves = {n: with_endpoints(c, lb, n, base_name) for n, c in raw_curves.items()}
+    points, statements = plane_points(methods, lb, curves, base_name)
+    if len(points):
+        on = dict(zip(points.loc[points["alpha"].isna(), "point"], points.loc[points["alpha"].isna(), "pareto"]))
+        lb["pareto"] = [bool(on.get(n, False)) for n in lb["method"]]
     spectra = {n: m.tables["spectrum_index"] for n, m in methods.items() if "spectrum_index" in m.tables}
     mod = None
     if spectra:
@@ -91,7 +103,139 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
     return Report(leaderboard=lb, correlations=corr, curves=curves, spectra=spectra, spectrum_module=mod,
                   reference=ref_df, reference_title=ref_title, notes=notes,
                   inputs={n: [str(f) for fs in m.files.values() for f in fs] for n, m in methods.items()},
-                  order=list(methods))
+                  order=list(methods), points=points, statements=statements)
+
+
+POINT_COLUMNS = ["point", "method", "path", "alpha", "target", "general", "target_low", "target_high", "general_low",
+                 "general_high", "target_gain", "target_gain_low", "target_gain_high", "target_gain_p", "target_gain_sig",
+                 "forgetting", "forgetting_low", "forgetting_high", "forgetting_p", "forgetting_sig", "pareto"]
+
+
+def curve_mismatch_notes(methods: dict, curves: dict, lb, base_name: str = "base") -> list[str]:
+    """Notes for curves whose ends were not evaluated on the items of the base's / method's own
+    evals (e.g. another --limit): their path does not start at the base or end at the method."""
+    from peftarena_cli.report.uncertainty import curve_measures, method_measures, same_items
+
+    notes = []
+    lbi = lb.set_index("method")
+    for name, curve in curves.items():
+        cm = curve_measures(methods[name])
+        for alpha, who in ((0.0, base_name), (1.0, name)):
+            if who not in methods:
+                continue
+            own = method_measures(methods[who])
+            checked = False
+            for (path, a), ms in cm.items():
+                if abs(a - alpha) > 1e-9:
+                    continue
+                for kind, meas in ms.items():
+                    if kind in own:
+                        checked = True
+                        why = same_items(meas, own[kind])
+                        if why:
+                            notes.append(f"{name} curve: its α={alpha:g} {kind} evaluation is not on the items of "
+                                         f"{who}'s eval ({why}); the path does not start at the base / end at the method")
+            if checked or who not in lbi.index:
+                continue
+            rows = curve[curve["alpha"].astype(float) == alpha]
+            for kind in ("target", "general"):
+                if kind in rows.columns and len(rows):
+                    v, ref = float(rows[kind].iloc[0]), float(lbi.loc[who, kind])
+                    if np.isfinite(v) and np.isfinite(ref) and abs(v - ref) > 1e-6:
+                        notes.append(f"{name} curve: its {kind} at α={alpha:g} is {v:.2f} but {who}'s eval says {ref:.2f} "
+                                     "(a different --limit, seed or task?); the path does not start at the base / end at the method")
+    return notes
+
+
+def plane_points(methods: dict, lb, curves: dict, base_name: str = "base"):
+    """Every point of the plane — each method and each interior curve point — with its intervals, its
+    paired gain / forgetting against the base, and whether it is on the Pareto frontier of all points.
+    Returns (DataFrame, statements) where statements are sentences for the markdown."""
+    import pandas as pd
+
+    from peftarena_cli.report.leaderboard import pareto_mask
+    from peftarena_cli.report.uncertainty import compare, curve_measures, interval_of, method_measures
+
+    base_m = method_measures(methods[base_name]) if base_name in methods else {}
+    rows, meas = [], {}
+    for r in lb.to_dict("records"):
+        rows.append({"point": r["method"], "method": r["method"], "path": None, "alpha": np.nan,
+                     **{k: r.get(k, np.nan) for k in POINT_COLUMNS if k not in ("point", "method", "path", "alpha", "pareto")}})
+        meas[r["method"]] = method_measures(methods[r["method"]])
+    for name, curve in curves.items():
+        cm = curve_measures(methods[name])
+        multi = "path" in curve.columns and curve["path"].nunique() > 1
+        for c in curve.to_dict("records"):
+            a = float(c["alpha"])
+            if not 0.0 < a < 1.0:
+                continue
+            path = c.get("path") if "path" in curve.columns else None
+            label = f"{name} α={a:g}" + (f" ({path})" if multi else "")
+            ms = cm.get((path, round(a, 6))) or cm.get((None, round(a, 6))) or {}
+            meas[label] = ms
+            row = {"point": label, "method": name, "path": path, "alpha": a}
+            for kind in ("target", "general"):
+                iv = interval_of(ms.get(kind))
+                v = float(c.get(kind, np.nan))
+                if not np.isfinite(v) and iv is not None:
+                    v = iv.value
+                row[kind] = v
+                row[f"{kind}_low"], row[f"{kind}_high"] = (iv.low, iv.high) if iv is not None else (np.nan, np.nan)
+            for col, x, y, sign in (("target_gain", ms.get("target"), base_m.get("target"), 1),
+                                    ("forgetting", base_m.get("general"), ms.get("general"), 1)):
+                res, _ = compare(x, y)
+                bt = lb.loc[lb["is_base"], "target" if col == "target_gain" else "general"]
+                if res is not None:
+                    row.update({col: res.diff, f"{col}_low": res.low, f"{col}_high": res.high, f"{col}_p": res.p_value,
+                                f"{col}_sig": res.significant})
+                else:
+                    base_v = float(bt.iloc[0]) if len(bt) else np.nan
+                    row.update({col: (row["target"] - base_v) if col == "target_gain" else (base_v - row["general"]),
+                                f"{col}_low": np.nan, f"{col}_high": np.nan, f"{col}_p": np.nan, f"{col}_sig": False})
+            rows.append(row)
+    pts = pd.DataFrame(rows, columns=[c for c in POINT_COLUMNS if c != "pareto"])
+    pts["pareto"] = pareto_mask(pts["target"], pts["general"]) if len(pts) else []
+    return pts, frontier_statements(pts, meas, base_name)
+
+
+def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
+    """Sentences: each fine-tune's gain and forgetting against the base in words, and for each pair of
+    neighbours on the frontier whether they are distinguishable on either axis."""
+    from peftarena_cli.report.uncertainty import _p, compare
+
+    out = []
+    for r in pts[pts["alpha"].isna() & (pts["point"] != base_name)].to_dict("records"):
+        for col, what, kind in (("target_gain", "target gain", "target"), ("forgetting", "forgetting", "general")):
+            n = meas.get(r["point"], {}).get(kind)
+            nn = f"n = {n.n_items} {kind} items" if n is not None else "unknown n"
+            if not np.isfinite(r.get(f"{col}_low", np.nan)):
+                out.append(f"{r['point']}'s {what} ({r[col]:+.2f}) has no paired interval ({nn}: per-sample rows missing, not shared with the base, or too few).")
+                continue
+            hw = (r[f"{col}_high"] - r[f"{col}_low"]) / 2
+            if r[f"{col}_sig"]:
+                out.append(f"{r['point']}'s {what} is {r[col]:+.2f} ± {hw:.2f} points, significant at 95% "
+                           f"(p = {_p(r[f'{col}_p'])}, {nn}).")
+            else:
+                out.append(f"{r['point']}'s {what} ({r[col]:+.2f} ± {hw:.2f}) is not distinguishable from zero at {nn} "
+                           f"(p = {_p(r[f'{col}_p'])}).")
+    front = pts[pts["pareto"]].sort_values("general")
+    names = list(front["point"])
+    if len(names) >= 2:
+        for a, b in zip(names[:-1], names[1:]):
+            parts, dist = [], []
+            for kind in ("target", "general"):
+                res, note = compare(meas.get(a, {}).get(kind), meas.get(b, {}).get(kind), names=(a, b))
+                if res is None or not np.isfinite(res.low):
+                    parts.append(f"{kind}: no paired comparison")
+                    continue
+                parts.append(f"{kind} {res.diff:+.2f} ± {res.half_width:.2f} (p = {_p(res.p_value)})")
+                if res.significant:
+                    dist.append(kind)
+            verdict = ("distinguishable on " + " and ".join(dist)) if dist else "not distinguishable on either axis"
+            out.append(f"Frontier neighbours {a} vs {b}: {verdict} ({'; '.join(parts)}).")
+    elif len(names) == 1:
+        out.append(f"The Pareto frontier has one point: {names[0]}.")
+    return out
 
 
 def _looks_like_report(d: Path) -> bool:
@@ -130,13 +274,16 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
     with atomic_dir(out_dir, overwrite=True) as tmp:
         write_table(report.leaderboard, tmp / "leaderboard.parquet", provenance)
         write_table(report.correlations, tmp / "correlations.parquet", provenance)
-        md = leaderboard_markdown(report.leaderboard, report.correlations)
+        if report.points is not None:
+            write_table(report.points, tmp / "points.parquet", provenance)
+        md = leaderboard_markdown(report.leaderboard, report.correlations, statements=report.statements,
+                                  points=report.points)
         if report.notes:
             md += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in report.notes) + "\n"
         atomic_write_text(tmp / "leaderboard.md", md)
         colors = method_colors(report.order or list(report.leaderboard["method"]), base_name)
         fig = plot_plane(report.leaderboard, report.curves, report.reference, report.reference_title,
-                         base_name=base_name, colors=colors)
+                         base_name=base_name, colors=colors, points=report.points)
         save_figure(fig, tmp / "plane.png")
         save_figure(fig, tmp / "plane.svg")
         close(fig)

@@ -31,6 +31,12 @@ KIND_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
     ("csd", ("module",)),  # plus at least one csd_* column (checked below)
 ]
 EVAL_SUMMARY_KINDS = ("eval_summary",)
+# per-sample eval rows (kind "samples"; with an ``alpha`` column, from interpolate: "curve_samples") are
+# read for the intervals and paired comparisons (docs/report.md); only these columns are kept.
+SAMPLE_COLUMNS = ("model", "task", "subtask", "id", "sample", "correct", "inst_strict", "extracted", "reference",
+                  "meta", "alpha", "path")
+# a method directory's sub-directory whose interpolate per-sample files are read too (scripts/arena.mk)
+CURVE_SAMPLES_DIR = "interp"
 KNOWN_KINDS = tuple(k for k, _ in KIND_COLUMNS)
 
 
@@ -73,11 +79,24 @@ def _parquet_files(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".parquet" and not p.name.startswith("."))
 
 
+def samples_kind(columns) -> str | None:
+    """``samples`` for per-sample eval rows, ``curve_samples`` for interpolate's (with ``alpha``), else None."""
+    cols = set(columns)
+    if {"task", "id", "sample", "completion", "correct"} <= cols:
+        return "curve_samples" if "alpha" in cols else "samples"
+    return None
+
+
 def _classify(path: Path):
     from peftarena_cli.artifacts.tables import read_table
 
     df, prov = read_table(path)
-    return table_kind(df.columns), df, prov
+    kind = table_kind(df.columns)
+    if kind is None:
+        kind = samples_kind(df.columns)
+        if kind is not None:
+            df = df[[c for c in SAMPLE_COLUMNS if c in df.columns]]
+    return kind, df, prov
 
 
 def _dir_has_results(d: Path) -> bool:
@@ -152,15 +171,27 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
             kind, df, prov = _classify(f)
             if kind is None:
                 continue
-            if kind == "eval_summary" and "model" in df.columns:
+            if kind in ("eval_summary", "samples") and "model" in df.columns:
                 for label, part in split_by_model(df, name, base_name, owned=owned).items():
                     target = m if label == name else methods.setdefault(label, MethodResults(name=label))
                     target.add(kind, part, f, prov)
                 continue
             m.add(kind, df, f, prov)
+        sub = d / CURVE_SAMPLES_DIR if d.is_dir() else None
+        if sub is not None and sub.is_dir():
+            for f in _parquet_files(sub):
+                try:
+                    import pyarrow.parquet as pq
+
+                    if samples_kind(pq.read_schema(f).names) != "curve_samples":
+                        continue
+                except Exception:
+                    continue
+                kind, df, prov = _classify(f)
+                m.add(kind, df, f, prov)
         if m.adapter is None:
             m.adapter = find_adapter(d) if d.is_dir() else None
-    methods = {k: v for k, v in methods.items() if v.tables}
+    methods = {k: v for k, v in methods.items() if set(v.tables) - {"samples", "curve_samples"}}
     if not methods:
         raise InvalidArtifact("none of the given paths holds a result table",
                               hint="see docs/report.md for the files report reads")

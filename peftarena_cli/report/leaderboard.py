@@ -48,6 +48,28 @@ def pareto_mask(target, general) -> np.ndarray:
     return mask
 
 
+def general_metric(df) -> str:
+    """The metric name of the general aggregate in an eval summary: ``general_score``, or whichever
+    ``*_score`` row other than ``target_score`` the summary has (one place to change on a rename)."""
+    if df is None or "metric" not in df.columns:
+        return GENERAL_METRIC
+    metrics = [str(m) for m in df["metric"].unique()]
+    if GENERAL_METRIC in metrics:
+        return GENERAL_METRIC
+    cands = [m for m in metrics if m.endswith("_score") and m != TARGET_METRIC]
+    return cands[0] if cands else GENERAL_METRIC
+
+
+def summary_interval(df, metric: str) -> tuple[float, float]:
+    """(ci_low, ci_high) of ``metric``'s row in an eval summary; NaN when the summary has none."""
+    if df is None or "ci_low" not in df.columns:
+        return math.nan, math.nan
+    rows = df[df["metric"] == metric]
+    if rows.empty:
+        return math.nan, math.nan
+    return float(rows["ci_low"].iloc[0]), float(rows["ci_high"].iloc[0])
+
+
 def summary_score(df, metric: str) -> float:
     """The value of ``metric`` in an eval summary (``task, metric, value, n``), NaN when absent."""
     rows = df[df["metric"] == metric]
@@ -208,7 +230,7 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
     for name, m in methods.items():
         summ = m.tables.get("eval_summary")
         target = summary_score(summ, TARGET_METRIC) if summ is not None else math.nan
-        general = summary_score(summ, GENERAL_METRIC) if summ is not None else math.nan
+        general = summary_score(summ, general_metric(summ)) if summ is not None else math.nan
         is_base = name == base_name
         adapter = m.adapter or adapter_from_provenance(m)
         params = 0.0 if is_base else trainable_from_manifest(m.directory, adapter)
@@ -224,13 +246,63 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
     df.insert(5, "target_gain", df["target"] - bt)
     df.insert(6, "forgetting", bg - df["general"])
     df.insert(7, "pareto", pareto_mask(df["target"], df["general"]))
+    notes = _add_uncertainty(df, methods, base_name)
     df["_order"] = np.where(df["is_base"], np.inf, df["target"].fillna(-np.inf))
     df = df.sort_values("_order", ascending=False, kind="stable").drop(columns="_order").reset_index(drop=True)
+    df.attrs["notes"] = notes  # pairing problems, for the report's notes
     return df
 
 
+UNCERTAINTY_COLUMNS = [
+    "target_low", "target_high", "general_low", "general_high", "n_target", "n_general",
+    "target_gain_low", "target_gain_high", "target_gain_p", "target_gain_test", "target_gain_sig",
+    "forgetting_low", "forgetting_high", "forgetting_p", "forgetting_test", "forgetting_sig",
+]
+
+
+def _add_uncertainty(df, methods: dict, base_name: str) -> None:
+    """Intervals of target / general and paired gain / forgetting against the base (in place, after
+    ``pareto``). Intervals come from the summaries' ci columns, else from the per-sample rows;
+    gain and forgetting are paired on the items both evaluated (docs/report.md, "Uncertainty")."""
+    from peftarena_cli.report.uncertainty import compare, interval_of, method_measures
+
+    meas = {name: method_measures(m) for name, m in methods.items()}
+    base = meas.get(base_name, {})
+    cols = {c: [] for c in UNCERTAINTY_COLUMNS}
+    notes = []
+    for name in df["method"]:
+        m = methods[name]
+        summ = m.tables.get("eval_summary")
+        me = meas.get(name, {})
+        for kind, metric in (("target", TARGET_METRIC), ("general", general_metric(summ))):
+            lo, hi = summary_interval(summ, metric)
+            iv = interval_of(me.get(kind))
+            if not (math.isfinite(lo) and math.isfinite(hi)) and iv is not None:
+                lo, hi = iv.low, iv.high
+            cols[f"{kind}_low"].append(lo)
+            cols[f"{kind}_high"].append(hi)
+            cols[f"n_{kind}"].append(me[kind].n_items if kind in me else math.nan)
+        for col, a, b in (("target_gain", me.get("target"), base.get("target")),
+                          ("forgetting", base.get("general"), me.get("general"))):
+            if name == base_name:
+                r, note = None, ""
+            else:
+                r, note = compare(a, b, names=(name, base_name) if col == "target_gain" else (base_name, name))
+            if note:
+                notes.append(f"{name}: {col.replace('_', ' ')} not paired: {note}")
+            cols[f"{col}_low"].append(r.low if r else math.nan)
+            cols[f"{col}_high"].append(r.high if r else math.nan)
+            cols[f"{col}_p"].append(r.p_value if r else math.nan)
+            cols[f"{col}_test"].append(r.test if r else "")
+            cols[f"{col}_sig"].append(bool(r.significant) if r else False)
+    at = list(df.columns).index("pareto") + 1
+    for k, c in enumerate(UNCERTAINTY_COLUMNS):
+        df.insert(at + k, c, cols[c])
+    return notes
+
+
 def geometry_metric_columns(df) -> list[str]:
-    return [c for c in df.columns if c.startswith(("spec_", "csd_", "ag_"))]
+    return [c for c in df.columns if c.startswith(("spec_", "csd_", "ag_", "drift_")) and not c.endswith("_hw")]
 
 
 def _fmt_params(v) -> str:
@@ -270,30 +342,90 @@ def summary_frame(df):
     return pd.DataFrame(rows)
 
 
-def leaderboard_markdown(df, correlations=None, title: str = "Stability–plasticity leaderboard") -> str:
-    """The leaderboard (and correlations) as a Markdown document."""
-    main = ["method", "trainable_params", "target", "general", "target_gain", "forgetting", "pareto"]
-    lines = [f"# {title}", "", "Scores in percent; target gain and forgetting in points against the base; "
-             "pareto = on the frontier of (target, general).", ""]
+def _pm(r, col, signed=False) -> str:
+    """"value ± half-width" (and "*" when the paired difference is significant at 95 %)."""
+    v = r.get(col)
+    lo, hi = r.get(f"{col}_low", math.nan), r.get(f"{col}_high", math.nan)
+    base = _fmt(v, signed)
+    if base == "–":
+        return base
+    if lo is None or hi is None or not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        return base
+    out = f"{base} ± {(float(hi) - float(lo)) / 2:.1f}"
+    if r.get(f"{col}_sig"):
+        out += " *"
+    return out
+
+
+def _pval(p) -> str:
+    if p is None or not math.isfinite(float(p)):
+        return "–"
+    return f"{float(p):.3f}" if float(p) >= 0.001 else "<0.001"
+
+
+def leaderboard_markdown(df, correlations=None, title: str = "Stability–plasticity leaderboard", statements=None,
+                         points=None) -> str:
+    """The leaderboard (intervals, paired tests, frontier, geometry, correlations) as a Markdown document."""
+    main = ["method", "trainable_params", "target", "general", "target_gain", "forgetting", "p (gain)", "p (forg.)", "pareto"]
+    lines = [f"# {title}", "",
+             "Scores in percent ± the 95% half-width; target gain and forgetting in points against the base, "
+             "paired on the same items (stratified paired bootstrap interval; p from McNemar's exact test for one "
+             "binary task, else a sign-flip permutation test). `*` = significant at 95% (p < 0.05 and the interval "
+             "excludes 0). pareto = on the frontier of (target, general) over every method and interpolation point.",
+             ""]
     lines.append("| " + " | ".join(main) + " |")
     lines.append("|" + "---|" * len(main))
     for r in df.to_dict("records"):
-        cells = [f"**{r['method']}**" if r["is_base"] else str(r["method"]), _fmt_params(r["trainable_params"]) if not r["is_base"] else "–",
-                 _fmt(r["target"]), _fmt(r["general"]),
-                 _fmt(r["target_gain"], signed=True), _fmt(r["forgetting"], signed=True), _fmt(bool(r["pareto"]))]
+        base = bool(r["is_base"])
+        cells = [f"**{r['method']}**" if base else str(r["method"]), _fmt_params(r["trainable_params"]) if not base else "–",
+                 _pm(r, "target"), _pm(r, "general"),
+                 _fmt(r["target_gain"], signed=True) if base else _pm(r, "target_gain", True),
+                 _fmt(r["forgetting"], signed=True) if base else _pm(r, "forgetting", True),
+                 "" if base else _pval(r.get("target_gain_p")), "" if base else _pval(r.get("forgetting_p")),
+                 _fmt(bool(r["pareto"]))]
         lines.append("| " + " | ".join(cells) + " |")
+    ns = [(r.get("n_target"), r.get("n_general")) for r in df.to_dict("records")]
+    nt = sorted({int(a) for a, _ in ns if a is not None and math.isfinite(float(a))})
+    ng = sorted({int(b) for _, b in ns if b is not None and math.isfinite(float(b))})
+    if nt or ng:
+        lines += ["", f"Items: target {', '.join(map(str, nt)) or '?'}, general {', '.join(map(str, ng)) or '?'}."]
+    if points is not None and len(points) and points["alpha"].notna().any():
+        lines += ["", "## Interpolation points", "",
+                  "| point | target | general | target gain | forgetting | pareto |", "|---|---|---|---|---|---|"]
+        for r in points[points["alpha"].notna()].to_dict("records"):
+            lines.append(f"| {r['point']} | {_pm(r, 'target')} | {_pm(r, 'general')} | {_pm(r, 'target_gain', True)} | "
+                         f"{_pm(r, 'forgetting', True)} | {_fmt(bool(r['pareto']))} |")
+    if statements:
+        lines += ["", "## What is distinguishable", ""] + [f"- {s}" for s in statements]
     geo = geometry_metric_columns(df)
     tuned = [r for r in df.to_dict("records") if not r["is_base"]]
     if geo and tuned:
-        lines += ["", "## Geometry (per-method aggregates over the selected modules; see docs/report.md)", ""]
+        lines += ["", "## Geometry and drift (per-method aggregates over the selected modules; see docs/report.md)", ""]
         lines.append("| metric | " + " | ".join(str(r["method"]) for r in tuned) + " |")
         lines.append("|---|" + "---|" * len(tuned))
         for c in geo:
-            lines.append(f"| {c} | " + " | ".join(_fmt(r[c]) for r in tuned) + " |")
+            cells = []
+            for r in tuned:
+                hw = r.get(f"{c}_hw")
+                cells.append(_fmt(r[c]) + (f" ± {float(hw):.3g}" if hw is not None and math.isfinite(float(hw)) else ""))
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if correlations is not None and len(correlations):
+        n_max = int(correlations["n"].max()) if len(correlations) else 0
         lines += ["", "## Correlations across methods (base excluded)", ""]
-        lines.append("| metric | against | pearson | spearman | n |")
-        lines.append("|---|---|---|---|---|")
-        for r in correlations.to_dict("records"):
-            lines.append(f"| {r['metric']} | {r['against']} | {_fmt(r['pearson'], True)} | {_fmt(r['spearman'], True)} | {r['n']} |")
+        if n_max < 3:
+            lines.append(f"Correlations need at least 3 fine-tuned methods with both values; this report has {n_max}, "
+                         "so none is computed.")
+        else:
+            lines.append("Pearson's r with its 95% Fisher-z interval (n ≥ 4), Spearman's ρ with its exact permutation "
+                         "p-value. With a handful of methods these are descriptive.")
+            lines.append("")
+            lines.append("| metric | against | pearson | 95% CI | spearman | p (spearman) | n |")
+            lines.append("|---|---|---|---|---|---|---|")
+            for r in correlations.to_dict("records"):
+                if r["n"] < 3:
+                    continue
+                ci = (f"[{r['pearson_low']:+.2f}, {r['pearson_high']:+.2f}]"
+                      if math.isfinite(r.get("pearson_low", math.nan)) else "–")
+                lines.append(f"| {r['metric']} | {r['against']} | {_fmt(r['pearson'], True)} | {ci} | "
+                             f"{_fmt(r['spearman'], True)} | {_pval(r.get('spearman_p'))} | {r['n']} |")
     return "\n".join(lines) + "\n"

@@ -114,8 +114,29 @@ def _frontier_line(t, g):
     return xs[order], ys[order]
 
 
-def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_points=True):
-    """points: DataFrame with method, target, general (base included)."""
+def _errorbars(ax, df, colors, curve: bool = False) -> None:
+    """95 % interval bars on both axes for the rows of ``df`` that have them (NaN: no bar)."""
+    need = ("target_low", "target_high", "general_low", "general_high")
+    if df is None or not len(df) or not all(c in df.columns for c in need):
+        return
+    for r in df.to_dict("records"):
+        x, y = float(r["general"]), float(r["target"])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        xe = [[max(x - float(r["general_low"]), 0.0)], [max(float(r["general_high"]) - x, 0.0)]]
+        ye = [[max(y - float(r["target_low"]), 0.0)], [max(float(r["target_high"]) - y, 0.0)]]
+        xe = None if not np.all(np.isfinite(xe)) else xe
+        ye = None if not np.all(np.isfinite(ye)) else ye
+        if xe is None and ye is None:
+            continue
+        ax.errorbar([x], [y], xerr=xe, yerr=ye, fmt="none", ecolor=colors.get(r["method"], "gray"),
+                    elinewidth=0.7 if curve else 1.0, capsize=1.5 if curve else 2.5, alpha=0.45 if curve else 0.7,
+                    zorder=1.5 if curve else 4)
+
+
+def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_points=True, all_points=None):
+    """points: DataFrame with method, target, general (base included); ``all_points`` (optional): every
+    point of the plane with intervals (``build.plane_points``): error bars and the frontier over all of them."""
     ok = points[np.isfinite(points["target"].astype(float)) & np.isfinite(points["general"].astype(float))]
     obstacles = []
     labels = []
@@ -149,8 +170,19 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
                    color=colors.get(name, "gray"), edgecolor="black" if not is_base else "white",
                    linewidth=0.6, zorder=5, label=name)
         obstacles.append((r["general"], r["target"]))
-    if len(ok) >= 1:
-        fx, fy = _frontier_line(ok["target"], ok["general"])
+    if all_points is not None and len(all_points):
+        _errorbars(ax, all_points[all_points["alpha"].isna()], colors)
+        _errorbars(ax, all_points[all_points["alpha"].notna()], colors, curve=True)
+        fin = all_points[np.isfinite(all_points["target"].astype(float)) & np.isfinite(all_points["general"].astype(float))]
+        for c in ("general_low", "general_high"):
+            obstacles += [(float(v), float(t)) for v, t in zip(fin[c], fin["target"]) if np.isfinite(v)]
+        for c in ("target_low", "target_high"):
+            obstacles += [(float(g), float(v)) for g, v in zip(fin["general"], fin[c]) if np.isfinite(v)]
+        front_src = fin
+    else:
+        front_src = ok
+    if len(front_src) >= 1:
+        fx, fy = _frontier_line(front_src["target"], front_src["general"])
         if len(fx):
             ax.plot(fx, fy, color="0.35", lw=1.0, ls="-", alpha=0.6, zorder=3, label="Pareto frontier")
             ax.scatter(fx, fy, s=170, facecolor="none", edgecolor="0.35", lw=1.0, zorder=4)
@@ -185,16 +217,21 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
 
 
 def plot_plane(leaderboard, curves: dict | None = None, reference=None, reference_title: str | None = None,
-               base_name: str = "base", title: str = "Stability–plasticity plane", colors: dict | None = None):
+               base_name: str = "base", title: str = "Stability–plasticity plane", colors: dict | None = None,
+               points=None):
     """The plane figure. ``curves``: {method: curve DataFrame (alpha, target, general[, path])};
-    ``reference``: published points (method, target, general) drawn in a second panel."""
+    ``reference``: published points (method, target, general) drawn in a second panel; ``points``: every
+    point with its 95 % intervals (error bars on both axes; the frontier is drawn over all of them)."""
     plt = _mpl()
     colors = colors or method_colors(list(leaderboard["method"]), base_name)
     ncols = 2 if reference is not None and len(reference) else 1
     fig, axes = plt.subplots(1, ncols, figsize=(7.2 * ncols, 6.0), squeeze=False)
     ax = axes[0, 0]
     labels, obstacles = _draw_plane(ax, leaderboard[["method", "target", "general"]], colors, base_name, curves,
-                                    title=title)
+                                    title=title, all_points=points)
+    if points is not None and len(points) and "target_low" in points.columns and points["target_low"].notna().any():
+        ax.text(0.99, 0.01, "bars: 95% intervals", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+                color="0.4")
     handles, labs = ax.get_legend_handles_labels()
     keep = [(h, l) for h, l in zip(handles, labs) if l.endswith(")") or " path" in l or l == "Pareto frontier"]
     if keep:
