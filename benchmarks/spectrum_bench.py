@@ -158,8 +158,9 @@ def child_straight(adapter: Path, out: Path, threads: int, device: str, model_di
         idx.append(pd.DataFrame({"module": mod, "index": np.arange(len(s_)), "sigma": s_, "p_diag": p_,
                                  "delta_p": np.abs(p_ - s_), "energy": e_, "sva": sva}))
         summ.append({"module": mod, "effective_rank": float((sd.double() ** 2).sum() / sd[0].double() ** 2),
-                     "delta_fro": float(torch.linalg.norm(dw)), "fluct_retention": _fluct(p_ / s_[0]),
-                     "fluct_energy": _fluct(e_ / e_.sum())})
+                     "delta_fro": float(torch.linalg.norm(dw)), "fluct_retention": _fluct(np.abs(p_ - s_)),
+                     "fluct_base_retention": _fluct(p_ / s_[0]), "fluct_energy": _fluct(e_ / e_.sum()),
+                     **{f"delta_sv_{i + 1}": float(sd[i]) for i in range(min(5, sd.shape[0]))}})
     pd.concat(idx).to_parquet(out)
     pd.DataFrame(summ).to_parquet(out.with_suffix(".summary.parquet"))
     return {}
@@ -226,7 +227,8 @@ def compare(tool_out: Path, ref_out: Path) -> dict:
         out[c] = float(np.nanmax(np.abs(m[c].to_numpy(float) - ref)) / np.nanmax(np.abs(ref)))
     sa = pd.read_parquet(tool_out.with_suffix(".summary.parquet")).set_index("module")
     sb = pd.read_parquet(ref_out.with_suffix(".summary.parquet")).set_index("module").loc[sa.index]
-    for c in ("effective_rank", "delta_fro", "fluct_retention", "fluct_energy"):
+    for c in ("effective_rank", "delta_fro", "fluct_retention", "fluct_base_retention", "fluct_energy",
+              *(f"delta_sv_{i}" for i in range(1, 6))):
         out[c] = float(np.max(np.abs(sa[c] - sb[c]) / np.abs(sb[c])))
     out["modules"] = len(sa)
     return out
