@@ -13,19 +13,19 @@ _peftarena() {
     done
     case "$path" in
         '') COMPREPLY=( $(compgen -W "act-geom csd eval-general eval-target finetune interpolate models report rewind spectrum --quiet -q --version --help" -- "$cur") ) ;;
-        'act-geom') COMPREPLY=( $(compgen -W "--prompts -p --sums --save-sums --gram-sample --accum-dtype --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --help" -- "$cur") ) ;;
-        'csd') COMPREPLY=( $(compgen -W "--general -g --target -t --stats --save-stats --alpha --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --help" -- "$cur") ) ;;
-        'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --backend --responses --summary --output -o --device --dtype --seed --help" -- "$cur") ) ;;
-        'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --k --limit --include-base --batch-size --max-new-tokens --backend --responses --summary --output -o --device --dtype --seed --help" -- "$cur") ) ;;
-        'finetune') COMPREPLY=( $(compgen -W "--output -o --method -m --regime --data --data-config --split --prompt-column --response-column --answer-column --num-examples --no-chat-template --rank -r --alpha --block-size --target-modules --lr --steps --batch-size --grad-accum --max-length --warmup-steps --lr-scheduler --weight-decay --save-every --num-generations --max-completion-length --temperature --beta --mixed-precision --gradient-checkpointing --resume --overwrite --seed --device --dtype --help" -- "$cur") ) ;;
-        'interpolate') COMPREPLY=( $(compgen -W "--alphas --path --generator-scale --layerwise --eval --target-task --general-suite --limit --max-new-tokens --stats --save-checkpoints --allow-extrapolate --output -o --device --dtype --seed --help" -- "$cur") ) ;;
+        'act-geom') COMPREPLY=( $(compgen -W "--prompts -p --sums --save-sums --gram-sample --accum-dtype --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'csd') COMPREPLY=( $(compgen -W "--general -g --target -t --stats --save-stats --alpha --allow-extrapolate --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --protocol --backend --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --protocol --k --limit --include-base --batch-size --max-new-tokens --backend --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'finetune') COMPREPLY=( $(compgen -W "--output -o --method -m --regime --data --data-config --split --prompt-column --response-column --answer-column --num-examples --no-chat-template --rank -r --alpha --block-size --target-modules --lr --steps --batch-size --grad-accum --max-length --warmup-steps --lr-scheduler --weight-decay --save-every --num-generations --max-completion-length --temperature --beta --mixed-precision --gradient-checkpointing --resume --overwrite --seed --device --dtype --quiet -q --help" -- "$cur") ) ;;
+        'interpolate') COMPREPLY=( $(compgen -W "--alphas --path --generator-scale --layerwise --eval --target-task --general-suite --limit --max-new-tokens --stats --save-checkpoints --allow-extrapolate --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'models') COMPREPLY=( $(compgen -W "list path pull --help" -- "$cur") ) ;;
-        'models list') COMPREPLY=( $(compgen -W "--help" -- "$cur") ) ;;
-        'models path') COMPREPLY=( $(compgen -W "--help" -- "$cur") ) ;;
-        'models pull') COMPREPLY=( $(compgen -W "--force --help" -- "$cur") ) ;;
-        'report') COMPREPLY=( $(compgen -W "--output -o --base --modules --spectrum-module --reference --reference-select --help" -- "$cur") ) ;;
-        'rewind') COMPREPLY=( $(compgen -W "--output -o --alpha --curve --pick --layerwise --generator-scale --base --allow-extrapolate --overwrite --help" -- "$cur") ) ;;
-        'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary -s --table --modules -m --layers -l --sva --no-sva --cache --no-cache --device --help" -- "$cur") ) ;;
+        'models list') COMPREPLY=( $(compgen -W "--parquet --output -o --quiet -q --help" -- "$cur") ) ;;
+        'models path') COMPREPLY=( $(compgen -W "--quiet -q --help" -- "$cur") ) ;;
+        'models pull') COMPREPLY=( $(compgen -W "--force --quiet -q --help" -- "$cur") ) ;;
+        'report') COMPREPLY=( $(compgen -W "--output -o --base --modules --spectrum-module --reference --reference-select --quiet -q --help" -- "$cur") ) ;;
+        'rewind') COMPREPLY=( $(compgen -W "--output -o --alpha --curve --pick --layerwise --generator-scale --base --allow-extrapolate --overwrite --quiet -q --help" -- "$cur") ) ;;
+        'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary -s --table --modules -m --layers -l --sva --no-sva --cache --no-cache --device --quiet -q --help" -- "$cur") ) ;;
     esac
     [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=( $(compgen -f -- "$cur") )
     return 0

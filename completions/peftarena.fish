@@ -25,6 +25,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l dtype
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l seed
+complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l general
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -s g
@@ -33,6 +35,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from csd' -s t
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l stats
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l save-stats
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l alpha
+complete -c peftarena -n '__fish_seen_subcommand_from csd' -l allow-extrapolate
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l modules
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -s m
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l n
@@ -48,6 +51,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from csd' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l dtype
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l seed
+complete -c peftarena -n '__fish_seen_subcommand_from csd' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from csd' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l adapter
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -s a
@@ -57,6 +62,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l limit
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l include-base
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l batch-size
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l max-new-tokens
+complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l protocol
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l backend
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l responses
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l summary
@@ -65,6 +71,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l dtype
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l seed
+complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l adapter
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -s a
@@ -73,6 +81,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -s t
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -s n
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l samples
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l temperature
+complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l protocol
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l k
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l limit
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l include-base
@@ -86,6 +95,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l dtype
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l seed
+complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -s o
@@ -125,6 +136,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l overwrite
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l seed
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l dtype
+complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from finetune' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l alphas
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l path
@@ -143,12 +156,23 @@ complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l dtype
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l seed
+complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from models' -a 'list path pull'
 complete -c peftarena -n '__fish_seen_subcommand_from models' -l help
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -l parquet
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -l output
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -s o
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -l help
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from path' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from path' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from path' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from pull' -l force
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from pull' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from pull' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from pull' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from report' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from report' -s o
@@ -157,6 +181,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from report' -l modules
 complete -c peftarena -n '__fish_seen_subcommand_from report' -l spectrum-module
 complete -c peftarena -n '__fish_seen_subcommand_from report' -l reference
 complete -c peftarena -n '__fish_seen_subcommand_from report' -l reference-select
+complete -c peftarena -n '__fish_seen_subcommand_from report' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from report' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from report' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -s o
@@ -168,6 +194,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l generator-scale
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l base
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l allow-extrapolate
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l overwrite
+complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from rewind' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -s o
@@ -183,4 +211,6 @@ complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l no-sva
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l cache
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l no-cache
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l device
+complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l quiet
+complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -s q
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l help

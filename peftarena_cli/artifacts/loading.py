@@ -141,14 +141,19 @@ def load_model(spec, dtype: str = "float32", device: str = "auto"):
     ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
     d = config_dir(ref)
     dev = pick_device(device)
-    if ref.is_single_file and not (d / "config.json").is_file():
-        from safetensors import safe_open
+    if ref.is_single_file:
+        # one weights file: the config beside it (or in its metadata), then the file's tensors, strictly
         from transformers import PretrainedConfig
 
-        with safe_open(str(ref.path), framework="pt") as f:
-            cfgd = json.loads(f.metadata()["config"])
-        config = AutoConfig.for_model(**cfgd) if "model_type" in cfgd else PretrainedConfig(**cfgd)
+        if (d / "config.json").is_file():
+            cfgd = _read_json(d / "config.json")
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(ref.path), framework="pt") as f:
+                cfgd = json.loads(f.metadata()["config"])
         refuse_remote_code(cfgd, ref.spec)
+        config = AutoConfig.for_model(**cfgd) if "model_type" in cfgd else PretrainedConfig(**cfgd)
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=False)
         from safetensors.torch import load_file
 
@@ -157,14 +162,9 @@ def load_model(spec, dtype: str = "float32", device: str = "auto"):
         check_loaded_names(model, list(res.missing_keys), list(res.unexpected_keys), ref.spec)
     else:
         refuse_remote_code(_read_json(d / "config.json"), ref.spec)
-        kwargs = {}
-        if ref.is_single_file:
-            from safetensors.torch import load_file
-
-            kwargs["state_dict"] = load_file(str(ref.path))
         try:
             model, info = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch_dtype(dtype), trust_remote_code=False,
-                                                               output_loading_info=True, **kwargs)
+                                                               output_loading_info=True)
         except (OSError, ValueError) as e:
             raise InvalidArtifact(f"cannot load a model from {ref.spec!r}: {str(e).splitlines()[0] if str(e) else e}") from None
         check_loaded_names(model, list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or []),

@@ -55,13 +55,18 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
+    STATE["quiet"] = False  # each invocation starts loud (main() may run several times in one process)
+    if STATE.pop("tqdm_disabled", False):
+        os.environ.pop("TQDM_DISABLE", None)
     if quiet:
         set_quiet()
 
 
 def set_quiet() -> None:
     STATE["quiet"] = True
-    os.environ["TQDM_DISABLE"] = "1"  # library progress bars (e.g. the GGUF conversion's)
+    if "TQDM_DISABLE" not in os.environ:
+        os.environ["TQDM_DISABLE"] = "1"  # library progress bars (e.g. the GGUF conversion's)
+        STATE["tqdm_disabled"] = True
 
 
 def _with_quiet(command):

@@ -29,7 +29,7 @@ def parse_alphas(spec: str, allow_extrapolate: bool = False, option: str = "--al
             if step <= 0 or stop < start:
                 raise UsageError(f"bad {option} {spec!r}: need start <= stop and step > 0")
             count = (stop - start) / step + 1e-9
-            if not math.isfinite(count) or count + 1 > MAX_POINTS:
+            if not math.isfinite(count) or math.floor(count) + 1 > MAX_POINTS:
                 raise UsageError(f"{option} {spec!r} gives more than {MAX_POINTS} points",
                                  hint=f"use a coarser step: at most {MAX_POINTS} points per sweep")
             n = int(math.floor(count))
