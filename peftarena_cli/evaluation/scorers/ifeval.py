@@ -4,7 +4,10 @@ kwargs; strict and loose checks at prompt and instruction level.
 Each check is ``check(response, **kwargs) -> bool``; :data:`CHECKS` maps the instruction id to
 it. ``loose`` passes when any of the 8 response variants passes (the response with its first
 line, last line or both removed, each with and without ``*``), as the benchmark defines.
-Sentence splitting and word tokenisation are offline (``text_utils``).
+Sentence splitting is nltk's Punkt English model and word tokenisation nltk's Treebank
+tokenizer on Punkt sentences, both offline (``text_utils``). The behaviour of each check follows
+Google's official scorer (``instruction_following_eval``); ``tests/test_ifeval_parity.py``
+measures the agreement on real responses.
 """
 
 from __future__ import annotations
@@ -40,20 +43,33 @@ def _detect_language(text: str):
 
 
 # --- keywords ---------------------------------------------------------------------------------
+def _pattern(text: str) -> str:
+    """Keywords are regular expressions in the official checks (passed to ``re`` unescaped, so
+    ``c.t`` matches "cut"); one that is not a valid pattern is matched literally here (the
+    official scorer would raise)."""
+    try:
+        re.compile(text)
+    except re.error:
+        return re.escape(text)
+    return text
+
+
 def keywords_existence(r, keywords=(), **_):
-    return all(re.search(re.escape(k), r, flags=re.I) for k in keywords)
+    return all(re.search(_pattern(k), r, flags=re.I) for k in keywords)
 
 
 def keywords_frequency(r, keyword="", frequency=1, relation="at least", **_):
-    return _compare(len(re.findall(re.escape(keyword), r, flags=re.I)), frequency, relation)
+    return _compare(len(re.findall(_pattern(keyword.strip()), r, flags=re.I)), frequency, relation)
 
 
 def keywords_forbidden_words(r, forbidden_words=(), **_):
-    return not any(re.search(r"\b" + re.escape(w) + r"\b", r, flags=re.I) for w in forbidden_words)
+    return not any(re.search(r"\b" + _pattern(w) + r"\b", r, flags=re.I) for w in forbidden_words)
 
 
 def keywords_letter_frequency(r, letter="a", let_frequency=1, let_relation="at least", **_):
-    return _compare(r.lower().count(letter.lower()), let_frequency, let_relation)
+    """Occurrences of one letter in the lower-cased response (the letter is stripped and
+    lower-cased, as the official ``build_description`` does)."""
+    return _compare(r.lower().count(letter.strip().lower()), let_frequency, let_relation)
 
 
 # --- language ---------------------------------------------------------------------------------
@@ -108,12 +124,13 @@ def number_placeholders(r, num_placeholders=1, **_):
 
 def postscript(r, postscript_marker="P.S.", **_):
     low = r.lower()
+    postscript_marker = postscript_marker.strip()
     if postscript_marker == "P.P.S":
         pat = r"\s*p\.\s?p\.\s?s.*$"
     elif postscript_marker == "P.S.":
         pat = r"\s*p\.\s?s\..*$"
     else:
-        pat = r"\s*" + re.escape(postscript_marker.lower()) + r".*$"
+        pat = r"\s*" + _pattern(postscript_marker.lower()) + r".*$"
     return bool(re.findall(pat, low, flags=re.M))
 
 
@@ -139,16 +156,14 @@ def number_highlighted_sections(r, num_highlights=1, **_):
 
 
 def multiple_sections(r, section_spliter="Section", num_sections=1, **_):
-    parts = re.split(r"\s?" + re.escape(section_spliter) + r"\s?\d+\s?", r)
+    parts = re.split(r"\s?" + _pattern(section_spliter.strip()) + r"\s?\d+\s?", r)
     return len(parts) - 1 >= int(num_sections)
 
 
 def json_format(r, **_):
     v = r.strip()
-    for pre in ("```json", "```Json", "```JSON", "```"):
-        if v.startswith(pre):
-            v = v[len(pre):]
-            break
+    for pre in ("```json", "```Json", "```JSON", "```"):  # removed in turn, as the official check
+        v = v.removeprefix(pre)
     v = v.removesuffix("```").strip()
     try:
         json.loads(v)
