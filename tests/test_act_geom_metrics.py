@@ -227,3 +227,20 @@ def test_module_rows_in_parallel_equal_one_at_a_time():
     assert one[1] == {"prompt_set": "s", "module": "model.layers.1.mlp.down_proj", "layer": 1, "kind": "down_proj",
                       **geometry_from_sums(mods["model.layers.1.mlp.down_proj"])}
     assert torch.get_num_threads() == threads
+
+
+def test_steep_full_rank_spectrum_above_float64_dim_is_not_rejected():
+    """Eigenvalues falling below float32's floor (d·ε₃₂·λ_max) are resolved in float64: a full-rank
+    covariance whose top-64 eigenvalues span 1e-6 keeps its distance, equal to the float64 SVD's."""
+    from peftarena_cli.activations import geometry
+
+    d = geometry.PCA_FLOAT64_MAX_DIM + 44
+    g = torch.Generator().manual_seed(21)
+    # λ_k/λ_1 down to 1e-6 over the first 70 directions, then a floor at 1e-8: float32 sees rank ~51
+    scales = torch.cat([torch.logspace(0, -3, 70, dtype=torch.float64), torch.full((d - 70,), 1e-4, dtype=torch.float64)])
+    X0 = torch.randn(2000, d, generator=g, dtype=torch.float64) * scales
+    X1 = X0 + 1e-3 * torch.randn(2000, d, generator=g, dtype=torch.float64) * scales
+    got = geometry_from_sums(streamed(X0, X1))
+    assert got["pca_rank"] == d and got["pca_reason_64"] == ""
+    want = dense_reference(X0, X1)
+    assert got["pca_dist_64"] == pytest.approx(want["pca_dist_64"], abs=1e-6)

@@ -30,8 +30,10 @@ of δ_k/λ_k: with gaps ≳ 1e-3 the float32 error is below ~1e-4; tiny gaps mea
 itself is ill-defined. NaN when k ≥ d (the projector is the identity) or when either covariance's
 numerical rank is below k (the top-k subspace is then not unique: it takes arbitrary null-space
 directions; at rank exactly k it is the covariance's range, well defined, gap 1);
-``pca_reason_k`` says which, ``pca_rank`` gives the smaller numerical rank: the eigenvalues above d·ε·λ_max, ε the unit roundoff of the
-eigendecomposition's precision (float64, or float32 above :data:`PCA_FLOAT64_MAX_DIM`).
+``pca_reason_k`` says which, ``pca_rank`` gives the smaller numerical rank: the eigenvalues above
+d·ε·λ_max, ε the unit roundoff of the eigendecomposition's precision (float64, or float32 above
+:data:`PCA_FLOAT64_MAX_DIM`; when float32 finds a rank below a k, the decomposition is redone in
+float64 and the rank decided there, so a steep but full-rank spectrum is not rejected).
 
 :func:`gram_distortion_dense` is the token×token form, used for the study-style ``--gram-sample``
 mode (the study builds the Gram on ≤1024 sampled tokens) and by the tests.
@@ -84,13 +86,13 @@ def _sym(C):
 PCA_FLOAT64_MAX_DIM = 256
 
 
-def _eigh(C):
+def _eigh(C, float64: bool = False):
     """Eigenpairs of a symmetric matrix (ascending), float64 results; float32 LAPACK above
-    :data:`PCA_FLOAT64_MAX_DIM` (cached per matrix for the several k)."""
+    :data:`PCA_FLOAT64_MAX_DIM` unless ``float64`` (cached per matrix for the several k)."""
     import torch
 
     C = _sym(C)
-    if C.shape[0] > PCA_FLOAT64_MAX_DIM:
+    if C.shape[0] > PCA_FLOAT64_MAX_DIM and not float64:
         scale = float(C.diagonal().abs().max()) or 1.0
         lam, V = torch.linalg.eigh((C / scale).to(torch.float32))
         return lam.to(torch.float64) * scale, V.to(torch.float64)
@@ -116,12 +118,13 @@ def nuclear_norm(C) -> float:
     return float(lam.sqrt().sum())
 
 
-def numerical_rank(lam, d: int) -> int:
+def numerical_rank(lam, d: int, float64: bool = False) -> int:
     """Eigenvalues (of a d×d PSD matrix, from :func:`_eigh`) above the rounding floor d·ε·λ_max, ε the
-    unit roundoff of the precision the eigendecomposition ran in."""
+    unit roundoff of the precision the eigendecomposition ran in (float32 above
+    :data:`PCA_FLOAT64_MAX_DIM` unless ``float64``)."""
     import torch
 
-    eps = torch.finfo(torch.float32 if d > PCA_FLOAT64_MAX_DIM else torch.float64).eps
+    eps = torch.finfo(torch.float32 if d > PCA_FLOAT64_MAX_DIM and not float64 else torch.float64).eps
     top = float(lam[-1])
     if not top > 0:
         return 0
@@ -139,6 +142,11 @@ def pca_distances(C00, C11, ks, n: int) -> dict:
     cheap = [k for k in ks if k < d and k < n]
     eig = (_eigh(C00), _eigh(C11)) if cheap else None
     rank = min(numerical_rank(eig[0][0], d), numerical_rank(eig[1][0], d)) if eig else max(min(n - 1, d), 0)
+    if eig and d > PCA_FLOAT64_MAX_DIM and rank < max(cheap):
+        # below float32's floor (d·ε₃₂·λ_max ≈ 7e-5 λ_max at d = 576) an eigenvalue is not resolved
+        # in float32: decide in float64 (rare; a spectrum falling that steeply)
+        eig = (_eigh(C00, float64=True), _eigh(C11, float64=True))
+        rank = min(numerical_rank(eig[0][0], d, True), numerical_rank(eig[1][0], d, True))
     out["pca_rank"] = rank  # without a decomposition (every k excluded): the bound min(n − 1, d)
     for k in ks:
         reason = ("k >= d" if k >= d else f"rank <= n_tokens - 1 = {n - 1} < k" if k >= n
