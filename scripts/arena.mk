@@ -29,9 +29,19 @@ LR_boft        ?= 2e-3
 LR_milora      ?= 1e-3
 LR_adalora     ?= 1e-3
 # Evaluation sizes (items per task / per built-in general part) and analysis sizes (prompts per set).
-TARGET_LIMIT   ?= 32
-GENERAL_LIMIT  ?= 16
+# The demo keeps small evals (its intervals are honest, and wide); the arena uses more items so that
+# paired differences have usable power (docs/report.md, "Power"). TARGET_LIMIT= / GENERAL_LIMIT= on the
+# command line set both.
+DEMO_TARGET_LIMIT   ?= 32
+DEMO_GENERAL_LIMIT  ?= 16
+ARENA_TARGET_LIMIT  ?= 128
+ARENA_GENERAL_LIMIT ?= 48
+TARGET_LIMIT   ?= $(DEMO_TARGET_LIMIT)
+GENERAL_LIMIT  ?= $(DEMO_GENERAL_LIMIT)
 ANALYSIS_N     ?= 16
+# Output drift (`peftarena drift`): items per target task / general part, continuation length.
+DRIFT_LIMIT    ?= 32
+DRIFT_TOKENS   ?= 32
 # Interpolation points (the ends are needed by rewind's keep-target criterion) and rewinding.
 ALPHAS         ?= 0,0.5,1
 PICK           ?= keep-target:0.8
@@ -48,18 +58,22 @@ ACTGEOM_MODULES ?= down_proj
 
 # One run set = RUNS + METHODS (+ which of them get an interpolation curve and a rewound point).
 demo-run:
-	@$(MAKE) --no-print-directory arena-stages RUNS=$(DEMO_RUNS) METHODS="lora" INTERP="lora" TITLE=demo
+	@$(MAKE) --no-print-directory arena-stages RUNS=$(DEMO_RUNS) METHODS="lora" INTERP="lora" TITLE=demo \
+		TARGET_LIMIT=$(TARGET_LIMIT) GENERAL_LIMIT=$(GENERAL_LIMIT)
 
 arena-run:
 	@$(MAKE) --no-print-directory arena-stages RUNS=$(ARENA_RUNS) METHODS="$(ARENA_METHODS)" \
-		INTERP="$(filter $(INTERP_METHODS),$(ARENA_METHODS))" TITLE=arena
+		INTERP="$(filter $(INTERP_METHODS),$(ARENA_METHODS))" TITLE=arena \
+		TARGET_LIMIT=$(if $(filter command line,$(origin TARGET_LIMIT)),$(TARGET_LIMIT),$(ARENA_TARGET_LIMIT)) \
+		GENERAL_LIMIT=$(if $(filter command line,$(origin GENERAL_LIMIT)),$(GENERAL_LIMIT),$(ARENA_GENERAL_LIMIT))
 
 ifdef RUNS
 # ---------------------------------------------------------------- what a run set is made of
 STATS     := $(RUNS)/_stats/csd_stats.safetensors
 REWOUND   := $(foreach m,$(INTERP),$(RUNS)/$(m)/rewound/.done)
 EVALS     := $(foreach m,base $(METHODS),$(RUNS)/$(m)/eval_target.parquet $(RUNS)/$(m)/eval_general.parquet)
-ANALYSES  := $(foreach m,$(METHODS),$(RUNS)/$(m)/spectrum.parquet $(RUNS)/$(m)/csd.parquet $(RUNS)/$(m)/act_geom.parquet)
+ANALYSES  := $(foreach m,$(METHODS),$(RUNS)/$(m)/spectrum.parquet $(RUNS)/$(m)/csd.parquet $(RUNS)/$(m)/act_geom.parquet \
+	$(RUNS)/$(m)/drift.parquet)
 CURVES    := $(foreach m,$(INTERP),$(RUNS)/$(m)/curve.parquet)
 REPORT    := $(RUNS)/report
 
@@ -122,6 +136,10 @@ $(RUNS)/%/csd.parquet: $(RUNS)/%/train/.done $(STATS)
 $(RUNS)/%/act_geom.parquet: $(RUNS)/%/train/.done
 	$(PA) act-geom $(MODEL) $(call final,$*) -p general:$(ANALYSIS_N) -p arith:$(ANALYSIS_N) \
 		$(if $(ACTGEOM_MODULES),-m $(ACTGEOM_MODULES)) -o $@
+
+# Output drift: forward passes only (the base's greedy continuations, teacher-forced through both models).
+$(RUNS)/%/drift.parquet: $(RUNS)/%/train/.done
+	$(PA) drift $(MODEL) $(call final,$*) --limit $(DRIFT_LIMIT) --max-new-tokens $(DRIFT_TOKENS) -o $@
 
 # ---------------------------------------------------------------- paths: interpolate, rewind
 # Target and general are swept separately so each uses the same --limit as the method's own evals;

@@ -120,3 +120,16 @@ def test_fisher_and_spearman_permutation():
     assert math.isnan(fisher_interval(0.9, 3)[0])
     # n = 4, perfectly monotone: only the identity and the reversal reach |ρ| = 1 -> 2/24
     assert spearman_p([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(2 / 24)
+
+
+def test_drift_table_becomes_a_leaderboard_column(runs):
+    root, _ = runs
+    kl = [0.1, 0.3, 0.2, 0.4]
+    df = pd.DataFrame({"alpha": 1.0, "prompt_set": ["general"] * 4, "task": "facts", "id": list("abcd"),
+                       "source": "greedy", "n_tokens": 5, "kl": kl})
+    write_table(df, root / "lora" / "drift.parquet", Provenance(command="drift"))
+    rep = build_report([str(root)])
+    lb = rep.leaderboard.set_index("method")
+    assert lb.loc["lora", "drift_kl_general"] == pytest.approx(np.mean(kl))
+    assert lb.loc["lora", "drift_kl_general_hw"] == pytest.approx(1.959963984540054 * np.std(kl, ddof=1) / 2)
+    assert "drift_kl_general" in set(rep.correlations["metric"]) and "drift_kl_general_hw" not in set(rep.correlations["metric"])

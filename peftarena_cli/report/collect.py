@@ -23,6 +23,7 @@ from peftarena_cli.errors import InputNotFound, InvalidArtifact, UsageError
 
 # kind -> columns that identify it (all must be present); checked in this order.
 KIND_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("drift", ("prompt_set", "id", "source", "kl")),
     ("curve", ("alpha", "target", "general")),
     ("eval_summary", ("task", "metric", "value", "n")),
     ("spectrum_index", ("module", "index", "p_diag", "energy")),

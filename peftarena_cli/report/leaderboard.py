@@ -214,6 +214,26 @@ def geometry_columns(tables: dict, modules: str | None = None) -> dict[str, floa
     if ag is not None:
         a = _select_modules(ag, modules)
         out.update(_per_set_means(a, ACT_GEOM_METRICS, "ag_"))
+    drift = tables.get("drift")
+    if drift is not None and len(drift):
+        out.update(drift_columns(drift))
+    return out
+
+
+def drift_columns(drift) -> dict[str, float]:
+    """``drift_kl_<set>`` (greedy continuations) and ``drift_kl_<set>_ref`` (reference text): the mean
+    per-token KL(base ‖ method) over prompts at α = 1 (else the largest α), with ``<col>_hw``, the 95 %
+    half-width over prompts (docs/drift.md)."""
+    from peftarena_cli import stats
+
+    out: dict[str, float] = {}
+    a = drift["alpha"].astype(float) if "alpha" in drift.columns else None
+    d = drift if a is None else drift[a == (1.0 if (a == 1.0).any() else a.max())]
+    for (s, src), g in d.groupby(["prompt_set", "source"], sort=True):
+        col = f"drift_kl_{_clean(s)}" + ("" if src == "greedy" else "_ref")
+        iv = stats.mean_normal(g["kl"].astype(float).dropna().to_numpy(), bounds=(0.0, math.inf))
+        out[col] = iv.value
+        out[f"{col}_hw"] = iv.half_width
     return out
 
 

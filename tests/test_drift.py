@@ -1,0 +1,97 @@
+"""Output drift (mean per-token KL(base ‖ tuned) on the base's greedy continuations) against a direct
+dense computation on the tiny model, and exactly 0 for the base and at α = 0."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tiny_lora_dir):
+    from peftarena_cli.paths.sweep import open_path_model
+
+    return open_path_model(str(tiny_model_dir), str(tiny_lora_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    from peftarena_cli.evaluation.api import load_general_tasks, load_target_tasks
+
+    return {"target": load_target_tasks("arith", limit=3), "general": load_general_tasks("builtin.facts", limit=3)}
+
+
+def _dense_drift(model_dir, adapter_dir, tok, text_ids, max_new, eos):
+    """One prompt, no batching, no KV cache: the base's greedy continuation by full forward passes,
+    then KL(base ‖ merged fine-tune) position by position in float64."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32),
+                                      str(adapter_dir)).merge_and_unload().eval()
+    seq = list(text_ids)
+    cont = []
+    with torch.no_grad():
+        for _ in range(max_new):
+            t = int(base(torch.tensor([seq])).logits[0, -1].argmax())
+            seq.append(t)
+            cont.append(t)
+            if t in eos:
+                break
+        lb = torch.log_softmax(base(torch.tensor([seq])).logits[0].double(), -1)
+        lt = torch.log_softmax(tuned(torch.tensor([seq])).logits[0].double(), -1)
+    kls = []
+    for j in range(len(cont)):
+        pos = len(text_ids) - 1 + j
+        kls.append(float((lb[pos].exp() * (lb[pos] - lt[pos])).sum()))
+    return sum(kls) / len(kls), len(cont)
+
+
+def test_drift_equals_a_direct_dense_computation(setup, tasks, tiny_model_dir, tiny_lora_dir):
+    from peftarena_cli.evaluation.drift import measure_drift
+    from peftarena_cli.evaluation.engine import encode_prompts, eos_ids
+
+    df = measure_drift(setup.path_model, setup.tokenizer, tasks, [0.0, 1.0], max_new_tokens=6, batch_size=4)
+    assert set(df["source"]) == {"greedy", "reference"}
+    # exactly 0 at α = 0 (the base against itself), every prompt and source
+    assert (df[df["alpha"] == 0.0]["kl"] == 0.0).all()
+    g = df[(df["alpha"] == 1.0) & (df["source"] == "greedy")]
+    assert (g["kl"] > 0).all()
+    eos = eos_ids(setup.path_model.model, setup.tokenizer)
+    for t in tasks["target"] + tasks["general"]:
+        for it in t.items[:2]:
+            ids = encode_prompts(setup.tokenizer, [t.render(setup.tokenizer, it)])[0]
+            want, n = _dense_drift(tiny_model_dir, tiny_lora_dir, setup.tokenizer, ids, 6, eos)
+            row = g[(g["task"] == t.name) & (g["id"] == it.id)].iloc[0]
+            assert row["n_tokens"] == n
+            assert row["kl"] == pytest.approx(want, rel=1e-3, abs=1e-7)
+
+
+def test_drift_of_the_base_itself_is_zero(tiny_model_dir, tasks):
+    from peftarena_cli.evaluation.drift import measure_drift
+    from peftarena_cli.artifacts.loading import load_model
+
+    model, tok, _ = load_model(str(tiny_model_dir), device="cpu")
+
+    class Same:  # the base as its own "fine-tune": set_alpha changes nothing
+        def __init__(self, m):
+            self.model = m
+
+        def set_alpha(self, a):
+            pass
+
+    df = measure_drift(Same(model), tok, {"target": tasks["target"]}, [1.0], max_new_tokens=4)
+    assert len(df) and (df["kl"] == 0.0).all()
+
+
+def test_drift_summary_interval(setup, tasks):
+    from peftarena_cli import stats
+    from peftarena_cli.evaluation.drift import drift_summary, measure_drift
+
+    df = measure_drift(setup.path_model, setup.tokenizer, {"target": tasks["target"]}, [0.5], max_new_tokens=4,
+                       reference=False)
+    s = drift_summary(df).iloc[0]
+    iv = stats.mean_normal(df["kl"], bounds=(0, math.inf))
+    assert s["kl"] == pytest.approx(df["kl"].mean()) and s["ci_high"] == pytest.approx(iv.high)
