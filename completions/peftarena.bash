@@ -8,13 +8,14 @@ _peftarena() {
         w="${COMP_WORDS[i]}"
         [[ "$w" == -* ]] && continue
         case "${path:+$path }$w" in
-            'act-geom'|'csd'|'eval-general'|'eval-target'|'finetune'|'interpolate'|'models'|'models list'|'models path'|'models pull'|'report'|'rewind'|'spectrum') path="${path:+$path }$w" ;;
+            'act-geom'|'csd'|'drift'|'eval-general'|'eval-target'|'finetune'|'interpolate'|'models'|'models list'|'models path'|'models pull'|'report'|'rewind'|'spectrum') path="${path:+$path }$w" ;;
         esac
     done
     case "$path" in
-        '') COMPREPLY=( $(compgen -W "act-geom csd eval-general eval-target finetune interpolate models report rewind spectrum --quiet -q --version --help" -- "$cur") ) ;;
+        '') COMPREPLY=( $(compgen -W "act-geom csd drift eval-general eval-target finetune interpolate models report rewind spectrum --quiet -q --version --help" -- "$cur") ) ;;
         'act-geom') COMPREPLY=( $(compgen -W "--prompts -p --sums --save-sums --gram-sample --accum-dtype --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'csd') COMPREPLY=( $(compgen -W "--general -g --target -t --stats --save-stats --alpha --allow-extrapolate --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'drift') COMPREPLY=( $(compgen -W "--alphas --sets --target-task --general-suite --limit --max-new-tokens --reference --no-reference --path --batch-size --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --protocol --backend --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --protocol --k --limit --include-base --batch-size --max-new-tokens --backend --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'finetune') COMPREPLY=( $(compgen -W "--output -o --method -m --regime --data --data-config --split --prompt-column --response-column --answer-column --num-examples --no-chat-template --rank -r --alpha --block-size --target-modules --lr --steps --batch-size --grad-accum --max-length --warmup-steps --lr-scheduler --weight-decay --save-every --num-generations --max-completion-length --temperature --beta --mixed-precision --gradient-checkpointing --resume --overwrite --seed --device --dtype --quiet -q --help" -- "$cur") ) ;;
