@@ -133,3 +133,13 @@ def test_drift_table_becomes_a_leaderboard_column(runs):
     assert lb.loc["lora", "drift_kl_general"] == pytest.approx(np.mean(kl))
     assert lb.loc["lora", "drift_kl_general_hw"] == pytest.approx(1.959963984540054 * np.std(kl, ddof=1) / 2)
     assert "drift_kl_general" in set(rep.correlations["metric"]) and "drift_kl_general_hw" not in set(rep.correlations["metric"])
+
+
+def test_moving_average_direct():
+    from peftarena_cli.report.plots import moving_average
+
+    y = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    m = moving_average(y, 3)
+    assert m == pytest.approx([1.5, 7 / 3, 14 / 3, 28 / 3, 12.0])
+    g = moving_average(y, 3, log=True)
+    assert g[2] == pytest.approx((2 * 4 * 8) ** (1 / 3))

@@ -296,6 +296,18 @@ def spectrum_profiles(df, module: str):
     return d["index"].to_numpy(int), delta, energy / (esum if esum > 0 else 1.0)
 
 
+def moving_average(y, w: int, log: bool = False):
+    """Centered moving average over ``w`` points (shrinking windows at the ends); ``log``: of log y."""
+    y = np.asarray(y, dtype=float)
+    v = np.log(y) if log else y
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    n = len(v)
+    lo = np.clip(np.arange(n) - w // 2, 0, n)
+    hi = np.clip(np.arange(n) + w // 2 + 1, 0, n)
+    m = (c[hi] - c[lo]) / (hi - lo)
+    return np.exp(m) if log else m
+
+
 def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: dict | None = None):
     """Retention drift and update energy per singular index of W0 for one module, one line per method;
     the retention panel's legend gives each method's ``fluct_retention`` on this module."""
@@ -304,14 +316,28 @@ def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: d
     plt = _mpl()
     colors = colors or method_colors([base_name, *spectra.keys()], base_name)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    n_idx = 0
     for name, df in spectra.items():
         idx, ret, en = spectrum_profiles(df, module)
         if len(idx) == 0:
             continue
-        lw = 1.1 if len(idx) <= 64 else 0.8
-        a1.plot(idx, np.maximum(ret, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85,
-                label=f"{name}  {fluctuation(ret):.2e}")
-        a2.plot(idx, np.maximum(en, 1e-12), color=colors.get(name, "gray"), lw=lw, alpha=0.85, label=name)
+        col = colors.get(name, "gray")
+        labels = (f"{name}  {fluctuation(ret):.2e}", name)
+        if len(idx) <= 64:
+            a1.plot(idx, np.maximum(ret, 1e-12), color=col, lw=1.1, alpha=0.85, label=labels[0])
+            a2.plot(idx, np.maximum(en, 1e-12), color=col, lw=1.1, alpha=0.85, label=labels[1])
+        else:  # the raw trace faint, its moving average (geometric, so it reads on the log scale) bold
+            w = max(5, len(idx) // 48)
+            for ax, y, lab in ((a1, ret, labels[0]), (a2, en, labels[1])):
+                y = np.maximum(y, 1e-12)
+                ax.plot(idx, y, color=col, lw=0.5, alpha=0.25)
+                ax.plot(idx, moving_average(y, w, log=True), color=col, lw=1.6, alpha=0.95, label=lab)
+        n_idx = max(n_idx, len(idx))
+    if n_idx:
+        a2.axhline(1.0 / n_idx, color="0.4", lw=0.9, ls="--", label="flat profile (1/n)")
+    if n_idx > 64:
+        a1.text(0.01, 0.01, f"bold: moving average over {max(5, n_idx // 48)} indices", transform=a1.transAxes,
+                fontsize=7, color="0.4")
     a1.set_title("Retention drift  |ΔP_diag(i)|", fontsize=11)
     a2.set_title("Update energy  E_Δ(i) / Σ E_Δ", fontsize=11)
     for a in (a1, a2):
