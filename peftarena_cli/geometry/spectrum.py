@@ -114,7 +114,7 @@ def top_eigenvalue(a: torch.Tensor, tol: float | None = None, max_steps: int = 3
 
 
 def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = None, max_dim: int = 320,
-                    check_every: int = 2) -> torch.Tensor:
+                    check_every: int = 2, extra: int = 3) -> torch.Tensor:
     """The ``count`` largest eigenvalues (descending, float64, clamped at 0) of a symmetric PSD matrix.
 
     Block Lanczos with full reorthogonalisation and a block of ``count + 3`` vectors, so an
@@ -122,9 +122,9 @@ def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = No
     Lanczos finds each distinct eigenvalue once). T = QᵀAQ is taken from the projections
     themselves, not assumed block-tridiagonal, and a block that loses rank (an exhausted Krylov
     space, e.g. a rank-deficient ΔW) is completed with random directions, so the Rayleigh–Ritz
-    values stay exact for the space spanned. Stops when every wanted Ritz pair's residual
-    ‖R s_i‖ is below ``tol`` × θ_1 (default 1e-6 in float32, 1e-10 in float64), which bounds
-    each eigenvalue's error by the same; ``eigvalsh`` for small matrices or when ``max_dim``
+    values stay exact for the space spanned. Stops when every wanted Ritz value's error bound
+    min(ρ_i, ρ_i²/gap_i) (ρ_i = ‖R s_i‖ the residual, gap_i the distance to the nearest other Ritz
+    value) is below ``tol`` × θ_1 (default 1e-6 in float32, 1e-10 in float64); ``eigvalsh`` for small matrices or when ``max_dim``
     vectors do not settle it. Runs on the host in ``a``'s dtype, the small problems in float64.
     """
     n = a.shape[0]
@@ -136,7 +136,7 @@ def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = No
     dt = a.dtype
     if tol is None:
         tol = 1e-10 if dt == torch.float64 else 1e-6
-    p = count + 3
+    p = count + extra
     m = min(n, max_dim)
     g = torch.Generator(device="cpu").manual_seed(0)
     basis = torch.empty(m + p, n, dtype=dt)  # orthonormal rows
@@ -187,11 +187,18 @@ def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = No
             continue
         ts = t[:j, :j]
         ev, vec = torch.linalg.eigh((ts + ts.T) / 2)
-        theta = ev.flip(0)[:want]
-        s_last = vec.flip(1)[b0:b0 + p, :want]
-        res = torch.linalg.vector_norm(r.double() @ s_last, dim=0)
+        ev, vec = ev.flip(0), vec.flip(1)
+        theta = ev[:want]
+        res = torch.linalg.vector_norm(r.double() @ vec[b0:b0 + p, :want], dim=0)
         top = max(float(theta[0]), 1e-300)
-        if bool((res <= tol * top).all()) or j >= n:
+        # error bound per Ritz value: min(ρ, ρ²/gap), the gap to the nearest other Ritz value
+        ritz_gap = torch.full((want,), float("inf"), dtype=torch.float64)
+        if ev.numel() > 1:
+            diffs = (ev[:-1] - ev[1:]).abs()
+            ritz_gap[: min(want, diffs.numel())] = diffs[:want]
+            ritz_gap[1:want] = torch.minimum(ritz_gap[1:want], diffs[: want - 1])
+        bound = torch.minimum(res, res * res / ritz_gap.clamp_min(1e-300))
+        if bool((bound <= tol * top).all()) or j >= n:
             return theta.clamp_min(0.0)
         if j + p > m:
             break
