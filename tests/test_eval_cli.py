@@ -36,7 +36,8 @@ def test_eval_target_tables_and_several_adapters(target_run, tiny_lora_dir):
     by = df.pivot(index="id", columns="model", values="completion")
     assert (by["base"] != by[str(tiny_lora_dir)]).any()
     summ, _ = read_table(out.with_name("target.summary.parquet"))
-    assert list(summ.columns) == ["model", "task", "metric", "value", "n"]
+    assert list(summ.columns)[:5] == ["model", "task", "metric", "value", "n"]
+    assert set(summ["protocol"]) == {"builtin@1"} and set(summ["overrides"]) == {"max_new_tokens=12"}
     ts = summ[summ["metric"] == "target_score"]
     assert len(ts) == 2 and set(ts["task"]) == {"target"}
     # summary recomputed independently from the per-sample rows
@@ -58,12 +59,12 @@ def test_rescore_parquet_reproduces_scores(target_run, tmp_path):
 
 def test_eval_general_pipe_gives_parquet(tiny_model_dir):
     r = run_cli("eval-general", tiny_model_dir, "--suite", "builtin.facts,builtin.ifeval", "--limit", "2",
-                "--max-new-tokens", "8", env=ONE_THREAD)
+                "--max-new-tokens", "8", env={**ONE_THREAD, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr.decode()
     df, _ = read_table(io.BytesIO(r.stdout))
     assert set(df["task"]) == {"facts", "ifeval_builtin"} and len(df) == 4
     assert df.loc[df["task"] == "ifeval_builtin", "inst_strict"].map(len).ge(1).all()
-    assert "general_score" in r.stderr.decode()
+    assert "builtin_general_score" in r.stderr.decode()  # the built-in suite's own aggregate, not the study's
 
 
 def test_ifeval_official_response_format(shared_data, tmp_path):
@@ -84,7 +85,7 @@ def test_ifeval_official_response_format(shared_data, tmp_path):
     n_inst = len(recs[0]["instruction_id_list"]) + len(recs[1]["instruction_id_list"])
     expected = 100.0 * (3 + sum(df["inst_strict"].iloc[1])) / n_inst
     assert s[("ifeval", "inst_strict")] == pytest.approx(expected)
-    assert s[("general", "general_score")] == pytest.approx(expected)
+    assert s[("general", "general_mean")] == pytest.approx(expected)  # IFEval alone is not the study's general_score
 
 
 def test_unparsable_completion_is_kept_and_wrong(tmp_path):
@@ -98,7 +99,12 @@ def test_unparsable_completion_is_kept_and_wrong(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     df, _ = read_table(out)
     assert df["correct"].tolist() == [True, False, True] and df["extracted"].tolist()[1] == ""
-    assert df["correct_strict"].tolist() == [True, False, True]
+    assert df["correct_strict"].isna().all()  # the study grades once (no strict/flexible pair)
+    # lm-eval's gsm8k: strict-match wants "#### N", flexible-extract takes the last number
+    r = run_cli("eval-target", "--task", "gsm8k", "--responses", resp, "--protocol", "lm-eval", "-o", tmp_path / "l.parquet")
+    assert r.returncode == 0, r.stderr.decode()
+    df, _ = read_table(tmp_path / "l.parquet")
+    assert df["correct_strict"].tolist() == [False, False, True] and df["correct_flexible"].tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize("case", ["unknown_task", "unknown_suite", "missing_fields", "k_gt_n", "empty", "vllm"])

@@ -158,17 +158,27 @@ def test_ifeval_loader_real_file(shared_data):
 
 
 def test_bbh_loader_real_files_and_gold_answers_score(shared_data):
+    from peftarena_cli.evaluation.protocols import apply
     from peftarena_cli.tasks.general_tasks import BBH_SUBTASKS, bbh_task
 
     t = bbh_task(shared_data / "bbh", limit=3)
     subs = {it.meta["subtask"] for it in t.items}
     assert subs == set(BBH_SUBTASKS) and len(subs) == 27
-    for it in t.items:
-        assert it.prompt.count("\nA: Let's think step by step.") == 4  # 3 shots + the question
-        assert "canary" not in it.prompt and it.prompt.endswith("A: Let's think step by step.")
-        # the gold answer in the prompts' own format scores correct, a wrong one does not
-        assert bbh.score_bbh(f"... So the answer is {it.reference}.", it.reference)["correct"], it.id
-        assert not bbh.score_bbh("... So the answer is zzz.", it.reference)["correct"]
+    study, lme = apply(t, "study"), apply(t, "lm-eval")
+    assert (study.max_new_tokens, study.stop, study.chat) == (512, (), True)
+    assert (lme.max_new_tokens, lme.stop, lme.chat) == (1024, ("</s>", "Q", "\n\n"), False)
+    for it, s_it, l_it in zip(t.items, study.items, lme.items):
+        assert s_it.prompt.startswith("Follow the given examples and answer the question.\n")
+        assert s_it.prompt.endswith(f"\n\nQ: {it.prompt}\nA: Let's think step by step.")
+        assert l_it.prompt.endswith(f"\n\nQ: {it.prompt}\nA: Let's think step by step.\n")
+        for p in (s_it.prompt, l_it.prompt):
+            assert p.count("\nA: Let's think step by step.") == 4 and "canary" not in p  # 3 shots + the question
+        # the gold answer in the prompts' own format scores correct under both protocols, a wrong one does not
+        gold = f"... So the answer is {it.reference}."
+        assert bbh.score_bbh_study(gold, it.reference, it.meta["subtask"])["correct"], it.id
+        assert bbh.score_bbh_lmeval(gold, it.reference)["correct"], it.id
+        assert not bbh.score_bbh_study("... So the answer is zzz.", it.reference, it.meta["subtask"])["correct"]
+        assert not bbh.score_bbh_lmeval("... So the answer is zzz.", it.reference)["correct"]
 
 
 def test_math_and_medical_loaders_real_files(shared_data):
@@ -250,7 +260,7 @@ def test_medmcqa_hub_and_original_numbering(tmp_path):
 
     t = load_target_task(f"medmcqa={_jsonl(tmp_path / 'hub.jsonl', MEDMCQA_HUB)}")
     assert [it.reference for it in t.items] == ["C", "A", "D"] and t.items[0].id == "medmcqa-q1"
-    assert "(C) C" in t.items[0].prompt and "(D) D" in t.items[0].prompt
+    assert "\nC. C\n" in t.items[0].prompt and "\nD. D" in t.items[0].prompt
     # the original release numbers the options 1..4
     orig = [dict(r, cop=r["cop"] + 1) for r in MEDMCQA_HUB]
     t1 = load_target_task(f"medmcqa={_jsonl(tmp_path / 'orig.jsonl', orig)}")
@@ -280,12 +290,12 @@ def test_medqa_formats_and_scoring(tmp_path):
                      {"key": "D", "value": "Biopsy"}, {"key": "E", "value": "Observation"}], "meta_info": "step1", "answer_idx": "C"},
     ]
     g = load_target_task(f"medqa={_jsonl(tmp_path / 'g.jsonl', gbaker)}")
-    assert [it.reference for it in g.items] == ["B", "A"] and "(B) Asthma" in g.items[0].prompt
+    assert [it.reference for it in g.items] == ["B", "A"] and "\nB. Asthma\n" in g.items[0].prompt
     b = load_target_task(f"medqa={_jsonl(tmp_path / 'b.jsonl', bigbio)}")
-    assert b.items[0].reference == "C" and "(E) Observation" in b.items[0].prompt
+    assert b.items[0].reference == "C" and "\nE. Observation" in b.items[0].prompt
     no_idx = [{k: v for k, v in r.items() if k != "answer_idx"} for r in gbaker]
     assert [it.reference for it in load_target_task(f"medqa={_jsonl(tmp_path / 'n.jsonl', no_idx)}").items] == ["B", "A"]
-    # hand-scored responses: strict needs the instructed answer form, flexible takes a bare letter too
+    # hand-scored responses under the study's matcher (the last option letter named)
     recs = [{"id": g.items[0].id, "response": "The answer is (B)."},
             {"id": g.items[1].id, "response": "I think it is C, Linezolid."}]
     per, summ = score_responses(g, recs, kind="target")

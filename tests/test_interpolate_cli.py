@@ -93,7 +93,7 @@ def test_eval_sweep_end_to_end_on_tiny_model(tiny_model_dir, ads, tmp_path):
     assert list(df["alpha"]) == [0.0, 1.0]
     assert df["target"].notna().all() and df["general"].notna().all()
     assert ((df["target"] >= 0) & (df["target"] <= 100)).all()
-    assert "general.general_score" in df.columns and (df["general"] == df["general.general_score"]).all()
+    assert "general.builtin_general_score" in df.columns and (df["general"] == df["general.builtin_general_score"]).all()
     t, _ = read_table(tmp_path / "curve.target-samples.parquet")
     g, _ = read_table(tmp_path / "curve.general-samples.parquet")
     assert sorted(set(t["alpha"])) == [0.0, 1.0] and sorted(set(g["alpha"])) == [0.0, 1.0]

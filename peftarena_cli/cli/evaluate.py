@@ -18,7 +18,8 @@ LimitOpt = typer.Option(None, "--limit", min=1, help="Evaluate the first N items
 BatchOpt = typer.Option(None, "--batch-size", min=1, help="Generation batch size (default 64 on CPU, 128 on CUDA).")
 BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
-MaxNewOpt = typer.Option(None, "--max-new-tokens", min=1, help="Override the per-task generation length (arith 96, gsm8k 256, IFEval 1280, BBH 256, ...).")
+MaxNewOpt = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded in the summary's overrides column).")
+ProtocolOpt = typer.Option(None, "--protocol", help="How the real benchmarks are prompted, generated and scored: study (default; the PEFT-Arena study's) or lm-eval (lm-evaluation-harness 0.4.13). Built-in suites keep their own settings. docs/eval.md has the tables.")
 SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
 
 
@@ -121,14 +122,32 @@ def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str
         yield label, ps, summ, inputs
 
 
+def _check_protocol(protocol) -> None:
+    if protocol is not None:
+        from peftarena_cli.evaluation.protocols import get_protocol
+
+        get_protocol(protocol)  # a usage error listing the known ones
+
+
 def _finish(frames, summaries, output, summary, command, seed, dtype, device, inputs, extra):
+    import sys
+
     import pandas as pd
 
     from peftarena_cli.artifacts.tables import Provenance, write_table
-    from peftarena_cli.cli.common import emit_table, info, print_table
+    from peftarena_cli.cli.common import emit_table, info, print_table, warn
+    from peftarena_cli.evaluation.api import GENERAL_AGGREGATES
 
     per = pd.concat(frames, ignore_index=True)
     summ = pd.concat(summaries, ignore_index=True)
+    # the protocols and overrides that produced the rows go into the provenance of both tables
+    extra = dict(extra, protocols=sorted({str(p) for p in summ["protocol"].dropna() if p}),
+                 overrides=sorted({str(o) for o in summ["overrides"].dropna() if o}))
+    moved = summ[(summ["protocol"] != summ["generated_under"]) & (summ["generated_under"] != "external")]
+    if not moved.empty:
+        r = moved.iloc[0]
+        warn(f"re-scored under {r['protocol']}, but the completions were generated under {r['generated_under']} "
+             "(prompts and budgets differ); the summary's generated_under column says so")
     prov = Provenance(command=command, seed=seed, dtype=dtype, device=device, extra=extra)
     for role, (spec, ident) in inputs.items():
         prov.add_input(role, spec, ident)
@@ -136,11 +155,11 @@ def _finish(frames, summaries, output, summary, command, seed, dtype, device, in
     if spath is not None:
         write_table(summ, spath, prov)
         info(f"wrote summary to {spath}")
-    import sys
-
-    headline = summ[summ["metric"].isin(["target_score", "general_score"])]
+    headline = summ[summ["metric"].isin(["target_score", *GENERAL_AGGREGATES])]
     if not headline.empty:
-        print_table(headline, title="scores (percent)", file=sys.stderr)
+        print_table(headline[["model", "task", "metric", "value", "ci_low", "ci_high", "protocol"]
+                             if "model" in headline.columns else ["task", "metric", "value", "ci_low", "ci_high", "protocol"]],
+                    title="scores (percent)", file=sys.stderr)
     emit_table(per, output, prov, title=command)
 
 
@@ -178,8 +197,9 @@ def eval_target_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
     task: str = typer.Option("arith", "--task", "-t", help="arith (built in), gsm8k, math500, aime24, amc23, medmcqa, medqa, pubmedqa (hub), NAME=PATH, or a file."),
-    n_samples: int = typer.Option(1, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n)."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy; > 0 samples."),
+    n_samples: Optional[int] = typer.Option(None, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n). Default: the protocol's (study: 16 on math, else 1)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; > 0 samples. Default: the protocol's (study: 0.6 on math, else 0)."),
+    protocol: Optional[str] = ProtocolOpt,
     k: Optional[str] = typer.Option(None, "--k", help="pass@k / maj@k values, e.g. 1,2,4 (default: powers of 2 up to n)."),
     limit: Optional[int] = LimitOpt,
     include_base: bool = IncludeBaseOpt,
@@ -207,6 +227,7 @@ def eval_target_cmd(
     from peftarena_cli.errors import DataError, UsageError
 
     _check_k_option(k)
+    _check_protocol(protocol)
     _check_outputs(output, summary, [base, *(adapter or []), responses, task])
     _check_backend(backend)
     if responses is not None:
@@ -214,34 +235,35 @@ def eval_target_cmd(
 
         df, recs = _responses(responses)
         if df is not None:
-            per, summ = rescore_table(df, ks=k, kind="target")
+            per, summ = rescore_table(df, ks=k, kind="target", protocol=protocol)
         else:
             t, aligned = _target_from_responses(task, responses, recs, limit, seed)
             if aligned:
                 recs = [dict(r, id=it.id) for r, it in zip(recs, t.items)]
-            per, summ = score_responses(t, recs, ks=k, kind="target")
+            per, summ = score_responses(t, recs, ks=k, kind="target", protocol=protocol)
         _finish([per], [summ], output, summary, "eval-target", seed, None, None,
-                {"responses": (str(responses), "")}, {"task": task, "responses": str(responses)})
+                {"responses": (str(responses), "")}, {"task": task, "responses": str(responses), "protocol": protocol})
         return
     if base is None:
         raise UsageError("missing BASE model", hint="pass a base model, or --responses FILE to score completions")
-    if n_samples > 1 and temperature <= 0:
-        from peftarena_cli.cli.common import warn
-
-        warn("-n > 1 with greedy decoding gives identical samples; pass --temperature > 0 to sample")
     from peftarena_cli.artifacts.loading import pick_device
     from peftarena_cli.evaluation.api import _check_ks, evaluate_target, load_target_tasks
 
-    _check_ks(k, n_samples)
-    tasks = load_target_tasks(task, limit, seed)  # validate before loading the model
+    # validate before loading the model: the tasks, the protocol's reach and the overrides
+    tasks = load_target_tasks(task, limit, seed, protocol, n_samples, temperature, max_new_tokens)
     if not tasks:  # pragma: no cover
         raise DataError("empty task")
+    _check_ks(k, min(t.n_samples for t in tasks))
+    if any(t.n_samples > 1 and t.temperature <= 0 for t in tasks):
+        from peftarena_cli.cli.common import warn
+
+        warn("-n > 1 with greedy decoding gives identical samples; pass --temperature > 0 to sample")
     dev = pick_device(device)
 
     def run(m, tok, cb, stats):
         return evaluate_target(m, tok, task=tasks[0] if len(tasks) == 1 else task, limit=limit, n_samples=n_samples,
                                temperature=temperature, ks=k, seed=seed, batch_size=batch_size, progress=cb, stats=stats,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, protocol=protocol)
 
     frames, summaries, inputs = [], [], {}
     for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target", backend, seed):
@@ -250,7 +272,7 @@ def eval_target_cmd(
         frames.append(ps)
         summaries.append(summ)
     _finish(frames, summaries, output, summary, "eval-target", seed, dtype, dev, inputs,
-            {"task": task, "n_samples": n_samples, "temperature": temperature, "limit": limit})
+            {"task": task, "n_samples": n_samples, "temperature": temperature, "limit": limit, "protocol": protocol})
 
 
 def eval_general_cmd(
@@ -261,6 +283,7 @@ def eval_general_cmd(
     include_base: bool = IncludeBaseOpt,
     batch_size: Optional[int] = BatchOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
+    protocol: Optional[str] = ProtocolOpt,
     backend: str = BackendOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
@@ -282,6 +305,7 @@ def eval_general_cmd(
     """
     from peftarena_cli.errors import DataError, UsageError
 
+    _check_protocol(protocol)
     _check_outputs(output, summary, [base, *(adapter or []), responses, suite])
     _check_backend(backend)
     from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks
@@ -291,7 +315,7 @@ def eval_general_cmd(
 
         df, recs = _responses(responses)
         if df is not None:
-            per, summ = rescore_table(df, kind="general")
+            per, summ = rescore_table(df, kind="general", protocol=protocol)
         else:
             parts = [s for s in suite.split(",") if s.strip()]
             if len(parts) != 1:
@@ -303,28 +327,29 @@ def eval_general_cmd(
                 if name == "bbh":
                     raise DataError("BBH responses need the BBH folder for targets", hint="pass --suite bbh=DIR")
                 if recs and all(f in recs[0] for f in own_fields[name]):
-                    t = load_general_tasks(f"{name}={responses}")[0]  # the records carry the task's fields
+                    t = load_general_tasks(f"{name}={responses}", protocol=protocol)[0]  # the records carry the task's fields
                     aligned = True
                 else:  # e.g. IFEval's input_response_data.jsonl (prompt, response): match the hub task by prompt
-                    t = load_general_tasks(name)[0]
+                    t = load_general_tasks(name, protocol=protocol)[0]
             else:
-                t = load_general_tasks(parts[0], limit=max(limit or 0, len(recs)) if name.startswith("builtin") else None, seed=seed)[0]
+                t = load_general_tasks(parts[0], limit=max(limit or 0, len(recs)) if name.startswith("builtin") else None,
+                                       seed=seed, protocol=protocol)[0]
             if aligned:
                 recs = [dict(r, id=it.id) for r, it in zip(recs, t.items)]
             per, summ = score_responses(t, recs, kind="general")
         _finish([per], [summ], output, summary, "eval-general", seed, None, None,
-                {"responses": (str(responses), "")}, {"suite": suite, "responses": str(responses)})
+                {"responses": (str(responses), "")}, {"suite": suite, "responses": str(responses), "protocol": protocol})
         return
     if base is None:
         raise UsageError("missing BASE model", hint="pass a base model, or --responses FILE to score completions")
     from peftarena_cli.artifacts.loading import pick_device
 
-    load_general_tasks(suite, limit, seed)  # validate before loading the model
+    load_general_tasks(suite, limit, seed, protocol, max_new_tokens)  # validate before loading the model
     dev = pick_device(device)
 
     def run(m, tok, cb, stats):
         return evaluate_general(m, tok, suite=suite, limit=limit, seed=seed, batch_size=batch_size, progress=cb, stats=stats,
-                                max_new_tokens=max_new_tokens)
+                                max_new_tokens=max_new_tokens, protocol=protocol)
 
     frames, summaries, inputs = [], [], {}
     for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general", backend, seed):
@@ -332,7 +357,8 @@ def eval_general_cmd(
         summ.insert(0, "model", label)
         frames.append(ps)
         summaries.append(summ)
-    _finish(frames, summaries, output, summary, "eval-general", seed, dtype, dev, inputs, {"suite": suite, "limit": limit})
+    _finish(frames, summaries, output, summary, "eval-general", seed, dtype, dev, inputs,
+            {"suite": suite, "limit": limit, "protocol": protocol})
 
 
 def register(app: typer.Typer) -> None:

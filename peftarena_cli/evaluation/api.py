@@ -7,7 +7,8 @@
 
 They take an already-loaded model (a transformers model or a PeftModel whose weights may change in
 place between calls) and never reload it. Each returns ``(per_sample, summary)`` DataFrames;
-summary columns are ``task, metric, value, n`` with values in percent.
+summary columns are ``task, metric, value, n`` with values in percent, their intervals, and the
+protocol that produced each row (``protocol``, ``overrides``, ``generated_under``; docs/eval.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import pandas as pd
 from peftarena_cli.errors import DataError, IncompatibleInputs
 from peftarena_cli.evaluation.scoring import score_rows, summarize, to_frame
 
-SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "estimator", "note"]
+SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "estimator", "note", "protocol",
+                   "overrides", "generated_under"]
+# The general aggregate's name says which measure it is: the study's mean(IFEval, BBH, NQ-open),
+# the built-in procedural suite's mean, or the mean of some other set of parts.
+GENERAL_AGGREGATES = ("general_score", "builtin_general_score", "general_mean")
 BUILTIN_NAMES = ("arith", "general", "ifeval", "bbh", "facts")
 
 
@@ -29,14 +34,14 @@ def _offset_progress(progress, offset: int, total: int):
     return lambda done, _t=None, label="": progress(offset + done, total, label)
 
 
-def run_task(model, tokenizer, task, *, n_samples=1, temperature=0.0, seed=0, batch_size=None,
-             progress=None, max_new_tokens=None):
-    """Generate and score one :class:`~peftarena_cli.tasks.spec.Task`; returns per-sample rows."""
+def run_task(model, tokenizer, task, *, seed=0, batch_size=None, progress=None):
+    """Generate and score one runnable :class:`~peftarena_cli.tasks.spec.Task` (a protocol
+    applied: :func:`peftarena_cli.evaluation.protocols.apply`); returns per-sample rows."""
     from peftarena_cli.evaluation.engine import generate
 
     prompts = [task.render(tokenizer, it) for it in task.items]
-    gen = generate(model, tokenizer, prompts, max_new_tokens=int(max_new_tokens or task.max_new_tokens),
-                   stop=task.stop, temperature=temperature, n_samples=n_samples, seed=seed,
+    gen = generate(model, tokenizer, prompts, max_new_tokens=int(task.max_new_tokens), stop=task.stop,
+                   temperature=task.temperature, n_samples=task.n_samples, seed=seed,
                    batch_size=batch_size, progress=progress, label=task.name)
     rows = score_rows(task, prompts, gen.texts, gen.n_tokens)
     return rows, gen
@@ -60,51 +65,106 @@ def _aggregate(summary: list[dict], row: dict, parts: list[tuple[str, str]]) -> 
     from peftarena_cli.evaluation.scoring import primary_row
 
     prims = [primary_row(summary, sc, name) for sc, name in parts]
-    return aggregate_row(row["task"], row["metric"], row["value"], row["n"], prims, "mean of parts")
+    out = aggregate_row(row["task"], row["metric"], row["value"], row["n"], prims, "mean of parts")
+    labels = sorted({str(p.get("protocol")) for p in prims if p and p.get("protocol")})
+    out["protocol"] = out["generated_under"] = "+".join(labels)
+    out["overrides"] = "+".join(sorted({str(p.get("overrides") or "") for p in prims if p} - {""}))
+    return out
 
 
-def load_target_tasks(task="arith", limit=None, seed=0):
+def _stamp(rows: list[dict], protocol: str, overrides: str, generated_under: str | None = None) -> list[dict]:
+    for r in rows:
+        r.update(protocol=protocol, overrides=overrides, generated_under=generated_under or protocol)
+    return rows
+
+
+def _protocol_tasks(tasks, protocol=None, n_samples=None, temperature=None, max_new_tokens=None):
+    from peftarena_cli.evaluation.protocols import apply
+
+    return [apply(t, protocol, max_new_tokens=max_new_tokens, n=n_samples, temperature=temperature)
+            if t.raw or protocol is not None or n_samples is not None or temperature is not None
+            or max_new_tokens is not None else t for t in tasks]
+
+
+def load_target_tasks(task="arith", limit=None, seed=0, protocol=None, n_samples=None, temperature=None,
+                      max_new_tokens=None):
+    """The runnable target tasks of a spec under ``protocol`` (default: the study's), with the
+    explicit overrides applied and recorded."""
     from peftarena_cli.tasks.spec import Task
     from peftarena_cli.tasks.target_tasks import load_target_task
 
     if isinstance(task, Task):
-        return [task.limited(limit)]
-    specs = [s.strip() for s in str(task).split(",") if s.strip()]
-    if not specs:
-        raise DataError("no target task given", hint="pass --task arith (or a benchmark name / file)")
-    return [load_target_task(s, limit=limit, seed=seed) for s in specs]
+        raw = [task.limited(limit)]
+    else:
+        specs = [s.strip() for s in str(task).split(",") if s.strip()]
+        if not specs:
+            raise DataError("no target task given", hint="pass --task arith (or a benchmark name / file)")
+        raw = [load_target_task(s, limit=limit, seed=seed) for s in specs]
+    return _protocol_tasks(raw, protocol, n_samples, temperature, max_new_tokens)
 
 
-def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=1, temperature=0.0, ks=None, seed=0,
-                    batch_size=None, progress=None, stats=None, max_new_tokens=None):
+def target_score_parts(tasks) -> list:
+    """The tasks that target_score averages: under the study's protocol its target benchmarks
+    (AIME24, AMC23, MATH-500; MedMCQA, MedQA, PubMedQA) when any is present, GSM8K and the
+    built-in arith aside; otherwise every task."""
+    from peftarena_cli.evaluation.protocols import STUDY
+
+    study = [t for t in tasks if t.protocol == STUDY.label and t.name in STUDY.target_mean]
+    return study or list(tasks)
+
+
+def general_metric_name(task_names) -> str:
+    """``general_score`` for exactly IFEval, BBH and NQ-open (the study's measure),
+    ``builtin_general_score`` for built-in parts only, else ``general_mean``."""
+    names = set(task_names)
+    if names == {"ifeval", "bbh", "nq_open"}:
+        return "general_score"
+    if names and names <= {"ifeval_builtin", "bbh_builtin", "facts"}:
+        return "builtin_general_score"
+    return "general_mean"
+
+
+def general_row(summary: pd.DataFrame):
+    """The general aggregate row of a summary (whichever of :data:`GENERAL_AGGREGATES` it has), or None."""
+    rows = summary[(summary["task"] == "general") & summary["metric"].isin(GENERAL_AGGREGATES)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _runs(t) -> int:
+    return t.n_samples if t.temperature > 0 else 1
+
+
+def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, temperature=None, ks=None, seed=0,
+                    batch_size=None, progress=None, stats=None, max_new_tokens=None, protocol=None):
     """Target score: per-sample rows and summary (avg@n, pass@k, maj@k, strict/flexible accuracy per
-    task; ``task="target", metric="target_score"`` = the mean over tasks of avg@n, in percent).
+    task; ``task="target", metric="target_score"`` = the mean of the tasks' avg@n, in percent;
+    :func:`target_score_parts` says which tasks).
 
     ``task``: "arith" (built in), a benchmark name, ``NAME=PATH``, a file, a comma-separated list
-    of those, or a :class:`Task`. ``stats`` (a dict), when given, receives throughput figures.
-    ``max_new_tokens`` overrides the task's default generation length.
+    of those, or a :class:`Task`. ``protocol`` (docs/eval.md) sets prompts, budgets, sampling and
+    scoring of the benchmarks; ``n_samples``, ``temperature`` and ``max_new_tokens``, when given,
+    override it (recorded in the ``overrides`` column). ``stats`` (a dict) receives throughput.
     """
-    n_samples = int(n_samples)
-    if n_samples < 1:
+    if n_samples is not None and int(n_samples) < 1:
         raise IncompatibleInputs(f"-n must be at least 1, got {n_samples}")
-    ks = _check_ks(ks, n_samples)
-    tasks = load_target_tasks(task, limit, seed)
-    total = sum(len(t.items) for t in tasks) * (n_samples if temperature and temperature > 0 else 1)
-    frames, summary, scores, off = [], [], [], 0
+    tasks = load_target_tasks(task, limit, seed, protocol, n_samples, temperature, max_new_tokens)
+    ks = _check_ks(ks, min(t.n_samples for t in tasks))
+    total = sum(len(t.items) * _runs(t) for t in tasks)
+    frames, summary, primaries, off = [], [], {}, 0
     tokens, secs = 0, 0.0
     for t in tasks:
-        rows, gen = run_task(model, tokenizer, t, n_samples=n_samples, temperature=temperature, seed=seed,
-                             batch_size=batch_size, progress=_offset_progress(progress, off, total),
-                             max_new_tokens=max_new_tokens)
-        off += len(t.items) * (n_samples if temperature and temperature > 0 else 1)
+        rows, gen = run_task(model, tokenizer, t, seed=seed, batch_size=batch_size,
+                             progress=_offset_progress(progress, off, total))
+        off += len(t.items) * _runs(t)
         tokens, secs = tokens + gen.generated_tokens, secs + gen.seconds
         df = to_frame(rows)
         frames.append(df)
-        srows, primary = summarize(df, t.scorer, t.name, ks)
-        summary += srows
-        scores.append(primary)
-    summary.append(_aggregate(summary, {"task": "target", "metric": "target_score", "value": sum(scores) / len(scores),
-                                        "n": sum(len(t.items) for t in tasks)}, [(t.scorer, t.name) for t in tasks]))
+        srows, primaries[t.name] = summarize(df, t.scorer, t.name, ks)
+        summary += _stamp(srows, t.protocol, t.overrides)
+    parts = target_score_parts(tasks)
+    summary.append(_aggregate(summary, {"task": "target", "metric": "target_score",
+                                        "value": sum(primaries[t.name] for t in parts) / len(parts),
+                                        "n": sum(len(t.items) for t in parts)}, [(t.scorer, t.name) for t in parts]))
     if stats is not None:
         stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0)
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
@@ -113,7 +173,7 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=1, tem
 GENERAL_PARTS = ("ifeval", "bbh", "nq_open", "builtin", "builtin.ifeval", "builtin.bbh", "builtin.facts")
 
 
-def load_general_tasks(suite="builtin", limit=None, seed=0):
+def load_general_tasks(suite="builtin", limit=None, seed=0, protocol=None, max_new_tokens=None):
     """Tasks of a general suite spec: ``builtin`` (its 3 parts), ``builtin.ifeval`` / ``.bbh`` /
     ``.facts``, ``ifeval``, ``bbh``, ``nq_open`` (hub), each optionally ``=PATH`` (local files)."""
     from peftarena_cli.tasks.builtin_general import BUILTIN_PARTS, builtin_task
@@ -138,41 +198,45 @@ def load_general_tasks(suite="builtin", limit=None, seed=0):
     for t in tasks:
         if not t.items:
             raise DataError(f"suite {t.name!r} has no items", hint="check --limit and the data files")
-    return tasks
+    return _protocol_tasks(tasks, protocol, max_new_tokens=max_new_tokens)
 
 
-def general_summary(frames_by_task) -> pd.DataFrame:
-    """Summary rows for per-sample frames {task: (scorer, df)} plus the General score: the mean of
-    the parts' primary metrics (IFEval instruction-level strict, BBH subtask-averaged accuracy,
-    NQ-open exact match)."""
+def general_summary(frames_by_task, protocols=None) -> pd.DataFrame:
+    """Summary rows for per-sample frames {task: (scorer, df)} plus the general aggregate: the mean
+    of the parts' primary metrics (IFEval instruction-level strict, BBH accuracy, NQ-open / facts
+    exact match), named by :func:`general_metric_name`. ``protocols``: {task: (protocol,
+    overrides, generated_under)}."""
     summary, scores = [], []
     for name, (scorer, df) in frames_by_task.items():
         rows, primary = summarize(df, scorer, name)
-        summary += rows
+        summary += _stamp(rows, *((protocols or {}).get(name) or ("", "", "")))
         scores.append(primary)
-    summary.append(_aggregate(summary, {"task": "general", "metric": "general_score", "value": sum(scores) / len(scores) if scores else float("nan"),
+    summary.append(_aggregate(summary, {"task": "general", "metric": general_metric_name(frames_by_task),
+                                        "value": sum(scores) / len(scores) if scores else float("nan"),
                                         "n": len(scores)}, [(sc, nm) for nm, (sc, _) in frames_by_task.items()]))
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
 def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batch_size=None, progress=None, stats=None,
-                     max_new_tokens=None):
-    """General score: per-sample rows of every part and the summary (``task="general",
-    metric="general_score"``, in percent). ``limit`` caps each part (BBH: items per subtask)."""
-    tasks = load_general_tasks(suite, limit, seed)
+                     max_new_tokens=None, protocol=None):
+    """General score: per-sample rows of every part and the summary (``task="general"``, metric
+    :func:`general_metric_name`, in percent). ``limit`` caps each part (BBH: items per subtask);
+    ``protocol`` runs the real benchmarks (docs/eval.md)."""
+    tasks = load_general_tasks(suite, limit, seed, protocol, max_new_tokens)
     total = sum(len(t.items) for t in tasks)
-    frames, parts, off, tokens, secs = [], {}, 0, 0, 0.0
+    frames, parts, prots, off, tokens, secs = [], {}, {}, 0, 0, 0.0
     for t in tasks:
         rows, gen = run_task(model, tokenizer, t, seed=seed, batch_size=batch_size,
-                             progress=_offset_progress(progress, off, total), max_new_tokens=max_new_tokens)
+                             progress=_offset_progress(progress, off, total))
         off += len(t.items)
         tokens, secs = tokens + gen.generated_tokens, secs + gen.seconds
         df = to_frame(rows)
         frames.append(df)
         parts[t.name] = (t.scorer, df)
+        prots[t.name] = (t.protocol, t.overrides, t.protocol)
     if stats is not None:
         stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0)
-    return pd.concat(frames, ignore_index=True), general_summary(parts)
+    return pd.concat(frames, ignore_index=True), general_summary(parts, prots)
 
 
 def builtin_prompts(name: str, n: int, seed: int = 0) -> list[str]:
@@ -198,55 +262,76 @@ def builtin_prompts(name: str, n: int, seed: int = 0) -> list[str]:
 
 
 # --- scoring completions made elsewhere ----------------------------------------------------------
-def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto"):
+def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
     """Re-score a per-sample table written by an earlier run (its ``meta`` column tells each row's
-    scorer and references). Returns ``(per_sample, summary)`` like the evaluate functions."""
+    scorer, protocol and references). With ``protocol``, the benchmarks are scored by that
+    protocol's scorers; the summary's ``generated_under`` keeps the protocol the completions were
+    generated under. Returns ``(per_sample, summary)`` like the evaluate functions."""
     from peftarena_cli.artifacts.tables import require_columns
+    from peftarena_cli.evaluation.protocols import FAMILY, get_protocol
     from peftarena_cli.evaluation.scoring import score_one
 
     require_columns(df, ["task", "id", "sample", "completion", "meta"], "per-sample table")
     if df.empty:
         raise DataError("the per-sample table has no rows")
+    proto = get_protocol(protocol) if protocol is not None else None
     out = df.copy()
-    scorers = {}
+    scorers, prots = {}, {}
     updates = {k: [] for k in ("extracted", "correct", "correct_strict", "correct_flexible", "prompt_strict",
                                "prompt_loose", "inst_strict", "inst_loose")}
     for comp, meta_s, task in zip(out["completion"], out["meta"], out["task"]):
         meta = json.loads(meta_s)
-        scorers[task] = meta["scorer"]
-        r = score_one(meta["scorer"], comp if isinstance(comp, str) else "", meta["reference"], meta["item"])
+        scorer, gen_under = meta["scorer"], meta.get("protocol") or "unrecorded"
+        label = gen_under
+        if proto is not None and task in FAMILY:
+            settings = proto.settings.get(FAMILY[task])
+            if settings is None:
+                raise IncompatibleInputs(f"protocol {proto.name!r} does not cover {task!r}", hint="pick another --protocol")
+            scorer, label = settings.scorer, proto.label
+        scorers[task] = scorer
+        prots[task] = (label, meta.get("overrides") or "", gen_under)
+        r = score_one(scorer, comp if isinstance(comp, str) else "", meta["reference"], meta["item"])
         for k in updates:
             updates[k].append(r.get(k) if k != "extracted" else str(r.get(k, "")))
     for k, v in updates.items():
         out[k] = v
     for c in ("correct_strict", "correct_flexible", "prompt_strict", "prompt_loose"):
         out[c] = out[c].astype("boolean")
-    return out, _summary_for(out, scorers, ks, kind)
+    return out, _summary_for(out, scorers, ks, kind, prots)
 
 
-def _summary_for(df, scorers: dict, ks, kind):
+def _summary_for(df, scorers: dict, ks, kind, prots: dict):
+    from peftarena_cli.evaluation.protocols import STUDY
+    from peftarena_cli.evaluation.scoring import scorer_kind
+
     general = {"ifeval", "bbh", "nq", "facts"}
-    if kind == "general" or (kind == "auto" and set(scorers.values()) <= general):
-        return general_summary({t: (scorers[t], df[df["task"] == t]) for t in scorers})
-    summary, scores = [], []
+    if kind == "general" or (kind == "auto" and {scorer_kind(s) for s in scorers.values()} <= general):
+        return general_summary({t: (scorers[t], df[df["task"] == t]) for t in scorers}, prots)
+    summary, primaries = [], {}
     n = int(df["sample"].max()) + 1
     ks = _check_ks(ks, n)
     for t, sc in scorers.items():
-        rows, primary = summarize(df[df["task"] == t], sc, t, ks)
-        summary += rows
-        scores.append(primary)
-    summary.append(_aggregate(summary, {"task": "target", "metric": "target_score", "value": sum(scores) / len(scores),
-                                        "n": df["id"].nunique()}, list(zip(scorers.values(), scorers.keys()))))
+        rows, primaries[t] = summarize(df[df["task"] == t], sc, t, ks)
+        summary += _stamp(rows, *prots[t])
+    parts = [t for t in scorers if prots[t][0] == STUDY.label and t in STUDY.target_mean] or list(scorers)
+    summary.append(_aggregate(summary, {"task": "target", "metric": "target_score",
+                                        "value": sum(primaries[t] for t in parts) / len(parts),
+                                        "n": int(df[df["task"].isin(parts)]["id"].nunique())},
+                              [(scorers[t], t) for t in parts]))
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
-def score_responses(task, records: list[dict], ks=None, kind: str = "auto"):
+def score_responses(task, records: list[dict], ks=None, kind: str = "auto", protocol=None):
     """Score completions made elsewhere: ``records`` carry a ``response`` and either an ``id``
-    (``key`` for IFEval) or the ``prompt`` text that identifies the task item. Several records
-    for one item are its samples, in order."""
+    (``key`` for IFEval) or the ``prompt`` text (the benchmark's own question text) that identifies
+    the task item. Several records for one item are its samples, in order. A benchmark is scored
+    under ``protocol`` (default: the study's)."""
     by_id = {it.id: i for i, it in enumerate(task.items)}
     by_key = {it.id.split("-", 1)[1] if "-" in it.id else it.id: i for i, it in enumerate(task.items)}
     by_prompt = {it.prompt: i for i, it in enumerate(task.items)}
+    for i, it in enumerate(task.items):  # the benchmark's own question text matches too
+        for v in (it.meta.get("fields") or {}).values():
+            by_prompt.setdefault(str(v), i)
     comps: dict[int, list[str]] = {}
     for j, r in enumerate(records):
         if "response" not in r:
@@ -262,10 +347,10 @@ def score_responses(task, records: list[dict], ks=None, kind: str = "auto"):
         comps.setdefault(idx, []).append(r["response"] if isinstance(r["response"], str) else "")
     if not comps:
         raise DataError("no responses to score")
-    from peftarena_cli.tasks.spec import Task
+    from dataclasses import replace
 
     keep = sorted(comps)
-    sub = Task(task.name, [task.items[i] for i in keep], task.scorer, task.max_new_tokens, task.stop, task.chat, task.subtask_key)
-    rows = score_rows(sub, [task.items[i].prompt for i in keep], [comps[i] for i in keep])
+    sub = _protocol_tasks([replace(task, items=[task.items[i] for i in keep])], protocol)[0]
+    rows = score_rows(sub, [it.prompt for it in sub.items], [comps[i] for i in keep])
     df = to_frame(rows)
-    return df, _summary_for(df, {task.name: task.scorer}, ks, kind)
+    return df, _summary_for(df, {task.name: sub.scorer}, ks, kind, {task.name: (sub.protocol, "", "external")})

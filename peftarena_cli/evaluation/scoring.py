@@ -25,20 +25,37 @@ PRIMARY = {"math": "avg@n", "choice": "avg@n", "ifeval": "inst_strict", "bbh": "
 
 
 def score_one(scorer: str, completion: str, reference, meta: dict) -> dict:
+    """Score one completion. ``scorer`` is a built-in suite's scorer (``math``, ``choice``,
+    ``ifeval``, ``bbh``, ``nq``, ``facts``) or a protocol's, ``KIND:PROTOCOL`` (docs/eval.md)."""
+    from peftarena_cli.evaluation.scorers import math_lmeval, math_study
+
     completion = completion if isinstance(completion, str) else ""
-    if scorer == "math":
-        return math_s.score_math(completion, str(reference))
-    if scorer == "choice":
-        return choice_s.score_choice(completion, str(reference), list(meta.get("options") or []))
-    if scorer == "ifeval":
-        return ifeval_s.score_ifeval(completion, list(meta["instruction_id_list"]), list(meta.get("kwargs") or []))
-    if scorer == "bbh":
-        return bbh_s.score_bbh(completion, str(reference))
-    if scorer == "nq":
-        return nq_s.score_nq(completion, list(reference))
-    if scorer == "facts":
-        return nq_s.score_facts(completion, list(reference))
-    raise ValueError(f"unknown scorer {scorer!r}")
+    options = list(meta.get("options") or [])
+    fns = {
+        "math": lambda: math_s.score_math(completion, str(reference)),
+        "choice": lambda: choice_s.score_choice(completion, str(reference), options),
+        "ifeval": lambda: ifeval_s.score_ifeval(completion, list(meta["instruction_id_list"]), list(meta.get("kwargs") or [])),
+        "bbh": lambda: bbh_s.score_bbh(completion, str(reference)),
+        "nq": lambda: nq_s.score_nq(completion, list(reference)),
+        "facts": lambda: nq_s.score_facts(completion, list(reference)),
+        "bbh:study": lambda: bbh_s.score_bbh_study(completion, str(reference), str(meta.get("subtask"))),
+        "bbh:lm-eval": lambda: bbh_s.score_bbh_lmeval(completion, str(reference)),
+        "nq:study": lambda: nq_s.score_nq_study(completion, list(reference)),
+        "nq:lm-eval": lambda: nq_s.score_nq_lmeval(completion, list(reference)),
+        "math:study": lambda: math_study.score_math_study(completion, str(reference)),
+        "gsm8k:lm-eval": lambda: math_lmeval.score_gsm8k_lmeval(completion, str(reference)),
+        "minerva:lm-eval": lambda: math_lmeval.score_minerva_lmeval(completion, str(reference)),
+        "choice:study": lambda: choice_s.score_choice_study(completion, str(reference), options),
+    }
+    if scorer not in fns:
+        raise ValueError(f"unknown scorer {scorer!r}")
+    return fns[scorer]()
+
+
+def scorer_kind(scorer: str) -> str:
+    """The summary kind of a scorer: math, choice, ifeval, bbh, nq or facts."""
+    kind = scorer.split(":", 1)[0]
+    return "math" if kind in ("gsm8k", "minerva") else kind
 
 
 def _ref_text(ref) -> str:
@@ -64,8 +81,9 @@ def score_rows(task, prompts: list[str], completions: list[list[str]], n_tokens=
                 "instruction_id_list": item.meta.get("instruction_id_list"),
                 "inst_strict": r.get("inst_strict"), "inst_loose": r.get("inst_loose"),
                 "n_tokens": int(n_tokens[i][s]) if n_tokens is not None else None,
-                "meta": json.dumps({"scorer": task.scorer, "reference": item.reference, "subtask_key": task.subtask_key,
-                                    "item": item.meta}, default=str),
+                "meta": json.dumps({"scorer": task.scorer, "protocol": task.protocol, "overrides": task.overrides,
+                                    "reference": item.reference, "subtask_key": task.subtask_key, "item": item.meta},
+                                   default=str),
             })
     return rows
 
@@ -82,7 +100,11 @@ def to_frame(rows: list[dict]):
 
 
 def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], float]:
-    """Summary rows of one task's per-sample rows, and the task's primary score (percent)."""
+    """Summary rows of one task's per-sample rows, and the task's primary score (percent).
+    ``scorer`` may be a protocol's (``KIND:PROTOCOL``); BBH under lm-eval averages over all items
+    (its ``weight_by_size``), elsewhere over subtasks."""
+    by_item = scorer == "bbh:lm-eval"
+    scorer = scorer_kind(scorer)
     rows = []
     n_items = df["id"].nunique()
     if scorer in ("math", "choice"):
@@ -93,6 +115,8 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
         primary = rows[0]["value"]
         rows.append({"task": task_name, "metric": "accuracy", "value": primary, "n": n_items})
         for col, name in (("correct_strict", "accuracy_strict"), ("correct_flexible", "accuracy_flexible")):
+            if df[col].isna().all():  # a scorer with one grading only (the study's)
+                continue
             rows.append({"task": task_name, "metric": name, "value": 100.0 * float(df[col].astype(bool).mean()), "n": n_items})
     elif scorer == "ifeval":
         d = df[df["sample"] == 0]
@@ -112,7 +136,7 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
             a = 100.0 * float(g["correct"].mean())
             accs.append(a)
             rows.append({"task": f"{task_name}/{sub}", "metric": "accuracy", "value": a, "n": len(g)})
-        primary = sum(accs) / len(accs) if accs else 0.0
+        primary = 100.0 * float(d["correct"].mean()) if by_item else (sum(accs) / len(accs) if accs else 0.0)
         rows.append({"task": task_name, "metric": "accuracy", "value": primary, "n": len(d)})
     elif scorer in ("nq", "facts"):
         d = df[df["sample"] == 0]
@@ -128,7 +152,7 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
 
 def primary_row(rows: list[dict], scorer: str, task_name: str) -> dict | None:
     """The summary row of a task's primary metric (:data:`PRIMARY`) among ``rows``."""
-    want = PRIMARY.get(scorer)
+    want = PRIMARY.get(scorer_kind(scorer))
     for r in rows:
         if r["task"] == task_name and (r["metric"] == want or (want == "avg@n" and str(r["metric"]).startswith("avg@"))):
             return r

@@ -146,8 +146,13 @@ def _summary_columns(summary) -> dict:
     return cols
 
 
-def _headline(summary, metric: str) -> float:
-    sel = summary[summary["metric"] == metric] if "metric" in summary.columns else summary.iloc[0:0]
+def _headline(summary, kind: str) -> float:
+    """The headline value of an eval summary: target_score, or the general aggregate (whichever of
+    general_score / builtin_general_score / general_mean it has)."""
+    from peftarena_cli.evaluation.api import GENERAL_AGGREGATES
+
+    metrics = ("target_score",) if kind == "target" else GENERAL_AGGREGATES
+    sel = summary[summary["metric"].isin(metrics)] if "metric" in summary.columns else summary.iloc[0:0]
     return float(sel["value"].mean()) if len(sel) else math.nan
 
 
@@ -157,7 +162,7 @@ def run_sweep(setup: PathSetup, alphas: list[float], evaluators: dict[str, Evalu
     """Set each α in place, evaluate, and collect the curve.
 
     ``evaluators`` maps ``"target"``/``"general"`` to ``(model, tokenizer) -> (per_sample, summary)``;
-    the summary's ``target_score`` / ``general_score`` rows give the headline columns.
+    the summary's ``target_score`` row and its general aggregate give the headline columns.
     ``csd(path_model, alpha) -> {column: value}`` adds CSD columns; ``on_alpha(alpha, path_model)``
     is called after each α is set (e.g. to save a checkpoint).
     Returns ``(curve_df, {kind: per_sample_df})``.
@@ -178,7 +183,7 @@ def run_sweep(setup: PathSetup, alphas: list[float], evaluators: dict[str, Evalu
         t1 = time.perf_counter()
         for kind, fn in evaluators.items():
             per_sample, summary = fn(pm.model, setup.tokenizer)
-            row[kind] = _headline(summary, f"{kind}_score")
+            row[kind] = _headline(summary, kind)
             row.update(_summary_columns(summary))
             if per_sample is not None and len(per_sample):
                 samples[kind].append(per_sample.assign(alpha=float(a)))

@@ -22,9 +22,8 @@ BBH_SUBTASKS = (
     "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects", "web_of_lies",
     "word_sorting",
 )
-IFEVAL_MAX_NEW = 1280
-BBH_MAX_NEW = 256
-BBH_STOP = ("\n\nQ:", "\nQ:")
+# The built-in facts part asks in the NQ-open format of lm-evaluation-harness (tasks/builtin_general.py);
+# the real benchmarks' prompts, budgets and stops come from the chosen protocol (evaluation/protocols.py).
 NQ_PROMPT = "Answer these questions:\n\nQ: {q}?\nA:"
 NQ_STOP = ("\n", ".", ",")
 
@@ -39,16 +38,12 @@ def ifeval_task(path=None, limit=None) -> Task:
         kw = [{k: v for k, v in (d or {}).items() if v is not None} for d in r["kwargs"]]
         items.append(Item(f"ifeval-{r.get('key', len(items))}", r["prompt"], None,
                           {"instruction_id_list": list(r["instruction_id_list"]), "kwargs": kw}))
-    return Task("ifeval", items, "ifeval", IFEVAL_MAX_NEW)
+    return Task("ifeval", items, "ifeval", raw=True)
 
 
 def read_cot_prompt(text: str) -> str:
     """The few-shot part of a published CoT prompt file (after the canary line and ``-----``)."""
     return text.split("-----", 1)[1].strip() if "-----" in text else text.strip()
-
-
-def bbh_prompt(cot: str, question: str) -> str:
-    return f"{cot}\n\nQ: {question}\nA: Let's think step by step."
 
 
 def _bbh_dirs(root: Path) -> tuple[Path, Path]:
@@ -65,7 +60,7 @@ def _bbh_dirs(root: Path) -> tuple[Path, Path]:
 
 def bbh_task(path=None, limit=None, subtasks=None, prompts_dir=None) -> Task:
     subtasks = list(subtasks or BBH_SUBTASKS)
-    items = []
+    items, fewshot = [], {}
     if path:
         root = Path(path)
         if not root.exists():
@@ -83,14 +78,14 @@ def bbh_task(path=None, limit=None, subtasks=None, prompts_dir=None) -> Task:
         pfile = pdir / f"{s}.txt"
         if not pfile.is_file():
             raise DataError(f"missing CoT prompt {str(pfile)!r}", hint="the cot-prompts folder needs one .txt per subtask")
-        cot = read_cot_prompt(pfile.read_text(encoding="utf-8"))
+        fewshot[s] = read_cot_prompt(pfile.read_text(encoding="utf-8"))
         recs = read_records(data_dir / f"{s}.json") if path else load_hub("lukaemon/bbh", s, "test")
         require_fields(recs, ["input", "target"], f"BBH {s}", path)
         if limit is not None:
             recs = recs[: int(limit)]
         for i, r in enumerate(recs):
-            items.append(Item(f"bbh-{s}-{i}", bbh_prompt(cot, r["input"]), str(r["target"]), {"subtask": s}))
-    return Task("bbh", items, "bbh", BBH_MAX_NEW, BBH_STOP, chat=False, subtask_key="subtask")
+            items.append(Item(f"bbh-{s}-{i}", r["input"], str(r["target"]), {"subtask": s, "fields": {"input": r["input"]}}))
+    return Task("bbh", items, "bbh", subtask_key="subtask", raw=True, fewshot=fewshot)
 
 
 def nq_open_task(path=None, limit=None) -> Task:
@@ -98,9 +93,10 @@ def nq_open_task(path=None, limit=None) -> Task:
     require_fields(recs, ["question", "answer"], "NQ-open data", path)
     if limit is not None:
         recs = recs[: int(limit)]
-    items = [Item(f"nq_open-{i}", NQ_PROMPT.format(q=r["question"]), list(r["answer"]) if not isinstance(r["answer"], str) else [r["answer"]])
+    items = [Item(f"nq_open-{i}", r["question"], list(r["answer"]) if not isinstance(r["answer"], str) else [r["answer"]],
+                  {"fields": {"question": r["question"]}})
              for i, r in enumerate(recs)]
-    return Task("nq_open", items, "nq", 32, NQ_STOP, chat=False)
+    return Task("nq_open", items, "nq", raw=True)
 
 
 GENERAL_LOADERS = {"ifeval": ifeval_task, "bbh": bbh_task, "nq_open": nq_open_task}

@@ -11,8 +11,6 @@ from peftarena_cli.errors import DataError, UsageError
 from peftarena_cli.tasks.sources import load_hub, read_records, require_fields, split_spec
 from peftarena_cli.tasks.spec import Item, Task
 
-MATH_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
-MC_INSTRUCTION = "Answer with the letter of the correct option. End with: The answer is (X)."
 
 TARGET_TASKS = ("arith", "gsm8k", "math500", "aime24", "amc23", "medmcqa", "medqa", "pubmedqa")
 HUB = {
@@ -24,8 +22,7 @@ HUB = {
     "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
     "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train"),
 }
-MAX_NEW = {"arith": 96, "gsm8k": 256, "math500": 512, "aime24": 1024, "amc23": 1024,
-           "medmcqa": 128, "medqa": 128, "pubmedqa": 128}
+ARITH_MAX_NEW = 96
 
 
 def _arith(limit, seed) -> Task:
@@ -35,7 +32,7 @@ def _arith(limit, seed) -> Task:
     n = 100 if limit is None else int(limit)
     recs = arith.generate("test", n, seed)
     items = [Item(r["id"], user_message(r["question"]), r["answer"]) for r in recs]
-    return Task("arith", items, "math", MAX_NEW["arith"])
+    return Task("arith", items, "math", ARITH_MAX_NEW)
 
 
 def _math_items(name, recs, path) -> list[Item]:
@@ -50,14 +47,19 @@ def _math_items(name, recs, path) -> list[Item]:
         if isinstance(ans, float) and float(ans).is_integer():
             ref = str(int(ans))
         rid = str(r.get("id", r.get("idx", r.get("unique_id", i))))
-        items.append(Item(f"{name}-{rid}", f"{r[q]}\n{MATH_INSTRUCTION}", ref))
+        items.append(Item(f"{name}-{rid}", str(r[q]), ref, {"fields": {"problem": str(r[q])}}))
     return items
 
 
 def _mc_prompt(question: str, options: list[str], context: str | None = None) -> str:
-    head = f"Context: {context}\n" if context else ""
-    opts = "\n".join(f"({'ABCDEFGHIJ'[i]}) {o}" for i, o in enumerate(options))
-    return f"{head}Question: {question}\nOptions:\n{opts}\n{MC_INSTRUCTION}"
+    """The question with its lettered options ("A. text" lines), after the context when there is one."""
+    head = f"{context}\n" if context else ""
+    opts = "\n".join(f"{'ABCDEFGHIJ'[i]}. {o}" for i, o in enumerate(options))
+    return f"{head}{question}\n{opts}"
+
+
+def _mc_item(iid: str, text: str, ref: str, options: list[str]) -> Item:
+    return Item(iid, text, ref, {"options": options, "fields": {"mc_text": text}})
 
 
 def _mc_items(name, recs, path) -> list[Item]:
@@ -75,8 +77,7 @@ def _mc_items(name, recs, path) -> list[Item]:
             raise DataError(f"medmcqa data in {path}: cop outside 0..3 / 1..4", hint="cop is the correct option's number")
         for i, (r, cop) in enumerate(zip(recs, cops)):
             opts = [r["opa"], r["opb"], r["opc"], r["opd"]]
-            items.append(Item(f"medmcqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), L[cop - one_based],
-                              {"options": opts}))
+            items.append(_mc_item(f"medmcqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), L[cop - one_based], opts))
     elif name == "medqa":
         require_fields(recs, ["question", "options", ("answer_idx", "answer")], "medqa data", path)
         for i, r in enumerate(recs):
@@ -90,7 +91,7 @@ def _mc_items(name, recs, path) -> list[Item]:
             ref = r.get("answer_idx")
             if ref is None:
                 ref = keys[opts.index(r["answer"])] if r["answer"] in opts else str(r["answer"])
-            items.append(Item(f"medqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), str(ref), {"options": opts}))
+            items.append(_mc_item(f"medqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), str(ref), opts))
     else:  # pubmedqa
         require_fields(recs, [("QUESTION", "question"), "final_decision"], "pubmedqa data", path)
         opts = ["yes", "no", "maybe"]
@@ -101,8 +102,8 @@ def _mc_items(name, recs, path) -> list[Item]:
                 ctx = r["context"].get("contexts")
             ctx = " ".join(ctx) if isinstance(ctx, (list, tuple)) else ctx
             rid = r.get("id", r.get("pubid", i))
-            items.append(Item(f"pubmedqa-{rid}", _mc_prompt(q, opts, ctx), L[opts.index(str(r["final_decision"]).lower())],
-                              {"options": opts}))
+            items.append(_mc_item(f"pubmedqa-{rid}", _mc_prompt(q, opts, ctx), L[opts.index(str(r["final_decision"]).lower())],
+                                  opts))
     return items
 
 
@@ -155,9 +156,19 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
         if limit is not None:
             recs = recs[: int(limit)]
         if name in ("medmcqa", "medqa", "pubmedqa"):
-            task = Task(name, _mc_items(name, recs, path), "choice", MAX_NEW[name])
+            task = Task(name, _mc_items(name, recs, path), "choice", raw=True)
         else:
-            task = Task(name, _math_items(name, recs, path), "math", MAX_NEW[name])
+            task = Task(name, _math_items(name, recs, path), "math", raw=True)
     if not task.items:
         raise DataError(f"task {name!r} has no items", hint="check --limit and the data file")
     return task
+
+
+def minerva_fewshot() -> str:
+    """The 4-shot Minerva math prompt (lm-evaluation-harness's minerva_math): each exemplar as
+    "Problem:\\n...\\n\\nSolution: ..." and a blank line (peftarena_cli/data/minerva_fewshot.json)."""
+    import json
+    from importlib.resources import files
+
+    data = json.loads(files("peftarena_cli").joinpath("data/minerva_fewshot.json").read_text(encoding="utf-8"))
+    return "".join(f"Problem:\n{e['problem']}\n\nSolution: {e['solution']}\n\n" for e in data["exemplars"])

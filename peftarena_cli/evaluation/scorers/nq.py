@@ -45,3 +45,44 @@ def contains_match(prediction: str, references) -> bool:
 def score_facts(completion: str, references) -> dict:
     ans = extract_answer(completion)
     return {"extracted": ans, "correct": bool(ans) and contains_match(ans, references)}
+
+
+# --- protocol scorers (docs/eval.md, "Protocols") -------------------------------------------------
+def study_postprocess(text: str) -> str:
+    """OpenCompass's general post-processing: cut at the first newline, period or comma, drop
+    punctuation (anything not a word character or white space), drop the articles a/an/the,
+    collapse white space."""
+    head = re.split(r"[\n.,]", str(text), maxsplit=1)[0]
+    head = re.sub(r"[^\w\s]", "", head)
+    head = re.sub(r"\b(a|an|the)\b", "", head, flags=re.IGNORECASE)
+    return re.sub(r"\s+", " ", head).strip()
+
+
+def score_nq_study(completion: str, references) -> dict:
+    """The study's NQ-open scoring (OpenCompass ``NQEvaluator``): the first line, lower-cased; the
+    text after the last "answer is" on it; post-processed; correct when any post-processed,
+    lower-cased reference is a substring of it."""
+    pred = str(completion).strip().split("\n")[0].lower()
+    if "answer is" in pred:
+        pred = pred.split("answer is")[-1]
+    pred = study_postprocess(pred)
+    refs = [study_postprocess(r).lower() for r in references]
+    return {"extracted": pred, "correct": any(r in pred for r in refs)}
+
+
+_LMEVAL_ARTICLES = r"\b(?:The |the |An |A |The |a |an )"
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+
+
+def _lmeval_normalize(s: str) -> str:
+    """lm-evaluation-harness ``exact_match`` as nq_open configures it: the articles regex removed,
+    then lower case, then ASCII punctuation removed (nothing else: white space stays)."""
+    return re.sub(_LMEVAL_ARTICLES, "", str(s)).lower().translate(_PUNCT_TABLE)
+
+
+def score_nq_lmeval(completion: str, references) -> dict:
+    """lm-evaluation-harness nq_open: the completion (already cut at the stops) without surrounding
+    white space (its ``remove_whitespace`` filter), exact match against any reference after :func:`_lmeval_normalize`."""
+    pred = str(completion).strip()
+    p = _lmeval_normalize(pred)
+    return {"extracted": pred, "correct": any(p == _lmeval_normalize(r) for r in references)}
