@@ -281,7 +281,7 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
                                "prompt_loose", "inst_strict", "inst_loose")}
     for comp, meta_s, task in zip(out["completion"], out["meta"], out["task"]):
         meta = json.loads(meta_s)
-        scorer, gen_under = meta["scorer"], meta.get("protocol") or "unrecorded"
+        scorer, gen_under = meta["scorer"], meta.get("generated_under") or meta.get("protocol") or "unrecorded"
         label = gen_under
         if proto is not None and task in FAMILY:
             settings = proto.settings.get(FAMILY[task])
@@ -352,5 +352,7 @@ def score_responses(task, records: list[dict], ks=None, kind: str = "auto", prot
     keep = sorted(comps)
     sub = _protocol_tasks([replace(task, items=[task.items[i] for i in keep])], protocol)[0]
     rows = score_rows(sub, [it.prompt for it in sub.items], [comps[i] for i in keep])
+    for r in rows:  # made elsewhere: the file says so when it is re-scored later
+        r["meta"] = json.dumps(dict(json.loads(r["meta"]), generated_under="external"))
     df = to_frame(rows)
     return df, _summary_for(df, {task.name: sub.scorer}, ks, kind, {task.name: (sub.protocol, "", "external")})
