@@ -214,10 +214,10 @@ def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
             hw = (r[f"{col}_high"] - r[f"{col}_low"]) / 2
             if r[f"{col}_sig"]:
                 out.append(f"{r['point']}'s {what} is {r[col]:+.2f} ± {hw:.2f} points, significant at 95% "
-                           f"(p = {_p(r[f'{col}_p'])}, {nn}).")
+                           f"(p {_p(r[f'{col}_p'])}, {nn}).")
             else:
                 out.append(f"{r['point']}'s {what} ({r[col]:+.2f} ± {hw:.2f}) is not distinguishable from zero at {nn} "
-                           f"(p = {_p(r[f'{col}_p'])}).")
+                           f"(p {_p(r[f'{col}_p'])}).")
     front = pts[pts["pareto"]].sort_values("general")
     names = list(front["point"])
     if len(names) >= 2:
@@ -228,7 +228,7 @@ def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
                 if res is None or not np.isfinite(res.low):
                     parts.append(f"{kind}: no paired comparison")
                     continue
-                parts.append(f"{kind} {res.diff:+.2f} ± {res.half_width:.2f} (p = {_p(res.p_value)})")
+                parts.append(f"{kind} {res.diff:+.2f} ± {res.half_width:.2f} (p {_p(res.p_value)})")
                 if res.significant:
                     dist.append(kind)
             verdict = ("distinguishable on " + " and ".join(dist)) if dist else "not distinguishable on either axis"

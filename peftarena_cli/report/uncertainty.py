@@ -80,10 +80,10 @@ def fmt_paired(r, what: str = "difference") -> str:
     """"+3.10 ± 4.20 (95 % CI [−1.1, 7.3], McNemar exact p = 0.21)"."""
     if r is None or not math.isfinite(r.low):
         return "undefined (n < 2)" if r is not None else "unknown"
-    return (f"{r.diff:+.2f} ± {r.half_width:.2f} (95% CI [{r.low:+.1f}, {r.high:+.1f}], {r.test} p = {_p(r.p_value)})")
+    return (f"{r.diff:+.2f} ± {r.half_width:.2f} (95% CI [{r.low:+.1f}, {r.high:+.1f}], {r.test} p {_p(r.p_value)})")
 
 
 def _p(p: float) -> str:
     if not math.isfinite(p):
         return "–"
-    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+    return f"= {p:.3f}" if p >= 0.001 else "< 0.001"
