@@ -56,7 +56,8 @@ def general_metric(df) -> str:
     metrics = [str(m) for m in df["metric"].unique()]
     if GENERAL_METRIC in metrics:
         return GENERAL_METRIC
-    cands = [m for m in metrics if m.endswith("_score") and m != TARGET_METRIC]
+    known = ("builtin_general_score", "general_mean")  # evaluation.api.GENERAL_AGGREGATES
+    cands = [m for m in metrics if m in known] + [m for m in metrics if m.endswith("_score") and m != TARGET_METRIC]
     return cands[0] if cands else GENERAL_METRIC
 
 
