@@ -170,17 +170,53 @@ def test_protocol_settings_and_overrides(shared_data):
         "\nPlease reason step by step, and put your final answer within \\boxed{}.")
 
 
-def test_unknown_protocol_and_uncovered_task(shared_data):
+def test_unknown_protocol_and_what_cannot_apply(shared_data, tmp_path):
     from peftarena_cli.errors import IncompatibleInputs, UsageError
-    from peftarena_cli.evaluation.protocols import apply, get_protocol
+    from peftarena_cli.evaluation.api import rescore_table, score_responses
+    from peftarena_cli.evaluation.protocols import get_protocol
     from peftarena_cli.tasks.target_tasks import load_target_task
 
     with pytest.raises(UsageError, match="unknown protocol") as e:
         get_protocol("helm")
     assert "study, lm-eval" in e.value.hint
-    pq = load_target_task(f"pubmedqa={shared_data / 'medical' / 'pubmedqa_ori_pqal.json'}", limit=2)
+    # generated text cannot be re-scored by lm-eval's option log-likelihoods
+    pq = load_target_task(f"pubmedqa={shared_data / 'medical' / 'pubmedqa_ori_pqal.json'}", limit=1)
+    per, _ = score_responses(pq, [{"id": pq.items[0].id, "response": "\\boxed{A}"}], kind="target")
     with pytest.raises(IncompatibleInputs, match="log-likelihood"):
-        apply(pq, "lm-eval")
+        rescore_table(per, kind="target", protocol="lm-eval")
+
+
+def test_lmeval_medical_prompts(shared_data):
+    from peftarena_cli.evaluation.protocols import apply
+    from peftarena_cli.tasks.target_tasks import load_target_task
+
+    pq = apply(load_target_task(f"pubmedqa={shared_data / 'medical' / 'pubmedqa_ori_pqal.json'}", limit=1), "lm-eval")
+    assert pq.loglik == "options" and not pq.chat
+    assert pq.items[0].prompt.startswith("Abstract: ") and pq.items[0].prompt.endswith("?\nAnswer:")
+    assert "\nQuestion: " in pq.items[0].prompt
+
+
+def test_loglik_matches_a_direct_computation():
+    """Each choice's summed log-probability equals one unbatched forward pass per sequence."""
+    import torch
+    from helpers import make_tiny_llama
+
+    from peftarena_cli.evaluation.loglik import choice_logliks, encode_pair
+
+    model, tok = make_tiny_llama(seed=3)
+    ctxs = ["Question: is the sky blue?\nAnswer:", "Abstract: short.\nQuestion: x?\nAnswer: "]
+    conts = [[" yes", " no", " maybe"], [" A", " B", " C", " D"]]
+    got, lens = choice_logliks(model, tok, ctxs, conts)
+    for ctx, cs, row in zip(ctxs, conts, got):
+        for c, v in zip(cs, row):
+            ci, ki = encode_pair(tok, ctx, c)
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=torch.tensor([ci + ki])).logits[0].double(), -1)
+            want = sum(float(lp[len(ci) - 1 + j, t]) for j, t in enumerate(ki))
+            assert v == pytest.approx(want, abs=1e-6)
+    assert lens[1] == [len(encode_pair(tok, ctxs[1], c)[1]) for c in conts[1]]
+    # trailing white space of the context moves to the continuation (lm-eval's _encode_pair)
+    assert encode_pair(tok, "Answer: ", "A") == encode_pair(tok, "Answer:", " A")
 
 
 def test_study_target_score_leaves_gsm8k_out():
@@ -217,3 +253,20 @@ def _lm_eval_metrics():
     from lm_eval.api import metrics
 
     return metrics
+
+
+def test_lmeval_medical_scores_the_argmax_choice(shared_data):
+    from helpers import make_tiny_llama
+
+    from peftarena_cli.evaluation.api import evaluate_target, load_target_tasks
+    from peftarena_cli.evaluation.loglik import choice_logliks
+
+    model, tok = make_tiny_llama(seed=1)
+    spec = f"pubmedqa={shared_data / 'medical' / 'pubmedqa_ori_pqal.json'}"
+    per, summ = evaluate_target(model, tok, task=spec, limit=3, protocol="lm-eval")
+    task = load_target_tasks(spec, 3, protocol="lm-eval")[0]
+    ll, _ = choice_logliks(model, tok, [task.render(tok, it) for it in task.items], [[" yes", " no", " maybe"]] * 3)
+    want = ["ABC"[max(range(3), key=lambda j: row[j])] for row in ll]
+    assert per["extracted"].tolist() == want
+    assert per["correct"].tolist() == [w == it.reference for w, it in zip(want, task.items)]
+    assert set(summ["protocol"]) == {"lm-eval@1"}

@@ -37,9 +37,23 @@ def _offset_progress(progress, offset: int, total: int):
 def run_task(model, tokenizer, task, *, seed=0, batch_size=None, progress=None):
     """Generate and score one runnable :class:`~peftarena_cli.tasks.spec.Task` (a protocol
     applied: :func:`peftarena_cli.evaluation.protocols.apply`); returns per-sample rows."""
-    from peftarena_cli.evaluation.engine import generate
+    from peftarena_cli.evaluation.engine import Generation, generate
 
     prompts = [task.render(tokenizer, it) for it in task.items]
+    if task.loglik:  # multiple choice by log-likelihood (lm-eval's medical tasks): the "completion" is the argmax choice
+        import time
+
+        from peftarena_cli.evaluation.loglik import choice_logliks
+
+        L = "ABCDEFGHIJ"
+        choices = [list(it.meta["options"]) if task.loglik == "options" else list(L[:len(it.meta["options"])])
+                   for it in task.items]
+        t0 = time.perf_counter()
+        ll, _ = choice_logliks(model, tokenizer, prompts, [[" " + c for c in cs] for cs in choices], progress, task.name)
+        best = [cs[max(range(len(cs)), key=lambda j: row[j])] for cs, row in zip(choices, ll)]
+        gen = Generation([[b] * task.n_samples for b in best], [[0] * task.n_samples for _ in best],
+                         seconds=time.perf_counter() - t0)
+        return score_rows(task, prompts, gen.texts, gen.n_tokens), gen
     gen = generate(model, tokenizer, prompts, max_new_tokens=int(task.max_new_tokens), stop=task.stop,
                    temperature=task.temperature, n_samples=task.n_samples, seed=seed,
                    batch_size=batch_size, progress=progress, label=task.name)
@@ -287,6 +301,10 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
             settings = proto.settings.get(FAMILY[task])
             if settings is None:
                 raise IncompatibleInputs(f"protocol {proto.name!r} does not cover {task!r}", hint="pick another --protocol")
+            if settings.loglik and gen_under.split("@")[0] != proto.name:
+                raise IncompatibleInputs(f"protocol {proto.name!r} scores {task!r} by the log-likelihood of each option, "
+                                         "which needs the model, not its completions",
+                                         hint="re-run eval-target with --protocol " + proto.name)
             scorer, label = settings.scorer, proto.label
         scorers[task] = scorer
         prots[task] = (label, meta.get("overrides") or "", gen_under)

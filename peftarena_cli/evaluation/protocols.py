@@ -31,7 +31,7 @@ class Settings:
     """How one benchmark family is run and scored under a protocol (``sources``: where each
     value comes from in the reference code)."""
 
-    template: str                      # format string over the item's fields (see ``fields`` below)
+    template: str | dict               # format string over the item's fields, or {task name: format string}
     scorer: str
     max_new_tokens: int
     chat: bool = True
@@ -42,6 +42,7 @@ class Settings:
     temperature: float = 0.0
     aggregation: str = "mean over items"
     sources: dict = field(default_factory=dict)
+    loglik: str | None = None          # multiple choice by log-likelihood of "options" texts or "letters"
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,18 @@ LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", 
         stop=("Problem:",),
         sources={"all": f"{_LE}/minerva_math/minerva_math500.yaml + utils.py (4-shot Minerva prompt, until 'Problem:')",
                  "scorer": "utils.py get_unnormalized_answer, normalize_final_answer, is_equiv; math_verify"}),
+    "medical": Settings(
+        {"pubmedqa": "Abstract: {context}\nQuestion: {question}\nAnswer:",
+         "medqa": "Question: {question}\n{options_lines}Answer:",
+         "medmcqa": "Question: {question}\nChoices:\n{options_lines}Answer:"},
+        "choice:lm-eval", 0, chat=False, aggregation="acc: argmax of the choices' summed log-likelihoods, mean",
+        loglik="by task",
+        sources={"all": f"{_LE}/pubmedqa (choices yes/no/maybe), medqa (medqa_4options, choices A-D), "
+                        "medmcqa (choices A-D): output_type multiple_choice, metric acc",
+                 "prompt": "preprocess_pubmedqa.doc_to_text, preprocess_medqa.doc_to_text, utils_medmcqa.doc_to_text"}),
 })
+# lm-eval's multiple-choice continuations: PubMedQA's option texts, the letters elsewhere
+LOGLIK_CHOICES = {"pubmedqa": "options", "medqa": "letters", "medmcqa": "letters"}
 
 BUILTIN = Protocol("builtin", 1, "the built-in procedural suites' own settings", {})
 PROTOCOLS = {p.name: p for p in (STUDY, LM_EVAL)}
@@ -180,24 +192,22 @@ def apply(task, protocol: Protocol | str | None = None, *, max_new_tokens=None, 
                        protocol=task.protocol if family is not None else BUILTIN.label, overrides=format_overrides(ov))
     s = proto.settings.get(family)
     if s is None:
-        raise IncompatibleInputs(
-            f"protocol {proto.name!r} does not cover {task.name!r}"
-            + (" (lm-evaluation-harness scores it by log-likelihood of the options, which peftarena does not implement)"
-               if family == "medical" else ""),
-            hint="use --protocol " + " or ".join(p for p, v in PROTOCOLS.items() if family in v.settings))
+        raise IncompatibleInputs(f"protocol {proto.name!r} does not cover {task.name!r}",
+                                 hint="use --protocol " + " or ".join(p for p, v in PROTOCOLS.items() if family in v.settings))
+    template = s.template[task.name] if isinstance(s.template, dict) else s.template
     ov = _overrides(s, max_new_tokens, n, temperature)
     items = []
     for it in task.items:
         fields = dict(it.meta.get("fields") or {})
         fields.setdefault("prompt", it.prompt)
-        if "{cot}" in s.template:
+        if "{cot}" in template:
             fields["cot"] = task.fewshot.get(it.meta.get("subtask"), "")
-        if "{minerva_fewshot}" in s.template:
+        if "{minerva_fewshot}" in template:
             from peftarena_cli.tasks.target_tasks import minerva_fewshot
 
             fields["minerva_fewshot"] = minerva_fewshot()
         try:
-            text = s.template.format(**fields)
+            text = template.format(**fields)
         except KeyError as e:
             raise IncompatibleInputs(f"protocol {proto.name!r} needs the field {e.args[0]!r}, which {task.name!r} items lack",
                                      hint="load the benchmark from its published format (docs/tasks.md)") from None
@@ -205,4 +215,4 @@ def apply(task, protocol: Protocol | str | None = None, *, max_new_tokens=None, 
     return replace(task, items=items, scorer=s.scorer, max_new_tokens=ov.get("max_new_tokens", s.max_new_tokens),
                    stop=s.stop, chat=s.chat, system=s.system, n_samples=ov.get("n", s.n),
                    temperature=ov.get("temperature", s.temperature), protocol=proto.label,
-                   overrides=format_overrides(ov), raw=False)
+                   overrides=format_overrides(ov), raw=False, loglik=LOGLIK_CHOICES.get(task.name) if s.loglik else None)

@@ -46,6 +46,7 @@ def score_one(scorer: str, completion: str, reference, meta: dict) -> dict:
         "gsm8k:lm-eval": lambda: math_lmeval.score_gsm8k_lmeval(completion, str(reference)),
         "minerva:lm-eval": lambda: math_lmeval.score_minerva_lmeval(completion, str(reference)),
         "choice:study": lambda: choice_s.score_choice_study(completion, str(reference), options),
+        "choice:lm-eval": lambda: choice_s.score_choice_loglik(completion, str(reference), options),
     }
     if scorer not in fns:
         raise ValueError(f"unknown scorer {scorer!r}")

@@ -33,6 +33,7 @@ class Task:
     overrides: str = ""         # explicit overrides of the protocol's values, "key=value,..."
     raw: bool = False           # items hold a benchmark's raw fields (meta["fields"]): apply a protocol first
     fewshot: dict = field(default_factory=dict)  # subtask -> few-shot block (BBH's published CoT prompts)
+    loglik: str | None = None   # scored by log-likelihood of each choice ("options" texts or "letters"), not generated
 
     def render(self, tokenizer, item: Item) -> str:
         """The text the model continues: the chat template around the prompt (with the system

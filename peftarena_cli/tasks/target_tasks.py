@@ -58,8 +58,13 @@ def _mc_prompt(question: str, options: list[str], context: str | None = None) ->
     return f"{head}{question}\n{opts}"
 
 
-def _mc_item(iid: str, text: str, ref: str, options: list[str]) -> Item:
-    return Item(iid, text, ref, {"options": options, "fields": {"mc_text": text}})
+def _mc_item(iid: str, question: str, options: list[str], ref: str, context: str | None = None) -> Item:
+    """A multiple-choice item; its fields feed the protocols' templates (``mc_text``: the study's
+    question text; ``question``, ``context``, ``options_lines``: lm-evaluation-harness's)."""
+    text = _mc_prompt(question, options, context)
+    lines = "".join(f"{'ABCDEFGHIJ'[i]}. {o}\n" for i, o in enumerate(options))
+    return Item(iid, text, ref, {"options": options, "fields": {"mc_text": text, "question": question,
+                                                               "context": context or "", "options_lines": lines}})
 
 
 def _mc_items(name, recs, path) -> list[Item]:
@@ -77,7 +82,7 @@ def _mc_items(name, recs, path) -> list[Item]:
             raise DataError(f"medmcqa data in {path}: cop outside 0..3 / 1..4", hint="cop is the correct option's number")
         for i, (r, cop) in enumerate(zip(recs, cops)):
             opts = [r["opa"], r["opb"], r["opc"], r["opd"]]
-            items.append(_mc_item(f"medmcqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), L[cop - one_based], opts))
+            items.append(_mc_item(f"medmcqa-{r.get('id', i)}", r["question"], opts, L[cop - one_based]))
     elif name == "medqa":
         require_fields(recs, ["question", "options", ("answer_idx", "answer")], "medqa data", path)
         for i, r in enumerate(recs):
@@ -91,7 +96,7 @@ def _mc_items(name, recs, path) -> list[Item]:
             ref = r.get("answer_idx")
             if ref is None:
                 ref = keys[opts.index(r["answer"])] if r["answer"] in opts else str(r["answer"])
-            items.append(_mc_item(f"medqa-{r.get('id', i)}", _mc_prompt(r["question"], opts), str(ref), opts))
+            items.append(_mc_item(f"medqa-{r.get('id', i)}", r["question"], opts, str(ref)))
     else:  # pubmedqa
         require_fields(recs, [("QUESTION", "question"), "final_decision"], "pubmedqa data", path)
         opts = ["yes", "no", "maybe"]
@@ -100,10 +105,9 @@ def _mc_items(name, recs, path) -> list[Item]:
             ctx = r.get("CONTEXTS")
             if ctx is None and isinstance(r.get("context"), dict):
                 ctx = r["context"].get("contexts")
-            ctx = " ".join(ctx) if isinstance(ctx, (list, tuple)) else ctx
+            ctx = "\n".join(ctx) if isinstance(ctx, (list, tuple)) else ctx
             rid = r.get("id", r.get("pubid", i))
-            items.append(_mc_item(f"pubmedqa-{rid}", _mc_prompt(q, opts, ctx), L[opts.index(str(r["final_decision"]).lower())],
-                                  opts))
+            items.append(_mc_item(f"pubmedqa-{rid}", q, opts, L[opts.index(str(r["final_decision"]).lower())], ctx))
     return items
 
 

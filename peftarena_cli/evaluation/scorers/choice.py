@@ -85,3 +85,12 @@ def extract_study(text: str, options: list[str]) -> str:
 def score_choice_study(completion: str, reference: str, options: list[str]) -> dict:
     ex = extract_study(completion, options)
     return {"extracted": ex, "correct": ex == reference}
+
+
+def score_choice_loglik(chosen: str, reference: str, options: list[str]) -> dict:
+    """lm-evaluation-harness multiple choice: ``chosen`` is the continuation with the highest
+    log-likelihood (a letter, or PubMedQA's option text); correct when it is the gold option."""
+    L = _letters(len(options) or 4)
+    c = chosen.strip()
+    ex = c if c in L and len(c) == 1 else (L[options.index(c)] if c in options else "")
+    return {"extracted": ex, "correct": ex == reference}
