@@ -270,3 +270,22 @@ def test_lmeval_medical_scores_the_argmax_choice(shared_data):
     assert per["extracted"].tolist() == want
     assert per["correct"].tolist() == [w == it.reference for w, it in zip(want, task.items)]
     assert set(summ["protocol"]) == {"lm-eval@1"}
+
+
+def test_report_warns_when_an_axis_mixes_protocols():
+    import pandas as pd
+
+    from peftarena_cli.report.leaderboard import axis_measures, protocol_notes
+
+    class M:
+        def __init__(self, gen_protocol):
+            self.tables = {"eval_summary": pd.DataFrame({
+                "task": ["target", "general"], "metric": ["target_score", "general_score"], "value": [1.0, 2.0],
+                "protocol": ["study@1", gen_protocol]})}
+
+    same = {"base": M("study@1"), "lora": M("study@1")}
+    assert protocol_notes(same) == []
+    assert axis_measures(same)["general"] == (["general_score"], ["study@1"])
+    mixed = {"base": M("study@1"), "lora": M("lm-eval@1")}
+    notes = protocol_notes(mixed)
+    assert len(notes) == 1 and "general axis mixes" in notes[0] and "lm-eval@1" in notes[0]

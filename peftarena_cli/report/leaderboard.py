@@ -270,8 +270,44 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
     notes = _add_uncertainty(df, methods, base_name)
     df["_order"] = np.where(df["is_base"], np.inf, df["target"].fillna(-np.inf))
     df = df.sort_values("_order", ascending=False, kind="stable").drop(columns="_order").reset_index(drop=True)
-    df.attrs["notes"] = notes  # pairing problems, for the report's notes
+    df.attrs["notes"] = notes + protocol_notes(methods)  # pairing problems, mixed protocols, for the report's notes
+    df.attrs["measures"] = axis_measures(methods)
     return df
+
+
+def _axis_rows(summ, kind: str):
+    metric = TARGET_METRIC if kind == "target" else general_metric(summ)
+    return summ[summ["metric"] == metric], metric
+
+
+def axis_measures(methods: dict) -> dict:
+    """{"target"|"general": (metric names, protocols)} over the methods' eval summaries: what each
+    axis of the plane measures (the plane's axis labels say it)."""
+    out = {}
+    for kind in ("target", "general"):
+        metrics, protos = set(), set()
+        for m in methods.values():
+            summ = m.tables.get("eval_summary")
+            if summ is None or "metric" not in summ.columns:
+                continue
+            rows, metric = _axis_rows(summ, kind)
+            if len(rows):
+                metrics.add(metric)
+                if "protocol" in rows.columns:
+                    protos |= {str(p) for p in rows["protocol"].dropna() if str(p)}
+        out[kind] = (sorted(metrics), sorted(protos))
+    return out
+
+
+def protocol_notes(methods: dict) -> list[str]:
+    """A loud note for each axis whose scores were measured under different protocols or measures
+    (docs/eval.md, "Protocols"): such differences are not comparable."""
+    notes = []
+    for kind, (metrics, protos) in axis_measures(methods).items():
+        if len(metrics) > 1 or len(protos) > 1:
+            notes.append(f"WARNING: the {kind} axis mixes scores measured differently ({', '.join(metrics + protos)}); "
+                         "differences between those points reflect the protocol, not the fine-tune: re-evaluate under one --protocol")
+    return notes
 
 
 UNCERTAINTY_COLUMNS = [

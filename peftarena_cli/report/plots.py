@@ -134,7 +134,8 @@ def _errorbars(ax, df, colors, curve: bool = False) -> None:
                     zorder=1.5 if curve else 4)
 
 
-def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_points=True, all_points=None):
+def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_points=True, all_points=None,
+                measures=None):
     """points: DataFrame with method, target, general (base included); ``all_points`` (optional): every
     point of the plane with intervals (``build.plane_points``): error bars and the frontier over all of them."""
     ok = points[np.isfinite(points["target"].astype(float)) & np.isfinite(points["general"].astype(float))]
@@ -191,8 +192,15 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
         if len(bt):
             ax.axhline(float(bt["target"].iloc[0]), color="0.7", lw=0.8, ls=":", zorder=1)
             ax.axvline(float(bt["general"].iloc[0]), color="0.7", lw=0.8, ls=":", zorder=1)
-    ax.set_xlabel("General score (%)  →  more stable")
-    ax.set_ylabel("Target score (%)  →  more plastic")
+    measures = measures or {}  # what each axis measures: (metric names, protocols), from the leaderboard
+
+    def _what(kind: str) -> str:
+        metrics, protos = measures.get(kind, ([], []))
+        bits = ", ".join(list(metrics) + list(protos))
+        return f" [{bits}]" if bits else ""
+
+    ax.set_xlabel(f"General score (%){_what('general')}  →  more stable")
+    ax.set_ylabel(f"Target score (%){_what('target')}  →  more plastic")
     if title:
         ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.25)
@@ -228,7 +236,7 @@ def plot_plane(leaderboard, curves: dict | None = None, reference=None, referenc
     fig, axes = plt.subplots(1, ncols, figsize=(7.2 * ncols, 6.0), squeeze=False)
     ax = axes[0, 0]
     labels, obstacles = _draw_plane(ax, leaderboard[["method", "target", "general"]], colors, base_name, curves,
-                                    title=title, all_points=points)
+                                    title=title, all_points=points, measures=leaderboard.attrs.get("measures"))
     if points is not None and len(points) and "target_low" in points.columns and points["target_low"].notna().any():
         ax.text(0.99, 0.01, "bars: 95% intervals", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
                 color="0.4")
