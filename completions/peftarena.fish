@@ -166,6 +166,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l target-tas
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l general-suite
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l limit
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l max-new-tokens
+complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l protocol
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l stats
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l save-checkpoints
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l allow-extrapolate

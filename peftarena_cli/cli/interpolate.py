@@ -13,7 +13,7 @@ EVAL_KINDS = ("target", "general")
 
 
 def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: Optional[int], seed: int,
-                max_new_tokens: Optional[int] = None):
+                max_new_tokens: Optional[int] = None, protocol: Optional[str] = None):
     try:
         from peftarena_cli.evaluation import evaluate_general, evaluate_target
     except ImportError:
@@ -22,7 +22,7 @@ def _evaluators(kinds: list[str], target_task: str, general_suite: str, limit: O
         raise MissingDependency("the evaluation engine (peftarena_cli.evaluation) is not available in this build",
                                 hint="run interpolate without --eval, or update peftarena") from None
     out = {}
-    kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    kw = {"max_new_tokens": max_new_tokens, "protocol": protocol}
     if "target" in kinds:
         out["target"] = lambda m, t: evaluate_target(m, t, task=target_task, limit=limit, seed=seed, **kw)
     if "general" in kinds:
@@ -41,7 +41,8 @@ def interpolate_cmd(
     target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
     general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many examples per evaluation task (BBH: per subtask)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the tasks' generation length."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Evaluation protocol of real benchmarks for --eval: study (default) or lm-eval (docs/eval.md)."),
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),
     save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
     allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
@@ -109,7 +110,11 @@ def interpolate_cmd(
             raise OutputError(f"the parent of --save-checkpoints {str(sp)!r} does not exist")
     if save_checkpoints is not None:
         _check_checkpoint_dir(Path(save_checkpoints))
-    evaluators = _evaluators(kinds, target_task, general_suite, limit, seed, max_new_tokens) if kinds else {}
+    if protocol is not None:
+        from peftarena_cli.evaluation.protocols import get_protocol
+
+        get_protocol(protocol)  # a usage error listing the known ones, before any work
+    evaluators = _evaluators(kinds, target_task, general_suite, limit, seed, max_new_tokens, protocol) if kinds else {}
     sets = None
     if stats:
         from peftarena_cli.activations.moments import merge_stats_files
@@ -154,7 +159,8 @@ def interpolate_cmd(
         prov.add_input("finetuned", finetuned, setup.finetuned.identity())
         prov.extra.update(path=setup.path, method=setup.method, generator_scale=setup.scale_mode,
                           layerwise=layerwise or "", alphas=grid, evals=kinds, target_task=target_task,
-                          general_suite=general_suite, limit=limit)
+                          general_suite=general_suite, limit=limit, protocol=protocol or "study",
+                          max_new_tokens=max_new_tokens)
         if output is not None and str(output) != "-":
             from peftarena_cli.artifacts.tables import write_table
 
