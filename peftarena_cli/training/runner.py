@@ -274,7 +274,9 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
 
     lock, made = None, []
     try:
-        if PartialState().is_main_process:
+        # one process owns the run directory: the launcher's RANK 0 (under torchrun on CPU, a second rank
+        # also passed the is_main_process check here, took the lock and refused rank 0)
+        if int(os.environ.get("RANK", "0")) == 0 and PartialState().is_main_process:
             made = _make_run_dir(out)
             lock = ck.RunLock(out).acquire()
             mode = check_output_dir(out, key, cfg)  # again under the lock: another writer may have finished meanwhile
