@@ -70,6 +70,7 @@ def test_one_engine_for_base_and_adapters(fake_vllm, capsys, tmp_path, tiny_mode
     assert len(fake_vllm.instances) == 1  # the base is loaded once
     llm = fake_vllm.instances[0]
     assert llm.kw["model"] == str(tiny_model_dir) and llm.kw["enable_lora"] is True
+    assert llm.kw["trust_remote_code"] is False
     assert len(llm.calls) == 2
     (p0, params, r0), (p1, _, r1) = llm.calls
     assert r0 is None and r1.lora_path == str(tiny_lora_dir)

@@ -50,6 +50,7 @@ class VllmModel:
         if max_model_len:
             kw["max_model_len"] = int(max_model_len)
         kw.update(engine_kw)
+        kw["trust_remote_code"] = False  # never run a model directory's own code (docs/artifacts.md)
         self.llm = vllm.LLM(**kw)
         self.max_lora_rank = int(max_lora_rank)
         self.lora_request = None
