@@ -60,3 +60,28 @@ def run_cli(*args, input_bytes=None, env=None, cwd=None):
         [sys.executable, "-m", "peftarena_cli", *map(str, args)],
         capture_output=True, input=input_bytes, env=e, cwd=cwd, timeout=900,
     )
+
+
+class CliRun:
+    """What an in-process CLI run gives back: exit code, stdout bytes, stderr text."""
+
+    def __init__(self, code, out: bytes, err: bytes):
+        self.returncode, self.stdout, self.stderr = code, out, err.decode()
+
+
+@pytest.fixture
+def cli(capsysbinary):
+    """Run the CLI in-process through its real entry point (exit codes and error rendering included)."""
+    from peftarena_cli.cli.app import main
+
+    def run(*args):
+        capsysbinary.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        o = capsysbinary.readouterr()
+        return CliRun(code, o.out, o.err)
+
+    return run

@@ -19,31 +19,8 @@ from peftarena_cli.training.runner import FinetuneConfig, finetune
 TINY = ["--max-length", "512", "--batch-size", "2"]
 
 
-class _Run:
-    def __init__(self, code, out, err):
-        self.returncode, self.stdout, self.stderr = code, out, err
-
-
-@pytest.fixture
-def cli(capsysbinary):
-    """Run the CLI in-process through its real entry point (exit codes and error rendering included)."""
-    from peftarena_cli.cli.app import main
-
-    def run(*args):
-        capsysbinary.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        o = capsysbinary.readouterr()
-        return _Run(code, o.out, o.err)
-
-    return run
-
-
 def _err(r) -> str:
-    return r.stderr.decode()
+    return r.stderr
 
 
 def test_sft_cli_run_directory(tiny_model_dir, tmp_path, cli):
@@ -175,7 +152,7 @@ def test_data_parallel_torchrun_two_processes(tiny_model_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
                         "-m", "peftarena_cli", "finetune", str(tiny_model_dir), "-o", str(out), "--steps", "2",
                         "--save-every", "2", *TINY], capture_output=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert r.returncode == 0, r.stderr[-3000:]
     man = json.loads((out / "manifest.json").read_text())
     assert man["world_size"] == 2 and man["status"] == "complete"
     df, _ = read_table(out / "train_log.parquet")
@@ -191,4 +168,4 @@ def test_data_parallel_torchrun_two_processes(tiny_model_dir, tmp_path):
                   for r in recs)
     assert sum(lens[:4]) <= df["tokens"].iloc[0] <= sum(lens[-4:])
     assert sum(lens[-2:]) < sum(lens[:4])  # so 2 records (one process) could not account for it
-    assert r.stderr.decode().count("trained 2 steps") == 1  # one voice
+    assert r.stderr.count("trained 2 steps") == 1  # one voice

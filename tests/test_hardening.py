@@ -19,29 +19,6 @@ from conftest import run_cli
 TINY_FT = ["--max-length", "512", "--batch-size", "2", "--steps", "1", "--lr", "1e-3"]
 
 
-class _Run:
-    def __init__(self, code, out, err):
-        self.returncode, self.stdout, self.stderr = code, out, err.decode() if isinstance(err, bytes) else err
-
-
-@pytest.fixture
-def cli(capsysbinary):
-    """The CLI in-process through its real entry point (exit codes and error rendering included)."""
-    from peftarena_cli.cli.app import main
-
-    def run(*args):
-        capsysbinary.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        o = capsysbinary.readouterr()
-        return _Run(code, o.out, o.err)
-
-    return run
-
-
 def _lora_file(tiny_lora_dir, tmp_path) -> Path:
     """A single-file adapter (config embedded), as peftarena writes them."""
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter

@@ -138,12 +138,6 @@ def general_metric_name(task_names) -> str:
     return "general_mean"
 
 
-def general_row(summary: pd.DataFrame):
-    """The general aggregate row of a summary (whichever of :data:`GENERAL_AGGREGATES` it has), or None."""
-    rows = summary[(summary["task"] == "general") & summary["metric"].isin(GENERAL_AGGREGATES)]
-    return rows.iloc[0] if len(rows) else None
-
-
 def _runs(t) -> int:
     return t.n_samples if t.temperature > 0 else 1
 

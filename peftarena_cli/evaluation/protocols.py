@@ -42,7 +42,7 @@ class Settings:
     temperature: float = 0.0
     aggregation: str = "mean over items"
     sources: dict = field(default_factory=dict)
-    loglik: str | None = None          # multiple choice by log-likelihood of "options" texts or "letters"
+    loglik: bool = False               # multiple choice by the log-likelihood of each choice (LOGLIK_CHOICES), no generation
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", 
          "medqa": "Question: {question}\n{options_lines}Answer:",
          "medmcqa": "Question: {question}\nChoices:\n{options_lines}Answer:"},
         "choice:lm-eval", 0, chat=False, aggregation="acc: argmax of the choices' summed log-likelihoods, mean",
-        loglik="by task",
+        loglik=True,
         sources={"all": f"{_LE}/pubmedqa (choices yes/no/maybe), medqa (medqa_4options, choices A-D), "
                         "medmcqa (choices A-D): output_type multiple_choice, metric acc",
                  "prompt": "preprocess_pubmedqa.doc_to_text, preprocess_medqa.doc_to_text, utils_medmcqa.doc_to_text"}),

@@ -49,16 +49,14 @@ def pareto_mask(target, general) -> np.ndarray:
 
 
 def general_metric(df) -> str:
-    """The metric name of the general aggregate in an eval summary: ``general_score``, or whichever
-    ``*_score`` row other than ``target_score`` the summary has (one place to change on a rename)."""
+    """The metric name of the general aggregate in an eval summary: whichever of
+    ``evaluation.api.GENERAL_AGGREGATES`` (general_score, builtin_general_score, general_mean) it has."""
+    from peftarena_cli.evaluation.api import GENERAL_AGGREGATES
+
     if df is None or "metric" not in df.columns:
         return GENERAL_METRIC
-    metrics = [str(m) for m in df["metric"].unique()]
-    if GENERAL_METRIC in metrics:
-        return GENERAL_METRIC
-    known = ("builtin_general_score", "general_mean")  # evaluation.api.GENERAL_AGGREGATES
-    cands = [m for m in metrics if m in known] + [m for m in metrics if m.endswith("_score") and m != TARGET_METRIC]
-    return cands[0] if cands else GENERAL_METRIC
+    metrics = {str(m) for m in df["metric"].unique()}
+    return next((m for m in GENERAL_AGGREGATES if m in metrics), GENERAL_METRIC)
 
 
 def summary_interval(df, metric: str) -> tuple[float, float]:
