@@ -152,7 +152,7 @@ def test_data_parallel_torchrun_two_processes(tiny_model_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
                         "-m", "peftarena_cli", "finetune", str(tiny_model_dir), "-o", str(out), "--steps", "2",
                         "--save-every", "2", *TINY], capture_output=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
     man = json.loads((out / "manifest.json").read_text())
     assert man["world_size"] == 2 and man["status"] == "complete"
     df, _ = read_table(out / "train_log.parquet")
@@ -168,4 +168,4 @@ def test_data_parallel_torchrun_two_processes(tiny_model_dir, tmp_path):
                   for r in recs)
     assert sum(lens[:4]) <= df["tokens"].iloc[0] <= sum(lens[-4:])
     assert sum(lens[-2:]) < sum(lens[:4])  # so 2 records (one process) could not account for it
-    assert r.stderr.count("trained 2 steps") == 1  # one voice
+    assert r.stderr.decode().count("trained 2 steps") == 1  # one voice
