@@ -39,8 +39,11 @@ ARENA_GENERAL_LIMIT ?= 48
 TARGET_LIMIT   ?= $(DEMO_TARGET_LIMIT)
 GENERAL_LIMIT  ?= $(DEMO_GENERAL_LIMIT)
 ANALYSIS_N     ?= 16
-# Output drift (`peftarena drift`): items per target task / general part, continuation length.
-DRIFT_LIMIT    ?= 32
+# Output drift (`peftarena drift`): items per target task / general part, continuation length. The
+# demo measures fewer prompts (a paired, continuous measure keeps power at small n) to stay in 10 min.
+DEMO_DRIFT_LIMIT  ?= 8
+ARENA_DRIFT_LIMIT ?= 32
+DRIFT_LIMIT    ?= $(DEMO_DRIFT_LIMIT)
 DRIFT_TOKENS   ?= 32
 # Interpolation points (the ends are needed by rewind's keep-target criterion) and rewinding.
 ALPHAS         ?= 0,0.5,1
@@ -59,13 +62,14 @@ ACTGEOM_MODULES ?= down_proj
 # One run set = RUNS + METHODS (+ which of them get an interpolation curve and a rewound point).
 demo-run:
 	@$(MAKE) --no-print-directory arena-stages RUNS=$(DEMO_RUNS) METHODS="lora" INTERP="lora" TITLE=demo \
-		TARGET_LIMIT=$(TARGET_LIMIT) GENERAL_LIMIT=$(GENERAL_LIMIT)
+		TARGET_LIMIT=$(TARGET_LIMIT) GENERAL_LIMIT=$(GENERAL_LIMIT) DRIFT_LIMIT=$(DRIFT_LIMIT)
 
 arena-run:
 	@$(MAKE) --no-print-directory arena-stages RUNS=$(ARENA_RUNS) METHODS="$(ARENA_METHODS)" \
 		INTERP="$(filter $(INTERP_METHODS),$(ARENA_METHODS))" TITLE=arena \
 		TARGET_LIMIT=$(if $(filter command line,$(origin TARGET_LIMIT)),$(TARGET_LIMIT),$(ARENA_TARGET_LIMIT)) \
-		GENERAL_LIMIT=$(if $(filter command line,$(origin GENERAL_LIMIT)),$(GENERAL_LIMIT),$(ARENA_GENERAL_LIMIT))
+		GENERAL_LIMIT=$(if $(filter command line,$(origin GENERAL_LIMIT)),$(GENERAL_LIMIT),$(ARENA_GENERAL_LIMIT)) \
+		DRIFT_LIMIT=$(if $(filter command line,$(origin DRIFT_LIMIT)),$(DRIFT_LIMIT),$(ARENA_DRIFT_LIMIT))
 
 ifdef RUNS
 # ---------------------------------------------------------------- what a run set is made of
