@@ -129,3 +129,51 @@ def test_smollm2_engine_matches_generate_and_knows_facts(smollm2_dir):
     per, summ = evaluate_general(model, tok, suite="builtin.facts", limit=12)
     em = summ.set_index("metric")["value"]["exact_match"]
     assert em == pytest.approx(100.0 * per["correct"].mean()) and em > 0  # it knows some capitals
+
+
+SHOTS = "Q: two plus two\nA: four.\n\nQ: three plus one\nA: four.\n\nQ: one plus one\nA: two.\n\n"  # 78 shared tokens
+SHARED = [SHOTS + f"Q: {q}\nA:" for q in ("five minus two", "six", "nine plus nine plus nine", "ten", "x", "seven times")]
+
+
+def test_shared_prefix_prefill_gives_the_same_greedy_completions(varied_model):
+    """Prompts that share a long prefix (few-shot exemplars) prefill it once for the whole batch; the
+    completions equal transformers' batch-1 generate at batch sizes 1, 3 and 64, stops included."""
+    from peftarena_cli.evaluation.engine import MIN_SHARED_PREFIX, encode_prompts, shared_prefix_len
+
+    model, tok = varied_model
+    enc = encode_prompts(tok, SHARED)
+    assert shared_prefix_len(enc) >= MIN_SHARED_PREFIX  # the path under test is taken
+    assert shared_prefix_len(encode_prompts(tok, SHARED + ["unrelated prompt of its own " * 4])) == 0
+    ref = [_hf_generate(model, tok, p, 16) for p in SHARED]
+    for bs in (1, 3, 64):
+        g = generate(model, tok, SHARED, max_new_tokens=16, batch_size=bs)
+        assert [t[0] for t in g.texts] == ref, bs
+    stop = "e"
+    want = [r.split(stop)[0] for r in ref]
+    g = generate(model, tok, SHARED, max_new_tokens=16, stop=(stop,), batch_size=64)
+    assert [t[0] for t in g.texts] == want
+
+
+def test_shared_prefix_len():
+    from peftarena_cli.evaluation.engine import shared_prefix_len
+
+    a = list(range(100))
+    assert shared_prefix_len([a + [1, 2], a + [3]], minimum=10) == 100
+    assert shared_prefix_len([a, a], minimum=10) == 99  # every row keeps one token to prefill
+    assert shared_prefix_len([a], minimum=10) == 0
+    assert shared_prefix_len([a[:5] + [7] + a, a], minimum=10) == 0
+
+
+def test_prefix_groups_batch_shared_prompts_together(varied_model):
+    from peftarena_cli.evaluation.engine import encode_prompts, prefix_groups
+
+    model, tok = varied_model
+    other = "Z: " + SHOTS[3:]  # a second few-shot group with its own prefix
+    mixed = [SHARED[0], PROMPTS[0], other + "Q: a\nA:", SHARED[1], PROMPTS[3], other + "Q: bb\nA:", SHARED[2]]
+    g = prefix_groups(encode_prompts(tok, mixed))
+    assert g[0] == g[3] == g[6] and g[2] == g[5] and len({g[0], g[2], g[1], g[4]}) == 4
+    ref = [_hf_generate(model, tok, p, 12) for p in mixed]
+    for bs in (2, 64):
+        assert [t[0] for t in generate(model, tok, mixed, max_new_tokens=12, batch_size=bs).texts] == ref
+    off = generate(model, tok, mixed, max_new_tokens=12, batch_size=64, share_prefix=False)
+    assert [t[0] for t in off.texts] == ref

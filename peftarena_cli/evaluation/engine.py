@@ -7,6 +7,10 @@ between calls) generates completions for many prompts:
 * each batch is **left-padded**, with position ids from the attention mask, so a row's tokens see
   exactly what they would see alone;
 * decoding is a plain KV-cached loop: greedy (argmax) by default, or temperature sampling;
+* prompts that share a long prefix (a BBH subtask's few-shot exemplars, a long system prompt) are
+  batched together, and the prefix is **prefilled once** and its KV cache given to every row
+  (:func:`shared_prefix_len`, at least ``MIN_SHARED_PREFIX`` tokens); the rows' own suffixes follow,
+  left-padded after it, with positions continuing from the prefix;
 * each row stops at EOS or at any **stop sequence**; finished rows are **dropped from the batch
   and its KV cache** at once, so a batch gets cheaper as its rows finish (no compute is spent on
   rows that are done, unlike ``generate`` which runs every row until the longest one ends).
@@ -89,7 +93,7 @@ def _first_stop(text: str, stop: tuple[str, ...]) -> int:
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
              temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
-             batch_size: int | None = None, progress=None, label: str = "") -> Generation:
+             batch_size: int | None = None, progress=None, label: str = "", share_prefix: bool = True) -> Generation:
     """Generate ``n_samples`` completions for each prompt (see the module docstring).
 
     Greedy decoding (``temperature == 0``) gives the same completion for every sample, so it is
@@ -111,7 +115,13 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     budget = MAX_BATCH_TOKENS_GPU if dev.type == "cuda" else MAX_BATCH_TOKENS_CPU
     enc = encode_prompts(tokenizer, prompts)
     rows = [(i, s) for i in range(len(prompts)) for s in range(n_run)]
-    order = sorted(range(len(rows)), key=lambda r: (-len(enc[rows[r][0]]), r))
+    group = prefix_groups(enc) if share_prefix else list(range(len(enc)))
+    longest: dict[int, int] = {}
+    for i, g in enumerate(group):
+        longest[g] = max(longest.get(g, 0), len(enc[i]))
+    # longest first, rows of one prefix group together (a batch then shares its prefix)
+    order = sorted(range(len(rows)), key=lambda r: (-longest[group[rows[r][0]]], group[rows[r][0]],
+                                                     -len(enc[rows[r][0]]), r))
     eos = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -124,9 +134,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     model.eval()
     try:
         with torch.inference_mode():
-            for batch in _batches(order, rows, enc, bs, max_new_tokens, budget):
+            for batch in _batches(order, rows, enc, bs, max_new_tokens, budget, group):
                 out_ids = _decode_batch(model, [enc[i] for i, _ in batch], max_new_tokens, eos, stop, tail_len,
-                                        tokenizer, pad_id, dev, greedy, temperature, top_p, gen)
+                                        tokenizer, pad_id, dev, greedy, temperature, top_p, gen, share_prefix)
                 for key, ids in zip(batch, out_ids):
                     text = tokenizer.decode(ids, skip_special_tokens=True)
                     cut = _first_stop(text, stop)
@@ -151,13 +161,52 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
                       generated_tokens=sum(counts.values()))
 
 
-def _batches(order, rows, enc, bs, max_new_tokens, budget):
-    """Consecutive (length-sorted) rows, at most ``bs`` per batch and at most ``budget`` token
-    positions (rows x longest prompt + max_new_tokens); a single row always forms a batch."""
+MIN_SHARED_PREFIX = 64  # tokens; below this a batch is prefilled as a whole
+
+
+def shared_prefix_len(seqs: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Tokens that every row of a batch starts with (few-shot exemplars, a system prompt), kept
+    below the shortest row so each row has a suffix; 0 when a single row or fewer than ``minimum``."""
+    if len(seqs) < 2:
+        return 0
+    first, p = seqs[0], min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        k = 0
+        while k < p and s[k] == first[k]:
+            k += 1
+        p = k
+        if p < minimum:
+            return 0
+    return p
+
+
+def prefix_groups(enc: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> list[int]:
+    """A group id per prompt: prompts whose token ids share at least ``minimum`` leading tokens with
+    a lexicographic neighbour are one group (e.g. one BBH subtask's few-shot prompts); others are
+    alone in theirs."""
+    idx = sorted(range(len(enc)), key=lambda i: enc[i])
+    group, g = [0] * len(enc), -1
+    for j, i in enumerate(idx):
+        if j == 0 or shared_prefix_len([enc[idx[j - 1]], enc[i]], minimum) == 0:
+            g += 1
+        group[i] = g
+    return group
+
+
+def _batches(order, rows, enc, bs, max_new_tokens, budget, group=None):
+    """Consecutive rows of ``order``, at most ``bs`` per batch and at most ``budget`` token
+    positions (rows x longest prompt + max_new_tokens); a single row always forms a batch. A batch
+    also ends where a prefix group of several prompts begins or ends, so it can share its prefix."""
+    group = group or list(range(len(enc)))
+    size: dict[int, int] = {}
+    for g in group:
+        size[g] = size.get(g, 0) + 1
     batch, width = [], 0
     for r in order:
         w = max(width, len(enc[rows[r][0]]) + max_new_tokens)
-        if batch and (len(batch) >= bs or (len(batch) + 1) * w > budget):
+        g, prev = group[rows[r][0]], group[batch[-1][0]] if batch else None
+        new_group = batch and g != prev and (size[g] > 1 or size[prev] > 1)
+        if batch and (new_group or len(batch) >= bs or (len(batch) + 1) * w > budget):
             yield batch
             batch, w = [], len(enc[rows[r][0]]) + max_new_tokens
         batch.append(rows[r])
@@ -186,7 +235,7 @@ def _forward(model, **kw):
 
 
 def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, pad_id, dev, greedy,
-                  temperature, top_p, gen):
+                  temperature, top_p, gen, share_prefix: bool = True):
     """Decode one left-padded batch; return each row's generated ids (including a final EOS)."""
     import torch
     from transformers import DynamicCache
@@ -199,8 +248,6 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
         if s:
             ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[r, width - len(s):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp_(min=0)
     try:
         cache = DynamicCache(config=getattr(model, "config", None))
     except TypeError:  # pragma: no cover - older transformers
@@ -208,7 +255,25 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
     ck = _cache_kw(model)
     outs = [[] for _ in range(n)]
     active = list(range(n))          # original row index of each live batch row
-    out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
+    p = shared_prefix_len(seqs) if share_prefix else 0
+    if p:  # prefill the shared prefix once, give every row its KV cache, then prefill the suffixes
+        _forward(model, input_ids=torch.tensor([seqs[0][:p]], dtype=torch.long, device=dev), use_cache=True,
+                 position_ids=torch.arange(p, device=dev)[None], **{ck: cache})
+        cache.batch_repeat_interleave(n)
+        sw = max(len(s) - p for s in seqs)
+        ids = torch.full((n, sw), pad_id, dtype=torch.long)
+        smask = torch.zeros((n, sw), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, sw - (len(s) - p):] = torch.tensor(s[p:], dtype=torch.long)
+            smask[r, sw - (len(s) - p):] = 1
+        ids, smask = ids.to(dev), smask.to(dev)
+        mask = torch.cat([smask.new_ones((n, p)), smask], dim=1)  # [prefix][left-padded suffix]
+        pos = (p + smask.cumsum(-1) - 1).clamp_(min=p)
+        out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
+    else:
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+        out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
     last_pos = pos[:, -1]
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
     for step in range(max_new_tokens):
