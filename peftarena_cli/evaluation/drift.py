@@ -43,34 +43,6 @@ def _left_pad(seqs, pad_id, device):
     return ids.to(device), mask.to(device), pos.to(device)
 
 
-def greedy_continuations(model, tokenizer, prompts_ids: list[list[int]], max_new_tokens: int, eos: set[int]):
-    """The model's greedy continuation of each prompt (token ids, cut after the first EOS; at least
-    one token). A plain KV-cached argmax loop over a left-padded batch."""
-    import torch
-
-    dev = next(model.parameters()).device
-    ids, mask, pos = _left_pad(prompts_ids, _pad_id(tokenizer), dev)
-    out = [[] for _ in prompts_ids]
-    done = [False] * len(prompts_ids)
-    past = None
-    cur, cur_pos = ids, pos
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            o = model(input_ids=cur, attention_mask=mask, position_ids=cur_pos, past_key_values=past, use_cache=True)
-            past = o.past_key_values
-            nxt = o.logits[:, -1, :].argmax(-1)
-            for i, t in enumerate(nxt.tolist()):
-                if not done[i]:
-                    out[i].append(int(t))
-                    done[i] = int(t) in eos
-            if all(done):
-                break
-            cur = nxt[:, None]
-            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=1)
-            cur_pos = cur_pos[:, -1:] + 1
-    return out
-
-
 def continuation_logprobs(model, prompts_ids, conts, pad_id: int):
     """log p(· | prefix) at each continuation position: a (batch, T, vocab) float32 tensor, T = the
     longest continuation; row i's valid positions are its last len(conts[i]) ones."""
@@ -116,27 +88,27 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
     """
     import pandas as pd
 
-    from peftarena_cli.evaluation.engine import encode_prompts, eos_ids
+    from peftarena_cli.evaluation.engine import encode_prompts, generate
 
     model = path_model.model
-    eos = eos_ids(model, tokenizer)
     pad = _pad_id(tokenizer)
-    items = []  # (set, task, id, prompt ids, reference ids or None)
+    items = []  # (set, task, id, prompt ids, reference ids or None, prompt text)
     for set_name, tasks in prompt_sets.items():
         for t in tasks:
             texts = [t.render(tokenizer, it) for it in t.items]
             enc = encode_prompts(tokenizer, texts)
-            for it, ids in zip(t.items, enc):
+            for it, ids, text in zip(t.items, enc, texts):
                 ref = _reference_text(it.reference) if reference else None
                 ref_ids = tokenizer(ref, add_special_tokens=False)["input_ids"] if ref else None
-                items.append((set_name, t.name, it.id, list(ids), ref_ids or None))
+                items.append((set_name, t.name, it.id, list(ids), ref_ids or None, text))
     order = sorted(range(len(items)), key=lambda i: len(items[i][3]))
     rows = []
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for bi, idx in enumerate(batches):
         prompts = [items[i][3] for i in idx]
-        path_model.set_alpha(0.0)
-        conts = greedy_continuations(model, tokenizer, prompts, max_new_tokens, eos)
+        path_model.set_alpha(0.0)  # the base's greedy continuations, from the evaluation engine
+        conts = [ids[0] for ids in generate(model, tokenizer, [items[i][5] for i in idx], max_new_tokens=max_new_tokens,
+                                             batch_size=len(idx)).token_ids]
         jobs = [("greedy", list(range(len(idx))), conts)]
         with_ref = [k for k, i in enumerate(idx) if items[i][4]]
         if with_ref:
@@ -150,7 +122,7 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
                 lp = continuation_logprobs(model, [prompts[k] for k in ks], cs, pad)
                 kls = kl_per_prompt(base_lp[src], lp, [len(c) for c in cs])
                 for k, c, v in zip(ks, cs, kls):
-                    s, task, iid, _, _ = items[idx[k]]
+                    s, task, iid = items[idx[k]][:3]
                     rows.append({"alpha": float(a), "prompt_set": s, "task": task, "id": iid, "source": src,
                                  "n_tokens": len(c), "kl": v})
         if callback:

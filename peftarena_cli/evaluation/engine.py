@@ -42,6 +42,7 @@ class Generation:
     prompt_tokens: int = 0
     generated_tokens: int = 0            # tokens actually decoded (greedy samples are computed once)
     extra: dict = field(default_factory=dict)
+    token_ids: list[list[list[int]]] = field(default_factory=list)  # generated ids, a final EOS included
 
     @property
     def tokens_per_second(self) -> float:
@@ -127,6 +128,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     texts: dict[tuple[int, int], str] = {}
     counts: dict[tuple[int, int], int] = {}
+    gen_ids: dict[tuple[int, int], list[int]] = {}
     t0 = time.perf_counter()
     done = 0
     tail_len = max((len(s) for s in stop), default=0) + 8
@@ -142,6 +144,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
                     cut = _first_stop(text, stop)
                     texts[key] = text[:cut] if cut >= 0 else text
                     counts[key] = len(ids)
+                    gen_ids[key] = ids
                 done += len(batch)
                 if progress is not None:
                     progress(done, len(rows), label)
@@ -149,16 +152,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
         if was_training:
             model.train()
     secs = time.perf_counter() - t0
-    out_t, out_n = [], []
-    for i in range(len(prompts)):
-        if greedy:
-            out_t.append([texts[(i, 0)]] * n_samples)
-            out_n.append([counts[(i, 0)]] * n_samples)
-        else:
-            out_t.append([texts[(i, s)] for s in range(n_samples)])
-            out_n.append([counts[(i, s)] for s in range(n_samples)])
-    return Generation(out_t, out_n, seconds=secs, prompt_tokens=sum(len(e) for e in enc),
-                      generated_tokens=sum(counts.values()))
+    keys = [[(i, 0 if greedy else s) for s in range(n_samples)] for i in range(len(prompts))]
+    return Generation([[texts[k] for k in ks] for ks in keys], [[counts[k] for k in ks] for ks in keys],
+                      seconds=secs, prompt_tokens=sum(len(e) for e in enc), generated_tokens=sum(counts.values()),
+                      token_ids=[[gen_ids[k] for k in ks] for ks in keys])
 
 
 MIN_SHARED_PREFIX = 64  # tokens; below this a batch is prefilled as a whole
