@@ -506,3 +506,11 @@ def test_models_list_on_a_pipe_is_a_table():
     assert r.returncode == 0 and not r.stdout.startswith(b"PAR1") and b"smollm2-135m" in r.stdout
     r = run_cli("models", "list", "--parquet")
     assert r.returncode == 0 and r.stdout.startswith(b"PAR1")
+
+
+def test_quiet_silences_library_bars_after_transformers_is_loaded(tiny_model_dir, tmp_path, cli):
+    """A second invocation in one process: transformers, already imported, must still go quiet."""
+    r = cli("eval-target", tiny_model_dir, "--limit", "1", "--max-new-tokens", "2", "-o", tmp_path / "a.parquet")
+    assert r.returncode == 0
+    r = cli("eval-target", tiny_model_dir, "--limit", "1", "--max-new-tokens", "2", "-o", tmp_path / "t.parquet", "-q")
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -58,8 +58,17 @@ def _root(
     STATE["quiet"] = False  # each invocation starts loud (main() may run several times in one process)
     if STATE.pop("tqdm_disabled", False):
         os.environ.pop("TQDM_DISABLE", None)
+        _transformers_bars(True)
     if quiet:
         set_quiet()
+
+
+def _transformers_bars(on: bool) -> None:
+    """transformers reads its progress-bar setting once, at import: when it is already imported (a
+    second invocation in one process), switch its bars (e.g. "Loading weights") directly."""
+    tf = sys.modules.get("transformers.utils.logging")
+    if tf is not None:
+        (tf.enable_progress_bar if on else tf.disable_progress_bar)()
 
 
 def set_quiet() -> None:
@@ -67,6 +76,7 @@ def set_quiet() -> None:
     if "TQDM_DISABLE" not in os.environ:
         os.environ["TQDM_DISABLE"] = "1"  # library progress bars (e.g. the GGUF conversion's)
         STATE["tqdm_disabled"] = True
+        _transformers_bars(False)
 
 
 def _with_quiet(command):
