@@ -122,13 +122,6 @@ def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str
         yield label, ps, summ, inputs
 
 
-def _check_protocol(protocol) -> None:
-    if protocol is not None:
-        from peftarena_cli.evaluation.protocols import get_protocol
-
-        get_protocol(protocol)  # a usage error listing the known ones
-
-
 def _finish(frames, summaries, output, summary, command, seed, dtype, device, inputs, extra):
     import sys
 
@@ -227,7 +220,9 @@ def eval_target_cmd(
     from peftarena_cli.errors import DataError, UsageError
 
     _check_k_option(k)
-    _check_protocol(protocol)
+    from peftarena_cli.evaluation.protocols import get_protocol  # (evaluation/ imports pandas: not at --help)
+
+    get_protocol(protocol)  # an unknown name is a usage error listing the known ones
     _check_outputs(output, summary, [base, *(adapter or []), responses, task])
     _check_backend(backend)
     if responses is not None:
@@ -305,7 +300,9 @@ def eval_general_cmd(
     """
     from peftarena_cli.errors import DataError, UsageError
 
-    _check_protocol(protocol)
+    from peftarena_cli.evaluation.protocols import get_protocol  # (evaluation/ imports pandas: not at --help)
+
+    get_protocol(protocol)  # an unknown name is a usage error listing the known ones
     _check_outputs(output, summary, [base, *(adapter or []), responses, suite])
     _check_backend(backend)
     from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks

@@ -110,10 +110,9 @@ def interpolate_cmd(
             raise OutputError(f"the parent of --save-checkpoints {str(sp)!r} does not exist")
     if save_checkpoints is not None:
         _check_checkpoint_dir(Path(save_checkpoints))
-    if protocol is not None:
-        from peftarena_cli.evaluation.protocols import get_protocol
+    from peftarena_cli.evaluation.protocols import get_protocol
 
-        get_protocol(protocol)  # a usage error listing the known ones, before any work
+    get_protocol(protocol)  # an unknown name is a usage error listing the known ones, before any work
     evaluators = _evaluators(kinds, target_task, general_suite, limit, seed, max_new_tokens, protocol) if kinds else {}
     sets = None
     if stats:

@@ -95,9 +95,7 @@ def _stamp(rows: list[dict], protocol: str, overrides: str, generated_under: str
 def _protocol_tasks(tasks, protocol=None, n_samples=None, temperature=None, max_new_tokens=None):
     from peftarena_cli.evaluation.protocols import apply
 
-    return [apply(t, protocol, max_new_tokens=max_new_tokens, n=n_samples, temperature=temperature)
-            if t.raw or protocol is not None or n_samples is not None or temperature is not None
-            or max_new_tokens is not None else t for t in tasks]
+    return [apply(t, protocol, max_new_tokens=max_new_tokens, n=n_samples, temperature=temperature) for t in tasks]
 
 
 def load_target_tasks(task="arith", limit=None, seed=0, protocol=None, n_samples=None, temperature=None,

@@ -238,13 +238,6 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
     from transformers import DynamicCache
 
     n = len(seqs)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        if s:
-            ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s):] = 1
     try:
         cache = DynamicCache(config=getattr(model, "config", None))
     except TypeError:  # pragma: no cover - older transformers
@@ -253,24 +246,21 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
     outs = [[] for _ in range(n)]
     active = list(range(n))          # original row index of each live batch row
     p = shared_prefix_len(seqs) if share_prefix else 0
-    if p:  # prefill the shared prefix once, give every row its KV cache, then prefill the suffixes
+    if p:  # prefill the shared prefix once and give every row its KV cache; then the rows' suffixes
         _forward(model, input_ids=torch.tensor([seqs[0][:p]], dtype=torch.long, device=dev), use_cache=True,
                  position_ids=torch.arange(p, device=dev)[None], **{ck: cache})
         cache.batch_repeat_interleave(n)
-        sw = max(len(s) - p for s in seqs)
-        ids = torch.full((n, sw), pad_id, dtype=torch.long)
-        smask = torch.zeros((n, sw), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, sw - (len(s) - p):] = torch.tensor(s[p:], dtype=torch.long)
-            smask[r, sw - (len(s) - p):] = 1
-        ids, smask = ids.to(dev), smask.to(dev)
-        mask = torch.cat([smask.new_ones((n, p)), smask], dim=1)  # [prefix][left-padded suffix]
-        pos = (p + smask.cumsum(-1) - 1).clamp_(min=p)
-        out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
-    else:
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)
-        out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
+    width = max(len(s) for s in seqs) - p
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if len(s) > p:
+            ids[r, width - (len(s) - p):] = torch.tensor(s[p:], dtype=torch.long)
+            mask[r, width - (len(s) - p):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (p + mask.cumsum(-1) - 1).clamp_(min=p)   # positions continue after the prefix (p = 0: none)
+    mask = torch.cat([mask.new_ones((n, p)), mask], dim=1)  # [prefix][left-padded rest]
+    out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
     last_pos = pos[:, -1]
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
     for step in range(max_new_tokens):
