@@ -302,3 +302,22 @@ def test_medqa_formats_and_scoring(tmp_path):
     assert per["correct"].tolist() == [True, False]
     acc = summ.set_index("metric")["value"]
     assert acc["accuracy"] == 50.0
+
+
+def test_builtin_facts_table_order_and_answers():
+    """The fact table's first block keeps its draw order (small --limit values are the items they were
+    before the second block), every item is distinct, and each fact's own first accepted answer
+    scores correct while another fact's answer does not (no accepted answer is a common word)."""
+    from peftarena_cli.evaluation.scorers.nq import score_facts
+    from peftarena_cli.tasks.builtin_general import ALL_FACTS, builtin_task
+    from peftarena_cli.tasks.facts_table import FACTS
+
+    first = [i.id for i in builtin_task("facts", limit=6).items]
+    assert first == ["facts-43", "facts-35", "facts-54", "facts-37", "facts-49", "facts-8"]  # pinned before the 2nd block
+    allf = builtin_task("facts", limit=10_000).items
+    assert len(allf) == len(ALL_FACTS) >= 300 and len({i.id for i in allf}) == len(allf)
+    assert {int(i.id.split("-")[1]) for i in allf[:len(FACTS)]} == set(range(len(FACTS)))
+    assert len({q.lower() for q, _ in ALL_FACTS}) == len(ALL_FACTS)
+    for it in allf:
+        assert score_facts(f"The answer is {it.reference[0]}.", it.reference)["correct"], it.id
+    assert not score_facts("I think it is one of those things.", ["Paris"])["correct"]

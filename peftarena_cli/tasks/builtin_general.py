@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import random
 
-from peftarena_cli.tasks.facts_table import FACTS
+from peftarena_cli.tasks.facts_table import FACTS, FACTS_MORE
 from peftarena_cli.tasks.spec import Item, Task
 
 BUILTIN_PARTS = ("ifeval", "bbh", "facts")
+ALL_FACTS = FACTS + FACTS_MORE
 DEFAULT_N = {"ifeval": 20, "bbh": 24, "facts": 40}   # bbh: 3 per format
 
 TOPICS = ["a rainy afternoon", "your favourite fruit", "learning to ride a bicycle", "the ocean", "a busy market",
@@ -238,9 +239,13 @@ def builtin_bbh(n: int, seed: int = 0) -> list[Item]:
 def builtin_facts(n: int, seed: int = 0) -> list[Item]:
     from peftarena_cli.tasks.general_tasks import NQ_PROMPT
 
+    # The first block in its own shuffled order (so small n draws the same items as before the second
+    # block existed), then the second block shuffled; ids index the concatenated table.
     order = list(range(len(FACTS)))
     random.Random(seed * 31 + 5).shuffle(order)
-    return [Item(f"facts-{j}", NQ_PROMPT.format(q=FACTS[j][0]), list(FACTS[j][1])) for j in order[:n]]
+    more = list(range(len(FACTS), len(ALL_FACTS)))
+    random.Random(seed * 31 + 6).shuffle(more)
+    return [Item(f"facts-{j}", NQ_PROMPT.format(q=ALL_FACTS[j][0]), list(ALL_FACTS[j][1])) for j in (order + more)[:n]]
 
 
 def builtin_task(part: str, limit: int | None = None, seed: int = 0) -> Task:
@@ -252,5 +257,5 @@ def builtin_task(part: str, limit: int | None = None, seed: int = 0) -> Task:
     if part == "bbh":
         return Task("bbh_builtin", builtin_bbh(n, seed), "bbh", 128, subtask_key="subtask")
     if part == "facts":
-        return Task("facts", builtin_facts(min(n, len(FACTS)), seed), "facts", 16, NQ_STOP, chat=False)
+        return Task("facts", builtin_facts(min(n, len(ALL_FACTS)), seed), "facts", 16, NQ_STOP, chat=False)
     raise KeyError(part)
