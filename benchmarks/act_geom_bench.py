@@ -77,7 +77,7 @@ def worker_ours(args) -> dict:
 
     from peftarena_cli.activations.capture import tokenize
     from peftarena_cli.activations.collect import collect_pair_sums
-    from peftarena_cli.cli.act_geom import metrics_table
+    from peftarena_cli.activations.run import metrics_table
 
     t0 = time.perf_counter()
     pm, tok, names = load(args.adapter, args.device)

@@ -13,5 +13,14 @@ Where things live:
 * ``geometry.py``   — the act-geom metrics from those sums (residuals, Procrustes, Gram distortion,
                       CKA, cos drift, log-norm ratio, PCA subspace distance) and the study-style
                       subsampled token×token Gram distortion;
-* ``collect.py``    — the drivers: run the model(s) over a prompt set and fill moments / pair sums.
+* ``collect.py``    — the drivers: run the model(s) over a prompt set and fill moments / pair sums;
+* ``run.py``        — the commands' core entry points: :func:`run_csd` (:class:`CsdConfig`) and
+                      :func:`run_act_geom` (:class:`ActGeomConfig`), which load the models, check
+                      them, collect, release memory and return the tables (the CLI only parses,
+                      calls, shows progress and writes).
 """
+
+from peftarena_cli.activations.run import (ActGeomConfig, ActGeomResult, CsdConfig, CsdResult, run_act_geom,
+                                           run_csd)
+
+__all__ = ["ActGeomConfig", "ActGeomResult", "CsdConfig", "CsdResult", "run_act_geom", "run_csd"]

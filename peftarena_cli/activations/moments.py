@@ -167,3 +167,12 @@ def weights_fingerprint(ref) -> str:
             fh.seek(max(start, size - 65536))
             h.update(fh.read(65536))
     return h.hexdigest()[:16]
+
+
+def check_stats_base(stats_base: str, base_fingerprint: str, base_spec: str) -> None:
+    """Refuse statistics collected on another base model: ``stats_base`` is the base identity a stats
+    file records (:func:`merge_stats_files`), ``base_fingerprint`` the :func:`weights_fingerprint` of
+    the base given now. Files that record no base are accepted."""
+    if stats_base and stats_base != base_fingerprint:
+        raise IncompatibleInputs(f"the statistics were collected on another base model than {base_spec!r}",
+                                 hint="collect them again with this base: peftarena csd BASE ... --save-stats FILE")

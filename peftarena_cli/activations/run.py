@@ -1,0 +1,406 @@
+"""Core entry points of the activation diagnostics: :func:`run_csd` and :func:`run_act_geom`.
+
+Each takes a small config dataclass and returns its tables and statistics as data; nothing here
+prints or writes a table. The CLI (``peftarena_cli/cli/csd.py``, ``cli/act_geom.py``) parses its
+options into a config, calls one of these, shows progress and writes the results; benchmarks and
+Python users call the same functions. Three optional callables report what happens:
+
+* ``progress(description)`` returns a context manager with a ``callback(done, total, label)``
+  (the CLI passes its progress-bar class);
+* ``log(msg)`` for notes (the memory plan, timings), ``warn(msg)`` for warnings (truncated prompts).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import IncompatibleInputs, UsageError
+
+
+class _NoProgress:
+    def __init__(self, description: str = ""):
+        self.description = description
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def callback(self, done, total=None, label=""):
+        return None
+
+
+def _quiet(msg: str) -> None:
+    return None
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process, MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_prompts(spec: str, tokenizer, *, n, seed, text_key, chat, shard, max_length, warn=_quiet):
+    """Load a prompt set, apply the chat template if asked, take the shard, tokenise:
+    ``(PromptSet, prompts, Tokenized)``. Truncated prompts are counted and reported through ``warn``."""
+    from peftarena_cli.activations.capture import tokenize
+    from peftarena_cli.activations.prompts import load_prompts, shard_prompts
+    from peftarena_cli.errors import DataError
+
+    ps = load_prompts(spec, n=n, seed=seed, text_key=text_key)
+    prompts = ps.prompts
+    if chat:
+        from peftarena_cli.tasks.prompting import render_prompt
+
+        prompts = [render_prompt(tokenizer, p, instruction=None) for p in prompts]
+    prompts = shard_prompts(prompts, shard)
+    if not prompts:
+        raise DataError(f"shard {shard[0]}/{shard[1]} of {spec!r} holds no prompts ({len(ps.prompts)} in the set)",
+                        hint="use fewer shards than prompts")
+    tok = tokenize(tokenizer, prompts, max_length)
+    if tok.n_truncated:
+        warn(f"{tok.n_truncated} of {len(prompts)} prompts in {spec!r} were longer than --max-length "
+             f"{max_length} tokens and were truncated")
+    return ps, prompts, tok
+
+
+def check_same_architecture(m0, m1, base: str, finetuned: str) -> None:
+    """A full fine-tune must have the base's linear modules with the same shapes."""
+    import torch
+
+    lin1 = {n: tuple(m.weight.shape) for n, m in m1.named_modules() if isinstance(m, torch.nn.Linear)}
+    for n, m in m0.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            if n not in lin1:
+                raise IncompatibleInputs(f"module {n!r} of the base {base!r} is missing from {finetuned!r}",
+                                         hint="pass the fine-tune of this base (an adapter or a full model)")
+            if lin1[n] != tuple(m.weight.shape):
+                raise IncompatibleInputs(f"module {n!r}: shape {lin1[n]} in {finetuned!r}, {tuple(m.weight.shape)} in the base",
+                                         hint="pass the fine-tune of this base (an adapter or a full model)")
+
+
+def _release(*objs) -> None:
+    """Drop what the caller no longer needs and return freed CUDA blocks to the driver."""
+    import gc
+
+    del objs
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- csd
+
+
+@dataclass
+class CsdConfig:
+    """What `peftarena csd` does, as data. ``general``/``target`` are prompt-set specs; ``stats``
+    saved statistics files to merge instead (no forward pass). ``keep_stats`` returns the collected
+    statistics (to be saved); ``adapter=None`` only collects them."""
+
+    base: str
+    adapter: str | None = None
+    general: str | None = None
+    target: str | None = None
+    stats: list = field(default_factory=list)
+    keep_stats: bool = False
+    alphas: tuple = (1.0,)
+    modules: list | None = None
+    n: int | None = None
+    text_key: str | None = None
+    chat: bool = False
+    max_length: int = 512
+    batch_size: int = 16
+    shard: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Option combinations that cannot work (a :class:`UsageError`, exit 2)."""
+        from peftarena_cli.activations.prompts import parse_shard
+
+        sh = parse_shard(self.shard)
+        if self.stats and (self.general or self.target):
+            raise UsageError("pass prompt sets (--general/--target) or --stats, not both")
+        if not self.stats and not (self.general or self.target):
+            raise UsageError("no prompt set given", hint="pass --general and/or --target (or --stats FILE)")
+        if sh and not self.keep_stats:
+            raise UsageError("--shard writes partial statistics and needs --save-stats FILE",
+                             hint="merge the shards later with --stats s1.st --stats s2.st ...")
+        if sh and self.adapter:
+            raise UsageError("a --shard run only collects statistics; drop ADAPTER",
+                             hint="compute CSD after merging: peftarena csd BASE ADAPTER --stats s1.st --stats s2.st")
+        if self.adapter is None and not self.keep_stats:
+            raise UsageError("nothing to do without ADAPTER",
+                             hint="pass ADAPTER, or --save-stats FILE to only collect statistics")
+
+
+@dataclass
+class CsdResult:
+    table: object | None  # DataFrame, one row per module × α; None when only statistics were collected
+    stats: dict  # {role: InputMoments} (all of them only with keep_stats)
+    base_identity: str
+    adapter_identity: str | None
+    extra: dict
+    device: str
+
+
+def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> CsdResult:
+    """CSD per changed module on the configured prompt sets (or merged statistics files)."""
+    from peftarena_cli.activations.capture import linear_module_names, select_modules
+    from peftarena_cli.activations.csd import csd_table
+    from peftarena_cli.activations.moments import check_stats_base, merge_stats_files, weights_fingerprint
+    from peftarena_cli.activations.prompts import parse_shard
+    from peftarena_cli.artifacts.loading import pick_device
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+
+    cfg.validate()
+    shard = parse_shard(cfg.shard)
+    alphas = tuple(cfg.alphas) if cfg.alphas else (1.0,)
+    dev = pick_device(cfg.device)
+    ref = resolve_model(cfg.base)
+    base_id = weights_fingerprint(ref)
+    ft = None
+    if cfg.adapter is not None:
+        from peftarena_cli.weights.deltas import iter_module_deltas
+        from peftarena_cli.weights.finetuned import open_finetuned
+
+        ft = open_finetuned(cfg.adapter)
+        # fail on a mismatched base/adapter before any forward pass
+        for _ in iter_module_deltas(WeightSource.from_ref(ref), ft):
+            pass
+    t0 = time.perf_counter()
+    n_tokens = 0
+    extra: dict = {"shard": cfg.shard, "alphas": list(alphas)}
+    if cfg.stats:
+        sets, stats_base = merge_stats_files(cfg.stats)
+        check_stats_base(stats_base, base_id, cfg.base)
+        for role, m in sets.items():
+            log(f"{role}: statistics for {len(m.module_group)} modules over {m.n(next(iter(m.module_group)))} tokens "
+                f"({m.n_prompts} prompts) from {len(cfg.stats)} file(s)")
+        if cfg.modules:
+            select_modules(list(next(iter(sets.values())).module_group), cfg.modules)
+        extra["stats"] = [str(s) for s in cfg.stats]
+    else:
+        from peftarena_cli.activations.collect import collect_input_moments
+        from peftarena_cli.artifacts.loading import load_model
+
+        model, tok, _ = load_model(ref, dtype=cfg.dtype, device=dev)
+        names = select_modules(linear_module_names(model), cfg.modules)
+        sets = {}
+        for role, spec in (("general", cfg.general), ("target", cfg.target)):
+            if spec is None:
+                continue
+            ps, prompts, tokd = prepare_prompts(spec, tok, n=cfg.n, seed=cfg.seed, text_key=cfg.text_key,
+                                                chat=cfg.chat, shard=shard, max_length=cfg.max_length, warn=warn)
+            with progress(f"csd {role}") as bar:
+                m = collect_input_moments(model, tok, prompts, names, batch_size=cfg.batch_size,
+                                          max_length=cfg.max_length, callback=bar.callback, tokenized=tokd)
+            m.source = ps.source
+            sets[role] = m
+            n_tokens += tokd.n_tokens
+            extra[role] = {"source": ps.source, "n_prompts": len(prompts), "n_tokens": tokd.n_tokens,
+                           "n_truncated": tokd.n_truncated}
+        del model
+        dt = time.perf_counter() - t0
+        log(f"collected input statistics of {len(names)} modules over {n_tokens} tokens in {dt:.1f} s "
+            f"({n_tokens / max(dt, 1e-9):.0f} tokens/s, peak RSS {peak_rss_mib():.0f} MiB)")
+    df = None
+    if ft is not None:
+        wanted = select_modules(list(next(iter(sets.values())).module_group), cfg.modules) if cfg.modules else None
+        with progress("csd modules") as bar:
+            df = csd_table(WeightSource.from_ref(ref, device=dev), ft, sets, modules=wanted, alphas=alphas,
+                           device=dev, callback=bar.callback)
+    return CsdResult(df, sets, base_id, ft.identity() if ft is not None else None, extra, dev)
+
+
+# ------------------------------------------------------------------------------------------ act-geom
+
+
+@dataclass
+class ActGeomConfig:
+    """What `peftarena act-geom` does, as data. ``prompts``: prompt-set specs (each its own rows);
+    ``sums``: saved sums files to merge instead (no forward pass). ``keep_sums`` returns every
+    set's sums (to be saved); a ``shard`` run returns only the sums."""
+
+    base: str | None = None
+    adapter: str | None = None
+    prompts: list = field(default_factory=list)
+    sums: list = field(default_factory=list)
+    keep_sums: bool = False
+    gram_sample: int = 0
+    accum_dtype: str = "float64"
+    modules: list | None = None
+    n: int | None = None
+    text_key: str | None = None
+    chat: bool = False
+    max_length: int = 512
+    batch_size: int = 8
+    shard: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+
+    def validate(self) -> None:
+        from peftarena_cli.activations.prompts import parse_shard
+
+        sh = parse_shard(self.shard)
+        if self.accum_dtype not in ("float64", "float32"):
+            raise UsageError(f"unknown --accum-dtype {self.accum_dtype!r}", hint="use float64 or float32")
+        if self.sums and self.prompts:
+            raise UsageError("pass --prompts or --sums, not both")
+        if not self.sums and not self.prompts:
+            raise UsageError("no prompt set given", hint="pass --prompts P (repeatable), or --sums FILE to merge shards")
+        if not self.sums and (self.base is None or self.adapter is None):
+            raise UsageError("BASE and ADAPTER are needed to run the models",
+                             hint="peftarena act-geom BASE ADAPTER --prompts P")
+        if sh and not self.keep_sums:
+            raise UsageError("--shard writes partial sums and needs --save-sums FILE",
+                             hint="merge the shards later with --sums s1.st --sums s2.st ...")
+        if sh and self.gram_sample:
+            raise UsageError("--gram-sample cannot be combined with --shard (the sample is not additive)")
+        if self.sums and self.gram_sample:
+            raise UsageError("--gram-sample needs the activations: run with --prompts")
+
+
+@dataclass
+class ActGeomResult:
+    table: object | None  # DataFrame, one row per (prompt set, module); None for a --shard run
+    sums: dict  # {set: {module: PairSums}} with keep_sums, else {}
+    sums_meta: dict  # what a sums file records about the run
+    inputs: dict  # role -> (spec, identity)
+    extra: dict
+    device: str | None
+
+
+def metrics_table(sets: dict, samples: dict | None = None, rows: list | None = None):
+    """The act-geom table: one row per (prompt set, module); ``rows`` = rows already computed."""
+    import pandas as pd
+
+    from peftarena_cli.activations.geometry import module_rows
+
+    rows = list(rows or [])
+    for sname, mods in sets.items():
+        rows.extend(module_rows(sname, mods, (samples or {}).get(sname)))
+    return pd.DataFrame(rows)
+
+
+def check_sums_inputs(meta: dict, base: str | None, adapter: str | None) -> None:
+    """Refuse BASE/ADAPTER that are not the ones a sums file was collected with."""
+    for role, spec in (("base", base), ("adapter", adapter)):
+        if spec is not None and meta.get(f"{role}_identity"):
+            from peftarena_cli.activations.moments import weights_fingerprint
+            from peftarena_cli.artifacts.adapters import is_adapter_path, load_adapter
+            from peftarena_cli.artifacts.weights import resolve_model
+
+            full = role == "base" or not is_adapter_path(spec)
+            ident = weights_fingerprint(resolve_model(spec)) if full else load_adapter(spec).identity()
+            if ident != meta[f"{role}_identity"]:
+                raise IncompatibleInputs(f"the sums were collected with another {role} than {spec!r}")
+
+
+def run_act_geom(cfg: ActGeomConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> ActGeomResult:
+    """act-geom per module and prompt set (or merged sums files)."""
+    from peftarena_cli.activations.prompts import parse_shard
+
+    cfg.validate()
+    shard = parse_shard(cfg.shard)
+    extra: dict = {"shard": cfg.shard, "accum_dtype": cfg.accum_dtype, "gram_sample": cfg.gram_sample}
+    if cfg.sums:
+        return _act_geom_from_sums(cfg, extra, log)
+    import torch
+
+    from peftarena_cli.activations.capture import linear_module_names, select_modules
+    from peftarena_cli.activations.collect import collect_pair_sums
+    from peftarena_cli.activations.geometry import module_rows
+    from peftarena_cli.activations.moments import weights_fingerprint
+    from peftarena_cli.artifacts.adapters import is_adapter_path, load_adapter
+    from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
+
+    dev = pick_device(cfg.device)
+    # ADAPTER is a PEFT adapter, or a full fine-tuned model (a second model run on the same batches)
+    ad = load_adapter(cfg.adapter) if is_adapter_path(cfg.adapter) else None
+    model, tok, ref = load_model(cfg.base, dtype=cfg.dtype, device=dev)
+    model1 = None
+    if ad is None:
+        model1, _, ref1 = load_model(cfg.adapter, dtype=cfg.dtype, device=dev)
+        check_same_architecture(model, model1, cfg.base, cfg.adapter)
+    names = select_modules(linear_module_names(model), cfg.modules)
+    loaded = []
+    for spec in cfg.prompts:  # load every prompt set before the long part
+        loaded.append((spec, *prepare_prompts(spec, tok, n=cfg.n, seed=cfg.seed, text_key=cfg.text_key, chat=cfg.chat,
+                                              shard=shard, max_length=cfg.max_length, warn=warn)))
+    pm = attach_adapter(model, ad) if ad is not None else model
+    inputs = {"base": (cfg.base, weights_fingerprint(ref)),
+              "adapter": (cfg.adapter, ad.identity() if ad is not None else weights_fingerprint(ref1))}
+    acc = torch.float64 if cfg.accum_dtype == "float64" else torch.float32
+    kept: dict = {}
+    samples: dict = {}
+    rows: list = []  # metric rows of prompt sets whose sums were already released
+    labels: list = []
+    t0 = time.perf_counter()
+    total = 0
+    for spec, ps, plist, tokd in loaded:
+        label = ps.name if ps.name not in labels else spec
+        labels.append(label)
+        with progress(f"act-geom {label}") as bar:
+            s, sample = collect_pair_sums(pm, tok, plist, names, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                          accum_dtype=acc, gram_sample=cfg.gram_sample, seed=cfg.seed,
+                                          callback=bar.callback, tokenized=tokd, model1=model1)
+        if cfg.keep_sums:
+            kept[label] = s
+            if sample is not None:
+                samples[label] = sample
+        else:
+            # metrics now, then the sums go: peak memory is one prompt set's sums, not all of them
+            rows.extend(module_rows(label, s, sample))
+            del s, sample
+        total += tokd.n_tokens
+        extra[f"set:{label}"] = {"source": ps.source, "n_prompts": len(plist), "n_tokens": tokd.n_tokens,
+                                 "n_truncated": tokd.n_truncated}
+    dt = time.perf_counter() - t0
+    log(f"act-geom: {len(names)} modules × {len(labels)} prompt set(s), {total} tokens in {dt:.1f} s "
+        f"({total / max(dt, 1e-9):.0f} tokens/s through both models, peak RSS {peak_rss_mib():.0f} MiB)")
+    meta = {"base": cfg.base, "adapter": cfg.adapter, "base_identity": inputs["base"][1],
+            "adapter_identity": inputs["adapter"][1], "shard": cfg.shard}
+    df = None
+    if not shard:
+        df = metrics_table(kept, samples, rows)
+    return ActGeomResult(df, kept, meta, inputs, extra, dev)
+
+
+def _act_geom_from_sums(cfg: ActGeomConfig, extra: dict, log) -> ActGeomResult:
+    from peftarena_cli.activations.pair_sums import merge_sums_files
+
+    sets, metas = merge_sums_files(cfg.sums)
+    meta = metas[0]
+    check_sums_inputs(meta, cfg.base, cfg.adapter)
+    inputs = {role: (meta[role], meta.get(f"{role}_identity", "")) for role in ("base", "adapter") if meta.get(role)}
+    if cfg.modules:
+        from peftarena_cli.activations.capture import select_modules
+
+        keep = set(select_modules(list(next(iter(sets.values()))), cfg.modules))
+        sets = {s: {m: v for m, v in mods.items() if m in keep} for s, mods in sets.items()}
+    extra["sums"] = [str(s) for s in cfg.sums]
+    log(f"merged {len(cfg.sums)} sums file(s): "
+        f"{', '.join(f'{s} ({next(iter(m.values())).n_tokens} tokens)' for s, m in sets.items())}")
+    df = metrics_table(sets)
+    return ActGeomResult(df, sets if cfg.keep_sums else {}, {"merged_from": [str(s) for s in cfg.sums]}, inputs,
+                         extra, None)
+
