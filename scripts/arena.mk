@@ -45,8 +45,10 @@ DEMO_DRIFT_LIMIT  ?= 8
 ARENA_DRIFT_LIMIT ?= 32
 DRIFT_LIMIT    ?= $(DEMO_DRIFT_LIMIT)
 DRIFT_TOKENS   ?= 32
-# Interpolation points (the ends are needed by rewind's keep-target criterion) and rewinding.
-ALPHAS         ?= 0,0.5,1
+# Interpolation points evaluated by the sweep, and rewinding. The curve's ends (α = 0: the base, α = 1:
+# the method) are taken from their own evals (scripts/join_curves.py --ends) instead of being evaluated
+# twice; rewind's keep-target criterion needs them. ALPHAS=0,0.5,1 evaluates the ends anyway.
+ALPHAS         ?= 0.5
 PICK           ?= keep-target:0.8
 INTERP_METHODS ?= lora oft
 
@@ -156,8 +158,10 @@ $(RUNS)/%/interp/target.parquet: $(RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval target --limit $(TARGET_LIMIT) -o $@
 
-$(RUNS)/%/curve.parquet: $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet
-	$(VENV)/bin/python scripts/join_curves.py $^ -o $@
+$(RUNS)/%/curve.parquet: $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
+		$(RUNS)/base/eval_target.parquet $(RUNS)/base/eval_general.parquet $(RUNS)/%/eval_target.parquet $(RUNS)/%/eval_general.parquet
+	$(VENV)/bin/python scripts/join_curves.py $(RUNS)/$*/interp/target.parquet $(RUNS)/$*/interp/general.parquet \
+		--ends $(RUNS)/base $(RUNS)/$* -o $@
 
 # The rewound adapter is the curve's point at the picked α (the same model, as rewind's tests check),
 # so its scores are already on the plane: it is written, not evaluated again.

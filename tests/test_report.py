@@ -370,3 +370,32 @@ def test_report_uses_the_study_fluct_retention_and_recomputes_it_for_old_spectru
     assert geometry_columns({"spectrum_summary": new})["spec_fluct_retention"] == pytest.approx(np.mean(want))
     _, ret, _ = spectrum_profiles(index, "model.layers.0.mlp.down_proj")
     np.testing.assert_array_equal(ret, index.delta_p.to_numpy()[:12])  # the plot reads the raw |ΔP|
+
+
+def test_join_curves_takes_the_ends_from_the_evals(tmp_path):
+    """scripts/join_curves.py --ends: an interior-only sweep gets α = 0 from the base's evals and
+    α = 1 from the method's (the leaderboard's values), and rewind's keep-target criterion can pick
+    on the joined curve; a sweep that has its ends keeps its own rows."""
+    import runpy
+
+    from peftarena_cli.artifacts.tables import Provenance, read_table, write_table
+    from peftarena_cli.paths.criteria import pick_alpha
+
+    make_runs(tmp_path / "runs", methods=["base", "lora"], with_geometry=False, with_curve=False)
+    write_table(pd.DataFrame({"path": ["native"], "alpha": [0.5], "target": [40.0]}), tmp_path / "t.parquet",
+                Provenance(command="interpolate"))
+    write_table(pd.DataFrame({"path": ["native"], "alpha": [0.5], "general": [49.0]}), tmp_path / "g.parquet",
+                Provenance(command="interpolate"))
+    script = str(Path(__file__).parents[1] / "scripts" / "join_curves.py")
+    argv = sys.argv
+    try:
+        sys.argv = [script, str(tmp_path / "t.parquet"), str(tmp_path / "g.parquet"),
+                    "--ends", str(tmp_path / "runs" / "base"), str(tmp_path / "runs" / "lora"), "-o", str(tmp_path / "c.parquet")]
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv = argv
+    curve, _ = read_table(tmp_path / "c.parquet")
+    rows = {float(a): (t, g) for a, t, g in zip(curve["alpha"], curve["target"], curve["general"])}
+    assert rows == {0.0: SCORES["base"][:2], 0.5: (40.0, 49.0), 1.0: SCORES["lora"][:2]}
+    # keep 80% of the gain (20 -> 45): the smallest α whose target >= 20 + 0.8 * 25 = 40 is 0.5
+    assert pick_alpha(curve, "keep-target:0.8").alpha == 0.5
