@@ -125,9 +125,9 @@ def main() -> None:
 
             base = str(save_tiny_llama(td / "base"))
         else:
-            from peftarena_cli import registry
+            from peftarena_cli.artifacts.convert import ensure_model
 
-            base = str(registry.ensure_model("smollm2-135m"))
+            base = str(ensure_model("smollm2-135m"))
         adapters = make_adapters(base, td)
         print(f"base {base}; {args.points} α points; timings on shared CPUs are noisy (rerun if off)")
         results = {}

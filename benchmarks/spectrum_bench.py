@@ -305,11 +305,12 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     from peftarena_cli import registry
+    from peftarena_cli.artifacts.convert import ensure_model
 
     if args.model == "synthetic-smollm2":
         args.model_dir = synthetic_smollm2(work)
     elif registry.is_alias(args.model):
-        args.model_dir = str(registry.ensure_model(args.model))  # from the user's $PEFTARENA_HOME
+        args.model_dir = str(ensure_model(args.model))  # from the user's $PEFTARENA_HOME
     else:
         args.model_dir = args.model
     print(f"workdir {work}; model {args.model}; torch threads {args.threads}; device {args.device}", flush=True)

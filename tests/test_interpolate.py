@@ -103,7 +103,7 @@ def test_dora_native_midpoint_formula(tiny_model_dir, adapters):
 def test_oft_native_generator_scaling_and_orthogonality(tiny_model_dir, adapters, method):
     from safetensors.torch import load_file
 
-    from peftarena_cli.paths.oft_rotation import cayley, orthogonality_error, variant_of
+    from peftarena_cli.weights.oft import cayley, orthogonality_error, variant_of
 
     neumann, terms = variant_of(config_of(adapters[method]))
     assert neumann == (method == "oft")
@@ -131,7 +131,7 @@ def test_cayley_variants_match_peft_forward(tiny_model_dir, adapters, method):
     """Our R reproduces PEFT's forward for either variant: y = W0 (x R) per block."""
     from peft import PeftModel
 
-    from peftarena_cli.paths.oft_rotation import cayley, skew, variant_of
+    from peftarena_cli.weights.oft import cayley, skew, variant_of
 
     pm = PeftModel.from_pretrained(load_base(tiny_model_dir), str(adapters[method])).eval()
     layer = pm.base_model.model.model.layers[0].self_attn.q_proj

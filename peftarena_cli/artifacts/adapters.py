@@ -21,14 +21,11 @@ from pathlib import Path
 from peftarena_cli.artifacts.atomic import atomic_dir, atomic_path
 from peftarena_cli.artifacts.weights import WEIGHT_SUFFIXES, check_safetensors
 from peftarena_cli.errors import AdapterError, InputNotFound, InvalidArtifact
+from peftarena_cli.methods import all_markers
 
 CONFIG_KEY = "peft_config"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-_ADAPTER_MARKERS = (
-    "lora_A", "lora_B", "lora_E", "lora_magnitude_vector", "vera_lambda", "ia3_l",
-    "oft_R", "boft_R", "miss_block", "oft_s", "boft_s",
-)
 
 
 @dataclass
@@ -88,7 +85,7 @@ def is_adapter_path(spec: str | os.PathLike) -> bool:
         meta = header.get("__metadata__") or {}
         if CONFIG_KEY in meta or (p.parent / ADAPTER_CONFIG).is_file() and p.name == ADAPTER_WEIGHTS:
             return True
-        return any(any(m in k for m in _ADAPTER_MARKERS) for k in header)
+        return any(any(m in k for m in all_markers()) for k in header)
     return False
 
 

@@ -111,9 +111,10 @@ def resolve_model(spec: str | os.PathLike, allow_download: bool = True) -> Model
             check_safetensors(f)
         return ModelRef(s, "dir", p, files)
     from peftarena_cli import registry
+    from peftarena_cli.artifacts.convert import ensure_model
 
     if registry.is_alias(s):
-        d = registry.ensure_model(s)
+        d = ensure_model(s)
         return ModelRef(s, "alias", d, weight_files_in(d))
     if looks_like_path(s) or not _HUB_ID.match(s):
         if not looks_like_path(s):

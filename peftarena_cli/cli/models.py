@@ -57,6 +57,7 @@ def pull_cmd(
     import time
 
     from peftarena_cli import registry
+    from peftarena_cli.artifacts.convert import convert
 
     registry.get_spec(name)
     if registry.is_cached(name) and not force:
@@ -64,7 +65,7 @@ def pull_cmd(
     else:
         info(f"converting {name} (about 40 s on 2 CPU cores)...")
         t = time.perf_counter()
-        registry.convert(name)
+        convert(name)
         info(f"converted in {time.perf_counter() - t:.1f} s")
     typer.echo(str(registry.cache_dir(name)))
 
@@ -75,6 +76,6 @@ def path_cmd(name: str = typer.Argument(..., metavar="NAME", help="Model alias."
 
     Example: peftarena spectrum "$(peftarena models path smollm2-135m)" adapter.st
     """
-    from peftarena_cli import registry
+    from peftarena_cli.artifacts.convert import ensure_model
 
-    typer.echo(str(registry.ensure_model(name)))
+    typer.echo(str(ensure_model(name)))

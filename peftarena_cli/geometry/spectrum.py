@@ -478,10 +478,11 @@ def compute_spectrum(
     """
     import numpy as np
 
+    from peftarena_cli.artifacts.keys import base_key
     from peftarena_cli.artifacts.tables import arrow_table
     from peftarena_cli.artifacts.weights import WeightSource, resolve_model
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
-    from peftarena_cli.weights.deltas import base_key, select_modules
+    from peftarena_cli.weights.deltas import select_modules
 
     t0 = time.perf_counter()
     ref = resolve_model(base_spec)

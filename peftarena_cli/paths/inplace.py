@@ -8,8 +8,8 @@
 
 Where the pieces come from:
 
-* ΔW of an adapter: :func:`dense_deltas_from_adapter` (the shared ``peftarena_cli.weights`` API
-  when present, else PEFT's own merge on the loaded model);
+* ΔW of an adapter: :func:`peftarena_cli.paths.sweep.dense_deltas_from_adapter` (the method's
+  former in ``peftarena_cli.weights``); :func:`dense_deltas_from_peft` is PEFT's own merge;
 * ΔW of a full fine-tune: :func:`dense_deltas_from_full` (every parameter that differs, read
   lazily from the fine-tuned checkpoint one tensor at a time).
 """
@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peftarena_cli.errors import IncompatibleInputs, NumericalError
-
-
-# native paths that scale one factor by α: the update, and so the merged weight, is linear in α
-LINEAR_NATIVE = ("lora", "vera", "miss")
+from peftarena_cli.paths.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
+                                        native_method, scale_adapter_tensors)
+from peftarena_cli.paths.oft_rotation import OFT_KEY_SUFFIX
+from peftarena_cli.weights.oft import cayley, oft_parts, orthogonality_error, variant_of
 
 
 def _tuner_base_weight(peft_model, module: str):
@@ -40,19 +40,18 @@ class NativePathModel:
                  adapter_name: str = "default", merge: bool = False):
         from peft import get_peft_model_state_dict
 
-        from peftarena_cli.paths.native import base_row_norms_from_weights, check_relative_to_base, magnitude_modules, method_of
-
         check_relative_to_base(config)
         self.model = peft_model
         self.config = config
-        self.method = method_of(config)
+        self.entry = native_method(config)  # the registry's native path: its kind, scaled tensors, linearity
+        self.method = self.entry.name
         self.scale_mode = scale_mode
         self.layer_scales = layer_scales
         self.adapter_name = adapter_name
         self.tensors = {k: v.detach().clone() for k, v in
                         get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items()}
         self.base_row_norms = None
-        if self.method == "dora":
+        if self.entry.native == "dora":
             mods = magnitude_modules(self.tensors)
             self.base_row_norms = base_row_norms_from_weights(lambda m: _tuner_base_weight(peft_model, m).detach(), mods)
         self.alpha = 1.0
@@ -75,14 +74,15 @@ class NativePathModel:
                     if getattr(base, "weight", None) is not None:
                         self._tuners.append((mod, base.weight, base.weight.detach().clone()))
                         self._tuner_names.append(name)
-        # LoRA, VeRA and MiSS scale one factor by α, so the merged weight is W0 + α·ΔW(1): after one
-        # PEFT merge at α = 1 (and a check at α = 1/2 that the path really is linear), done here at
-        # setup, each α is one fused add per weight instead of PEFT's merge of every module
+        # a native path linear in α (the registry's ``linear``: LoRA, VeRA, MiSS scale one factor by α)
+        # has the merged weight W0 + α·ΔW(1): after one PEFT merge at α = 1 (and a check at α = 1/2
+        # that the path really is linear), done here at setup, each α is one fused add per weight
+        # instead of PEFT's merge of every module
         self._delta1: list | None = None
         self._oft_keys: list | None = None
-        if merge and self.method in LINEAR_NATIVE and not layer_scales and self._live is not None and self._tuners:
+        if merge and self.entry.linear and not layer_scales and self._live is not None and self._tuners:
             self._delta1 = self._linear_deltas()  # part of the setup; leaves the model merged at α = 1
-        elif merge and self.method == "oft" and self._live is not None and self._tuners:
+        elif merge and self.entry.native == "rotation" and self._live is not None and self._tuners:
             # OFT: W(α) = W0 Rᵀ(α) formed here, all blocks of a module at once (the rotation code
             # spectrum uses, tested against PEFT's merge), checked once against PEFT's merge at
             # α = 1/2; PEFT's per-module merge is the fallback
@@ -104,8 +104,6 @@ class NativePathModel:
         return out
 
     def tensors_at(self, alpha: float) -> dict:
-        from peftarena_cli.paths.native import scale_adapter_tensors
-
         return scale_adapter_tensors(self.config, self.tensors, alpha, scale_mode=self.scale_mode,
                                      base_row_norms=self.base_row_norms, layer_scales=self.layer_scales)
 
@@ -191,8 +189,6 @@ class NativePathModel:
 
         import torch
 
-        from peftarena_cli.weights.oft import oft_parts
-
         for (mod, weight, w0), name, key in zip(self._tuners, self._tuner_names, keys or self._oft_keys):
             ft = types.SimpleNamespace(modules={name: {"oft_R.weight": self.current[key]}}, config=self.config)
             rot = oft_parts(name, w0, ft, str(w0.device), None)["rot_blocks"].to(w0.dtype)  # (b, n, n)
@@ -213,10 +209,8 @@ class NativePathModel:
 
     def orthogonality_error(self) -> float | None:
         """max ‖RᵀR − I‖_F over the OFT blocks at the current α (None for non-OFT methods)."""
-        if self.method != "oft":
+        if self.entry.native != "rotation":
             return None
-        from peftarena_cli.paths.oft_rotation import OFT_KEY_SUFFIX, cayley, orthogonality_error, variant_of
-
         neumann, terms = variant_of(self.config)
         errs = [orthogonality_error(cayley(v, neumann, terms)) for k, v in self.current.items() if k.endswith(OFT_KEY_SUFFIX)]
         return max(errs) if errs else None

@@ -5,15 +5,17 @@ Every function here works on adapter tensors in PEFT's saved key naming (what
 scaled tensors serve both the in-place sweep (copied into the live PeftModel) and a rewound
 adapter written to disk.
 
-Per method (DESIGN §7), with s(α) the generator scale:
+Which methods have a native path, of which kind, and which saved tensors it scales is the method
+registry's (:mod:`peftarena_cli.methods`: ``native``, ``scaled``, ``linear``). Per kind, with s(α)
+the generator scale:
 
-* LoRA / PiSSA / MiLoRA (``lora_B`` × α): ΔW(α) = α·s·B·A, the dense path exactly.
-* VeRA (``vera_lambda_b`` × α): ΔW = Λ_b B Λ_d A is linear in λ_b, so ΔW(α) = α ΔW.
-* MiSS (``miss_block`` × α): ΔW is linear in the block in every MiSS variant (``W@D + D`` for
-  ``bat``), so ΔW(α) = α ΔW.
-* DoRA: the direction update and the magnitude separately:
+* ``scale``: one factor × α, so ΔW(α) = α ΔW, the dense path exactly. LoRA / PiSSA / MiLoRA
+  (``lora_B`` × α: ΔW(α) = α·s·B·A); VeRA (``vera_lambda_b`` × α: ΔW = Λ_b B Λ_d A is linear in
+  λ_b); MiSS (``miss_block`` × α: ΔW is linear in the block in every MiSS variant, ``W@D + D``
+  for ``bat``).
+* ``dora`` (DoRA): the direction update and the magnitude separately:
   W(α) = m(α) · (W0 + α s B A) / ‖W0 + α s B A‖_row,  m(α) = m0 + α (m1 − m0), m0 = ‖W0‖_row.
-* OFT: the skew-symmetric generator Q (``oft_R.weight``) × s(α), so R(α) = Cayley(s(α)·Q) with
+* ``rotation`` (OFT): the skew-symmetric generator Q (``oft_R.weight``) × s(α), so R(α) = Cayley(s(α)·Q) with
   s(α) = α (``linear``) or √α (``sqrt``, as the study reports). PEFT then forms the rotation with
   the adapter's own variant (exact Cayley or Cayley–Neumann), see :mod:`oft_rotation`.
 """
@@ -23,33 +25,24 @@ from __future__ import annotations
 import math
 import re
 
+from peftarena_cli.artifacts.keys import module_of_key
 from peftarena_cli.errors import UnsupportedMethod, UsageError
+from peftarena_cli.methods import METHODS, Method, method_name
 
-NATIVE_METHODS = ("lora", "dora", "vera", "miss", "oft")
 GENERATOR_SCALES = ("linear", "sqrt")
-
-# saved-key suffixes that carry the update factor scaled by α, per method
-_SCALED_SUFFIX = {
-    "lora": (".lora_B.weight", ".lora_embedding_B"),
-    "dora": (".lora_B.weight", ".lora_embedding_B"),
-    "vera": (".vera_lambda_b",),
-    "miss": (".miss_block",),
-    "oft": (".oft_R.weight",),
-}
 MAGNITUDE_SUFFIX = ".lora_magnitude_vector"
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
-def method_of(config: dict) -> str:
-    """The method name of a PEFT config dict: lora, dora, oft, vera, miss, boft, ia3, ..."""
-    ptype = str(config.get("peft_type", "")).upper()
-    if ptype == "LORA" and config.get("use_dora"):
-        return "dora"
-    return ptype.lower()
-
-
-def has_native_path(config: dict) -> bool:
-    return method_of(config) in NATIVE_METHODS
+def native_method(config: dict, metadata: dict | None = None) -> Method:
+    """The registry entry of an adapter whose method has a native path; UnsupportedMethod otherwise."""
+    name = method_name(config, metadata)
+    m = METHODS.get(name or "")
+    if m is None or not m.native:
+        shown = name or str(config.get("peft_type", "")).lower() or "(unknown)"
+        raise UnsupportedMethod(f"{shown} adapters have no native path",
+                                hint="use --path dense (W0 + αΔW works for every method)")
+    return m
 
 
 def check_relative_to_base(config: dict) -> None:
@@ -82,21 +75,6 @@ def layer_of_key(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def module_of_key(key: str) -> str:
-    """The base-model module name of a saved adapter key.
-
-    ``base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight`` -> ``model.layers.0.self_attn.q_proj``.
-    """
-    k = key
-    if k.startswith("base_model.model."):
-        k = k[len("base_model.model."):]
-    for marker in (".lora_", ".vera_", ".miss_", ".oft_", ".boft_", ".ia3_"):
-        i = k.find(marker)
-        if i >= 0:
-            return k[:i]
-    return k.rsplit(".", 1)[0]
-
-
 def scale_adapter_tensors(
     config: dict,
     tensors: dict,
@@ -115,16 +93,14 @@ def scale_adapter_tensors(
     """
     import torch
 
-    method = method_of(config)
-    if method not in NATIVE_METHODS:
-        raise UnsupportedMethod(f"{method or '(unknown)'} adapters have no native path",
-                                hint="use --path dense (W0 + αΔW works for every method)")
-    if method != "oft" and scale_mode != "linear":
+    entry = native_method(config)
+    method, rotation = entry.name, entry.native == "rotation"
+    if not rotation and scale_mode != "linear":
         raise UsageError(f"--generator-scale {scale_mode} applies to OFT only, not {method}")
-    if layer_scales and method != "oft":
+    if layer_scales and not rotation:
         raise UsageError(f"layer-wise rewinding applies to OFT only, not {method}")
-    s = generator_scale(alpha, scale_mode) if method == "oft" else float(alpha)
-    suffixes = _SCALED_SUFFIX[method]
+    s = generator_scale(alpha, scale_mode) if rotation else float(alpha)
+    suffixes = entry.scaled
     out = {}
     found = False
     for k, v in tensors.items():
@@ -134,11 +110,11 @@ def scale_adapter_tensors(
             if layer_scales:
                 f = s * float(layer_scales.get(layer_of_key(k), 1.0))
             out[k] = v if f == 1.0 else (v.float() * f).to(v.dtype)
-        elif method == "dora" and k.endswith(MAGNITUDE_SUFFIX):
+        elif entry.native == "dora" and k.endswith(MAGNITUDE_SUFFIX):
             if alpha == 1.0:
                 out[k] = v
                 continue
-            mod = module_of_key(k)
+            mod = module_of_key(k)[0]
             if base_row_norms is None or mod not in base_row_norms:
                 raise UsageError(f"DoRA's native path needs the base weight of {mod} (its magnitude m0)",
                                  hint="pass the base model (--base) so m0 = ‖W0‖ per row can be read")
@@ -154,7 +130,7 @@ def scale_adapter_tensors(
 
 def magnitude_modules(tensors: dict) -> list[str]:
     """Module names whose DoRA magnitude is in ``tensors``."""
-    return [module_of_key(k) for k in tensors if k.endswith(MAGNITUDE_SUFFIX)]
+    return [module_of_key(k)[0] for k in tensors if k.endswith(MAGNITUDE_SUFFIX)]
 
 
 def base_row_norms_from_weights(get_weight, modules: list[str]) -> dict:

@@ -1,6 +1,7 @@
-"""OFT rotations: the two Cayley variants of HF PEFT, rotation strength ρ, layer-wise rewinding.
+"""OFT rotation strength ρ and layer-wise rewinding (SafeScale, MinScale).
 
-PEFT stores, per OFT module, ``oft_R.weight`` of shape (blocks, n(n−1)/2): the upper triangle of
+The rotation itself (the two Cayley variants of HF PEFT: :func:`cayley`, :func:`variant_of`,
+:func:`skew`) is formed in :mod:`peftarena_cli.weights.oft`, shared with the ΔW former. PEFT stores, per OFT module, ``oft_R.weight`` of shape (blocks, n(n−1)/2): the upper triangle of
 a skew-symmetric generator Q per block (n = block size). The rotation applied to the input is
 ``x' = x R`` block by block, so the merged weight is W1 = W0 Rᵀ (block-diagonal R). PEFT has two
 ways to form R from Q, and they give **transposed** rotations for the same parameters:
@@ -12,7 +13,7 @@ ways to form R from Q, and they give **transposed** rotations for the same param
   It is orthogonal only up to the truncation error (small for small Q).
 
 :func:`variant_of` reads which one an adapter uses from its config; :func:`cayley` reproduces
-PEFT's own forward for either (checked against PEFT in tests/test_interpolate_oft.py).
+PEFT's own forward for either (checked against PEFT in tests/test_interpolate.py).
 
 Rotation strength (used by layer-wise rewinding). For a module with rotation R (d × d, d = the
 input width) ρ_m² = ‖R − I‖_F² / d. For an orthogonal R with eigen-angles θ_j,
@@ -35,70 +36,11 @@ import math
 from collections import defaultdict
 
 from peftarena_cli.errors import UsageError
+from peftarena_cli.paths.native import layer_of_key
+from peftarena_cli.weights.oft import block_size_of, cayley, variant_of
 
 OFT_KEY_SUFFIX = ".oft_R.weight"
 LAYERWISE_MODES = ("safescale", "minscale")
-
-
-def variant_of(config: dict) -> tuple[bool, int]:
-    """(use_cayley_neumann, num_terms) of an OFT config, with PEFT's defaults when absent."""
-    neumann = config.get("use_cayley_neumann")
-    if neumann is None:
-        from peft import OFTConfig
-
-        neumann = OFTConfig.__dataclass_fields__["use_cayley_neumann"].default
-    terms = int(config.get("num_cayley_neumann_terms") or 5)
-    return bool(neumann), terms
-
-
-def block_size_of(vec_len: int) -> int:
-    """n such that n(n−1)/2 = vec_len."""
-    n = int(round((1 + math.sqrt(1 + 8 * vec_len)) / 2))
-    if n * (n - 1) // 2 != vec_len:
-        raise UsageError(f"an OFT generator of length {vec_len} is not the upper triangle of a square block")
-    return n
-
-
-def skew(vec, n: int | None = None):
-    """The skew-symmetric blocks (b, n, n) whose upper triangle (row-major, like PEFT) is ``vec`` (b, n(n−1)/2)."""
-    import torch
-
-    n = n or block_size_of(vec.shape[-1])
-    rows, cols = torch.triu_indices(n, n, 1, device=vec.device)
-    Q = torch.zeros(vec.shape[0], n, n, dtype=vec.dtype, device=vec.device)
-    Q[:, rows, cols] = vec
-    return Q - Q.transpose(-2, -1)
-
-
-def cayley(vec, neumann: bool, terms: int = 5):
-    """The rotation blocks R (b, n, n) PEFT applies as ``x' = x R`` for generator upper triangles ``vec``."""
-    import torch
-
-    Q = skew(vec.float())
-    b, n, _ = Q.shape
-    eye = torch.eye(n, dtype=Q.dtype, device=Q.device).expand(b, n, n)
-    if not neumann:
-        return torch.linalg.solve(eye + Q, eye - Q, left=False)
-    R = eye.clone()
-    if terms > 1:
-        R = R + 2.0 * Q
-        if terms > 2:
-            Qp = Q @ Q
-            R = R + 2.0 * Qp
-            for _ in range(3, terms - 1):
-                Qp = Qp @ Q
-                R = R + 2.0 * Qp
-            Qp = Qp @ Q
-            R = R + Qp
-    return R
-
-
-def orthogonality_error(R) -> float:
-    """max over blocks of ‖RᵀR − I‖_F (0 for an exact rotation)."""
-    import torch
-
-    eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
-    return float(torch.linalg.matrix_norm(R.transpose(-2, -1) @ R - eye).max())
 
 
 def _module_sq(vec, in_features: int, neumann: bool, terms: int, c: float = 1.0) -> tuple[float, int]:
@@ -115,8 +57,6 @@ def _module_sq(vec, in_features: int, neumann: bool, terms: int, c: float = 1.0)
 
 
 def oft_modules_by_layer(tensors: dict) -> dict[int, list[str]]:
-    from peftarena_cli.paths.native import layer_of_key
-
     out: dict[int, list[str]] = defaultdict(list)
     for k in tensors:
         if k.endswith(OFT_KEY_SUFFIX):

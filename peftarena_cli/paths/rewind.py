@@ -1,5 +1,7 @@
 """Rewinding: write the point α of a fine-tune's path as a new artifact.
 
+:func:`rewind` is the entry point (what ``peftarena rewind`` calls, with a :class:`RewindConfig`).
+
 * An adapter becomes a new adapter of the same PEFT type and config (native path, see
   :mod:`peftarena_cli.paths.native`), loadable with ``PeftModel.from_pretrained``; OFT adapters
   can additionally be rewound layer-wise (SafeScale / MinScale, :mod:`oft_rotation`).
@@ -9,18 +11,22 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftarena_cli.artifacts.adapters import Adapter
+from peftarena_cli.artifacts.keys import base_key
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod, UsageError
+from peftarena_cli.methods import get_method
+from peftarena_cli.paths.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
+                                        native_method, scale_adapter_tensors)
+from peftarena_cli.paths.oft_rotation import layerwise_scales, rotation_strengths
 
 
 def dora_row_norms_from_base(adapter: Adapter, base_source) -> dict:
     """m0 = ‖W0‖ per output row for each DoRA module, read lazily from the base's WeightSource."""
-    from peftarena_cli.paths.native import base_row_norms_from_weights, magnitude_modules
-    from peftarena_cli.weights.deltas import base_key
-
     def get(module):
         k = base_key(base_source, module)
         if k is None:
@@ -43,27 +49,24 @@ def rewind_adapter(
     Returns ``(new_adapter, info)``; ``info`` records α, the generator scale and, for layer-wise
     rewinding, ρ_ℓ before/after, the target ρ* and c_ℓ per layer.
     """
-    from peftarena_cli.paths.native import check_relative_to_base, method_of, scale_adapter_tensors
-
     config = dict(adapter.config)
-    method = method_of(config)
     check_relative_to_base(config)
+    entry = native_method(config, adapter.metadata)
+    method = entry.name
     info: dict = {"alpha": float(alpha), "method": method, "path": "native"}
     layer_scales = None
     if layerwise:
-        if method != "oft":
+        if entry.native != "rotation":
             raise UnsupportedMethod(f"--layerwise applies to OFT adapters, this one is {method}",
                                     hint="drop --layerwise, or pass an OFT adapter")
-        from peftarena_cli.paths.oft_rotation import layerwise_scales, rotation_strengths
-
         layer_scales, rho, target = layerwise_scales(adapter.tensors, config, layerwise)
         info.update(layerwise=layerwise, rho_target=target,
                     rho_before={str(k): v for k, v in rho.items()},
                     layer_scales={str(k): v for k, v in layer_scales.items()})
-    if method == "oft":
+    if entry.native == "rotation":
         info["generator_scale"] = scale_mode
     norms = None
-    if method == "dora" and alpha != 1.0:
+    if entry.native == "dora" and alpha != 1.0:
         if base_source is None:
             raise UsageError("rewinding a DoRA adapter needs the base model (its magnitude m0 = ‖W0‖ per row)",
                              hint="pass --base BASE")
@@ -71,8 +74,6 @@ def rewind_adapter(
     tensors = scale_adapter_tensors(config, adapter.tensors, alpha, scale_mode=scale_mode,
                                     base_row_norms=norms, layer_scales=layer_scales)
     if layerwise:
-        from peftarena_cli.paths.oft_rotation import rotation_strengths
-
         info["rho_after"] = {str(k): v for k, v in rotation_strengths(tensors, config).items()}
     meta = {k: v for k, v in (adapter.metadata or {}).items() if k not in ("peft_config", "format")}
     return Adapter(config=config, tensors=tensors, path=None, metadata=meta), info
@@ -117,3 +118,130 @@ def rewind_full(base_source, finetuned_source, alpha: float, out_dir, copy_from:
                 if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "model.safetensors.index.json":
                     shutil.copy2(f, tmp / f.name)
     return Path(out_dir)
+
+
+@dataclass
+class RewindConfig:
+    """What ``peftarena rewind`` asks for (docs/rewind.md); exactly one of ``alpha`` and ``curve``."""
+
+    finetuned: str
+    output: str
+    alpha: float | None = None
+    curve: str | None = None
+    pick: str = "keep-target:0.9"
+    layerwise: str | None = None
+    generator_scale: str | None = None  # None: the curve's, else linear
+    base: str | None = None
+    allow_extrapolate: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class RewindResult:
+    output: Path
+    alpha: float
+    method: str
+    kind: str                      # "adapter" or "full"
+    record: dict = field(default_factory=dict)  # what the output's metadata records (key peftarena_rewind)
+
+
+def _no_log(msg: str) -> None:
+    pass
+
+
+def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> RewindResult:
+    """Write the point α of a fine-tune's path (α given, or picked on a curve) as a new artifact of the
+    same kind, atomically. ``callback(done, total, what)`` reports progress of a full checkpoint;
+    ``log`` and ``warn`` receive one-line messages."""
+    from peftarena_cli.artifacts.guard import check_outputs
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.errors import OutputError
+    from peftarena_cli.paths.alphas import check_alphas
+    from peftarena_cli.weights.finetuned import open_finetuned
+
+    alpha = cfg.alpha
+    if alpha is None and cfg.curve is None and cfg.layerwise:
+        alpha = 1.0  # layer-wise rewinding alone: equalise ρ_ℓ at the fine-tune's own scale
+    if (alpha is None) == (cfg.curve is None):
+        raise UsageError("give exactly one of --alpha A or --curve FILE",
+                         hint="e.g. --alpha 0.5, or --curve curve.parquet --pick weighted:0.5")
+    output = Path(cfg.output)
+    if output.exists() and not cfg.overwrite:
+        raise OutputError(f"{str(output)!r} already exists", hint="choose another path or pass --overwrite")
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise OutputError(f"output directory {str(output.parent)!r} does not exist (for {str(output)!r})")
+    check_outputs({"-o": output}, [cfg.finetuned, cfg.base, cfg.curve])
+    record: dict = {}
+    curve_prov: dict = {}
+    generator_scale = cfg.generator_scale
+    if cfg.curve is not None:
+        from peftarena_cli.artifacts.identity import path_identity
+        from peftarena_cli.artifacts.tables import read_table
+        from peftarena_cli.paths.criteria import pick_alpha
+
+        df, curve_prov = read_table(cfg.curve)
+        chosen = pick_alpha(df, cfg.pick)
+        alpha = chosen.alpha
+        record.update(criterion=chosen.criterion, reason=chosen.reason, curve=f"{cfg.curve}@{path_identity(cfg.curve)}",
+                      curve_target=chosen.target, curve_general=chosen.general)
+        curve_gs = str(df["generator_scale"].iloc[0]) if "generator_scale" in df.columns and len(df) else ""
+        if generator_scale is None and curve_gs in ("linear", "sqrt"):
+            generator_scale = curve_gs
+        record["curve_path"] = str(df["path"].iloc[0]) if "path" in df.columns and len(df) else ""
+        log(f"picked α = {alpha:g} ({chosen.criterion}): {chosen.reason}")
+    if not math.isfinite(alpha):
+        raise UsageError(f"alpha {alpha} is not a finite number")
+    check_alphas([alpha], cfg.allow_extrapolate)
+    generator_scale = generator_scale or "linear"
+
+    ft = open_finetuned(cfg.finetuned)
+    check_curve_source(curve_prov, cfg.curve, cfg.finetuned, ft.identity())
+    if ft.kind == "full":
+        if cfg.layerwise:
+            raise UsageError("--layerwise applies to OFT adapters, not full fine-tunes")
+        if cfg.base is None:
+            raise UsageError("rewinding a full fine-tune needs the base model", hint="pass --base BASE")
+        bref = resolve_model(cfg.base)
+        record.update(alpha=alpha, method="full", path="dense", base=f"{cfg.base}@{bref.identity()}",
+                      source=f"{cfg.finetuned}@{ft.identity()}")
+        rewind_full(WeightSource.from_ref(bref), ft.source, alpha, output, copy_from=ft.ref.directory,
+                    extra_metadata={"peftarena_rewind": record}, overwrite=cfg.overwrite, callback=callback)
+        return RewindResult(output=output, alpha=alpha, method="full", kind="full", record=record)
+
+    from peftarena_cli.artifacts.adapters import save_adapter
+
+    method = ft.method
+    entry = get_method(method)
+    if not entry.native:
+        raise UnsupportedMethod(f"{method} adapters cannot be rewound in their own format (no native path)",
+                                hint="use `peftarena interpolate --path dense --save-checkpoints DIR` for a full-model checkpoint")
+    if record.get("curve_path") == "dense" and entry.native in ("rotation", "dora"):
+        warn(f"the curve was measured on the dense path; a rewound {method} adapter follows the native path, "
+             "which differs between the end points")
+    base_source = None
+    if entry.native == "dora" and alpha != 1.0:
+        spec = cfg.base or ft.adapter.base_model_name
+        if not spec:
+            raise UsageError("rewinding a DoRA adapter needs the base model (m0 = ‖W0‖ per row)", hint="pass --base BASE")
+        base_source = WeightSource.from_ref(resolve_model(spec))
+    new, rinfo = rewind_adapter(ft.adapter, alpha, scale_mode=generator_scale, layerwise=cfg.layerwise,
+                                base_source=base_source)
+    record.update(rinfo)
+    record["source"] = f"{cfg.finetuned}@{ft.identity()}"
+    save_adapter(new, output, extra_metadata={"peftarena_rewind": record}, overwrite=cfg.overwrite)
+    if cfg.layerwise:
+        scales = rinfo["layer_scales"]
+        log(f"{cfg.layerwise}: target ρ* = {rinfo['rho_target']:.4g}; generator scale per layer: "
+            + ", ".join(f"{k}:{v:.3f}" for k, v in scales.items()))
+    return RewindResult(output=output, alpha=alpha, method=method, kind="adapter", record=record)
+
+
+def check_curve_source(prov: dict, curve, finetuned: str, identity: str) -> None:
+    """The curve's provenance names the fine-tune it was measured on; it must be this one."""
+    src = (prov.get("inputs") or {}).get("finetuned") if isinstance(prov, dict) else None
+    if not src or "@" not in str(src):
+        return
+    spec, _, ident = str(src).rpartition("@")
+    if ident and ident != identity:
+        raise IncompatibleInputs(f"the curve {str(curve)!r} was measured on another fine-tune ({spec!r}) than {finetuned!r}",
+                                 hint="pass the adapter the curve was measured on, or run `peftarena interpolate` on this one")

@@ -16,7 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from peftarena_cli.errors import UnsupportedMethod
+from peftarena_cli.artifacts.adapters import Adapter, save_adapter
+from peftarena_cli.artifacts.atomic import atomic_dir
+from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
+from peftarena_cli.artifacts.weights import WeightSource
+from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod, UsageError
+from peftarena_cli.methods import get_method, native_methods
+from peftarena_cli.paths.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
+from peftarena_cli.paths.native import check_relative_to_base
+from peftarena_cli.paths.oft_rotation import layerwise_scales
+from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
 Evaluator = Callable[[object, object], tuple]  # (model, tokenizer) -> (per_sample_df, summary_df)
 
@@ -35,13 +44,9 @@ class PathSetup:
 
 def choose_path(method: str, requested: str | None, is_full: bool) -> tuple[str, str | None]:
     """(path, warning or None). ``requested`` None means "native when the method has one"."""
-    from peftarena_cli.paths.native import NATIVE_METHODS
-
     if requested not in (None, "native", "dense"):
-        from peftarena_cli.errors import UsageError
-
         raise UsageError(f"unknown --path {requested!r}", hint="use native or dense")
-    has_native = (not is_full) and method in NATIVE_METHODS
+    has_native = (not is_full) and method in native_methods()
     if requested == "native" and not has_native:
         raise UnsupportedMethod(f"{method} has no native path",
                                 hint="use --path dense (W0 + αΔW works for every method)")
@@ -55,71 +60,45 @@ def choose_path(method: str, requested: str | None, is_full: bool) -> tuple[str,
 
 
 def dense_deltas_from_adapter(model, ref, finetuned, device: str, callback=None):
-    """(w0, delta) per adapted linear weight of ``model`` from the shared ΔW API (peftarena_cli.weights).
-
-    Falls back to PEFT's own merge when the shared API has no former for this method yet.
-    Returns (model, w0, delta): the model may be replaced (the PEFT merge fallback unwraps it).
-    """
-    from peftarena_cli.artifacts.weights import WeightSource
-
-    try:
-        from peftarena_cli.weights.deltas import iter_module_deltas
-
-        params = dict(model.named_parameters())
-        w0, delta = {}, {}
-        base = WeightSource.from_ref(ref)
-        mods = list(iter_module_deltas(base, finetuned, device=device))
-        for i, md in enumerate(mods):
-            name = md.name + ".weight"
-            if name not in params:
-                from peftarena_cli.errors import IncompatibleInputs
-
-                raise IncompatibleInputs(f"the model has no parameter {name!r}")
-            p = params[name]
-            w0[name] = p.detach().clone()
-            delta[name] = md.dense().to(device=p.device, dtype=p.dtype)
-            if callback:
-                callback(i + 1, len(mods), md.name)
-        return model, w0, delta
-    except (ModuleNotFoundError, ImportError):
-        from peftarena_cli.artifacts.loading import attach_adapter
-        from peftarena_cli.paths.inplace import dense_deltas_from_peft
-
-        pm = attach_adapter(model, finetuned.adapter)
-        return dense_deltas_from_peft(pm)
+    """(w0, delta) per adapted linear weight of ``model``, ΔW formed by the method's former
+    (:func:`peftarena_cli.weights.iter_module_deltas`)."""
+    params = dict(model.named_parameters())
+    w0, delta = {}, {}
+    mods = list(iter_module_deltas(WeightSource.from_ref(ref), finetuned, device=device))
+    for i, md in enumerate(mods):
+        name = md.name + ".weight"
+        if name not in params:
+            raise IncompatibleInputs(f"the model has no parameter {name!r}")
+        p = params[name]
+        w0[name] = p.detach().clone()
+        delta[name] = md.dense().to(device=p.device, dtype=p.dtype)
+        if callback:
+            callback(i + 1, len(mods), md.name)
+    return w0, delta
 
 
 def open_path_model(base: str, finetuned_spec: str, path: str | None = None, scale_mode: str = "linear",
                     dtype: str = "float32", device: str = "auto", layerwise: str | None = None,
                     callback=None, merge: bool = False) -> PathSetup:
     """Load the base once and build the path model for ``finetuned_spec`` (adapter or full model)."""
-    from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
-    from peftarena_cli.artifacts.weights import WeightSource
-    from peftarena_cli.paths.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
-    from peftarena_cli.paths.native import check_relative_to_base, method_of
-    from peftarena_cli.weights.finetuned import open_finetuned
-
     ft = open_finetuned(finetuned_spec)
     is_full = ft.kind == "full"
-    method = "full" if is_full else method_of(ft.config)
+    method = ft.method  # the canonical name (a converted PiSSA adapter is pissa, not lora)
+    rotation = get_method(method).native == "rotation"
     if not is_full:
         check_relative_to_base(ft.config)
-    if scale_mode != "linear" and method != "oft":
-        from peftarena_cli.errors import UsageError
-
+    if scale_mode != "linear" and not rotation:
         raise UsageError(f"--generator-scale {scale_mode} applies to OFT adapters only, not {method}")
     chosen, note = choose_path(method, path, is_full)
     notes = [note] if note else []
-    if chosen == "dense" and method == "oft" and scale_mode != "linear":
+    if chosen == "dense" and rotation and scale_mode != "linear":
         notes.append("--generator-scale applies to the native OFT path only; ignored on the dense path")
     dev = pick_device(device)
     model, tok, ref = load_model(base, dtype=dtype, device=dev)
     layer_scales = None
     if layerwise:
-        if method != "oft" or chosen != "native":
+        if not rotation or chosen != "native":
             raise UnsupportedMethod("--layerwise applies to the native path of OFT adapters")
-        from peftarena_cli.paths.oft_rotation import layerwise_scales
-
         layer_scales, _, _ = layerwise_scales(ft.adapter.tensors, ft.config, layerwise)
     if chosen == "native":
         pm = attach_adapter(model, ft.adapter)
@@ -129,11 +108,11 @@ def open_path_model(base: str, finetuned_spec: str, path: str | None = None, sca
         w0, delta = dense_deltas_from_full(model, WeightSource.from_ref(ft.ref), callback=callback)
         path_model = DensePathModel(model, w0, delta)
     else:
-        model, w0, delta = dense_deltas_from_adapter(model, ref, ft, dev, callback=callback)
+        w0, delta = dense_deltas_from_adapter(model, ref, ft, dev, callback=callback)
         path_model = DensePathModel(model, w0, delta)
     path_model.model.eval()
     return PathSetup(path_model=path_model, tokenizer=tok, ref=ref, method=method, path=chosen,
-                     scale_mode=scale_mode if (method == "oft" and chosen == "native") else "", notes=notes,
+                     scale_mode=scale_mode if (rotation and chosen == "native") else "", notes=notes,
                      finetuned=ft)
 
 
@@ -202,9 +181,6 @@ def run_sweep(setup: PathSetup, alphas: list[float], evaluators: dict[str, Evalu
 def save_checkpoint(setup: PathSetup, alpha: float, directory, overwrite: bool = False):
     """Write the current point of the path: a rewound adapter (native) or a full model (dense)."""
     from pathlib import Path
-
-    from peftarena_cli.artifacts.adapters import Adapter, save_adapter
-    from peftarena_cli.artifacts.atomic import atomic_dir
 
     d = Path(directory) / f"alpha-{alpha:.4f}"
     meta = {"peftarena_rewind": {"alpha": float(alpha), "path": setup.path, "method": setup.method,

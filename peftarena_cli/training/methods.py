@@ -1,5 +1,7 @@
-"""The fine-tuning method registry: method name -> PEFT config, with documented defaults.
+"""Training side of the method registry: overrides resolved to hyper-parameters, PEFT configs, MiLoRA init.
 
+The methods themselves (names, PEFT types, defaults, learning rates) live in the one registry,
+:mod:`peftarena_cli.methods`; ``Method``, ``METHODS`` and ``get_method`` are importable from here too.
 Every method (``full``, ``lora``, ``pissa``, ``milora``, ``dora``, ``adalora``, ``vera``, ``ia3``,
 ``oft``, ``boft``, ``miss``) has paper-like defaults (rank 8 for the LoRA family, OFT/BOFT block
 size 32, VeRA rank 256, MiSS rank 8, all linear modules) and a default learning rate. A few
@@ -13,54 +15,15 @@ them from the base weight, exactly as PEFT's PiSSA init does with the largest on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod
+from peftarena_cli.methods import METHODS, Method, get_method
 
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    summary: str
-    lr: float                      # default learning rate
-    takes: tuple[str, ...]         # overrides accepted: rank, alpha, block_size, target_modules
-    defaults: dict = field(default_factory=dict)
-    mutates_base: bool = False     # PiSSA/MiLoRA: the adapter is saved converted to a LoRA on the original base
-
-
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("full", "full fine-tuning of every weight (no adapter; checkpoints are full models)", 1e-5, ()),
-    Method("lora", "LoRA: W0 + (alpha/r) B A, B initialised to zero", 2e-4,
-           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}),
-    Method("pissa", "PiSSA: LoRA initialised from the r largest singular triplets of W0 (residual base)", 2e-4,
-           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 8}, mutates_base=True),
-    Method("milora", "MiLoRA: LoRA initialised from the r smallest singular triplets of W0 (residual base)", 2e-4,
-           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 8}, mutates_base=True),
-    Method("dora", "DoRA: weight-decomposed LoRA (magnitude vector + LoRA direction update)", 2e-4,
-           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}),
-    Method("adalora", "AdaLoRA: SVD-form LoRA with budgeted rank reallocation (init rank 1.5 r -> target r)", 2e-4,
-           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}),
-    Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 4e-3,
-           ("rank", "target_modules"), {"rank": 256}),
-    Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 3e-3,
-           ("target_modules",), {}),
-    Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4,
-           ("block_size", "target_modules"), {"block_size": 32}),
-    Method("boft", "BOFT: butterfly-factorised orthogonal rotation (2 butterfly factors)", 2e-4,
-           ("block_size", "target_modules"), {"block_size": 32, "butterfly_factor": 2}),
-    Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4,
-           ("rank", "target_modules"), {"rank": 8}),
-]}
+__all__ = ["METHODS", "Method", "get_method", "MethodChoice", "resolve_method", "parse_target_modules",
+           "check_against_model", "peft_config", "milora_init", "method_table", "FEEDFORWARD"]
 
 FEEDFORWARD = ("down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj")
-
-
-def get_method(name: str) -> Method:
-    m = METHODS.get(str(name).lower())
-    if m is None:
-        raise UnsupportedMethod(f"unknown method {name!r}",
-                                hint=f"choose one of: {', '.join(METHODS)} (docs/finetune.md)")
-    return m
 
 
 def parse_target_modules(spec: str | None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from peftarena_cli.errors import IncompatibleInputs
-from peftarena_cli.weights.lora import raise_missing
+from peftarena_cli.artifacts.keys import raise_missing
 
 
 def _perm(in_f: int, n_factor: int, block_num: int, block_size: int, i: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 :func:`iter_module_deltas` walks the modules a fine-tune changes, reads each base weight lazily
 from a :class:`~peftarena_cli.artifacts.weights.WeightSource`, asks the method's former (one file per
-method family in this package) for the update's structure, and yields a :class:`ModuleDelta`.
+method in this package, named by the registry :mod:`peftarena_cli.methods`) for the update's structure, and yields a :class:`ModuleDelta`.
 Low-rank updates stay as factors (ΔW = B @ A); ``dense()`` materialises only the current module.
 """
 
@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peftarena_cli.artifacts.keys import base_key
 from peftarena_cli.artifacts.weights import WeightSource, module_kind, module_layer
-from peftarena_cli.errors import IncompatibleInputs, NumericalError, UnsupportedMethod, UsageError
+from peftarena_cli.errors import IncompatibleInputs, NumericalError, UsageError
+from peftarena_cli.methods import get_method, load_former
 from peftarena_cli.weights.finetuned import Finetuned
 
 # (name, W0) -> (U, S, Vh) of W0 in float32; lets PiSSA/MiLoRA reuse the cached base SVD.
@@ -148,19 +150,6 @@ def _check_finite(t: torch.Tensor, module: str, what: str) -> None:
         raise NumericalError(f"{what} of module {module!r} contains NaN or Inf")
 
 
-def base_key(base: WeightSource, module: str) -> str | None:
-    """The base's weight key for ``module`` (tolerates a missing/extra ``model.`` prefix)."""
-    cands = [module + ".weight"]
-    if module.startswith("model."):
-        cands.append(module[len("model."):] + ".weight")
-    else:
-        cands.append("model." + module + ".weight")
-    for c in cands:
-        if c in base:
-            return c
-    return base.find(module + ".weight")
-
-
 def select_modules(names: list[str], kinds: list[str] | None, layers: list[int] | None) -> list[str]:
     sel = [
         n for n in names
@@ -196,8 +185,6 @@ def iter_module_deltas(
     misfit fails before any work. ``svd`` supplies the base SVD for PiSSA/MiLoRA residual
     adapters (default: computed on the spot).
     """
-    from peftarena_cli.weights import formers
-
     names = ft.module_names()
     if not names:
         raise UsageError(f"{ft.spec!r} changes no linear module", hint="check the adapter's target_modules")
@@ -211,7 +198,7 @@ def iter_module_deltas(
     ft.base_shapes = {n: base.shape(keys[n]) for n in sel} | {
         n: base.shape(k) for n in names if n not in keys and (k := base_key(base, n)) is not None}
     method = ft.method
-    former = formers.former_for(ft)
+    former = load_former(get_method(method))  # the registry's lazy reference (docs/methods.md)
     svd_fn = svd or _plain_svd
     for n in sel:
         w0 = base.get(keys[n]).to(device=device, dtype=torch.float32)
@@ -231,17 +218,3 @@ def iter_module_deltas(
 
 def _plain_svd(name: str, w0: torch.Tensor):
     return torch.linalg.svd(w0, full_matrices=False)
-
-
-def expect_shape(t: torch.Tensor, shape: tuple, module: str, what: str) -> None:
-    """Raise IncompatibleInputs when an adapter tensor does not fit the base weight."""
-    got = tuple(t.shape)
-    if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
-        want = tuple("*" if s is None else s for s in shape)
-        raise IncompatibleInputs(
-            f"module {module!r}: adapter tensor {what} has shape {got}, the base needs {want}",
-        )
-
-
-def unsupported(ft: Finetuned, why: str):
-    raise UnsupportedMethod(f"{ft.peft_type} adapter {ft.spec!r}: {why}")

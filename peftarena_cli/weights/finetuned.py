@@ -8,43 +8,13 @@ loaded at once; a full fine-tuned model is read lazily through a
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from peftarena_cli.artifacts.adapters import Adapter, is_adapter_path, load_adapter
-from peftarena_cli.artifacts.weights import ModelRef, WeightSource, resolve_model
+from peftarena_cli.artifacts.keys import module_of_key
+from peftarena_cli.artifacts.weights import ModelRef, WeightSource, linear_weight_names, module_name, resolve_model
 from peftarena_cli.errors import UnsupportedMethod
-
-# PEFT type -> our method name (LoRA is refined by its config: dora, pissa, milora, rslora).
-PEFT_METHODS = {
-    "LORA": "lora",
-    "ADALORA": "adalora",
-    "VERA": "vera",
-    "IA3": "ia3",
-    "OFT": "oft",
-    "BOFT": "boft",
-    "MISS": "miss",
-}
-
-KNOWN_METHODS = ("lora", "pissa", "milora", "dora", "adalora", "vera", "ia3", "oft", "boft", "miss", "full")
-
-# Suffix components that mark where the module name ends in a PEFT state-dict key.
-_MARKER = re.compile(
-    r"\.(lora_A|lora_B|lora_E|lora_magnitude_vector|vera_lambda_b|vera_lambda_d|ia3_l|oft_R|oft_s|"
-    r"boft_R|boft_s|miss_block)(\.|$)"
-)
-_PREFIX = "base_model.model."
-
-
-def module_of_key(key: str) -> tuple[str, str] | None:
-    """``base_model.model.model.layers.0.mlp.up_proj.lora_A.weight`` -> (module, param suffix)."""
-    m = _MARKER.search(key)
-    if m is None:
-        return None
-    mod = key[: m.start()]
-    if mod.startswith(_PREFIX):
-        mod = mod[len(_PREFIX):]
-    return mod, key[m.start() + 1:]
+from peftarena_cli.methods import method_name, peft_types
 
 
 @dataclass
@@ -72,18 +42,13 @@ class Finetuned:
 
     @property
     def method(self) -> str:
-        """The method name used in tables: lora, rslora, dora, pissa, milora, adalora, vera, ia3, oft, boft, miss, full."""
+        """The canonical method name (the registry's, :mod:`peftarena_cli.methods`) used in every table."""
         if self.kind == "full":
             return "full"
-        from peftarena_cli.weights.lora import lora_method_name
-
-        declared = str((self.adapter.metadata or {}).get("method", "")).lower()
-        if declared in KNOWN_METHODS:
-            return declared
-        base = PEFT_METHODS.get(self.peft_type)
-        if base is None:
+        name = method_name(self.config, self.adapter.metadata)
+        if name is None:
             raise UnsupportedMethod(f"unsupported PEFT type {self.peft_type!r} in {self.spec!r}")
-        return lora_method_name(self.config) if base == "lora" else base
+        return name
 
     def identity(self) -> str:
         if self.adapter is not None:
@@ -94,8 +59,6 @@ class Finetuned:
         """Module names (base naming, without ``.weight``) this fine-tune changes."""
         if self.kind == "adapter":
             return list(self.modules)
-        from peftarena_cli.artifacts.weights import linear_weight_names, module_name
-
         return [module_name(k) for k in linear_weight_names(self.source)]
 
 
@@ -104,10 +67,10 @@ def open_finetuned(spec: str | os.PathLike, device: str = "cpu") -> Finetuned:
     s = str(spec)
     if is_adapter_path(os.path.expanduser(s)):
         ad = load_adapter(os.path.expanduser(s), device="cpu")
-        if ad.peft_type not in PEFT_METHODS:
+        if ad.peft_type not in peft_types():
             raise UnsupportedMethod(
                 f"unsupported PEFT type {ad.peft_type!r} in {s!r}",
-                hint="supported: " + ", ".join(sorted(PEFT_METHODS)) + " (see docs/methods.md)",
+                hint="supported: " + ", ".join(sorted(peft_types())) + " (see docs/methods.md)",
             )
         modules: dict[str, dict] = {}
         shared: dict = {}
@@ -121,3 +84,8 @@ def open_finetuned(spec: str | os.PathLike, device: str = "cpu") -> Finetuned:
         return Finetuned(spec=s, kind="adapter", adapter=ad, modules=modules, shared=shared)
     ref = resolve_model(s)
     return Finetuned(spec=s, kind="full", ref=ref, source=WeightSource.from_ref(ref, device="cpu"))
+
+
+def unsupported(ft: Finetuned, why: str):
+    """Refuse a variant of the fine-tune's method that the ΔW former does not handle."""
+    raise UnsupportedMethod(f"{ft.peft_type} adapter {ft.spec!r}: {why}")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from peftarena_cli.artifacts.keys import base_key
 from peftarena_cli.errors import IncompatibleInputs
 
 
 def full_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
-    from peftarena_cli.weights.deltas import base_key
-
     key = base_key(ft.source, module)
     if key is None:
         raise IncompatibleInputs(f"module {module!r} is missing from the fine-tuned model {ft.spec!r}")

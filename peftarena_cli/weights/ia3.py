@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from peftarena_cli.errors import IncompatibleInputs
-from peftarena_cli.weights.lora import raise_missing
+from peftarena_cli.weights.finetuned import unsupported
+from peftarena_cli.artifacts.keys import raise_missing
 
 
 def ia3_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
@@ -28,7 +29,5 @@ def ia3_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
         )
     lvec = lvec.to(device, torch.float32)
     if ft.config.get("fan_in_fan_out"):
-        from peftarena_cli.weights.deltas import unsupported
-
         unsupported(ft, "fan_in_fan_out (Conv1D/GPT-2 style) layers are not supported")
     return {"delta_t": w0 * (lvec - 1.0), "form": form}

@@ -23,7 +23,8 @@ import re
 
 import torch
 
-from peftarena_cli.weights.deltas import expect_shape, unsupported
+from peftarena_cli.artifacts.keys import expect_shape, raise_missing
+from peftarena_cli.weights.finetuned import unsupported
 
 
 def _pattern_value(pattern: dict | None, module: str, default):
@@ -37,17 +38,6 @@ def _pattern_value(pattern: dict | None, module: str, default):
 def _init(config: dict) -> str:
     v = config.get("init_lora_weights", True)
     return v.lower() if isinstance(v, str) else ""
-
-
-def lora_method_name(config: dict) -> str:
-    if config.get("use_dora"):
-        return "dora"
-    init = _init(config)
-    if init.startswith("pissa"):
-        return "pissa"
-    if init.startswith("milora"):
-        return "milora"
-    return "lora"
 
 
 def lora_scaling(config: dict, module: str, r: int) -> float:
@@ -67,12 +57,6 @@ def _factors(module: str, w0: torch.Tensor, params: dict, device: str):
     expect_shape(a, (r, in_f), module, "lora_A")
     expect_shape(b, (out_f, r), module, "lora_B")
     return b.to(device=device, dtype=torch.float32), a.to(device=device, dtype=torch.float32)
-
-
-def raise_missing(module: str, what: str):
-    from peftarena_cli.errors import AdapterError
-
-    raise AdapterError(f"module {module!r}: the adapter lacks its {what} tensors")
 
 
 def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from peftarena_cli.errors import IncompatibleInputs
-from peftarena_cli.weights.lora import raise_missing
+from peftarena_cli.artifacts.keys import raise_missing
 
 
 def miss_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:

@@ -8,8 +8,10 @@ W1 = W0 Rᵀ. The two Cayley variants PEFT uses give transposed rotations for th
 * ``use_cayley_neumann=True`` (PEFT's default): the truncated series
   R = I + 2Q + 2Q² + … + Q^{t−1} ≈ (I + Q)(I − Q)⁻¹, with t = ``num_cayley_neumann_terms``.
 
-The variant is read from the config (PEFT's default when absent) and reported in ``form``. The
-rotation construction is shared with the interpolation paths (:mod:`peftarena_cli.paths.oft_rotation`).
+The variant is read from the config (PEFT's default when absent, :func:`variant_of`) and reported
+in ``form``. The rotation construction here (:func:`cayley`) is also what the interpolation paths
+use (:mod:`peftarena_cli.paths.inplace`, ρ and layer-wise rewinding in
+:mod:`peftarena_cli.paths.oft_rotation`).
 ``coft`` adapters are projected onto the ε-ball first, as PEFT's merge does; ``block_share``
 repeats the single stored block.
 """
@@ -20,14 +22,67 @@ import math
 
 import torch
 
-from peftarena_cli.errors import IncompatibleInputs
-from peftarena_cli.weights.lora import raise_missing
+from peftarena_cli.artifacts.keys import raise_missing
+from peftarena_cli.errors import IncompatibleInputs, UsageError
+
+
+def variant_of(config: dict) -> tuple[bool, int]:
+    """(use_cayley_neumann, num_terms) of an OFT config, with PEFT's defaults when absent."""
+    neumann = config.get("use_cayley_neumann")
+    if neumann is None:
+        from peft import OFTConfig
+
+        neumann = OFTConfig.__dataclass_fields__["use_cayley_neumann"].default
+    terms = int(config.get("num_cayley_neumann_terms") or 5)
+    return bool(neumann), terms
+
+
+def block_size_of(vec_len: int) -> int:
+    """n such that n(n−1)/2 = vec_len."""
+    n = int(round((1 + math.sqrt(1 + 8 * vec_len)) / 2))
+    if n * (n - 1) // 2 != vec_len:
+        raise UsageError(f"an OFT generator of length {vec_len} is not the upper triangle of a square block")
+    return n
+
+
+def skew(vec, n: int | None = None):
+    """The skew-symmetric blocks (b, n, n) whose upper triangle (row-major, like PEFT) is ``vec`` (b, n(n−1)/2)."""
+    n = n or block_size_of(vec.shape[-1])
+    rows, cols = torch.triu_indices(n, n, 1, device=vec.device)
+    Q = torch.zeros(vec.shape[0], n, n, dtype=vec.dtype, device=vec.device)
+    Q[:, rows, cols] = vec
+    return Q - Q.transpose(-2, -1)
+
+
+def cayley(vec, neumann: bool, terms: int = 5):
+    """The rotation blocks R (b, n, n) PEFT applies as ``x' = x R`` for generator upper triangles ``vec``."""
+    Q = skew(vec.float())
+    b, n, _ = Q.shape
+    eye = torch.eye(n, dtype=Q.dtype, device=Q.device).expand(b, n, n)
+    if not neumann:
+        return torch.linalg.solve(eye + Q, eye - Q, left=False)
+    R = eye.clone()
+    if terms > 1:
+        R = R + 2.0 * Q
+        if terms > 2:
+            Qp = Q @ Q
+            R = R + 2.0 * Qp
+            for _ in range(3, terms - 1):
+                Qp = Qp @ Q
+                R = R + 2.0 * Qp
+            Qp = Qp @ Q
+            R = R + Qp
+    return R
+
+
+def orthogonality_error(R) -> float:
+    """max over blocks of ‖RᵀR − I‖_F (0 for an exact rotation)."""
+    eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
+    return float(torch.linalg.matrix_norm(R.transpose(-2, -1) @ R - eye).max())
 
 
 def _project(vec: torch.Tensor, n: int, eps: float) -> torch.Tensor:
     """PEFT's COFT projection of each block's generator onto ‖Q‖_F ≤ eps / √blocks."""
-    from peftarena_cli.paths.oft_rotation import skew
-
     q = skew(vec, n)
     eps = eps / math.sqrt(q.shape[0])
     norm = torch.linalg.matrix_norm(q, keepdim=True)
@@ -37,8 +92,6 @@ def _project(vec: torch.Tensor, n: int, eps: float) -> torch.Tensor:
 
 
 def oft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
-    from peftarena_cli.paths.oft_rotation import block_size_of, cayley, variant_of
-
     params = ft.modules[module]
     vec = params.get("oft_R.weight")
     if vec is None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from peftarena_cli.weights.deltas import expect_shape
-from peftarena_cli.weights.lora import raise_missing
+from peftarena_cli.artifacts.keys import expect_shape, raise_missing
+from peftarena_cli.errors import IncompatibleInputs
 
 
 def _projections(ft) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +50,6 @@ def vera_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     expect_shape(lb, (out_f,), module, "vera_lambda_b")
     expect_shape(ld, (r,), module, "vera_lambda_d")
     if a.shape[1] < in_f or b.shape[0] < out_f:
-        from peftarena_cli.errors import IncompatibleInputs
-
         raise IncompatibleInputs(f"module {module!r}: the VeRA projections are smaller than the base weight")
     bf = lb.to(device, torch.float32)[:, None] * b[:out_f, :].to(device)
     af = ld.to(device, torch.float32)[:, None] * a[:, :in_f].to(device)

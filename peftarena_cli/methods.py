@@ -1,0 +1,180 @@
+"""The method registry: everything the package knows about each fine-tuning method, in one entry.
+
+Every layer reads it: ``weights/`` (which module forms ΔW / W1, which state-dict key components end
+a module name), ``paths/`` (the native interpolation path, the tensors it scales by α, whether it
+is linear in α), ``training/`` (PEFT type, defaults, overrides, learning rates) and
+``scripts/arena.mk`` (the arena's learning rates, via ``python -m peftarena_cli.methods lr NAME``).
+The entry's ``name`` is the one canonical method name written in every table's ``method`` column.
+
+This module imports nothing heavy (no torch, no peft): ``--help`` and ``make`` read it. The ΔW
+former is named by a lazy reference (``"module.path:function"``) resolved by :func:`load_former`
+only when a fine-tune is analysed. How to add a method: docs/methods.md, "Adding a method".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import UnsupportedMethod
+
+# Kinds of native interpolation path (docs/interpolate.md):
+#   "scale"    one update factor × α (the update, and so the merged weight, is linear in α)
+#   "dora"     the direction's factor × α and the magnitude m(α) = m0 + α (m1 − m0)
+#   "rotation" the skew-symmetric generator × s(α) (α or √α), re-formed into a rotation
+NATIVE_KINDS = ("scale", "dora", "rotation")
+
+
+def _lora_init(config: dict) -> str:
+    v = config.get("init_lora_weights", True)
+    return v.lower() if isinstance(v, str) else ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method."""
+
+    name: str                       # the canonical name, used in every table's `method` column
+    summary: str
+    lr: float                       # `peftarena finetune`'s default learning rate
+    arena_lr: float                 # the learning rate of `make demo` / `make arena` (few steps, so higher)
+    takes: tuple[str, ...] = ()     # training overrides accepted: rank, alpha, block_size, target_modules
+    defaults: dict = field(default_factory=dict)
+    mutates_base: bool = False      # PiSSA/MiLoRA: the adapter is saved converted to a LoRA on the original base
+    peft_type: str | None = None    # PEFT's peft_type (None: full fine-tuning, no adapter)
+    # how an adapter's config says it is this method rather than the PEFT type's plain method
+    # (several methods share a PEFT type: LoRA, PiSSA, MiLoRA, DoRA are all LORA); None = the plain one
+    detect: Callable[[dict], bool] | None = None
+    markers: tuple[str, ...] = ()   # state-dict key components that end the module name (lora_A, oft_R, ...)
+    former: str = ""                # "module:function" forming one module's ΔW / W1 (docs/methods.md)
+    native: str | None = None       # native path kind (NATIVE_KINDS), None: only the dense path W0 + αΔW
+    scaled: tuple[str, ...] = ()    # saved-key suffixes the native path multiplies by α (or s(α))
+    linear: bool = False            # the native path's merged weight is W0 + α ΔW(1)
+
+
+_LORA_FAMILY = dict(peft_type="LORA", markers=("lora_A", "lora_B", "lora_magnitude_vector"),
+                    former="peftarena_cli.weights.lora:lora_parts",
+                    scaled=(".lora_B.weight", ".lora_embedding_B"), takes=("rank", "alpha", "target_modules"))
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("full", "full fine-tuning of every weight (no adapter; checkpoints are full models)", 1e-5, 5e-5,
+           former="peftarena_cli.weights.full:full_parts"),
+    Method("lora", "LoRA: W0 + (alpha/r) B A, B initialised to zero", 2e-4, 1e-3,
+           defaults={"rank": 8, "alpha": 16}, native="scale", linear=True, **_LORA_FAMILY),
+    Method("pissa", "PiSSA: LoRA initialised from the r largest singular triplets of W0 (residual base)", 2e-4, 5e-4,
+           defaults={"rank": 8, "alpha": 8}, mutates_base=True, native="scale", linear=True,
+           detect=lambda c: not c.get("use_dora") and _lora_init(c).startswith("pissa"), **_LORA_FAMILY),
+    Method("milora", "MiLoRA: LoRA initialised from the r smallest singular triplets of W0 (residual base)", 2e-4, 1e-3,
+           defaults={"rank": 8, "alpha": 8}, mutates_base=True, native="scale", linear=True,
+           detect=lambda c: not c.get("use_dora") and _lora_init(c).startswith("milora"), **_LORA_FAMILY),
+    Method("dora", "DoRA: weight-decomposed LoRA (magnitude vector + LoRA direction update)", 2e-4, 1e-3,
+           defaults={"rank": 8, "alpha": 16}, native="dora", detect=lambda c: bool(c.get("use_dora")),
+           **_LORA_FAMILY),
+    Method("adalora", "AdaLoRA: SVD-form LoRA with budgeted rank reallocation (init rank 1.5 r -> target r)", 2e-4, 1e-3,
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}, peft_type="ADALORA",
+           markers=("lora_A", "lora_B", "lora_E"), former="peftarena_cli.weights.lora:adalora_parts"),
+    Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 4e-3, 1e-2,
+           ("rank", "target_modules"), {"rank": 256}, peft_type="VERA", markers=("vera_lambda_b", "vera_lambda_d"),
+           former="peftarena_cli.weights.vera:vera_parts", native="scale", scaled=(".vera_lambda_b",), linear=True),
+    Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 3e-3, 5e-3,
+           ("target_modules",), {}, peft_type="IA3", markers=("ia3_l",), former="peftarena_cli.weights.ia3:ia3_parts"),
+    Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4, 5e-4,
+           ("block_size", "target_modules"), {"block_size": 32}, peft_type="OFT", markers=("oft_R", "oft_s"),
+           former="peftarena_cli.weights.oft:oft_parts", native="rotation", scaled=(".oft_R.weight",)),
+    Method("boft", "BOFT: butterfly-factorised orthogonal rotation (2 butterfly factors)", 2e-4, 2e-3,
+           ("block_size", "target_modules"), {"block_size": 32, "butterfly_factor": 2}, peft_type="BOFT",
+           markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts"),
+    Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4, 5e-4,
+           ("rank", "target_modules"), {"rank": 8}, peft_type="MISS", markers=("miss_block",),
+           former="peftarena_cli.weights.miss:miss_parts", native="scale", scaled=(".miss_block",), linear=True),
+]}
+
+
+def get_method(name: str) -> Method:
+    """The entry for ``name`` (case-insensitive); an unknown name is an UnsupportedMethod error."""
+    m = METHODS.get(str(name).lower())
+    if m is None:
+        raise UnsupportedMethod(f"unknown method {name!r}",
+                                hint=f"choose one of: {', '.join(METHODS)} (docs/finetune.md)")
+    return m
+
+
+def peft_types() -> tuple[str, ...]:
+    """The PEFT types the package can read, in registry order."""
+    return tuple(dict.fromkeys(m.peft_type for m in METHODS.values() if m.peft_type))
+
+
+def method_name(config: dict, metadata: dict | None = None) -> str | None:
+    """The canonical method name of an adapter: the name peftarena recorded in its metadata when it is
+    known one of the config's PEFT type, else what its PEFT config says (None for a PEFT type the
+    registry does not know)."""
+    ptype = str(config.get("peft_type", "")).upper()
+    declared = METHODS.get(str((metadata or {}).get("method", "")).lower())
+    if declared is not None and declared.peft_type == ptype:
+        return declared.name
+    plain = None
+    for m in METHODS.values():
+        if m.peft_type != ptype:
+            continue
+        if m.detect is None:
+            plain = plain or m.name
+        elif m.detect(config):
+            return m.name
+    return plain
+
+
+def all_markers() -> tuple[str, ...]:
+    """Every key component that ends a module name in a PEFT state dict, over all methods."""
+    return tuple(dict.fromkeys(k for m in METHODS.values() for k in m.markers))
+
+
+_MARKER_RE = re.compile(r"\.(" + "|".join(map(re.escape, all_markers())) + r")(\.|$)")
+
+
+def marker_match(key: str):
+    """The regex match of the first method marker in ``key`` (None when it has none)."""
+    return _MARKER_RE.search(key)
+
+
+def load_former(method: Method):
+    """Import and return the method's ΔW former ``(module, w0, ft, device, svd) -> dict``."""
+    import importlib
+
+    if not method.former:
+        raise UnsupportedMethod(f"method {method.name!r} has no ΔW former")
+    mod, _, fn = method.former.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def native_methods() -> tuple[str, ...]:
+    """The methods with a native interpolation path."""
+    return tuple(m.name for m in METHODS.values() if m.native)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m peftarena_cli.methods lr NAME`` prints the arena learning rate (scripts/arena.mk);
+    ``names`` prints the method names; ``table`` one tab-separated row per method."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "lr":
+        m = METHODS.get(args[1].lower())
+        if m is None:
+            print(f"error: unknown method {args[1]!r}; choose one of: {', '.join(METHODS)}", file=sys.stderr)
+            return 1
+        print(f"{m.arena_lr:g}")
+        return 0
+    if args == ["names"]:
+        print(" ".join(METHODS))
+        return 0
+    if args == ["table"]:
+        for m in METHODS.values():
+            print("\t".join([m.name, m.peft_type or "-", m.native or "-", f"{m.lr:g}", f"{m.arena_lr:g}"]))
+        return 0
+    print("usage: python -m peftarena_cli.methods lr NAME | names | table", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

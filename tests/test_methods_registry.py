@@ -1,0 +1,93 @@
+"""The one method registry (peftarena_cli.methods): every entry is complete, its facts are true of the
+adapters PEFT writes, and the layers that used to keep their own lists read it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from paths_helpers import build_adapter
+
+from peftarena_cli import methods
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_entry_is_complete_and_its_former_resolves():
+    for m in methods.METHODS.values():
+        assert m.name == m.name.lower() and m.summary and m.lr > 0 and m.arena_lr > 0
+        assert callable(methods.load_former(m)), m.name
+        assert (m.peft_type is None) == (m.name == "full")
+        assert bool(m.markers) == (m.peft_type is not None)
+        assert (m.native is None) == (not m.scaled), m.name
+        assert m.native is None or m.native in methods.NATIVE_KINDS
+        assert not m.linear or m.native == "scale", m.name
+    assert methods.peft_types() == ("LORA", "ADALORA", "VERA", "IA3", "OFT", "BOFT", "MISS")
+
+
+@pytest.mark.parametrize("config, metadata, want", [
+    ({"peft_type": "LORA"}, None, "lora"),
+    ({"peft_type": "LORA", "use_dora": True}, None, "dora"),
+    ({"peft_type": "LORA", "init_lora_weights": "pissa_niter_4"}, None, "pissa"),
+    ({"peft_type": "LORA", "init_lora_weights": "milora"}, None, "milora"),
+    ({"peft_type": "LORA", "init_lora_weights": "pissa", "use_dora": True}, None, "dora"),
+    # a PiSSA adapter saved converted reads as a plain LoRA; peftarena's metadata names it
+    ({"peft_type": "LORA", "init_lora_weights": True}, {"method": "pissa"}, "pissa"),
+    # a declared name of another PEFT type is not believed
+    ({"peft_type": "LORA"}, {"method": "oft"}, "lora"),
+    ({"peft_type": "OFT"}, None, "oft"),
+    ({"peft_type": "PREFIX_TUNING"}, None, None),
+])
+def test_method_name(config, metadata, want):
+    assert methods.method_name(config, metadata) == want
+
+
+def test_arena_learning_rates_come_from_the_registry(capsys):
+    assert methods.main(["lr", "vera"]) == 0
+    assert float(capsys.readouterr().out) == methods.get_method("vera").arena_lr
+    assert methods.main(["lr", "nope"]) == 1 and "unknown method" in capsys.readouterr().err
+    mk = (ROOT / "scripts" / "arena.mk").read_text()
+    lines = dict(re.findall(r"^LR_(\w+)\s*\?=\s*(.*)$", mk, re.M))
+    assert set(lines) == set(methods.METHODS)
+    for name, value in lines.items():
+        assert value.strip() == f"$(shell $(PY) -m peftarena_cli.methods lr {name})"
+
+
+def test_module_of_key_uses_every_registry_marker():
+    from peftarena_cli.artifacts.keys import module_of_key
+
+    for m in methods.METHODS.values():
+        for marker in m.markers:
+            key = f"base_model.model.model.layers.3.mlp.up_proj.{marker}.weight"
+            assert module_of_key(key) == ("model.layers.3.mlp.up_proj", f"{marker}.weight")
+    assert module_of_key("base_model.vera_A") is None
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "vera", "miss", "oft"])
+def test_native_path_linearity_flag_is_true_of_the_update(tiny_model_dir, tmp_path, method):
+    """The registry's ``linear``: ΔW of the natively scaled adapter at α = 0.4 is 0.4 ΔW(1) exactly when
+    the flag says so (ΔW formed by the method's former, independently of the path code's own check)."""
+    import torch
+
+    from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
+    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.paths.native import base_row_norms_from_weights, magnitude_modules, scale_adapter_tensors
+    from peftarena_cli.weights import iter_module_deltas, open_finetuned
+    from peftarena_cli.artifacts.weights import WeightSource
+
+    ad_dir = build_adapter(tiny_model_dir, method, tmp_path / method)
+    ad = load_adapter(ad_dir)
+    base = WeightSource.from_ref(resolve_model(str(tiny_model_dir)))
+    norms = None
+    if method == "dora":
+        from peftarena_cli.artifacts.keys import base_key
+
+        norms = base_row_norms_from_weights(lambda m: base.get(base_key(base, m)), magnitude_modules(ad.tensors))
+    ad.tensors = scale_adapter_tensors(ad.config, ad.tensors, 0.4, base_row_norms=norms)
+    save_adapter(ad, tmp_path / "scaled")
+    one = {md.name: md.dense() for md in iter_module_deltas(base, open_finetuned(ad_dir))}
+    part = {md.name: md.dense() for md in iter_module_deltas(base, open_finetuned(tmp_path / "scaled"))}
+    linear = all(torch.allclose(part[n], 0.4 * one[n], rtol=1e-4, atol=1e-6) for n in one)
+    assert linear == methods.get_method(method).linear
