@@ -14,20 +14,21 @@ ARENA_RUNS     ?= runs/arena
 ARENA_METHODS  ?= full lora pissa dora vera oft miss
 
 # Training (SFT on the built-in arithmetic task). Steps are few so that the CPU budget holds; the
-# learning rates are raised accordingly (docs/report.md, "make demo / make arena").
+# learning rates are raised accordingly (docs/report.md, "make demo / make arena"). LR_<method> is the
+# method registry's arena_lr (peftarena_cli/methods.py); `make arena LR_lora=5e-4` overrides it.
 STEPS          ?= 30
 BATCH          ?= 4
-LR_full        ?= 5e-5
-LR_lora        ?= 1e-3
-LR_pissa       ?= 5e-4
-LR_dora        ?= 1e-3
-LR_vera        ?= 1e-2
-LR_oft         ?= 5e-4
-LR_miss        ?= 5e-4
-LR_ia3         ?= 5e-3
-LR_boft        ?= 2e-3
-LR_milora      ?= 1e-3
-LR_adalora     ?= 1e-3
+LR_full        ?= $(shell $(PY) -m peftarena_cli.methods lr full)
+LR_lora        ?= $(shell $(PY) -m peftarena_cli.methods lr lora)
+LR_pissa       ?= $(shell $(PY) -m peftarena_cli.methods lr pissa)
+LR_dora        ?= $(shell $(PY) -m peftarena_cli.methods lr dora)
+LR_vera        ?= $(shell $(PY) -m peftarena_cli.methods lr vera)
+LR_oft         ?= $(shell $(PY) -m peftarena_cli.methods lr oft)
+LR_miss        ?= $(shell $(PY) -m peftarena_cli.methods lr miss)
+LR_ia3         ?= $(shell $(PY) -m peftarena_cli.methods lr ia3)
+LR_boft        ?= $(shell $(PY) -m peftarena_cli.methods lr boft)
+LR_milora      ?= $(shell $(PY) -m peftarena_cli.methods lr milora)
+LR_adalora     ?= $(shell $(PY) -m peftarena_cli.methods lr adalora)
 # Evaluation sizes (items per task / per built-in general part) and analysis sizes (prompts per set).
 # The demo keeps small evals (its intervals are honest, and wide); the arena's are sized for a 95 %
 # half-width of about 5 points on target gain and 3 on general forgetting (docs/report.md, "Power":
