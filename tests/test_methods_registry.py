@@ -91,3 +91,35 @@ def test_native_path_linearity_flag_is_true_of_the_update(tiny_model_dir, tmp_pa
     part = {md.name: md.dense() for md in iter_module_deltas(base, open_finetuned(tmp_path / "scaled"))}
     linear = all(torch.allclose(part[n], 0.4 * one[n], rtol=1e-4, atol=1e-6) for n in one)
     assert linear == methods.get_method(method).linear
+
+
+def test_one_method_name_in_every_table(tiny_model_dir, tmp_path):
+    """A PiSSA adapter saved converted (a plain LoRA config; peftarena's metadata names the method)
+    is `pissa` in spectrum's method column and in the interpolation curve's, and the report joins
+    that curve to the method."""
+    from report_synth import eval_summaries
+
+    from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
+    from peftarena_cli.artifacts.tables import Provenance, write_table
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.paths.interpolate import InterpolateConfig, interpolate
+    from peftarena_cli.report.build import build_report
+    from peftarena_cli.weights import iter_module_deltas, open_finetuned
+
+    ad = load_adapter(build_adapter(tiny_model_dir, "lora", tmp_path / "lora"))
+    save_adapter(ad, tmp_path / "pissa-adapter", extra_metadata={"method": "pissa"})
+    ft = open_finetuned(tmp_path / "pissa-adapter")
+    base = WeightSource.from_ref(resolve_model(str(tiny_model_dir)))
+    assert {md.method for md in iter_module_deltas(base, ft)} == {"pissa"}  # spectrum's column
+    res = interpolate(InterpolateConfig(base=str(tiny_model_dir), finetuned=str(tmp_path / "pissa-adapter"),
+                                        alphas="0,0.5,1", device="cpu"))
+    assert set(res.curve["method"]) == {"pissa"} and res.path == "native"
+    runs = tmp_path / "runs"
+    for name, (t, g) in {"base": (20.0, 50.0), "pissa": (40.0, 45.0)}.items():
+        (runs / name).mkdir(parents=True)
+        ts, gs = eval_summaries(t, g)
+        write_table(ts, runs / name / "eval_target_summary.parquet", Provenance(command="eval-target"))
+        write_table(gs, runs / name / "eval_general_summary.parquet", Provenance(command="eval-general"))
+    write_table(res.curve.assign(target=[20.0, 30.0, 40.0], general=[50.0, 48.0, 45.0]),
+                runs / "pissa" / "curve.parquet", Provenance(command="interpolate"))
+    assert set(build_report([str(runs)]).curves) == {"pissa"}

@@ -58,16 +58,21 @@ def check_relative_to_base(config: dict) -> None:
         )
 
 
-def generator_scale(alpha: float, mode: str = "linear") -> float:
-    """s(α): the factor applied to the update factor (or OFT generator) for path position α."""
+def check_generator_scale(mode: str, alphas=()) -> None:
+    """A usage error unless ``mode`` is a known generator scale that every α of ``alphas`` admits."""
     if mode not in GENERATOR_SCALES:
         raise UsageError(f"unknown --generator-scale {mode!r}", hint="use linear or sqrt")
     if mode == "sqrt":
-        if alpha < 0:
-            raise UsageError(f"--generator-scale sqrt needs alpha >= 0, got {alpha}",
-                             hint="use --generator-scale linear to extrapolate below 0")
-        return math.sqrt(alpha)
-    return float(alpha)
+        for alpha in alphas:
+            if alpha < 0:
+                raise UsageError(f"--generator-scale sqrt needs alpha >= 0, got {alpha}",
+                                 hint="use --generator-scale linear to extrapolate below 0")
+
+
+def generator_scale(alpha: float, mode: str = "linear") -> float:
+    """s(α): the factor applied to the update factor (or OFT generator) for path position α."""
+    check_generator_scale(mode, (alpha,))
+    return math.sqrt(alpha) if mode == "sqrt" else float(alpha)
 
 
 def layer_of_key(key: str) -> int | None:

@@ -1,0 +1,194 @@
+"""The interpolation sweep as one call: :func:`interpolate` is what ``peftarena interpolate`` runs.
+
+It loads the base once, builds the path model (:func:`peftarena_cli.paths.sweep.open_path_model`),
+evaluates each α with the evaluation API, adds CSD columns from saved second moments, writes
+``--save-checkpoints`` points, and returns the curve and the per-sample and per-module rows. The
+caller writes the tables (docs/interpolate.md lists their columns).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftarena_cli.errors import OutputError, UsageError
+from peftarena_cli.paths.alphas import parse_alphas
+from peftarena_cli.paths.native import check_generator_scale
+
+EVAL_KINDS = ("target", "general")
+SWEEP_MANIFEST = "sweep.json"
+
+
+@dataclass
+class InterpolateConfig:
+    """What ``peftarena interpolate`` asks for (docs/interpolate.md)."""
+
+    base: str
+    finetuned: str
+    alphas: str = "0:1:0.1"            # start:stop:step or a comma list
+    path: str | None = None            # native, dense, or None: native when the method has one
+    generator_scale: str = "linear"    # OFT native path: linear or sqrt
+    layerwise: str | None = None       # OFT native path: safescale or minscale
+    evals: Sequence[str] = ()          # target and/or general
+    target_task: str = "arith"
+    general_suite: str = "builtin"
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    protocol: str | None = None
+    stats: Sequence[str] = ()          # second-moment files of `peftarena csd --save-stats`
+    save_checkpoints: str | None = None
+    allow_extrapolate: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+
+
+@dataclass
+class InterpolateResult:
+    curve: object                                  # DataFrame, one row per α
+    samples: dict = field(default_factory=dict)    # kind -> per-sample DataFrame (with an alpha column)
+    csd_rows: list = field(default_factory=list)   # per-module CSD rows (one per module × α), with --stats
+    grid: list = field(default_factory=list)
+    method: str = ""
+    path: str = ""
+    scale_mode: str = ""
+    base_identity: str = ""
+    finetuned_identity: str = ""
+    device: str = ""
+    load_seconds: float = 0.0
+    sweep_seconds: float = 0.0
+
+
+def check_interpolate(cfg: InterpolateConfig) -> list[float]:
+    """The cheap checks, before any file is touched: the α grid (returned), the generator scale,
+    the evaluation kinds and the limit. Usage errors."""
+    grid = parse_alphas(cfg.alphas, cfg.allow_extrapolate)
+    check_generator_scale(cfg.generator_scale, grid)
+    bad = [k for k in cfg.evals if k not in EVAL_KINDS]
+    if bad:
+        raise UsageError(f"unknown --eval kind {bad[0]!r}", hint="use target, general or target,general")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    return grid
+
+
+def _evaluators(cfg: InterpolateConfig) -> dict:
+    from peftarena_cli.evaluation import evaluate_general, evaluate_target
+
+    out = {}
+    kw = {"limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol}
+    if "target" in cfg.evals:
+        out["target"] = lambda m, t: evaluate_target(m, t, task=cfg.target_task, **kw)
+    if "general" in cfg.evals:
+        out["general"] = lambda m, t: evaluate_general(m, t, suite=cfg.general_suite, **kw)
+    return out
+
+
+def _no_log(msg: str) -> None:
+    pass
+
+
+def _no_progress(description: str):
+    return nullcontext(type("NoBar", (), {"callback": staticmethod(lambda *a, **k: None)})())
+
+
+def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: Callable[[str], None] = _no_log,
+                warn: Callable[[str], None] = _no_log) -> InterpolateResult:
+    """Run the sweep of ``cfg``. ``progress(description)`` gives a context manager whose value has a
+    ``callback(done, total, label)`` (one per phase: forming ΔW, interpolating); ``log`` and ``warn``
+    receive one-line messages."""
+    grid = check_interpolate(cfg)
+    checkpoints = Path(cfg.save_checkpoints) if cfg.save_checkpoints is not None else None
+    if checkpoints is not None:
+        check_checkpoint_dir(checkpoints)
+    from peftarena_cli.evaluation.protocols import get_protocol
+
+    get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones, before any work
+    evaluators = _evaluators(cfg) if cfg.evals else {}
+    sets = None
+    if cfg.stats:
+        from peftarena_cli.activations.moments import merge_stats_files
+
+        sets, stats_base = merge_stats_files(cfg.stats)
+
+    import torch
+
+    from peftarena_cli.paths.sweep import open_path_model, run_sweep, save_checkpoint
+
+    torch.manual_seed(cfg.seed)
+    t_load = time.perf_counter()
+    with progress("forming ΔW") as bar:
+        setup = open_path_model(cfg.base, cfg.finetuned, path=cfg.path, scale_mode=cfg.generator_scale,
+                                dtype=cfg.dtype, device=cfg.device, layerwise=cfg.layerwise, callback=bar.callback,
+                                merge=bool(evaluators))
+    for note in setup.notes:
+        warn(note)
+    csd = None
+    if sets is not None:
+        from peftarena_cli.activations.moments import check_stats_base, weights_fingerprint
+        from peftarena_cli.paths.csd_path import path_csd
+
+        check_stats_base(stats_base, weights_fingerprint(setup.ref), cfg.base)
+        csd = path_csd(sets)
+    load_s = time.perf_counter() - t_load
+    log(f"loaded {cfg.base} + {cfg.finetuned} ({setup.method}, {setup.path} path) in {load_s:.1f} s")
+    on_alpha = None
+    if checkpoints is not None:
+        claim_checkpoint_dir(checkpoints, {
+            "format": "peftarena-sweep/1", "base": f"{cfg.base}@{setup.ref.identity()}",
+            "finetuned": f"{cfg.finetuned}@{setup.finetuned.identity()}", "path": setup.path,
+            "generator_scale": setup.scale_mode, "layerwise": cfg.layerwise or ""})
+
+        def on_alpha(a, pm):
+            save_checkpoint(setup, a, checkpoints, overwrite=True)
+    t0 = time.perf_counter()
+    with progress("interpolating") as bar:
+        curve, samples = run_sweep(setup, grid, evaluators, csd=csd, on_alpha=on_alpha, callback=bar.callback)
+    return InterpolateResult(
+        curve=curve, samples=samples, csd_rows=list(csd.rows) if csd is not None else [], grid=grid,
+        method=setup.method, path=setup.path, scale_mode=setup.scale_mode, base_identity=setup.ref.identity(),
+        finetuned_identity=setup.finetuned.identity(),
+        device=str(next(setup.path_model.model.parameters()).device), load_seconds=load_s,
+        sweep_seconds=time.perf_counter() - t0)
+
+
+def check_checkpoint_dir(d: Path) -> None:
+    """--save-checkpoints DIR: new, empty, or holding checkpoints of a peftarena sweep (cheap check
+    before any work; the sweep's identity is compared once the models are open)."""
+    if d.exists() and not d.is_dir():
+        raise OutputError(f"--save-checkpoints {str(d)!r} is not a directory")
+    if not d.parent.is_dir():
+        raise OutputError(f"the parent of --save-checkpoints {str(d)!r} does not exist")
+    if not d.is_dir():
+        return
+    entries = [e for e in d.iterdir() if not e.name.startswith(".tmp-")]
+    if entries and not (d / SWEEP_MANIFEST).is_file():
+        raise OutputError(f"--save-checkpoints {str(d)!r} already holds files that are not a peftarena sweep",
+                          hint="choose a new or empty directory")
+
+
+def claim_checkpoint_dir(d: Path, manifest: dict) -> None:
+    """Create DIR (or reuse it for the same sweep: same base, fine-tune, path and scaling) and record
+    which sweep its alpha-*/ checkpoints belong to. A different sweep's checkpoints are refused,
+    never mixed; leftovers of an interrupted write (.tmp-*) are removed."""
+    import json
+
+    from peftarena_cli.artifacts.atomic import atomic_write_text, clean_stale_tmp
+
+    d.mkdir(exist_ok=True)
+    m = d / SWEEP_MANIFEST
+    if m.is_file():
+        try:
+            old = json.loads(m.read_text())
+        except ValueError:
+            old = {}
+        diff = [k for k in manifest if old.get(k) != manifest[k]]
+        if diff:
+            raise OutputError(f"--save-checkpoints {str(d)!r} holds the checkpoints of another sweep "
+                              f"(differs in: {', '.join(diff)})",
+                              hint="choose a new directory, or remove the old checkpoints first")
+    clean_stale_tmp(d)
+    atomic_write_text(m, json.dumps(manifest, indent=2) + "\n")
