@@ -9,9 +9,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "peftarena_cli"
 
-KNOWN_MODULE_CYCLES = {
-    frozenset({"evaluation.engine", "evaluation.vllm_backend"}),
-}
+KNOWN_MODULE_CYCLES: set = set()  # engine <-> vllm_backend went with evaluation/backend.py (#17, #19)
 KNOWN_PACKAGE_CYCLES = {
     frozenset({"evaluation", "tasks"}),
 }

@@ -13,7 +13,20 @@ between calls) generates completions for many prompts:
   left-padded after it, with positions continuing from the prefix;
 * each row stops at EOS or at any **stop sequence**; finished rows are **dropped from the batch
   and its KV cache** at once, so a batch gets cheaper as its rows finish (no compute is spent on
-  rows that are done, unlike ``generate`` which runs every row until the longest one ends).
+  rows that are done, unlike ``generate`` which runs every row until the longest one ends);
+* the KV cache of a batch is **allocated once** for its longest row (prompt + budget) and each step
+  writes one position into it (:func:`_prealloc_layer_class`), instead of transformers' default cache that
+  concatenates, i.e. copies the whole cache of every layer, at every step;
+* sampling draws each row from its **own seeded generator** (seed, prompt index, sample), so a
+  sampled completion does not depend on the batch it ran in, the batch size or the process
+  (data-parallel ranks, ``evaluation/distributed.py``) that ran it;
+* on CPU, the intra-op thread count follows the cores other processes leave free
+  (:class:`~peftarena_cli.evaluation.cpu_share.ThreadGovernor`), so a busy machine slows the engine
+  in proportion to the CPU it loses instead of collapsing under spin-waiting threads.
+
+:class:`HfBackend` is this engine as a
+:class:`~peftarena_cli.evaluation.backend.GenerationBackend`; :func:`generate` takes a model or any
+backend.
 
 The result keeps the input order. Core code: no printing; progress goes to ``progress(done,
 total, label)``.
@@ -22,7 +35,11 @@ total, label)``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+
+from peftarena_cli.evaluation.backend import Generation, GenerationBackend, encode_prompts, first_stop
+
+__all__ = ["Generation", "GenerationBackend", "HfBackend", "encode_prompts", "generate", "eos_ids",
+           "shared_prefix_len", "prefix_groups", "MIN_SHARED_PREFIX", "default_batch_size"]
 
 DEFAULT_BATCH_CPU = 64
 DEFAULT_BATCH_GPU = 128
@@ -30,23 +47,6 @@ DEFAULT_BATCH_GPU = 128
 # (BBH: ~2k tokens) go in smaller batches and the KV cache / prefill activations stay bounded.
 MAX_BATCH_TOKENS_CPU = 32_768
 MAX_BATCH_TOKENS_GPU = 262_144
-
-
-@dataclass
-class Generation:
-    """Completions in input order: ``texts[i][s]`` is sample ``s`` of prompt ``i``."""
-
-    texts: list[list[str]]
-    n_tokens: list[list[int]]            # generated tokens per completion (up to the stop)
-    seconds: float = 0.0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0            # tokens actually decoded (greedy samples are computed once)
-    extra: dict = field(default_factory=dict)
-    token_ids: list[list[list[int]]] = field(default_factory=list)  # generated ids, a final EOS included
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def default_batch_size(model) -> int:
@@ -72,90 +72,110 @@ def eos_ids(model, tokenizer) -> set[int]:
     return {int(i) for i in ids}
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt. A BOS is added only when the tokenizer adds one and the text
-    (e.g. from a chat template) does not already start with it."""
-    bos = tokenizer.bos_token
-    out = []
-    for p in prompts:
-        add = not (bos and p.startswith(bos))
-        out.append(tokenizer(p, add_special_tokens=add)["input_ids"])
-    return out
-
-
-def _first_stop(text: str, stop: tuple[str, ...]) -> int:
-    cut = -1
-    for s in stop:
-        j = text.find(s)
-        if j >= 0 and (cut < 0 or j < cut):
-            cut = j
-    return cut
+_first_stop = first_stop  # (older name)
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
              temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
-             batch_size: int | None = None, progress=None, label: str = "", share_prefix: bool = True) -> Generation:
+             batch_size: int | None = None, progress=None, label: str = "", share_prefix: bool = True,
+             adapt_threads: bool = True, row_ids: list[int] | None = None) -> Generation:
     """Generate ``n_samples`` completions for each prompt (see the module docstring).
 
+    ``model`` is a transformers / PEFT model (the built-in engine) or any
+    :class:`~peftarena_cli.evaluation.backend.GenerationBackend`, which then generates on its own.
     Greedy decoding (``temperature == 0``) gives the same completion for every sample, so it is
     computed once per prompt. Completions are cut before the first stop sequence.
+    ``adapt_threads``: on CPU, follow the free cores (:mod:`~peftarena_cli.evaluation.cpu_share`).
+    ``row_ids``: the prompts' indices in a larger set (a data-parallel shard), which seed sampling.
     """
-    from peftarena_cli.evaluation.vllm_backend import VllmModel
-
-    if isinstance(model, VllmModel):  # the vllm backend generates on its own
+    if isinstance(model, GenerationBackend):  # e.g. the vllm backend: it generates on its own
         return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
                               top_p=top_p, n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress,
                               label=label)
+    return HfBackend(model, share_prefix=share_prefix, adapt_threads=adapt_threads).generate(
+        tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
+        n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress, label=label, row_ids=row_ids)
+
+
+class HfBackend(GenerationBackend):
+    """The built-in batched engine over one loaded transformers / PEFT model (module docstring)."""
+
+    name = "hf"
+
+    def __init__(self, model, share_prefix: bool = True, adapt_threads: bool = True):
+        self.model = model
+        self.share_prefix = share_prefix
+        self.adapt_threads = adapt_threads
+
+    def generate(self, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
+                 temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
+                 batch_size: int | None = None, progress=None, label: str = "", row_ids=None, **_) -> Generation:
+        import torch
+
+        from peftarena_cli.evaluation.cpu_share import ThreadGovernor
+
+        model, share_prefix = self.model, self.share_prefix
+        stop = tuple(s for s in (stop or ()) if s)
+        greedy = temperature is None or temperature <= 0
+        n_run = 1 if greedy else int(n_samples)
+        bs = int(batch_size or default_batch_size(model))
+        dev = _device(model)
+        budget = MAX_BATCH_TOKENS_GPU if dev.type == "cuda" else MAX_BATCH_TOKENS_CPU
+        enc = encode_prompts(tokenizer, prompts)
+        rows = [(i, s) for i in range(len(prompts)) for s in range(n_run)]
+        group = prefix_groups(enc) if share_prefix else list(range(len(enc)))
+        longest: dict[int, int] = {}
+        for i, g in enumerate(group):
+            longest[g] = max(longest.get(g, 0), len(enc[i]))
+        # longest first, rows of one prefix group together (a batch then shares its prefix)
+        order = sorted(range(len(rows)), key=lambda r: (-longest[group[rows[r][0]]], group[rows[r][0]],
+                                                         -len(enc[rows[r][0]]), r))
+        eos = eos_ids(model, tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
+        ids_of = list(row_ids) if row_ids is not None else list(range(len(prompts)))
+        texts: dict[tuple[int, int], str] = {}
+        counts: dict[tuple[int, int], int] = {}
+        gen_ids: dict[tuple[int, int], list[int]] = {}
+        t0 = time.perf_counter()
+        done = 0
+        tail_len = max((len(s) for s in stop), default=0) + 8
+        was_training = model.training
+        model.eval()
+        gov = ThreadGovernor(enabled=self.adapt_threads and dev.type == "cpu")
+        try:
+            with torch.inference_mode():
+                for batch in _batches(order, rows, enc, bs, max_new_tokens, budget, group):
+                    gens = None if greedy else [_row_generator(seed, ids_of[i], s) for i, s in batch]
+                    out_ids = _decode_batch(model, [enc[i] for i, _ in batch], max_new_tokens, eos, stop, tail_len,
+                                            tokenizer, pad_id, dev, greedy, temperature, top_p, gens, share_prefix,
+                                            gov.poll)
+                    for key, ids in zip(batch, out_ids):
+                        text = tokenizer.decode(ids, skip_special_tokens=True)
+                        cut = first_stop(text, stop)
+                        texts[key] = text[:cut] if cut >= 0 else text
+                        counts[key] = len(ids)
+                        gen_ids[key] = ids
+                    done += len(batch)
+                    if progress is not None:
+                        progress(done, len(rows), label)
+        finally:
+            gov.close()
+            if was_training:
+                model.train()
+        secs = time.perf_counter() - t0
+        keys = [[(i, 0 if greedy else s) for s in range(n_samples)] for i in range(len(prompts))]
+        return Generation([[texts[k] for k in ks] for ks in keys], [[counts[k] for k in ks] for ks in keys],
+                          seconds=secs, prompt_tokens=sum(len(e) for e in enc), generated_tokens=sum(counts.values()),
+                          token_ids=[[gen_ids[k] for k in ks] for ks in keys],
+                          extra={"backend": "hf", "threads": sorted({h[2] for h in gov.history})} if gov.history else {"backend": "hf"})
+
+
+def _row_generator(seed: int, item: int, sample: int):
+    """The sampling generator of one row: a function of (seed, prompt index, sample) only."""
     import torch
 
-    stop = tuple(s for s in (stop or ()) if s)
-    greedy = temperature is None or temperature <= 0
-    n_run = 1 if greedy else int(n_samples)
-    bs = int(batch_size or default_batch_size(model))
-    dev = _device(model)
-    budget = MAX_BATCH_TOKENS_GPU if dev.type == "cuda" else MAX_BATCH_TOKENS_CPU
-    enc = encode_prompts(tokenizer, prompts)
-    rows = [(i, s) for i in range(len(prompts)) for s in range(n_run)]
-    group = prefix_groups(enc) if share_prefix else list(range(len(enc)))
-    longest: dict[int, int] = {}
-    for i, g in enumerate(group):
-        longest[g] = max(longest.get(g, 0), len(enc[i]))
-    # longest first, rows of one prefix group together (a batch then shares its prefix)
-    order = sorted(range(len(rows)), key=lambda r: (-longest[group[rows[r][0]]], group[rows[r][0]],
-                                                     -len(enc[rows[r][0]]), r))
-    eos = eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    texts: dict[tuple[int, int], str] = {}
-    counts: dict[tuple[int, int], int] = {}
-    gen_ids: dict[tuple[int, int], list[int]] = {}
-    t0 = time.perf_counter()
-    done = 0
-    tail_len = max((len(s) for s in stop), default=0) + 8
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in _batches(order, rows, enc, bs, max_new_tokens, budget, group):
-                out_ids = _decode_batch(model, [enc[i] for i, _ in batch], max_new_tokens, eos, stop, tail_len,
-                                        tokenizer, pad_id, dev, greedy, temperature, top_p, gen, share_prefix)
-                for key, ids in zip(batch, out_ids):
-                    text = tokenizer.decode(ids, skip_special_tokens=True)
-                    cut = _first_stop(text, stop)
-                    texts[key] = text[:cut] if cut >= 0 else text
-                    counts[key] = len(ids)
-                    gen_ids[key] = ids
-                done += len(batch)
-                if progress is not None:
-                    progress(done, len(rows), label)
-    finally:
-        if was_training:
-            model.train()
-    secs = time.perf_counter() - t0
-    keys = [[(i, 0 if greedy else s) for s in range(n_samples)] for i in range(len(prompts))]
-    return Generation([[texts[k] for k in ks] for ks in keys], [[counts[k] for k in ks] for ks in keys],
-                      seconds=secs, prompt_tokens=sum(len(e) for e in enc), generated_tokens=sum(counts.values()),
-                      token_ids=[[gen_ids[k] for k in ks] for ks in keys])
+    mixed = (int(seed) * 0x9E3779B1 + int(item) * 0x85EBCA77 + int(sample) * 0xC2B2AE3D) % (2 ** 63 - 1)
+    return torch.Generator(device="cpu").manual_seed(mixed)
 
 
 MIN_SHARED_PREFIX = 64  # tokens; below this a batch is prefilled as a whole
@@ -231,26 +251,120 @@ def _forward(model, **kw):
         return model(**kw)
 
 
-def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, pad_id, dev, greedy,
-                  temperature, top_p, gen, share_prefix: bool = True):
-    """Decode one left-padded batch; return each row's generated ids (including a final EOS)."""
-    import torch
-    from transformers import DynamicCache
+_PREALLOC_LAYER = None  # the class below, built on first use (transformers is imported lazily)
 
-    n = len(seqs)
+
+def _prealloc_layer_class():
+    """A DynamicLayer whose keys/values live in buffers allocated once for the batch's longest row:
+    ``update`` writes the new positions in place and returns views of the filled part, so a decode
+    step no longer copies the whole cache (DynamicLayer's ``torch.cat``). Dropping rows copies the
+    filled part of the kept rows once."""
+    global _PREALLOC_LAYER
+    if _PREALLOC_LAYER is not None:
+        return _PREALLOC_LAYER
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = int(capacity)
+            self.n = 0
+
+        def lazy_initialization(self, key_states, value_states):
+            b, h, _, d = key_states.shape
+            self.device = key_states.device
+            self._k = key_states.new_empty((b, h, self.capacity, d))
+            self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            self.n = 0
+            self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            s = key_states.shape[-2]
+            end = self.n + s
+            if end > self._k.shape[2]:  # more than planned (should not happen): grow
+                self._resize(self._k.shape[0], max(end, 2 * self._k.shape[2]))
+            self._k[:, :, self.n:end] = key_states
+            self._v[:, :, self.n:end] = value_states
+            self.n = end
+            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+            return self.keys, self.values
+
+        def _resize(self, rows: int, capacity: int, index=None, repeats: int = 1):
+            k, v = self._k[:, :, :self.n], self._v[:, :, :self.n]
+            if index is not None:
+                k, v = k.index_select(0, index), v.index_select(0, index)
+            nk = k.new_empty((rows, k.shape[1], capacity, k.shape[3]))
+            nv = v.new_empty((rows, v.shape[1], capacity, v.shape[3]))
+            if repeats > 1:
+                k, v = k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0)
+            nk[:, :, :self.n] = k
+            nv[:, :, :self.n] = v
+            self._k, self._v = nk, nv
+            self.keys, self.values = nk[:, :, :self.n], nv[:, :, :self.n]
+
+        def get_seq_length(self) -> int:
+            return self.n if self.is_initialized else 0
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                self._resize(self._k.shape[0] * repeats, self._k.shape[2], repeats=repeats)
+
+        def batch_select_indices(self, indices) -> None:
+            if self.is_initialized:
+                self._resize(int(indices.shape[0]), self._k.shape[2], index=indices)
+
+        def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - not used by the engine
+            raise NotImplementedError
+
+        def reset(self) -> None:  # pragma: no cover - not used by the engine
+            self.n = 0
+            self.is_initialized = False
+
+    _PREALLOC_LAYER = PreallocLayer
+    return PreallocLayer
+
+
+def _new_cache(model, capacity: int):
+    """A DynamicCache whose full-attention layers are pre-allocated for ``capacity`` positions
+    (sliding-window layers, if any, keep transformers' own)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
     try:
         cache = DynamicCache(config=getattr(model, "config", None))
     except TypeError:  # pragma: no cover - older transformers
         cache = DynamicCache()
+    layer_cls = _prealloc_layer_class()
+    layers = getattr(cache, "layers", None)
+    if layers:
+        for j, layer in enumerate(layers):
+            if type(layer) is DynamicLayer:
+                layers[j] = layer_cls(capacity)
+    elif layers is not None and getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+        cache.layer_class_to_replicate = lambda: layer_cls(capacity)
+    return cache
+
+
+def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, pad_id, dev, greedy,
+                  temperature, top_p, gens, share_prefix: bool = True, tick=None):
+    """Decode one left-padded batch; return each row's generated ids (including a final EOS).
+    ``gens``: one torch.Generator per row when sampling; ``tick()`` is called once per step."""
+    import torch
+
+    n = len(seqs)
+    p = shared_prefix_len(seqs) if share_prefix else 0
+    width = max(len(s) for s in seqs) - p
+    cache = _new_cache(model, p + width + max_new_tokens)
     ck = _cache_kw(model)
     outs = [[] for _ in range(n)]
     active = list(range(n))          # original row index of each live batch row
-    p = shared_prefix_len(seqs) if share_prefix else 0
     if p:  # prefill the shared prefix once and give every row its KV cache; then the rows' suffixes
         _forward(model, input_ids=torch.tensor([seqs[0][:p]], dtype=torch.long, device=dev), use_cache=True,
                  position_ids=torch.arange(p, device=dev)[None], **{ck: cache})
         cache.batch_repeat_interleave(n)
-    width = max(len(s) for s in seqs) - p
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for r, s in enumerate(seqs):
@@ -259,29 +373,35 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
             mask[r, width - (len(s) - p):] = 1
     ids, mask = ids.to(dev), mask.to(dev)
     pos = (p + mask.cumsum(-1) - 1).clamp_(min=p)   # positions continue after the prefix (p = 0: none)
-    mask = torch.cat([mask.new_ones((n, p)), mask], dim=1)  # [prefix][left-padded rest]
-    out = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{ck: cache})
+    # the attention mask for the whole batch, allocated once: [prefix][left-padded rest][new tokens]
+    full = torch.ones((n, p + width + max_new_tokens), dtype=mask.dtype, device=dev)
+    full[:, p:p + width] = mask
+    cur = p + width
+    out = _forward(model, input_ids=ids, attention_mask=full[:, :cur], position_ids=pos, use_cache=True, **{ck: cache})
     last_pos = pos[:, -1]
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()
+        if tick is not None:
+            tick()
+        logits = out.logits[:, -1, :]
         if greedy:
             nxt = logits.argmax(-1)
         else:
-            probs = torch.softmax(logits / float(temperature), dim=-1)
+            probs = torch.softmax(logits.float() / float(temperature), dim=-1)
             if top_p < 1.0:
                 sp, si = probs.sort(-1, descending=True)
                 keep = sp.cumsum(-1) - sp < top_p
                 sp = sp * keep
                 probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(dev)
-        is_eos = torch.isin(nxt, eos_t) if eos_t is not None else torch.zeros_like(nxt, dtype=torch.bool)
+            probs = probs.cpu()
+            nxt = torch.cat([torch.multinomial(probs[j], 1, generator=gens[r]) for j, r in enumerate(active)]).to(dev)
         nxt_l = nxt.tolist()
-        eos_l = is_eos.tolist()
+        eos_l = torch.isin(nxt, eos_t).tolist() if eos_t is not None else [False] * len(nxt_l)
         keep = []
+        last = step == max_new_tokens - 1
         for j, r in enumerate(active):
             outs[r].append(nxt_l[j])
-            finished = eos_l[j] or step == max_new_tokens - 1
+            finished = eos_l[j] or last
             if not finished and stop:
                 tail = tokenizer.decode(outs[r][-tail_len:], skip_special_tokens=True)
                 finished = any(s in tail for s in stop)
@@ -292,12 +412,12 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
         if len(keep) < len(active):
             sel = torch.tensor(keep, dtype=torch.long, device=dev)
             cache.batch_select_indices(sel)
-            mask = mask.index_select(0, sel)
+            full = full.index_select(0, sel)
             nxt = nxt.index_select(0, sel)
             last_pos = last_pos.index_select(0, sel)
             active = [active[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        cur += 1
         last_pos = last_pos + 1
-        out = _forward(model, input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+        out = _forward(model, input_ids=nxt[:, None], attention_mask=full[:, :cur], position_ids=last_pos[:, None],
                        use_cache=True, **{ck: cache})
     return outs

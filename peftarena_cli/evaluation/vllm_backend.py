@@ -1,8 +1,10 @@
 """The optional vLLM generation backend (``--backend vllm``; ``pip install 'peftarena[vllm]'``).
 
-:class:`VllmModel` stands in for the Hugging Face model in :func:`~peftarena_cli.evaluation.api.evaluate_target`
-and :func:`~peftarena_cli.evaluation.api.evaluate_general`: :func:`~peftarena_cli.evaluation.engine.generate`
-hands it the prompts and it returns the same :class:`~peftarena_cli.evaluation.engine.Generation`.
+:class:`VllmModel` is a :class:`~peftarena_cli.evaluation.backend.GenerationBackend`, like the built-in
+engine (:class:`~peftarena_cli.evaluation.engine.HfBackend`): it stands in for the Hugging Face model in
+:func:`~peftarena_cli.evaluation.api.evaluate_target` and :func:`~peftarena_cli.evaluation.api.evaluate_general`;
+:func:`~peftarena_cli.evaluation.engine.generate` hands it the prompts and it returns the same
+:class:`~peftarena_cli.evaluation.backend.Generation`.
 Everything else (prompt rendering with the HF tokenizer's chat template, stop sequences, scoring) is
 shared with the default engine, so the two backends differ only in how tokens are decoded.
 
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 from peftarena_cli.errors import InvalidArtifact, MissingDependency, UnsupportedMethod
+from peftarena_cli.evaluation.backend import Generation, GenerationBackend, encode_prompts, first_stop
 
 LORA_TYPES = {"LORA"}
 
@@ -35,8 +38,10 @@ def import_vllm():
     return vllm
 
 
-class VllmModel:
+class VllmModel(GenerationBackend):
     """A vLLM engine over one base model; ``use_adapter`` switches the LoRA applied to later generations."""
+
+    name = "vllm"
 
     def __init__(self, model_dir: str | Path, dtype: str = "auto", seed: int = 0, max_lora_rank: int = 64,
                  max_model_len: int | None = None, **engine_kw):
@@ -83,11 +88,10 @@ class VllmModel:
         self._next_id += 1
 
     def generate(self, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(), temperature: float = 0.0,
-                 top_p: float = 1.0, n_samples: int = 1, seed: int = 0, batch_size=None, progress=None, label: str = ""):
+                 top_p: float = 1.0, n_samples: int = 1, seed: int = 0, batch_size=None, progress=None, label: str = "",
+                 **_):
         """Completions for every prompt, in the HF engine's :class:`Generation` layout."""
         import vllm
-
-        from peftarena_cli.evaluation.engine import Generation, _first_stop, encode_prompts
 
         stop = tuple(s for s in (stop or ()) if s)
         greedy = temperature is None or temperature <= 0
@@ -105,7 +109,7 @@ class VllmModel:
             t_i, n_i = [], []
             for o in out.outputs[:n_run]:
                 text = o.text
-                cut = _first_stop(text, stop)
+                cut = first_stop(text, stop)
                 t_i.append(text[:cut] if cut >= 0 else text)
                 n_i.append(len(o.token_ids))
                 generated += len(o.token_ids)
