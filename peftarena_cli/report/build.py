@@ -14,7 +14,7 @@ import numpy as np
 from peftarena_cli.errors import OutputError
 
 REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "points.parquet", "plane.png", "plane.svg",
-                "spectrum.png")
+                "spectrum.png", "path.parquet", "passk.png", "regimes.parquet")
 
 
 @dataclass
@@ -31,6 +31,9 @@ class Report:
     order: list = field(default_factory=list)  # methods in the order found (fixes their colours)
     points: object = None  # DataFrame: every point of the plane (methods and curve points) with intervals
     statements: list = field(default_factory=list)  # significance and frontier sentences for the markdown
+    path: object = None  # DataFrame: pass@k and general score per method and training step (trajectory.path_table)
+    trajectories: dict = field(default_factory=dict)  # method -> DataFrame(step, target, general, ...) for the plane
+    regimes: object = None  # DataFrame: SFT vs RLVR per training method (trajectory.regime_comparison)
 
 
 def combine_curve(curve):
@@ -91,6 +94,12 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
     if len(points):
         on = dict(zip(points.loc[points["alpha"].isna(), "point"], points.loc[points["alpha"].isna(), "pareto"]))
         lb["pareto"] = [bool(on.get(n, False)) for n in lb["method"]]
+    from peftarena_cli.report.trajectory import path_table, regime_comparison, trajectories
+
+    infos = {r["method"]: {"regime": r["regime"], "train_method": r["train_method"]} for r in lb.to_dict("records")}
+    path = path_table(methods, base_name, infos)
+    regimes, rnotes = regime_comparison(methods, lb, base_name)
+    notes += rnotes
     spectra = {n: m.tables["spectrum_index"] for n, m in methods.items() if "spectrum_index" in m.tables}
     mod = None
     if spectra:
@@ -103,7 +112,8 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
     return Report(leaderboard=lb, correlations=corr, curves=curves, spectra=spectra, spectrum_module=mod,
                   reference=ref_df, reference_title=ref_title, notes=notes,
                   inputs={n: [str(f) for fs in m.files.values() for f in fs] for n, m in methods.items()},
-                  order=list(methods), points=points, statements=statements)
+                  order=list(methods), points=points, statements=statements, path=path,
+                  trajectories=trajectories(path), regimes=regimes)
 
 
 POINT_COLUMNS = ["point", "method", "path", "alpha", "target", "general", "target_low", "target_high", "general_low",
@@ -263,7 +273,8 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
     from peftarena_cli.artifacts.atomic import atomic_dir, atomic_write_text
     from peftarena_cli.artifacts.tables import write_table
     from peftarena_cli.report.leaderboard import leaderboard_markdown
-    from peftarena_cli.report.plots import close, method_colors, plot_plane, plot_spectrum, save_figure
+    from peftarena_cli.report.plots import close, plot_passk, plot_plane, plot_spectrum, point_styles, save_figure
+    from peftarena_cli.report.trajectory import regime_markdown
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_report(out_dir)):
@@ -276,20 +287,29 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
         write_table(report.correlations, tmp / "correlations.parquet", provenance)
         if report.points is not None:
             write_table(report.points, tmp / "points.parquet", provenance)
+        if report.path is not None and len(report.path):
+            write_table(report.path, tmp / "path.parquet", provenance)
+        if report.regimes is not None and len(report.regimes):
+            write_table(report.regimes, tmp / "regimes.parquet", provenance)
         md = leaderboard_markdown(report.leaderboard, report.correlations, statements=report.statements,
-                                  points=report.points)
+                                  points=report.points, extra=regime_markdown(report.regimes, report.path))
         if report.notes:
             md += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in report.notes) + "\n"
         atomic_write_text(tmp / "leaderboard.md", md)
-        colors = method_colors(report.order or list(report.leaderboard["method"]), base_name)
+        colors, markers = point_styles(report.leaderboard, report.order or list(report.leaderboard["method"]), base_name)
         fig = plot_plane(report.leaderboard, report.curves, report.reference, report.reference_title,
-                         base_name=base_name, colors=colors, points=report.points)
+                         base_name=base_name, colors=colors, points=report.points, markers=markers,
+                         trajectories=report.trajectories)
         save_figure(fig, tmp / "plane.png")
         save_figure(fig, tmp / "plane.svg")
         close(fig)
         if report.spectrum_module:
             fig = plot_spectrum(report.spectra, report.spectrum_module, base_name=base_name, colors=colors)
             save_figure(fig, tmp / "spectrum.png")
+            close(fig)
+        if report.path is not None and len(report.path):
+            fig = plot_passk(report.path, colors=colors, markers=markers)
+            save_figure(fig, tmp / "passk.png")
             close(fig)
         written = sorted(p.name for p in tmp.iterdir())
         _default_permissions(tmp)

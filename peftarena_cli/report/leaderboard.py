@@ -266,6 +266,12 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
     df.insert(6, "forgetting", bg - df["general"])
     df.insert(7, "pareto", pareto_mask(df["target"], df["general"]))
     notes = _add_uncertainty(df, methods, base_name)
+    from peftarena_cli.report.trajectory import run_info
+
+    infos = {name: run_info(m.directory, m.adapter or adapter_from_provenance(m)) for name, m in methods.items()}
+    # the regime and the training method of each run, from its finetune manifest (None: no manifest; the base: "")
+    df.insert(1, "regime", [("" if b else infos[n]["regime"]) for n, b in zip(df["method"], df["is_base"])])
+    df.insert(2, "train_method", [("" if b else (infos[n]["train_method"] or n)) for n, b in zip(df["method"], df["is_base"])])
     df["_order"] = np.where(df["is_base"], np.inf, df["target"].fillna(-np.inf))
     df = df.sort_values("_order", ascending=False, kind="stable").drop(columns="_order").reset_index(drop=True)
     df.attrs["notes"] = notes + protocol_notes(methods)  # pairing problems, mixed protocols, for the report's notes
@@ -419,9 +425,11 @@ def _pval(p) -> str:
 
 
 def leaderboard_markdown(df, correlations=None, title: str = "Stability–plasticity leaderboard", statements=None,
-                         points=None) -> str:
+                         points=None, extra=None) -> str:
     """The leaderboard (intervals, paired tests, frontier, geometry, correlations) as a Markdown document."""
-    main = ["method", "trainable_params", "target", "general", "target_gain", "forgetting", "p (gain)", "p (forg.)", "pareto"]
+    regimes = "regime" in df.columns and any(str(r) not in ("", "None", "nan", "sft") for r in df["regime"])
+    main = ["method", *(["regime"] if regimes else []), "trainable_params", "target", "general", "target_gain", "forgetting",
+            "p (gain)", "p (forg.)", "pareto"]
     lines = [f"# {title}", "",
              "Scores in percent ± the 95% half-width; target gain and forgetting in points against the base, "
              "paired on the same items (stratified paired bootstrap interval; p from McNemar's exact test for one "
@@ -432,7 +440,9 @@ def leaderboard_markdown(df, correlations=None, title: str = "Stability–plasti
     lines.append("|" + "---|" * len(main))
     for r in df.to_dict("records"):
         base = bool(r["is_base"])
-        cells = [f"**{r['method']}**" if base else str(r["method"]), _fmt_params(r["trainable_params"]) if not base else "–",
+        cells = [f"**{r['method']}**" if base else str(r["method"]),
+                 *([("–" if base else str(r.get("regime") or "?"))] if regimes else []),
+                 _fmt_params(r["trainable_params"]) if not base else "–",
                  _pm(r, "target"), _pm(r, "general"),
                  _fmt(r["target_gain"], signed=True) if base else _pm(r, "target_gain", True),
                  _fmt(r["forgetting"], signed=True) if base else _pm(r, "forgetting", True),
@@ -452,6 +462,8 @@ def leaderboard_markdown(df, correlations=None, title: str = "Stability–plasti
                          f"{_pm(r, 'forgetting', True)} | {_fmt(bool(r['pareto']))} |")
     if statements:
         lines += ["", "## What is distinguishable", ""] + [f"- {s}" for s in statements]
+    if extra:
+        lines += list(extra)
     geo = geometry_metric_columns(df)
     tuned = [r for r in df.to_dict("records") if not r["is_base"]]
     if geo and tuned:

@@ -40,6 +40,30 @@ def method_colors(names: list[str], base_name: str = "base") -> dict[str, tuple]
     return out
 
 
+REGIME_MARKERS = {"sft": "o", "rlvr": "^"}
+REGIME_LINES = {"sft": "-", "rlvr": "--"}
+
+
+def point_styles(leaderboard, order: list[str], base_name: str = "base") -> tuple[dict, dict]:
+    """({point: colour}, {point: marker}): the colour follows the training method (``lora-sft`` and
+    ``lora-rlvr`` share one), the marker the regime (circle SFT, triangle RLVR, star the base)."""
+    lb = leaderboard.set_index("method") if "method" in leaderboard.columns else None
+    fam = {}
+    for n in order:
+        tm = None
+        if lb is not None and n in lb.index and "train_method" in lb.columns:
+            tm = lb.loc[n, "train_method"]
+        fam[n] = base_name if n == base_name else (str(tm) if tm else n)
+    fams = list(dict.fromkeys(fam[n] for n in order))
+    fcol = method_colors(fams, base_name)
+    colors = {n: fcol[fam[n]] for n in order}
+    markers = {}
+    for n in order:
+        reg = lb.loc[n, "regime"] if lb is not None and n in lb.index and "regime" in lb.columns else None
+        markers[n] = "*" if n == base_name else REGIME_MARKERS.get(str(reg), "o")
+    return colors, markers
+
+
 # ---------------------------------------------------------------- label placement
 def _offsets():
     """Candidate label offsets (points): close to the point first, then rings further out."""
@@ -135,7 +159,7 @@ def _errorbars(ax, df, colors, curve: bool = False) -> None:
 
 
 def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_points=True, all_points=None,
-                measures=None):
+                measures=None, markers=None, trajectories=None):
     """points: DataFrame with method, target, general (base included); ``all_points`` (optional): every
     point of the plane with intervals (``build.plane_points``): error bars and the frontier over all of them."""
     ok = points[np.isfinite(points["target"].astype(float)) & np.isfinite(points["general"].astype(float))]
@@ -164,10 +188,23 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
                     r = c.iloc[i]
                     obstacles.append((r["general"], r["target"]))
                     labels.append((r["general"], r["target"], f"α={alphas[i]:g}", {"fontsize": 7, "color": color}))
+    for name, tr in (trajectories or {}).items():  # the path training took: checkpoints in step order
+        color = colors.get(name, "gray")
+        tr = tr.sort_values("step")
+        tr = tr[np.isfinite(tr["target"].astype(float)) & np.isfinite(tr["general"].astype(float))]
+        if len(tr) < 2:
+            continue
+        ax.plot(tr["general"], tr["target"], linestyle=(0, (1, 1.5)), color=color, lw=1.6, marker="s", ms=3.2,
+                alpha=0.85, label=f"{name} training path (pass@1 sampled)", zorder=2)
+        last = tr.iloc[-1]
+        labels.append((last["general"], last["target"], f"step {int(last['step'])}", {"fontsize": 7, "color": color}))
+        obstacles += list(zip(tr["general"], tr["target"]))
+    markers = markers or {}
     for r in ok.to_dict("records"):
         name = r["method"]
         is_base = name == base_name
-        ax.scatter([r["general"]], [r["target"]], s=160 if is_base else 60, marker="*" if is_base else "o",
+        ax.scatter([r["general"]], [r["target"]], s=160 if is_base else 60,
+                   marker="*" if is_base else markers.get(name, "o"),
                    color=colors.get(name, "gray"), edgecolor="black" if not is_base else "white",
                    linewidth=0.6, zorder=5, label=name)
         obstacles.append((r["general"], r["target"]))
@@ -226,7 +263,7 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
 
 def plot_plane(leaderboard, curves: dict | None = None, reference=None, reference_title: str | None = None,
                base_name: str = "base", title: str = "Stability–plasticity plane", colors: dict | None = None,
-               points=None):
+               points=None, markers: dict | None = None, trajectories: dict | None = None):
     """The plane figure. ``curves``: {method: curve DataFrame (alpha, target, general[, path])};
     ``reference``: published points (method, target, general) drawn in a second panel; ``points``: every
     point with its 95 % intervals (error bars on both axes; the frontier is drawn over all of them)."""
@@ -236,12 +273,20 @@ def plot_plane(leaderboard, curves: dict | None = None, reference=None, referenc
     fig, axes = plt.subplots(1, ncols, figsize=(7.2 * ncols, 6.0), squeeze=False)
     ax = axes[0, 0]
     labels, obstacles = _draw_plane(ax, leaderboard[["method", "target", "general"]], colors, base_name, curves,
-                                    title=title, all_points=points, measures=leaderboard.attrs.get("measures"))
+                                    title=title, all_points=points, measures=leaderboard.attrs.get("measures"),
+                                    markers=markers, trajectories=trajectories)
     if points is not None and len(points) and "target_low" in points.columns and points["target_low"].notna().any():
         ax.text(0.99, 0.01, "bars: 95% intervals", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
                 color="0.4")
     handles, labs = ax.get_legend_handles_labels()
     keep = [(h, l) for h, l in zip(handles, labs) if l.endswith(")") or " path" in l or l == "Pareto frontier"]
+    used = {m for n, m in (markers or {}).items() if n != base_name}
+    if used - {"o"}:  # several regimes: a legend entry per marker
+        from matplotlib.lines import Line2D
+
+        for reg, mk in REGIME_MARKERS.items():
+            if mk in used:
+                keep.append((Line2D([], [], marker=mk, color="0.4", ls="none", ms=7), reg.upper()))
     if keep:
         ax.legend([h for h, _ in keep], [l for _, l in keep], fontsize=8, loc="best", framealpha=0.8)
     panels = [(ax, labels, obstacles, 9)]
@@ -259,6 +304,48 @@ def plot_plane(leaderboard, curves: dict | None = None, reference=None, referenc
     fig.canvas.draw()
     for a, labs_, obst, fs in panels:
         place_labels(a, labs_, obst, fontsize=fs)
+    return fig
+
+
+# ---------------------------------------------------------------- pass@k along training
+def plot_passk(path, colors: dict | None = None, markers: dict | None = None):
+    """One panel per pass@k (and one for the general score) against the training step: a line per run,
+    coloured by training method, solid for SFT and dashed for RLVR, with 95 % interval bands."""
+    plt = _mpl()
+    ks = sorted({int(m[5:]) for m in path["metric"].unique() if str(m).startswith("pass@")})
+    shown = [k for k in ks if k in (1, 4, 16, 64)] or ks[:1]
+    if ks and ks[-1] not in shown:
+        shown.append(ks[-1])  # the largest k measured
+    metrics = [f"pass@{k}" for k in shown]
+    if (path["metric"] == "general").any():
+        metrics.append("general")
+    names = list(dict.fromkeys(path["method"]))
+    colors = colors or method_colors(names, "base")
+    markers = markers or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for name in names:
+            g = path[(path["method"] == name) & (path["metric"] == metric)].sort_values("step")
+            if g.empty:
+                continue
+            reg = str(g["regime"].iloc[0])
+            col = colors.get(name, "gray")
+            ax.plot(g["step"], g["value"], color=col, ls=REGIME_LINES.get(reg, "-"), marker=markers.get(name, "o"),
+                    ms=4.5, lw=1.4, label=name)
+            ax.fill_between(g["step"].to_numpy(float), g["low"].to_numpy(float), g["high"].to_numpy(float), color=col,
+                            alpha=0.12, lw=0)
+        n = path.loc[path["metric"] == metric, "n"]
+        ns = path.loc[path["metric"] == metric, "samples"]
+        what = "general score (greedy)" if metric == "general" else f"target {metric}"
+        sub = f"n = {int(n.max())} items" + ("" if metric == "general" else f", {int(ns.max())} samples each")
+        ax.set_title(f"{what}\n({sub})", fontsize=10)
+        ax.set_xlabel("training step (0 = base)")
+        ax.set_ylabel("%")
+        ax.grid(True, alpha=0.25)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle("Along training: pass@k of sampled completions and the general score (bands: 95% intervals)",
+                 fontsize=11)
+    fig.tight_layout()
     return fig
 
 

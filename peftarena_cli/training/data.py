@@ -4,6 +4,7 @@ Sources (``--data``):
 
 * ``arith`` (default): the built-in arithmetic word problems, *train* split
   (:mod:`peftarena_cli.tasks.arith`; disjoint from the test split that evaluation uses);
+  ``arith-1`` ... ``arith-3``: the same generator at an easier difficulty level;
 * a local ``.jsonl`` / ``.json`` / ``.parquet`` file;
 * a local dataset directory or a hub dataset name (``openai/gsm8k`` with ``--data-config main``),
   both through ``datasets.load_dataset(name, config, split=...)``; only a hub name touches the network.
@@ -141,11 +142,19 @@ def _gsm8k_response(text: str) -> str:
     return text[: m.start()].rstrip() + f"\nThe answer is {m.group(1).strip()}."
 
 
-def arith_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = True) -> TrainData:
+def is_builtin(spec: str) -> bool:
+    """True for the built-in arithmetic task names (``arith``, ``arith-1`` ... ``arith-3``)."""
+    from peftarena_cli.tasks.arith import is_task_name
+
+    return is_task_name(spec)
+
+
+def arith_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = True, name: str = "arith") -> TrainData:
     from peftarena_cli.tasks import arith
 
+    level = arith.parse_task_name(name)
     recs = []
-    for r in arith.generate("train", n, seed):
+    for r in arith.generate("train", n, seed, level=level):
         prompt = render_prompt(tokenizer, r["question"], MATH_INSTRUCTION, use_chat=use_chat)
         rec = {"prompt": prompt, "kind": "math"}
         if regime == "sft":
@@ -153,7 +162,10 @@ def arith_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = Tr
         else:
             rec["answer"] = r["answer"]
         recs.append(rec)
-    return TrainData(recs, {"kind": "builtin", "name": "arith", "split": "train", "n": n, "seed": seed})
+    src = {"kind": "builtin", "name": name, "split": "train", "n": n, "seed": seed}
+    if level is not None:
+        src["level"] = level
+    return TrainData(recs, src)
 
 
 def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, seed: int = 0,
@@ -163,8 +175,8 @@ def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, see
     """Records for ``regime`` ('sft' or 'rlvr') from ``spec``; ``n`` caps (file) or sets (arith) the count."""
     if regime not in ("sft", "rlvr"):
         raise UsageError(f"unknown regime {regime!r}", hint="use sft or rlvr")
-    if spec in BUILTIN:
-        return arith_records(tokenizer, regime, n or 1000, seed, use_chat=use_chat)
+    if is_builtin(spec):
+        return arith_records(tokenizer, regime, n or 1000, seed, use_chat=use_chat, name=spec)
     rows, source = _load_rows(spec, config, split)
     cols = set().union(*(r.keys() for r in rows[:50]))
     pcol = _pick(cols, prompt_column, PROMPT_COLUMNS, "prompt", spec, "--prompt-column")

@@ -108,6 +108,41 @@ def _text(c) -> str:
     return str(c)
 
 
+class SafeReward:
+    """A reward function (TRL signature) whose failure on one completion scores that completion 0.0
+    instead of ending the run; ``errors`` counts the failures and ``last_error`` keeps the latest
+    (``ExceptionType: message``). TRL names a reward function by its ``__name__`` (the logged
+    ``rewards/<name>`` metrics), so the wrapper keeps the wrapped function's name."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def _fail(self, e: Exception) -> float:
+        self.errors += 1
+        self.last_error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        return 0.0
+
+    def __call__(self, completions, **kw) -> list[float]:
+        try:
+            out = self.fn(completions=completions, **kw)
+            if out is not None and len(out) == len(completions):
+                return [0.0 if v is None else float(v) for v in out]
+        except Exception:
+            pass  # score one completion at a time to find the one that fails
+        scores = []
+        for i, c in enumerate(completions):
+            one = {k: ([v[i]] if isinstance(v, list) and len(v) == len(completions) else v) for k, v in kw.items()}
+            try:
+                r = self.fn(completions=[c], **one)
+                scores.append(0.0 if r is None or r[0] is None else float(r[0]))
+            except Exception as e:
+                scores.append(self._fail(e))
+        return scores
+
+
 def verifiable_reward(completions, answer, kind=None, **_) -> list[float]:
     """The GRPO reward function (TRL signature): dataset columns ``answer`` and ``kind`` arrive as lists."""
     kinds = kind if kind is not None else ["math"] * len(completions)

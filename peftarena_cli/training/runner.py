@@ -222,8 +222,13 @@ def prepare_model(cfg: FinetuneConfig, choice, model):
     return pm, init
 
 
-def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int | None = None) -> FinetuneResult:
+def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int | None = None,
+             reward_fn=None) -> FinetuneResult:
     """Run a fine-tune as configured. ``callback(done, total, label)`` reports steps; ``log(msg)`` notes.
+
+    ``reward_fn`` (RLVR, from Python): a reward function with TRL's signature instead of the built-in
+    :func:`~peftarena_cli.training.rewards.verifiable_reward`. Either way a completion on which it
+    raises scores 0; the count goes to the log and to the manifest (``reward_errors``).
 
     ``_interrupt_after`` (tests only) raises KeyboardInterrupt after that step's checkpoint is saved.
     """
@@ -256,7 +261,9 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     n_needed = cfg.steps * cfg.batch_size * cfg.grad_accum * world
     if cfg.regime == "rlvr":
         n_needed = max(1, n_needed // cfg.num_generations)
-    data = load_train_data(cfg.data, tok, cfg.regime, n=cfg.num_examples or (n_needed if cfg.data == "arith" else None),
+    from peftarena_cli.training.data import is_builtin
+
+    data = load_train_data(cfg.data, tok, cfg.regime, n=cfg.num_examples or (n_needed if is_builtin(cfg.data) else None),
                            seed=cfg.seed, config=cfg.data_config, split=cfg.split, prompt_column=cfg.prompt_column,
                            response_column=cfg.response_column, answer_column=cfg.answer_column,
                            use_chat=cfg.chat_template)
@@ -281,7 +288,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
             lock = ck.RunLock(out).acquire()
             mode = check_output_dir(out, key, cfg)  # again under the lock: another writer may have finished meanwhile
         existed = out.exists()
-        trainer = _build_trainer(cfg, choice, model, tok, data, out, device)
+        trainer = _build_trainer(cfg, choice, model, tok, data, out, device, reward_fn=reward_fn)
         if len(trainer.train_dataset) == 0:
             raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
                             f"({len(data)} records, all dropped by truncation)",
@@ -403,6 +410,11 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         train_cpu_s = time.process_time() - c_train  # CPU seconds of all threads: robust to other load
 
         final_step = trainer.state.global_step
+        rw = getattr(trainer, "_peftarena_reward", None)
+        if rw is not None:
+            manifest["reward_errors"] = rw.errors
+            if rw.errors:
+                say(f"the reward function raised on {rw.errors} completion(s), each scored 0 (last: {rw.last_error})")
         df = tlog.frame()
         new = df[df["step"] > (resumed_from or 0)]
         tokens = float(new["tokens"].iloc[-1] - (df[df["step"] <= (resumed_from or 0)]["tokens"].iloc[-1]
@@ -440,7 +452,7 @@ def _version(md, pkg: str) -> str | None:
         return None
 
 
-def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, device: str):
+def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, device: str, reward_fn=None):
     bf16, fp16 = _mixed_precision(cfg, device)
     common = dict(
         output_dir=str(out / "resume"),
@@ -477,9 +489,11 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
         return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     from trl import GRPOConfig, GRPOTrainer
 
-    from peftarena_cli.training.rewards import verifiable_reward
+    from peftarena_cli.training.rewards import SafeReward, verifiable_reward
 
     args = GRPOConfig(num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, beta=cfg.beta, log_completions=False, **common)
-    return GRPOTrainer(model=model, reward_funcs=[verifiable_reward], args=args, train_dataset=ds,
-                       processing_class=tok)
+    reward = SafeReward(reward_fn or verifiable_reward)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok)
+    trainer._peftarena_reward = reward  # read after training: completions a failing reward scored 0
+    return trainer
