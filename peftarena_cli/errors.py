@@ -78,3 +78,9 @@ class DeviceNotAvailable(PeftArenaError):
     """A device that was asked for is not there (e.g. --device cuda without CUDA)."""
 
     default_hint = "pass --device cpu (or auto: CUDA when present)"
+
+
+class ProcessGroupError(PeftArenaError):
+    """A data-parallel run (torchrun) whose ranks cannot work together, e.g. one of them died."""
+
+    default_hint = "see the failing rank's own error above; nothing was written, rerun when it is fixed"
