@@ -51,6 +51,7 @@ class Method:
     native: str | None = None       # native path kind (NATIVE_KINDS), None: only the dense path W0 + αΔW
     scaled: tuple[str, ...] = ()    # saved-key suffixes the native path multiplies by α (or s(α))
     linear: bool = False            # the native path's merged weight is W0 + α ΔW(1)
+    multiplicative: bool = False    # W1 = W0 M for a rotation M: spectrum's singular-vector alignment by default
 
 
 _LORA_FAMILY = dict(peft_type="LORA", markers=("lora_A", "lora_B", "lora_magnitude_vector"),
@@ -81,10 +82,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            ("target_modules",), {}, peft_type="IA3", markers=("ia3_l",), former="peftarena_cli.weights.ia3:ia3_parts"),
     Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4, 5e-4,
            ("block_size", "target_modules"), {"block_size": 32}, peft_type="OFT", markers=("oft_R", "oft_s"),
-           former="peftarena_cli.weights.oft:oft_parts", native="rotation", scaled=(".oft_R.weight",)),
+           former="peftarena_cli.weights.oft:oft_parts", native="rotation", scaled=(".oft_R.weight",),
+           multiplicative=True),
     Method("boft", "BOFT: butterfly-factorised orthogonal rotation (2 butterfly factors)", 2e-4, 2e-3,
            ("block_size", "target_modules"), {"block_size": 32, "butterfly_factor": 2}, peft_type="BOFT",
-           markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts"),
+           markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts", multiplicative=True),
     Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4, 5e-4,
            ("rank", "target_modules"), {"rank": 8}, peft_type="MISS", markers=("miss_block",),
            former="peftarena_cli.weights.miss:miss_parts", native="scale", scaled=(".miss_block",), linear=True),

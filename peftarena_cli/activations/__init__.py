@@ -1,4 +1,4 @@
-"""Activation-space diagnostics (DESIGN §3 "csd" and "act-geom").
+"""Activation-space diagnostics (docs/csd.md and docs/act-geom.md; definitions in docs/design.md §4).
 
 Where things live:
 

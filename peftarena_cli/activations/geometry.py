@@ -1,4 +1,4 @@
-"""act-geom metrics (DESIGN §3 "act-geom"), exact over every token from streamed sums.
+"""act-geom metrics (docs/act-geom.md), exact over every token from streamed sums.
 
 Notation: X0, X1 (n × d) base / fine-tuned outputs of one module; ``c`` = column-centred;
 Z = row-L2-normalised (uncentred). From :class:`~peftarena_cli.activations.pair_sums.PairSums`:

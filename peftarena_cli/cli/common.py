@@ -80,7 +80,7 @@ def stdout_is_terminal() -> bool:
 
 
 def emit_table(df, output: Optional[Path], provenance=None, title: str | None = None, max_rows: int = 30) -> None:
-    """The stdout rules (DESIGN §2): ``-o`` writes a file; a pipe gets Parquet bytes; a terminal gets a table.
+    """The stdout rules (docs/artifacts.md, "Where output goes"): ``-o`` writes a file; a pipe gets Parquet bytes; a terminal gets a table.
 
     ``df`` is a pandas DataFrame or a pyarrow Table."""
     from peftarena_cli.artifacts.tables import table_bytes, write_table

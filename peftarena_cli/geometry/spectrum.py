@@ -1,4 +1,4 @@
-"""Where the weight-space spectrum metrics are computed (DESIGN §3 "spectrum").
+"""Where the weight-space spectrum metrics are computed (docs/spectrum.md).
 
 For a linear module with base weight W0 = U Σ Vᵀ (σ_i descending) and update ΔW = W1 − W0:
 

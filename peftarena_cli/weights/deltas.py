@@ -17,7 +17,7 @@ import torch
 from peftarena_cli.artifacts.keys import base_key
 from peftarena_cli.artifacts.weights import WeightSource, module_kind, module_layer
 from peftarena_cli.errors import IncompatibleInputs, NumericalError, UsageError
-from peftarena_cli.methods import get_method, load_former
+from peftarena_cli.methods import METHODS, get_method, load_former
 from peftarena_cli.weights.finetuned import Finetuned
 
 # (name, W0) -> (U, S, Vh) of W0 in float32; lets PiSSA/MiLoRA reuse the cached base SVD.
@@ -58,8 +58,9 @@ class ModuleDelta:
 
     @property
     def multiplicative(self) -> bool:
-        """W1 = W0 @ M for an (approximately) orthogonal M: OFT and BOFT."""
-        return self.method in ("oft", "boft")
+        """W1 = W0 @ M for an (approximately) orthogonal M: OFT and BOFT (the registry's ``multiplicative``)."""
+        m = METHODS.get(self.method)
+        return bool(m and m.multiplicative)
 
     @property
     def rank_bound(self) -> int | None:
