@@ -1,4 +1,4 @@
-"""Capability-Conditioned Drift (DESIGN §3 "csd") from input second moments and ΔW.
+"""Capability-Conditioned Drift (docs/csd.md) from input second moments and ΔW.
 
 With S = E[h hᵀ] of a module's input over a prompt distribution D (from the base model):
 
