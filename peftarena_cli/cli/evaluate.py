@@ -189,7 +189,7 @@ def _target_from_responses(task: str, path: Path, records, limit, seed):
 def eval_target_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
-    task: str = typer.Option("arith", "--task", "-t", help="arith (built in), gsm8k, math500, aime24, amc23, medmcqa, medqa, pubmedqa (hub), NAME=PATH, or a file."),
+    task: str = typer.Option("arith", "--task", "-t", help="arith (built in; arith-1, arith-2, arith-3: easier levels), gsm8k, math500, aime24, amc23, medmcqa, medqa, pubmedqa (hub), NAME=PATH, or a file."),
     n_samples: Optional[int] = typer.Option(None, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n). Default: the protocol's (study: 16 on math, else 1)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; > 0 samples. Default: the protocol's (study: 0.6 on math, else 0)."),
     protocol: Optional[str] = ProtocolOpt,

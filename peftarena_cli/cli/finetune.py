@@ -32,7 +32,7 @@ def finetune_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Run directory to create (refused if it holds another run)."),
     method: str = typer.Option("lora", "--method", "-m", help=f"One of: {METHOD_NAMES}."),
     regime: str = typer.Option("sft", "--regime", help="sft (completion-only loss) or rlvr (GRPO, verifiable reward)."),
-    data: str = typer.Option("arith", "--data", help="arith (built-in, train split), a .jsonl/.json/.parquet file, a dataset dir, or a hub dataset name."),
+    data: str = typer.Option("arith", "--data", help="arith (built-in, train split; arith-1, arith-2, arith-3: easier levels), a .jsonl/.json/.parquet file, a dataset dir, or a hub dataset name."),
     data_config: Optional[str] = typer.Option(None, "--data-config", help="Dataset config name (hub/dir datasets), e.g. main for openai/gsm8k."),
     split: str = typer.Option("train", "--split", help="Dataset split (hub/dir datasets)."),
     prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="Prompt column (default: prompt, question, problem, ...)."),
