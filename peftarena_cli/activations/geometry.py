@@ -53,8 +53,8 @@ PCA_KS = (32, 64)
 @contextlib.contextmanager
 def small_linalg_threads():
     """Run the small d×d decompositions single-threaded: multithreaded MKL eigh/svd on matrices
-    this size is slower by orders of magnitude when the CPU cores are shared (measured: 128×128
-    eigh 6 ms on 1 thread, 2.8 s on 2 busy threads)."""
+    this size is slower by orders of magnitude when the CPU cores are shared (measured figures:
+    docs/act-geom.md)."""
     import torch
 
     n = torch.get_num_threads()

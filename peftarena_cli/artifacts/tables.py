@@ -46,7 +46,7 @@ def arrow_table(columns: dict):
     writes them), assembled from buffers.
 
     pyarrow's own constructors (``pa.array``, ``pa.table``, ``from_pylist``) import pandas to check
-    their input; in a command that otherwise never needs pandas that is 0.2 s of a 3 s run.
+    their input, a noticeable part of a command that otherwise never needs pandas (docs/spectrum.md).
     Numeric arrays are shared, not copied.
     """
     import numpy as np

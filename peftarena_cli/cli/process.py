@@ -1,18 +1,17 @@
 """Process-wide settings for a ``peftarena`` command-line process (never applied when peftarena is
 used as a library, or when :func:`peftarena_cli.cli.app.main` is called from Python).
 
-Both were measured on ``spectrum`` with a warm base-SVD cache (smollm2-135m, OFT, 2 CPU cores),
-a run of about 4.4 s before them:
+Both were measured on ``spectrum`` with a warm base-SVD cache (figures: docs/spectrum.md, "Speed
+and memory"):
 
 * **Garbage collection.** ``import torch`` creates about a million long-lived objects. Left to
   the cyclic collector, they are walked by every full collection during the import, during the
-  run and again at interpreter exit: 0.9 s of that run. torch is imported with the collector
+  run and again at interpreter exit. torch is imported with the collector
   paused, and the objects alive then are frozen (``gc.freeze``) out of its reach; so are the
   ones alive at exit. Reference counting still frees everything as usual; only cycles among
   frozen objects are never collected, and there are none worth collecting in a process that ends.
 * **glibc malloc.** Per-module temporaries of a few MiB are above glibc's initial mmap
-  threshold, so each is a fresh mapping whose pages fault in again (0.2 s of the same run in
-  ~180k page faults). A fixed 32 MiB mmap threshold (glibc's maximum) and a 256 MiB trim
+  threshold, so each is a fresh mapping whose pages fault in again. A fixed 32 MiB mmap threshold (glibc's maximum) and a 256 MiB trim
   threshold keep freed blocks for reuse. Peak RSS moves by under 5 %.
 """
 
@@ -58,5 +57,5 @@ def before_command() -> None:
 
 
 def before_exit() -> None:
-    """The interpreter's last collections at exit would walk every live object (0.4 s after torch)."""
+    """The interpreter's last collections at exit would walk every live object (every object torch made)."""
     gc.freeze()

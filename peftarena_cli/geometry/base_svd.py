@@ -147,9 +147,8 @@ def eigh(g: torch.Tensor):
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix.
 
     In a thread started under :func:`single_threaded_numpy_lapack` (spectrum's CPU workers), NumPy's
-    LAPACK does it: its dsyevd (OpenBLAS in NumPy's wheels) takes 40 ms on a 576 × 576 float64
-    Gram matrix where torch's (MKL) takes 48 ms; a cold spectrum of smollm2-135m makes 150 of them
-    and took 6.7–7.0 s instead of 7.4–8.0. Elsewhere, torch's.
+    LAPACK does it: its dsyevd (OpenBLAS in NumPy's wheels) is faster than torch's (MKL) on the
+    base's Gram matrices (docs/spectrum.md, "Speed and memory"). Elsewhere, torch's.
     """
     if getattr(_thread, "numpy_lapack", False) and g.device.type == "cpu":
         import numpy as np
@@ -164,8 +163,8 @@ def single_threaded_numpy_lapack():
     """Limit NumPy's BLAS/LAPACK to one thread for the duration (threadpoolctl) and yield an
     initializer for worker threads: in them :func:`eigh` uses NumPy.
 
-    With several workers, a multithreaded OpenBLAS call in each oversubscribes the cores: measured,
-    the cold run took 12.5 s instead of 6.5. So NumPy is used only where every BLAS that
+    With several workers, a multithreaded OpenBLAS call in each oversubscribes the cores (the cold
+    run took twice as long, docs/spectrum.md). So NumPy is used only where every BLAS that
     threadpoolctl finds is down to one thread; otherwise the initializer does nothing.
     """
     from threadpoolctl import threadpool_info, threadpool_limits
