@@ -13,8 +13,8 @@ _peftarena() {
     done
     case "$path" in
         '') COMPREPLY=( $(compgen -W "act-geom csd drift eval-general eval-target finetune interpolate models report rewind spectrum --quiet -q --version --help" -- "$cur") ) ;;
-        'act-geom') COMPREPLY=( $(compgen -W "--prompts -p --sums --save-sums --gram-sample --accum-dtype --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
-        'csd') COMPREPLY=( $(compgen -W "--general -g --target -t --stats --save-stats --alpha --allow-extrapolate --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'act-geom') COMPREPLY=( $(compgen -W "--prompts -p --sums --save-sums --gram-sample --accum-dtype --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --max-memory --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'csd') COMPREPLY=( $(compgen -W "--general -g --target -t --stats --save-stats --alpha --allow-extrapolate --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --max-memory --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'drift') COMPREPLY=( $(compgen -W "--alphas --sets --target-task --general-suite --limit --max-new-tokens --reference --no-reference --path --batch-size --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --protocol --backend --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --protocol --k --limit --include-base --batch-size --max-new-tokens --backend --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;

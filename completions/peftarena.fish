@@ -20,6 +20,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l max-length
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l batch-size
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -s b
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l shard
+complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l max-memory
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from act-geom' -l device
@@ -46,6 +47,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from csd' -l max-length
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l batch-size
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -s b
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l shard
+complete -c peftarena -n '__fish_seen_subcommand_from csd' -l max-memory
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l device

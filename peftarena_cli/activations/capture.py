@@ -118,6 +118,19 @@ def find_modules(model, names: list[str]) -> dict[str, object]:
     return out
 
 
+class StopForward(Exception):
+    """Raised by a capture hook once the last module it needs has run: the rest of the forward pass
+    is skipped (a pass for the first layers' modules costs only those layers)."""
+
+
+def run_until(body, capture, **inputs) -> None:
+    """``body(**inputs)``, ended early by ``capture``'s :class:`StopForward` when it has a ``stop_after``."""
+    try:
+        body(**inputs)
+    except StopForward:
+        pass
+
+
 @dataclass
 class ModuleCapture:
     """Forward hooks on named modules; after each forward, ``captured[name]`` is the (tokens × d)
@@ -125,7 +138,8 @@ class ModuleCapture:
 
     ``sink(name, X)`` if given is called instead of storing (to reduce sums on the fly). Inputs
     shared by several modules (q/k/v, gate/up) are captured once: ``shared[name]`` is the name of
-    the module whose captured input it reuses.
+    the module whose captured input it reuses. With ``stop_after`` (a module name), the forward pass
+    stops with :class:`StopForward` once that module has been captured (run it with :func:`run_until`).
     """
 
     modules: dict
@@ -133,6 +147,7 @@ class ModuleCapture:
     dtype: object = None
     sink: object = None
     dedupe: bool = False
+    stop_after: str | None = None
     captured: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)
     _mask: object = None
@@ -176,20 +191,65 @@ class ModuleCapture:
                 hit = self._ptrs.get(key)
                 if hit is not None:
                     self.shared[name] = hit[0]
+                    self._maybe_stop(name)
                     return None
                 # keep the tensor alive until the next batch so its address cannot be reused by
                 # another module's input within this forward pass
                 self._ptrs[key] = (name, t)
                 self.shared.pop(name, None)
             self._take(name, t.detach())
+            self._maybe_stop(name)
             return None
 
         return hook
+
+    def _maybe_stop(self, name) -> None:
+        if name == self.stop_after:
+            raise StopForward(name)
 
     def _make_post(self, name):
         def hook(mod, args, out):
             t = out[0] if isinstance(out, tuple) else out
             self._take(name, t.detach())
+            self._maybe_stop(name)
             return None
 
         return hook
+
+
+@dataclass
+class Probe:
+    """What one tiny forward pass tells about the selected modules: the order they run in, which
+    read the same input tensor (``group``: module -> the first module reading its input), and their
+    weight shapes (``shape``: module -> (d_out, d_in))."""
+
+    order: list
+    group: dict
+    shape: dict
+
+
+def probe_modules(model, names: list[str], token_id: int = 0) -> Probe:
+    """Run ``model``'s body on two tokens with input hooks on ``names`` (no statistics)."""
+    import torch
+
+    mods = find_modules(model, names)
+    order: list = []
+    cap = ModuleCapture(mods, what="input", dedupe=True, sink=lambda name, h: order.append(name))
+    dev = next(model.parameters()).device
+    ids = torch.full((1, 2), int(token_id), dtype=torch.long, device=dev)
+    mask = torch.ones_like(ids)
+    # hooks of shared inputs do not call the sink: record every module as it runs
+    seen: list = []
+    handles = [m.register_forward_pre_hook(lambda mod, a, n=n: seen.append(n)) for n, m in mods.items()]
+    try:
+        with cap, torch.inference_mode():
+            cap.set_mask(mask)
+            decoder_of(model)(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    run = [n for i, n in enumerate(seen) if n not in seen[:i]]
+    run += [n for n in names if n not in run]  # a module the pass did not reach keeps the name order
+    group = {n: cap.shared.get(n, n) for n in names}
+    shape = {n: tuple(getattr(m, "weight").shape) for n, m in mods.items()}
+    return Probe(run, group, shape)

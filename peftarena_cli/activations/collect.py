@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftarena_cli.activations.capture import ModuleCapture, Tokenized, batches, decoder_of, find_modules, tokenize
+from peftarena_cli.activations.capture import (ModuleCapture, Tokenized, batches, decoder_of, find_modules, run_until,
+                                              tokenize)
 from peftarena_cli.activations.moments import InputMoments
 from peftarena_cli.activations.pair_sums import PairSums
 
@@ -27,8 +28,10 @@ def _pad_id(tokenizer) -> int:
 
 
 def collect_input_moments(model, tokenizer, prompts: list[str], modules: list[str], *, batch_size: int = 16,
-                          max_length: int = 512, callback=None, tokenized: Tokenized | None = None) -> InputMoments:
-    """Second moments of every selected module's input over ``prompts`` (base model)."""
+                          max_length: int = 512, callback=None, tokenized: Tokenized | None = None,
+                          stop_after: str | None = None) -> InputMoments:
+    """Second moments of every selected module's input over ``prompts`` (base model). ``stop_after``:
+    the selected module that runs last (the rest of each forward pass is skipped)."""
     import torch
 
     tok = tokenized or tokenize(tokenizer, prompts, max_length)
@@ -36,13 +39,13 @@ def collect_input_moments(model, tokenizer, prompts: list[str], modules: list[st
     body = decoder_of(model)
     mods = find_modules(model, modules)
     m = InputMoments(n_prompts=len(tok.ids), n_truncated=tok.n_truncated)
-    cap = ModuleCapture(mods, what="input", dedupe=True, sink=lambda name, h: m.add(name, h))
+    cap = ModuleCapture(mods, what="input", dedupe=True, sink=lambda name, h: m.add(name, h), stop_after=stop_after)
     first_shared = None
     done = 0
     with cap, torch.inference_mode():
         for ids, mask in batches(tok, batch_size, _pad_id(tokenizer), dev):
             cap.set_mask(mask)
-            body(input_ids=ids, attention_mask=mask)
+            run_until(body, cap, input_ids=ids, attention_mask=mask)
             if first_shared is None:
                 first_shared = dict(cap.shared)
             elif cap.shared != first_shared:  # pragma: no cover - a model that reallocates inputs
@@ -87,12 +90,13 @@ class GramSample:
 
 def collect_pair_sums(peft_model, tokenizer, prompts: list[str], modules: list[str], *, batch_size: int = 16,
                       max_length: int = 512, accum_dtype=None, gram_sample: int = 0, seed: int = 0,
-                      callback=None, tokenized: Tokenized | None = None, model1=None):
+                      callback=None, tokenized: Tokenized | None = None, model1=None, stop_after: str | None = None):
     """Streamed act-geom sums for every selected module: ``({module: PairSums}, GramSample|None)``.
 
     With ``model1=None``, ``peft_model`` is a PEFT-wrapped model: the base outputs come from it with
     the adapter disabled. Otherwise ``peft_model`` is the base model and ``model1`` the fine-tuned
-    model (full fine-tuning), run on the same batches.
+    model (full fine-tuning), run on the same batches. ``stop_after``: the selected module that runs
+    last (the rest of each forward pass is skipped).
     """
     import contextlib
 
@@ -121,19 +125,19 @@ def collect_pair_sums(peft_model, tokenizer, prompts: list[str], modules: list[s
             sample.take(sample.rows0, name, X0, offset)
             sample.take(sample.rows1, name, X1, offset)
 
-    cap0 = ModuleCapture(mods, what="output")
-    cap1 = ModuleCapture(mods1, what="output", sink=sink)
+    cap0 = ModuleCapture(mods, what="output", stop_after=stop_after)
+    cap1 = ModuleCapture(mods1, what="output", sink=sink, stop_after=stop_after)
     done = 0
     with torch.inference_mode():
         for ids, mask in batches(tok, batch_size, _pad_id(tokenizer), dev):
             with cap0, off():
                 cap0.set_mask(mask)
-                body(input_ids=ids, attention_mask=mask)
+                run_until(body, cap0, input_ids=ids, attention_mask=mask)
             x0.update(cap0.captured)
             cap0.captured.clear()
             with cap1:
                 cap1.set_mask(mask)
-                body1(input_ids=ids, attention_mask=mask)
+                run_until(body1, cap1, input_ids=ids, attention_mask=mask)
             x0.clear()
             offset += int(mask.sum())
             done += ids.shape[0]

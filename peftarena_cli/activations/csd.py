@@ -65,12 +65,13 @@ def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,)
 
 
 def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.0,), device: str = "cpu",
-              callback=None, eps: float = EPS):
+              callback=None, eps: float = EPS, layers: list[int] | None = None):
     """CSD per changed module for every prompt set in ``sets`` (a DataFrame, one row per module × α).
 
     ``base`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource`, ``ft`` an
     :func:`~peftarena_cli.weights.finetuned.open_finetuned` result. ``modules`` restricts the
-    modules (default: every module the fine-tune changes that the statistics cover).
+    modules (default: every module the fine-tune changes that the statistics cover); ``layers``, if
+    given, must hold every layer of them (it only spares reading the other layers' weights).
     """
     import pandas as pd
 
@@ -94,7 +95,7 @@ def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.
     kinds = sorted({n.rsplit('.', 1)[-1] for n in wanted})
     rows: list[dict] = []
     done = 0
-    for md in iter_module_deltas(base, ft, kinds=kinds, device=device):
+    for md in iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device):
         if md.name not in want:
             continue
         rows.extend(csd_rows(md.name, md.layer, md.kind, md.w0, md.dense(), sets, alphas, eps))

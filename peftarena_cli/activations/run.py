@@ -89,19 +89,12 @@ def check_same_architecture(m0, m1, base: str, finetuned: str) -> None:
                                          hint="pass the fine-tune of this base (an adapter or a full model)")
 
 
-def _release(*objs) -> None:
-    """Drop what the caller no longer needs and return freed CUDA blocks to the driver."""
-    import gc
+def _release() -> None:
+    """Return freed CUDA blocks to the driver (CPU memory goes back when the last reference does)."""
+    import torch
 
-    del objs
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover
-        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------- csd
@@ -130,6 +123,7 @@ class CsdConfig:
     device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
+    max_memory: int | str | None = None  # bytes (or "12G"); None: derived from the machine (budget.py)
 
     def validate(self) -> None:
         """Option combinations that cannot work (a :class:`UsageError`, exit 2)."""
@@ -159,13 +153,16 @@ class CsdResult:
     adapter_identity: str | None
     extra: dict
     device: str
+    plan: object = None  # the budget.Plan the statistics were collected under (None with --stats)
 
 
 def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> CsdResult:
     """CSD per changed module on the configured prompt sets (or merged statistics files)."""
-    from peftarena_cli.activations.capture import linear_module_names, select_modules
+    from peftarena_cli.activations.capture import linear_module_names, module_layer, select_modules
+    from peftarena_cli.activations.collect import collect_input_moments
     from peftarena_cli.activations.csd import csd_table
-    from peftarena_cli.activations.moments import check_stats_base, merge_stats_files, weights_fingerprint
+    from peftarena_cli.activations.moments import (InputMoments, check_stats_base, merge_stats_files,
+                                                   weights_fingerprint)
     from peftarena_cli.activations.prompts import parse_shard
     from peftarena_cli.artifacts.loading import pick_device
     from peftarena_cli.artifacts.weights import WeightSource, resolve_model
@@ -198,36 +195,144 @@ def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> Cs
             select_modules(list(next(iter(sets.values())).module_group), cfg.modules)
         extra["stats"] = [str(s) for s in cfg.stats]
     else:
-        from peftarena_cli.activations.collect import collect_input_moments
         from peftarena_cli.artifacts.loading import load_model
 
         model, tok, _ = load_model(ref, dtype=cfg.dtype, device=dev)
         names = select_modules(linear_module_names(model), cfg.modules)
-        sets = {}
+        loaded = []
         for role, spec in (("general", cfg.general), ("target", cfg.target)):
-            if spec is None:
-                continue
-            ps, prompts, tokd = prepare_prompts(spec, tok, n=cfg.n, seed=cfg.seed, text_key=cfg.text_key,
-                                                chat=cfg.chat, shard=shard, max_length=cfg.max_length, warn=warn)
-            with progress(f"csd {role}") as bar:
-                m = collect_input_moments(model, tok, prompts, names, batch_size=cfg.batch_size,
-                                          max_length=cfg.max_length, callback=bar.callback, tokenized=tokd)
-            m.source = ps.source
-            sets[role] = m
+            if spec is not None:
+                loaded.append((role, *prepare_prompts(spec, tok, n=cfg.n, seed=cfg.seed, text_key=cfg.text_key,
+                                                      chat=cfg.chat, shard=shard, max_length=cfg.max_length,
+                                                      warn=warn)))
+        plan = csd_plan(model, names, [t for *_, t in loaded], cfg, dev, with_adapter=ft is not None)
+        log(plan.describe())
+        wanted = _csd_wanted(ft, names) if ft is not None else None
+        if ft is not None and not wanted:
+            raise IncompatibleInputs(
+                f"no module changed by {ft.spec!r} is covered by the statistics/selection "
+                f"({len(ft.module_names())} changed, {len(names)} covered)",
+                hint="check that the adapter belongs to this base model and the --modules selection")
+        sets, rows = {}, []
+        for gi, group in enumerate(plan.groups):
+            gsets = {}
+            for role, ps, prompts, tokd in loaded:
+                what = f"csd {role}" + (f" (group {gi + 1}/{plan.passes})" if plan.passes > 1 else "")
+                with progress(what) as bar:
+                    m = collect_input_moments(model, tok, prompts, group, batch_size=cfg.batch_size,
+                                              max_length=cfg.max_length, callback=bar.callback, tokenized=tokd,
+                                              stop_after=plan.stop_after[gi])
+                m.source = ps.source
+                gsets[role] = m
+            if plan.passes == 1:
+                sets = gsets
+            else:  # CSD of this group's modules now, then its statistics go
+                gw = [n for n in wanted if n in set(group)]
+                if gw:
+                    with progress(f"csd modules (group {gi + 1}/{plan.passes})") as bar:
+                        rows.append(csd_table(WeightSource.from_ref(ref, device=dev), ft, gsets, modules=gw,
+                                              alphas=alphas, device=dev, callback=bar.callback,
+                                              layers=sorted({module_layer(n) for n in gw})))
+                sets = {role: InputMoments(n_prompts=m.n_prompts, n_truncated=m.n_truncated, source=m.source)
+                        for role, m in gsets.items()}
+                del gsets, m
+                _release()
+        for role, ps, prompts, tokd in loaded:
             n_tokens += tokd.n_tokens
             extra[role] = {"source": ps.source, "n_prompts": len(prompts), "n_tokens": tokd.n_tokens,
                            "n_truncated": tokd.n_truncated}
+        extra["memory_plan"] = {"groups": plan.passes, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.peak}
         del model
         dt = time.perf_counter() - t0
         log(f"collected input statistics of {len(names)} modules over {n_tokens} tokens in {dt:.1f} s "
-            f"({n_tokens / max(dt, 1e-9):.0f} tokens/s, peak RSS {peak_rss_mib():.0f} MiB)")
+            f"({n_tokens / max(dt, 1e-9):.0f} tokens/s, {plan.passes} pass(es), peak RSS {peak_rss_mib():.0f} MiB)")
+        if plan.passes > 1:
+            import pandas as pd
+
+            df = pd.concat(rows, ignore_index=True)
+            return CsdResult(_in_module_order(df, wanted), {}, base_id, ft.identity(), extra, dev, plan)
     df = None
     if ft is not None:
         wanted = select_modules(list(next(iter(sets.values())).module_group), cfg.modules) if cfg.modules else None
         with progress("csd modules") as bar:
             df = csd_table(WeightSource.from_ref(ref, device=dev), ft, sets, modules=wanted, alphas=alphas,
                            device=dev, callback=bar.callback)
-    return CsdResult(df, sets, base_id, ft.identity() if ft is not None else None, extra, dev)
+    return CsdResult(df, sets, base_id, ft.identity() if ft is not None else None, extra, dev,
+                     None if cfg.stats else plan)
+
+
+def _batch_tokens(tok, batch_size: int) -> tuple[int, int]:
+    """(most non-padding tokens, most padded positions) in one batch of a tokenized prompt set."""
+    most, padded = 0, 0
+    for i in range(0, len(tok.ids), batch_size):
+        chunk = tok.ids[i:i + batch_size]
+        most = max(most, sum(len(t) for t in chunk))
+        padded = max(padded, len(chunk) * max(len(t) for t in chunk))
+    return most, padded
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return 2 if dtype in ("bfloat16", "float16", "bf16", "fp16") else 8 if dtype == "float64" else 4
+
+
+def _forward_bytes(probe, padded: int, model_bytes: int) -> int:
+    """A rough allowance for one forward pass's own activations (a few widths per padded position)."""
+    widest = max((max(s) for s in probe.shape.values()), default=0)
+    return 8 * padded * widest * model_bytes
+
+
+def _finish(plan, probe, names: list):
+    """Each group's modules in the selection's order, and the module of each that runs last (the
+    pass stops there)."""
+    run = {n: i for i, n in enumerate(probe.order)}
+    sel = {n: i for i, n in enumerate(names)}
+    plan.groups = [sorted(g, key=sel.__getitem__) for g in plan.groups]
+    plan.stop_after = [max(g, key=lambda n: run.get(n, len(run))) for g in plan.groups]
+    return plan
+
+
+def csd_plan(model, names: list, tokenized: list, cfg: CsdConfig, device: str, with_adapter: bool):
+    """The memory plan of a csd collection (see :mod:`peftarena_cli.activations.budget`): modules that
+    read the same input stay together (they share one S)."""
+    from peftarena_cli.activations.budget import Unit, plan_groups, resolve_budget
+    from peftarena_cli.activations.capture import probe_modules
+
+    probe = probe_modules(model, names)
+    budget, source = resolve_budget(cfg.max_memory, device)
+    T = max(_batch_tokens(t, cfg.batch_size)[0] for t in tokenized)
+    padded = max(_batch_tokens(t, cfg.batch_size)[1] for t in tokenized)
+    n_sets = len(tokenized)
+    fwd = _forward_bytes(probe, padded, _dtype_bytes(cfg.dtype))
+    units, done = [], set()
+    for n in probe.order:
+        g = probe.group[n]
+        if g in done:
+            continue
+        done.add(g)
+        members = [m for m in probe.order if probe.group[m] == g]
+        d_in = probe.shape[g][1]
+        work = 24 * T * d_in + fwd
+        if with_adapter:
+            work = max(work, max(40 * probe.shape[m][0] * d_in for m in members))
+        units.append(Unit(members, hold=8 * d_in * d_in * n_sets + 64, work=work))
+    plan = plan_groups(units, budget, what="csd", source=source, keep_all=cfg.keep_stats, prompt_sets=n_sets,
+                       keep_all_reason="--save-stats")
+    return _finish(plan, probe, names)
+
+
+def _csd_wanted(ft, names: list) -> list:
+    """The modules csd reports on: those the fine-tune changes among the collected ones."""
+    covered = set(names)
+    return [n for n in ft.module_names() if n in covered]
+
+
+def _in_module_order(df, wanted: list):
+    """Rows of per-group tables in the order one pass gives (the modules' canonical order)."""
+    from peftarena_cli.weights.deltas import select_modules as canonical
+
+    pos = {n: i for i, n in enumerate(canonical(list(wanted), None, None))}
+    key = df["module"].map(pos)
+    return df.iloc[key.argsort(kind="stable")].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------ act-geom
@@ -256,6 +361,7 @@ class ActGeomConfig:
     device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
+    max_memory: int | str | None = None  # bytes (or "12G"); None: derived from the machine (budget.py)
 
     def validate(self) -> None:
         from peftarena_cli.activations.prompts import parse_shard
@@ -287,17 +393,19 @@ class ActGeomResult:
     inputs: dict  # role -> (spec, identity)
     extra: dict
     device: str | None
+    plan: object = None  # the budget.Plan the sums were collected under (None with --sums)
 
 
-def metrics_table(sets: dict, samples: dict | None = None, rows: list | None = None):
-    """The act-geom table: one row per (prompt set, module); ``rows`` = rows already computed."""
+def metrics_table(sets: dict, samples: dict | None = None, rows: list | None = None, workers: int | None = None):
+    """The act-geom table: one row per (prompt set, module); ``rows`` = rows already computed;
+    ``workers`` modules' metrics at once (default: torch's thread count)."""
     import pandas as pd
 
     from peftarena_cli.activations.geometry import module_rows
 
     rows = list(rows or [])
     for sname, mods in sets.items():
-        rows.extend(module_rows(sname, mods, (samples or {}).get(sname)))
+        rows.extend(module_rows(sname, mods, (samples or {}).get(sname), workers=workers))
     return pd.DataFrame(rows)
 
 
@@ -346,6 +454,8 @@ def run_act_geom(cfg: ActGeomConfig, progress=_NoProgress, log=_quiet, warn=_qui
     for spec in cfg.prompts:  # load every prompt set before the long part
         loaded.append((spec, *prepare_prompts(spec, tok, n=cfg.n, seed=cfg.seed, text_key=cfg.text_key, chat=cfg.chat,
                                               shard=shard, max_length=cfg.max_length, warn=warn)))
+    plan = act_geom_plan(model, names, [t for *_, t in loaded], cfg, dev)
+    log(plan.describe())
     pm = attach_adapter(model, ad) if ad is not None else model
     inputs = {"base": (cfg.base, weights_fingerprint(ref)),
               "adapter": (cfg.adapter, ad.identity() if ad is not None else weights_fingerprint(ref1))}
@@ -359,30 +469,71 @@ def run_act_geom(cfg: ActGeomConfig, progress=_NoProgress, log=_quiet, warn=_qui
     for spec, ps, plist, tokd in loaded:
         label = ps.name if ps.name not in labels else spec
         labels.append(label)
-        with progress(f"act-geom {label}") as bar:
-            s, sample = collect_pair_sums(pm, tok, plist, names, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                          accum_dtype=acc, gram_sample=cfg.gram_sample, seed=cfg.seed,
-                                          callback=bar.callback, tokenized=tokd, model1=model1)
-        if cfg.keep_sums:
-            kept[label] = s
-            if sample is not None:
-                samples[label] = sample
-        else:
-            # metrics now, then the sums go: peak memory is one prompt set's sums, not all of them
-            rows.extend(module_rows(label, s, sample))
-            del s, sample
+        set_rows: list = []
+        for gi, group in enumerate(plan.groups):
+            what = f"act-geom {label}" + (f" (group {gi + 1}/{plan.passes})" if plan.passes > 1 else "")
+            with progress(what) as bar:
+                s, sample = collect_pair_sums(pm, tok, plist, group, batch_size=cfg.batch_size,
+                                              max_length=cfg.max_length, accum_dtype=acc, gram_sample=cfg.gram_sample,
+                                              seed=cfg.seed, callback=bar.callback, tokenized=tokd, model1=model1,
+                                              stop_after=plan.stop_after[gi])
+            if cfg.keep_sums:  # one group (the plan holds every module at once)
+                kept[label] = s
+                if sample is not None:
+                    samples[label] = sample
+            else:
+                # metrics now, then the sums go: peak memory is one group's sums, not all of them
+                set_rows.extend(module_rows(label, s, sample, workers=plan.workers))
+                del s, sample
+                if plan.passes > 1:
+                    _release()
+        pos = {n: i for i, n in enumerate(names)}
+        rows.extend(sorted(set_rows, key=lambda r: pos[r["module"]]))
         total += tokd.n_tokens
         extra[f"set:{label}"] = {"source": ps.source, "n_prompts": len(plist), "n_tokens": tokd.n_tokens,
                                  "n_truncated": tokd.n_truncated}
+    extra["memory_plan"] = {"groups": plan.passes, "budget_bytes": plan.budget, "estimated_peak_bytes": plan.peak}
     dt = time.perf_counter() - t0
     log(f"act-geom: {len(names)} modules × {len(labels)} prompt set(s), {total} tokens in {dt:.1f} s "
-        f"({total / max(dt, 1e-9):.0f} tokens/s through both models, peak RSS {peak_rss_mib():.0f} MiB)")
+        f"({total / max(dt, 1e-9):.0f} tokens/s through both models, {plan.passes} pass(es) per set, "
+        f"peak RSS {peak_rss_mib():.0f} MiB)")
     meta = {"base": cfg.base, "adapter": cfg.adapter, "base_identity": inputs["base"][1],
             "adapter_identity": inputs["adapter"][1], "shard": cfg.shard}
     df = None
     if not shard:
-        df = metrics_table(kept, samples, rows)
-    return ActGeomResult(df, kept, meta, inputs, extra, dev)
+        df = metrics_table(kept, samples, rows, workers=plan.workers)
+    return ActGeomResult(df, kept, meta, inputs, extra, dev, plan)
+
+
+METRIC_WORK = 80  # bytes per d² of one module's metric phase (float64 covariances, two eigendecompositions)
+
+
+def act_geom_plan(model, names: list, tokenized: list, cfg: ActGeomConfig, device: str):
+    """The memory plan of an act-geom collection (see :mod:`peftarena_cli.activations.budget`)."""
+    import torch
+
+    from peftarena_cli.activations.budget import Unit, plan_groups, resolve_budget
+    from peftarena_cli.activations.capture import probe_modules
+
+    probe = probe_modules(model, names)
+    budget, source = resolve_budget(cfg.max_memory, device)
+    a = 8 if cfg.accum_dtype == "float64" else 4
+    mb = _dtype_bytes(cfg.dtype)
+    T = max(_batch_tokens(t, cfg.batch_size)[0] for t in tokenized)
+    padded = max(_batch_tokens(t, cfg.batch_size)[1] for t in tokenized)
+    n_tok = max(t.n_tokens for t in tokenized)
+    n_sets = len(tokenized) if cfg.keep_sums else 1  # kept sums: every set's at once
+    fwd = 2 * _forward_bytes(probe, padded, mb)  # two models' passes
+    units = []
+    for n in probe.order:
+        d = probe.shape[n][0]
+        hold = ((6 * d * d + 2 * d) * a + n_tok * a + (2 * min(cfg.gram_sample, n_tok) * d * 8)) * n_sets
+        units.append(Unit([n], hold=hold, stream=T * d * mb, work=max(40 * T * d + fwd, METRIC_WORK * d * d)))
+    widest = max((probe.shape[n][0] for n in names), default=0)
+    plan = plan_groups(units, budget, what="act-geom", source=source, keep_all=cfg.keep_sums,
+                       prompt_sets=len(tokenized), keep_all_reason="--save-sums",
+                       metric_work=METRIC_WORK * widest * widest, max_workers=torch.get_num_threads())
+    return _finish(plan, probe, names)
 
 
 def _act_geom_from_sums(cfg: ActGeomConfig, extra: dict, log) -> ActGeomResult:

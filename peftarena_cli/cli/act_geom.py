@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, ModulesOpt, NOpt, ShardOpt,
-                                                  TextKeyOpt)
+from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, ModulesOpt, NOpt,
+                                                  ShardOpt, TextKeyOpt, parse_max_memory)
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 
 
@@ -27,6 +27,7 @@ def act_geom_cmd(
     max_length: MaxLenOpt = 512,
     batch_size: BatchOpt = 8,
     shard: ShardOpt = None,
+    max_memory: MaxMemoryOpt = None,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -56,7 +57,8 @@ def act_geom_cmd(
     cfg = ActGeomConfig(base=base, adapter=adapter, prompts=list(prompts or []), sums=list(sums or []),
                         keep_sums=save_sums is not None, gram_sample=gram_sample, accum_dtype=accum_dtype,
                         modules=modules, n=n, text_key=text_key, chat=chat, max_length=max_length,
-                        batch_size=batch_size, shard=shard, device=device, dtype=dtype, seed=seed)
+                        batch_size=batch_size, shard=shard, device=device, dtype=dtype, seed=seed,
+                        max_memory=parse_max_memory(max_memory))
     cfg.validate()
     check_weights_output(save_sums, "--save-sums")
     check_outputs({"-o": output, "--save-sums": save_sums}, [base, adapter, *(prompts or []), *(sums or [])],

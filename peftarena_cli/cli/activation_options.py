@@ -16,3 +16,17 @@ TextKeyOpt = Annotated[Optional[str], typer.Option("--text-key", help="Record ke
 ChatOpt = Annotated[bool, typer.Option("--chat/--raw", help="Wrap each prompt in the tokenizer's chat template (as a user turn) or use the text as is.")]
 ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="K/N: process only prompts i with i mod N = K-1 and write partial sums (merge them later).")]
 
+MaxMemoryOpt = Annotated[Optional[str], typer.Option(
+    "--max-memory", help="Memory budget for the statistics, on top of the loaded model(s): 12G, 800M, 1.5T (binary "
+                         "units). The modules are split into groups that fit, one pass over the prompts each; the "
+                         "results are the same. Default: 70% of the available RAM (80% of the free GPU memory on "
+                         "CUDA), measured once the model is loaded.")]
+
+
+def parse_max_memory(text: str | None) -> int | None:
+    """``--max-memory`` as bytes (a unit typo is a usage error, exit 2)."""
+    if text is None:
+        return None
+    from peftarena_cli.activations.budget import parse_size
+
+    return parse_size(text)

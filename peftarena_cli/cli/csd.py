@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, ModulesOpt, NOpt, ShardOpt,
-                                                  TextKeyOpt)
+from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, ModulesOpt, NOpt,
+                                                  ShardOpt, TextKeyOpt, parse_max_memory)
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 
 
@@ -29,6 +29,7 @@ def csd_cmd(
     max_length: MaxLenOpt = 512,
     batch_size: BatchOpt = 16,
     shard: ShardOpt = None,
+    max_memory: MaxMemoryOpt = None,
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -61,7 +62,7 @@ def csd_cmd(
     cfg = CsdConfig(base=base, adapter=adapter, general=general, target=target, stats=list(stats or []),
                     keep_stats=save_stats is not None, alphas=alphas, modules=modules, n=n, text_key=text_key,
                     chat=chat, max_length=max_length, batch_size=batch_size, shard=shard, device=device,
-                    dtype=dtype, seed=seed)
+                    dtype=dtype, seed=seed, max_memory=parse_max_memory(max_memory))
     cfg.validate()
     check_alphas(list(alphas), allow_extrapolate, option="--alpha")
     check_weights_output(save_stats, "--save-stats")
