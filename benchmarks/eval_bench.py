@@ -1,19 +1,36 @@
-"""Benchmark: the evaluation engine vs batch-1 `model.generate` on the same arithmetic prompts.
+"""Benchmark: the evaluation engine vs batch-1 `model.generate`, and against the compute bound.
 
     .venv/bin/python benchmarks/eval_bench.py [--model smollm2-135m] [--n 64] [--hf-n 8]
+    .venv/bin/python benchmarks/eval_bench.py --busy [--n 16]      # a deliberately busy machine
 
 Each approach runs in its own subprocess (so peak memory is its own), one after the other:
 
 * engine: `peftarena_cli.evaluation.engine.generate` at its defaults (greedy, length-sorted
-  left-padded batches of 64 on CPU, finished rows dropped) on the first ``--n`` prompts of the
-  built-in arithmetic test set, max_new_tokens 96 (the arith default);
+  left-padded batches of 64 on CPU, finished rows dropped, pre-allocated KV cache, threads from the
+  free cores) on the first ``--n`` prompts of the built-in arithmetic test set, max_new_tokens 96
+  (the arith default);
 * straightforward: `model.generate(max_new_tokens=96, do_sample=False)` one prompt at a time, on
   the first ``--hf-n`` of the same prompts (batch-1 generation is slow; its rate does not depend on
   how many prompts it runs).
 
-It prints generated tokens/s for both, the ratio, peak RSS (VmHWM) of each process, and how many
-of the shared prompts got identical greedy completions. The CPUs are shared with other users, so
-timings are noisy: rerun when a number looks off.
+**The compute bound.** The engine's worker first measures fp32 matmul throughput on this CPU with
+the engine's thread count: the best of 3 one-second runs of a 1024x1024x1024 `torch.mm` (2·n³ FLOP
+each), and of the decode-shaped product (64 x 576) @ (576 x 1536). The bound in tokens/s is that
+GFLOP/s over 2 x P, P = the parameters a generated token multiplies (every Linear weight, the
+lm_head included; embeddings are a lookup). Reported as the fraction of that bound reached by
+the engine's generated tokens/s (the issue's measure). Prefill also costs compute that this
+measure does not credit (2 x P' FLOP per prompt token, P' = P without the lm_head, which the
+prefill skips), so the script also prints the engine's achieved GFLOP/s over all the tokens it
+processed and its fraction of the measured matmul rate.
+
+``--busy`` measures the shared-CPU behaviour: one background ``python -c 'while True: pass'`` per
+``--busy-procs`` runs beside the engine, which runs with its thread governor (the default) and
+with a fixed thread count (``adapt_threads=False``, the old behaviour), on a quiet and on the busy
+machine. It prints tok/s for each and the slowdowns.
+
+It prints generated tokens/s, the ratio, peak RSS (VmHWM) of each process, and how many of the
+shared prompts got identical greedy completions. Run it alone on the machine (under the exclusive
+lock): timings of a shared CPU mean nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +58,37 @@ def _prompts(tok, n):
     return [task.render(tok, it) for it in task.items]
 
 
-def worker(mode: str, model_spec: str, n: int, device: str) -> dict:
+def matmul_gflops(seconds: float = 1.0) -> dict:
+    """Best fp32 GFLOP/s of torch.mm at two shapes (see the module docstring), current thread count."""
+    import torch
+
+    out = {}
+    for name, (m, k, n) in {"square1024": (1024, 1024, 1024), "decode64x576x1536": (64, 576, 1536)}.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        best = 0.0
+        for _ in range(3):
+            t, r = time.perf_counter(), 0
+            while time.perf_counter() - t < seconds:
+                a @ b
+                r += 1
+            best = max(best, 2.0 * m * k * n * r / (time.perf_counter() - t) / 1e9)
+        out[name] = best
+    return out
+
+
+def matmul_params(model) -> tuple[int, int]:
+    """(P, P without the lm_head): weights of every nn.Linear a token goes through."""
+    import torch
+
+    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    total = sum(m.weight.numel() for m in lin)
+    return total, total - (head.weight.numel() if head is not None else 0)
+
+
+def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, gflops: bool = False) -> dict:
     import torch
 
     from peftarena_cli.artifacts.loading import load_model
@@ -49,25 +96,71 @@ def worker(mode: str, model_spec: str, n: int, device: str) -> dict:
     model, tok, _ = load_model(model_spec, device=device)
     prompts = _prompts(tok, n)
     rss_loaded = _peak_rss_mib()
+    mm = matmul_gflops() if gflops else {}
+    extra = {}
     t = time.perf_counter()
     if mode == "engine":
         from peftarena_cli.evaluation.engine import generate
 
-        g = generate(model, tok, prompts, max_new_tokens=96)
-        texts, tokens = [x[0] for x in g.texts], g.generated_tokens
+        g = generate(model, tok, prompts, max_new_tokens=96, adapt_threads=adapt)
+        texts, tokens, prompt_tokens = [x[0] for x in g.texts], g.generated_tokens, g.prompt_tokens
+        extra = g.extra
     else:
-        texts, tokens = [], 0
+        texts, tokens, prompt_tokens = [], 0, 0
         with torch.inference_mode():
             for p in prompts:
                 ids = tok(p, return_tensors="pt", add_special_tokens=False).to(model.device)
                 out = model.generate(**ids, max_new_tokens=96, do_sample=False, pad_token_id=tok.pad_token_id)
                 new = out[0, ids["input_ids"].shape[1]:]
                 tokens += int(new.shape[0])
+                prompt_tokens += int(ids["input_ids"].shape[1])
                 texts.append(tok.decode(new, skip_special_tokens=True))
     secs = time.perf_counter() - t
-    return {"mode": mode, "prompts": len(prompts), "tokens": tokens, "seconds": secs, "tok_s": tokens / secs,
-            "peak_rss_mib": _peak_rss_mib(), "rss_after_load_mib": rss_loaded, "texts": texts,
-            "threads": torch.get_num_threads()}
+    p_all, p_prefill = matmul_params(model)
+    return {"mode": mode, "prompts": len(prompts), "tokens": tokens, "prompt_tokens": prompt_tokens, "seconds": secs,
+            "tok_s": tokens / secs, "peak_rss_mib": _peak_rss_mib(), "rss_after_load_mib": rss_loaded, "texts": texts,
+            "threads": torch.get_num_threads(), "params": p_all, "params_prefill": p_prefill, "matmul_gflops": mm,
+            "extra": extra, "adapt": adapt}
+
+
+def _run(mode, a, n, adapt=True, gflops=False) -> dict:
+    print(f"running {mode} on {n} prompts (adaptive threads {adapt}) ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, __file__, "--worker", mode, "--model", a.model, "--n", str(n), "--device", a.device]
+    cmd += [] if adapt else ["--fixed-threads"]
+    cmd += ["--gflops"] if gflops else []
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if out.returncode != 0:
+        sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _line(r, label=None) -> str:
+    return (f"{label or r['mode']:22s} prompts={r['prompts']:4d} tokens={r['tokens']:6d} time={r['seconds']:7.1f}s "
+            f"tok/s={r['tok_s']:7.1f} peak RSS={r['peak_rss_mib']:.0f} MiB (after load {r['rss_after_load_mib']:.0f} MiB)")
+
+
+def busy(a) -> None:
+    quiet_on = _run("engine", a, a.n, adapt=True)
+    quiet_off = _run("engine", a, a.n, adapt=False)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy_procs)]
+    try:
+        time.sleep(1.0)
+        busy_on = _run("engine", a, a.n, adapt=True)
+        busy_off = _run("engine", a, a.n, adapt=False)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"{a.busy_procs} busy-loop process(es) during the busy runs")
+    for r, lab in ((quiet_on, "quiet, governor"), (quiet_off, "quiet, fixed threads"),
+                   (busy_on, "busy, governor"), (busy_off, "busy, fixed threads")):
+        print(_line(r, lab) + f" threads used {r['extra'].get('threads', [r['threads']])}")
+    print(f"slowdown on the busy machine: governor {quiet_on['tok_s'] / busy_on['tok_s']:.1f}x, "
+          f"fixed threads {quiet_off['tok_s'] / busy_off['tok_s']:.1f}x; busy governor vs busy fixed "
+          f"{busy_on['tok_s'] / busy_off['tok_s']:.1f}x")
+    same = sum(x == y for x, y in zip(busy_on["texts"], quiet_on["texts"]))
+    print(f"identical greedy completions busy vs quiet: {same}/{len(quiet_on['texts'])}")
 
 
 def main() -> None:
@@ -76,26 +169,37 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="prompts for the engine")
     ap.add_argument("--hf-n", type=int, default=8, help="prompts for batch-1 generate (the first of the same set)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--busy", action="store_true", help="measure beside busy-loop processes (module docstring)")
+    ap.add_argument("--busy-procs", type=int, default=1)
     ap.add_argument("--worker", choices=["engine", "hf1"], help=argparse.SUPPRESS)
+    ap.add_argument("--fixed-threads", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gflops", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.model, a.n, a.device)))
+        print(json.dumps(worker(a.worker, a.model, a.n, a.device, adapt=not a.fixed_threads, gflops=a.gflops)))
         return
-    res = {}
-    for mode, n in (("engine", a.n), ("hf1", a.hf_n)):
-        print(f"running {mode} on {n} prompts ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--worker", mode, "--model", a.model, "--n", str(n),
-                              "--device", a.device], capture_output=True, text=True, env=dict(os.environ))
-        if out.returncode != 0:
-            sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
-        res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    e, h = res["engine"], res["hf1"]
+    if a.busy:
+        busy(a)
+        return
+    e = _run("engine", a, a.n, gflops=True)
+    h = _run("hf1", a, a.hf_n)
     same = sum(x == y for x, y in zip(e["texts"], h["texts"]))
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores; other users share them, timings are noisy)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (run it alone: timings of a shared CPU mean nothing)")
     for r in (e, h):
-        print(f"{r['mode']:7s} prompts={r['prompts']:4d} tokens={r['tokens']:6d} time={r['seconds']:7.1f}s "
-              f"tok/s={r['tok_s']:7.1f} peak RSS={r['peak_rss_mib']:.0f} MiB (after load {r['rss_after_load_mib']:.0f} MiB)")
+        print(_line(r))
     print(f"ratio engine/batch-1 tokens/s: {e['tok_s'] / h['tok_s']:.1f}x")
+    mm = e["matmul_gflops"]
+    peak = max(mm.values())
+    p = e["params"]
+    bound = peak * 1e9 / (2.0 * p)
+    print("fp32 matmul, best of 3 x 1 s, " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in mm.items())
+          + f" ({e['threads']} threads)")
+    print(f"compute bound: {peak:.1f} GFLOP/s / (2 x {p / 1e6:.1f}M parameters per token) = {bound:.0f} tok/s; "
+          f"engine {e['tok_s']:.1f} tok/s = {e['tok_s'] / bound:.0%} of the bound")
+    flops = 2.0 * p * e["tokens"] + 2.0 * e["params_prefill"] * e["prompt_tokens"]
+    print(f"counting the prefill too ({e['prompt_tokens']} prompt tokens at 2 x {e['params_prefill'] / 1e6:.1f}M FLOP): "
+          f"{flops / e['seconds'] / 1e9:.1f} GFLOP/s achieved = {flops / e['seconds'] / 1e9 / peak:.0%} of the matmul rate; "
+          f"the bound for this workload is {e['tokens'] / (flops / (peak * 1e9)):.0f} generated tok/s")
     print(f"identical greedy completions on the {len(h['texts'])} shared prompts: {same}/{len(h['texts'])}")
 
 

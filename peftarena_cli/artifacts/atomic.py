@@ -93,9 +93,25 @@ def clean_stale_tmp(directory: str | os.PathLike, name: str | None = None) -> li
     return removed
 
 
+_DISCARD = False
+
+
+def discard_writes(on: bool = True) -> None:
+    """Make this process's artifact writes go nowhere: a data-parallel rank other than 0
+    (``evaluation/distributed.py``), whose rank 0 writes the one copy. Each write still happens to
+    its temporary path, which is then removed instead of renamed."""
+    global _DISCARD
+    _DISCARD = bool(on)
+
+
+def writes_discarded() -> bool:
+    return _DISCARD
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds."""
+    """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds
+    (removed instead under :func:`discard_writes`)."""
     final = check_output_parent(path)
     clean_stale_tmp(final.parent, final.name)
     try:
@@ -107,7 +123,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
     try:
         yield tmp_path
-        os.replace(tmp_path, final)
+        if _DISCARD:
+            tmp_path.unlink()
+        else:
+            os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -147,7 +166,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if final.exists():
+        if _DISCARD:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}.{os.getpid()}.", dir=parent))
             os.replace(final, old / "x")
             os.replace(tmp, final)

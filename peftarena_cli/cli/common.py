@@ -83,8 +83,11 @@ def emit_table(df, output: Optional[Path], provenance=None, title: str | None = 
     """The stdout rules (docs/artifacts.md, "Where output goes"): ``-o`` writes a file; a pipe gets Parquet bytes; a terminal gets a table.
 
     ``df`` is a pandas DataFrame or a pyarrow Table."""
+    from peftarena_cli.artifacts.atomic import writes_discarded
     from peftarena_cli.artifacts.tables import table_bytes, write_table
 
+    if writes_discarded():  # a data-parallel rank other than 0: rank 0 emits the one copy
+        return
     if output is not None and str(output) != "-":
         write_table(df, output, provenance)
         info(f"wrote {len(df)} rows to {output}")
@@ -138,4 +141,6 @@ def refuse_binary_to_terminal(what: str) -> None:
 def provenance_for(command: str, seed=None, dtype=None, device=None):
     from peftarena_cli.artifacts.tables import Provenance
 
-    yield Provenance(command=command, seed=seed, dtype=dtype, device=device)
+    world = os.environ.get("WORLD_SIZE", "1")  # a torchrun data-parallel run says so (evaluation/distributed.py)
+    extra = {"world_size": int(world)} if world.isdigit() and int(world) > 1 else {}
+    yield Provenance(command=command, seed=seed, dtype=dtype, device=device, extra=extra)

@@ -50,8 +50,17 @@ def _check_k_option(k) -> None:
 
 
 def _check_backend(backend: str) -> None:
+    """A known backend, installed, and not vllm under torchrun; under torchrun the ranks other than
+    0 stay quiet and write nothing (rank 0 writes the gathered result; evaluation/distributed.py)."""
     from peftarena_cli.errors import UsageError
+    from peftarena_cli.evaluation.distributed import check_backend, is_writer, mark_writer
 
+    check_backend(backend)
+    mark_writer()
+    if not is_writer():
+        from peftarena_cli.cli.common import STATE
+
+        STATE["quiet"] = True
     if backend == "hf":
         return
     if backend != "vllm":
@@ -141,7 +150,10 @@ def _finish(frames, summaries, output, summary, command, seed, dtype, device, in
         r = moved.iloc[0]
         warn(f"re-scored under {r['protocol']}, but the completions were generated under {r['generated_under']} "
              "(prompts and budgets differ); the summary's generated_under column says so")
-    prov = Provenance(command=command, seed=seed, dtype=dtype, device=device, extra=extra)
+    from peftarena_cli.evaluation.distributed import world
+
+    prov = Provenance(command=command, seed=seed, dtype=dtype, device=device,
+                      extra=dict(extra, world_size=world()[1]))  # > 1: a torchrun data-parallel run
     for role, (spec, ident) in inputs.items():
         prov.add_input(role, spec, ident)
     spath = _summary_path(output, summary)
@@ -253,7 +265,9 @@ def eval_target_cmd(
         from peftarena_cli.cli.common import warn
 
         warn("-n > 1 with greedy decoding gives identical samples; pass --temperature > 0 to sample")
-    dev = pick_device(device)
+    from peftarena_cli.evaluation.distributed import setup_device
+
+    dev = setup_device(pick_device(device))  # under torchrun: cuda:LOCAL_RANK
 
     def run(m, tok, cb, stats):
         return evaluate_target(m, tok, task=tasks[0] if len(tasks) == 1 else task, limit=limit, n_samples=n_samples,
@@ -342,7 +356,9 @@ def eval_general_cmd(
     from peftarena_cli.artifacts.loading import pick_device
 
     load_general_tasks(suite, limit, seed, protocol, max_new_tokens)  # validate before loading the model
-    dev = pick_device(device)
+    from peftarena_cli.evaluation.distributed import setup_device
+
+    dev = setup_device(pick_device(device))  # under torchrun: cuda:LOCAL_RANK
 
     def run(m, tok, cb, stats):
         return evaluate_general(m, tok, suite=suite, limit=limit, seed=seed, batch_size=batch_size, progress=cb, stats=stats,

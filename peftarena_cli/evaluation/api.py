@@ -9,6 +9,10 @@ They take an already-loaded model (a transformers model or a PeftModel whose wei
 place between calls) and never reload it. Each returns ``(per_sample, summary)`` DataFrames;
 summary columns are ``task, metric, value, n`` with values in percent, their intervals, and the
 protocol that produced each row (``protocol``, ``overrides``, ``generated_under``; docs/eval.md).
+
+Under torchrun (``WORLD_SIZE`` > 1) every task's items are sharded over the ranks and gathered
+back in order (:mod:`peftarena_cli.evaluation.distributed`): each rank returns the single-process
+result, and callers need no change.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def _offset_progress(progress, offset: int, total: int):
 def run_task(model, tokenizer, task, *, seed=0, batch_size=None, progress=None):
     """Generate and score one runnable :class:`~peftarena_cli.tasks.spec.Task` (a protocol
     applied: :func:`peftarena_cli.evaluation.protocols.apply`); returns per-sample rows."""
-    from peftarena_cli.evaluation.engine import Generation, generate
+    from peftarena_cli.evaluation.backend import Generation
+    from peftarena_cli.evaluation.distributed import generate, sharded_map
 
     prompts = [task.render(tokenizer, it) for it in task.items]
     if task.loglik:  # multiple choice by log-likelihood (lm-eval's medical tasks): the "completion" is the argmax choice
@@ -49,7 +54,10 @@ def run_task(model, tokenizer, task, *, seed=0, batch_size=None, progress=None):
         choices = [list(it.meta["options"]) if task.loglik == "options" else list(L[:len(it.meta["options"])])
                    for it in task.items]
         t0 = time.perf_counter()
-        ll, _ = choice_logliks(model, tokenizer, prompts, [[" " + c for c in cs] for cs in choices], progress, task.name)
+        conts = [[" " + c for c in cs] for cs in choices]
+        ll, _ = sharded_map(len(prompts), lambda idx: (choice_logliks(
+            model, tokenizer, [prompts[i] for i in idx], [conts[i] for i in idx], progress, task.name)[0], None),
+            _device_type(model))
         best = [cs[max(range(len(cs)), key=lambda j: row[j])] for cs, row in zip(choices, ll)]
         gen = Generation([[b] * task.n_samples for b in best], [[0] * task.n_samples for _ in best],
                          seconds=time.perf_counter() - t0)
@@ -59,6 +67,15 @@ def run_task(model, tokenizer, task, *, seed=0, batch_size=None, progress=None):
                    batch_size=batch_size, progress=progress, label=task.name)
     rows = score_rows(task, prompts, gen.texts, gen.n_tokens)
     return rows, gen
+
+
+def _device_type(model) -> str:
+    from peftarena_cli.evaluation.engine import _device
+
+    try:
+        return _device(model).type
+    except AttributeError:  # a backend object, not a model
+        return "cpu"
 
 
 def _check_ks(ks, n_samples):
