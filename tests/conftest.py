@@ -33,6 +33,16 @@ def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def foreign_lora(tmp_path_factory) -> Path:
+    """A LoRA adapter of a narrower tiny model (hidden 32): a misfit for the tiny base."""
+    from peft import LoraConfig
+
+    d = tmp_path_factory.mktemp("foreign")
+    m = save_tiny_llama(d / "model", hidden=32)
+    return make_adapter(m, LoraConfig(r=2, target_modules=["q_proj"]), d / "adapter")
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real default model (converted once into $PEFTARENA_HOME); for tests marked slow."""
     from peftarena_cli import registry
@@ -64,10 +74,14 @@ def run_cli(*args, input_bytes=None, env=None, cwd=None):
 
 
 class CliRun:
-    """What an in-process CLI run gives back: exit code, stdout bytes, stderr text."""
+    """What an in-process CLI run gives back: exit code, stdout bytes, stderr text; it unpacks as
+    ``code, err = cli(...)``."""
 
     def __init__(self, code, out: bytes, err: bytes):
         self.returncode, self.stdout, self.stderr = code, out, err.decode()
+
+    def __iter__(self):
+        return iter((self.returncode, self.stderr))
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ import json
 import pytest
 import torch
 
-from test_act_geom_collect import PROMPTS, direct_outputs
-from test_act_geom_metrics import dense_reference
-from test_csd_cli import cli, foreign_lora  # noqa: F401  (fixture)
+from references import PROMPTS, dense_reference, direct_outputs
 from peftarena_cli.artifacts.tables import read_table
 
 METRICS = ("raw_residual", "procrustes_residual", "procrustes_improvement", "gram_distortion", "cka",
@@ -27,12 +25,12 @@ def prompt_files(tmp_path_factory):
     return d
 
 
-def test_table_matches_dense_computation(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
+def test_table_matches_dense_computation(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "g.parquet"
-    code, err = cli(capsys, "act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "a.txt",
+    code, err = cli("act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "a.txt",
                     "-p", prompt_files / "b.json", "-p", prompt_files / "c.parquet", "--gram-sample", "40", "-o", out, "-b", "3")
     assert code == 0, err
     df, prov = read_table(out)
@@ -61,16 +59,16 @@ def test_table_matches_dense_computation(capsys, tmp_path, tiny_model_dir, tiny_
     assert df.gram_distortion_sampled.corr(df.gram_distortion) > 0.9
 
 
-def test_shards_merged_equal_single_run(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
+def test_shards_merged_equal_single_run(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
     single = tmp_path / "single.parquet"
-    assert cli(capsys, "act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "a.txt", "-m", "*.layers.1.*",
+    assert cli("act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "a.txt", "-m", "*.layers.1.*",
                "-b", "1", "-o", single)[0] == 0
     for k in (1, 2):
-        code, err = cli(capsys, "act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "a.txt", "-m", "*.layers.1.*",
+        code, err = cli("act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "a.txt", "-m", "*.layers.1.*",
                         "-b", "1", "--shard", f"{k}/2", "--save-sums", tmp_path / f"s{k}.st")
         assert code == 0, err
     merged = tmp_path / "merged.parquet"
-    code, err = cli(capsys, "act-geom", "--sums", tmp_path / "s1.st", "--sums", tmp_path / "s2.st", "-o", merged)
+    code, err = cli("act-geom", "--sums", tmp_path / "s1.st", "--sums", tmp_path / "s2.st", "-o", merged)
     assert code == 0, err
     a, b = read_table(single)[0], read_table(merged)[0]
     assert list(a.module) == list(b.module) and len(a) == 7
@@ -79,7 +77,7 @@ def test_shards_merged_equal_single_run(capsys, tmp_path, tiny_model_dir, tiny_l
                               rtol=1e-9, atol=1e-12, equal_nan=True), c
 
 
-def test_text_key_detection_and_override(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
+def test_text_key_detection_and_override(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
     from peftarena_cli.activations.prompts import load_prompts
     from peftarena_cli.errors import DataError
 
@@ -93,14 +91,14 @@ def test_text_key_detection_and_override(capsys, tmp_path, tiny_model_dir, tiny_
         load_prompts(str(prompt_files / "d.jsonl"))
     assert load_prompts(str(prompt_files / "d.jsonl"), text_key="body").prompts == PROMPTS[:2]
     out = tmp_path / "k.parquet"
-    code, err = cli(capsys, "act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "d.jsonl", "--text-key", "body",
+    code, err = cli("act-geom", tiny_model_dir, tiny_lora_dir, "-p", prompt_files / "d.jsonl", "--text-key", "body",
                     "-m", "q_proj", "-o", out)
     assert code == 0, err
     assert len(read_table(out)[0]) == 2
 
 
 @pytest.mark.parametrize("case", ["empty", "pattern", "mismatch", "shard-no-save", "bad-key"])
-def test_bad_input_fails_cleanly_without_output(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files, foreign_lora, case):
+def test_bad_input_fails_cleanly_without_output(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files, foreign_lora, case):
     out = tmp_path / "out.parquet"
     args = ["act-geom", tiny_model_dir, tiny_lora_dir, "-o", out]
     code_want = 1
@@ -120,13 +118,13 @@ def test_bad_input_fails_cleanly_without_output(capsys, tmp_path, tiny_model_dir
     else:
         args += ["-p", prompt_files / "d.jsonl", "--text-key", "nope"]
         want = "has no key 'nope'"
-    code, err = cli(capsys, *args)
+    code, err = cli(*args)
     assert code == code_want, err
     assert want in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
-def test_full_finetune_equals_its_adapter(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
+def test_full_finetune_equals_its_adapter(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_files):
     """A full fine-tuned model (here: the LoRA merged into the base and saved as a model) gives the
     same table as the adapter itself: the second model runs on the same batches."""
     from peft import PeftModel
@@ -139,7 +137,7 @@ def test_full_finetune_equals_its_adapter(capsys, tmp_path, tiny_model_dir, tiny
     outs = {}
     for name, ft in (("adapter", tiny_lora_dir), ("full", full)):
         outs[name] = tmp_path / f"{name}.parquet"
-        code, err = cli(capsys, "act-geom", tiny_model_dir, ft, "-p", prompt_files / "a.txt", "-o", outs[name], "-b", "3")
+        code, err = cli("act-geom", tiny_model_dir, ft, "-p", prompt_files / "a.txt", "-o", outs[name], "-b", "3")
         assert code == 0, err
     a, _ = read_table(outs["adapter"])
     f, prov = read_table(outs["full"])
@@ -149,17 +147,17 @@ def test_full_finetune_equals_its_adapter(capsys, tmp_path, tiny_model_dir, tiny
         assert f[c].to_numpy() == pytest.approx(a[c].to_numpy(), rel=2e-4, abs=1e-6, nan_ok=True), c
 
 
-def test_full_finetune_of_another_architecture_is_refused(capsys, tmp_path, tiny_model_dir, prompt_files):
+def test_full_finetune_of_another_architecture_is_refused(cli, tmp_path, tiny_model_dir, prompt_files):
     from helpers import save_tiny_llama
 
     other = save_tiny_llama(tmp_path / "other", hidden=32)
     out = tmp_path / "g.parquet"
-    code, err = cli(capsys, "act-geom", tiny_model_dir, other, "-p", prompt_files / "a.txt", "-o", out)
+    code, err = cli("act-geom", tiny_model_dir, other, "-p", prompt_files / "a.txt", "-o", out)
     assert code == 1 and "error: module 'model.layers.0.self_attn.q_proj': shape" in err, err
     assert not out.exists()
 
 
-def test_txt_prompts_are_stripped_per_line_and_blank_lines_skipped(capsys, tmp_path, tiny_model_dir, tiny_lora_dir):
+def test_txt_prompts_are_stripped_per_line_and_blank_lines_skipped(cli, tmp_path, tiny_model_dir, tiny_lora_dir):
     """A .txt file with padded lines and blank lines gives the token counts of the stripped file."""
     from peftarena_cli.activations.prompts import read_prompt_file
 
@@ -171,7 +169,7 @@ def test_txt_prompts_are_stripped_per_line_and_blank_lines_skipped(capsys, tmp_p
     counts = []
     for f in (stripped, padded):
         out = tmp_path / f"{f.stem}.parquet"
-        code, err = cli(capsys, "act-geom", tiny_model_dir, tiny_lora_dir, "-p", f, "-m", "model.layers.1.mlp.down_proj", "-o", out)
+        code, err = cli("act-geom", tiny_model_dir, tiny_lora_dir, "-p", f, "-m", "model.layers.1.mlp.down_proj", "-o", out)
         assert code == 0, err
         counts.append(int(read_table(out)[0].n_tokens.iloc[0]))
     assert counts[0] == counts[1] > 0

@@ -8,12 +8,7 @@ from peftarena_cli.activations.capture import linear_module_names, select_module
 from peftarena_cli.activations.collect import collect_pair_sums
 from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
 
-from test_act_geom_metrics import dense_reference
-
-
-
-PROMPTS = ["Ava has 3 apples.", "What is 12 + 7?", "Hello there, how are you today my friend?",
-           "x", "Tom buys 4 books and sells 2. How many are left?", "The capital of France is"]
+from references import PROMPTS, dense_reference, direct_outputs
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +24,6 @@ def models64(tiny_model_dir, tiny_lora_dir):
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float64),
                                        str(tiny_lora_dir)).merge_and_unload().eval()
     return tok, plain, pm, merged
-
-
-def direct_outputs(model, tok, prompts, names, max_length=512):
-    """Unbatched forward passes; each module's output rows concatenated over prompts."""
-    mods = dict(model.named_modules())
-    store = {n: [] for n in names}
-    hs = [mods[n].register_forward_hook(lambda m, i, o, n=n: store[n].append(o[0].detach())) for n in names]
-    with torch.no_grad():
-        for p in prompts:
-            ids = tok(p)["input_ids"][:max_length]
-            model(input_ids=torch.tensor([ids]))
-    for h in hs:
-        h.remove()
-    return {n: torch.cat(v) for n, v in store.items()}
 
 
 def test_streamed_metrics_match_unbatched_dense_on_tiny_model(models64):

@@ -8,39 +8,7 @@ import torch
 from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
 from peftarena_cli.activations.pair_sums import PairSums, load_sums, merge_sums_files, save_sums
 
-
-
-
-def dense_reference(X0, X1, ks=(32, 64)):
-    X0 = X0.double()
-    X1 = X1.double()
-    X0c = X0 - X0.mean(0)
-    X1c = X1 - X1.mean(0)
-    raw = (X1c - X0c).norm() / X0c.norm()
-    U, _, Vh = torch.linalg.svd(X1c.T @ X0c)
-    R = U @ Vh
-    proc = (X1c @ R - X0c).norm() / X0c.norm()
-    Z0 = X0 / X0.norm(dim=1, keepdim=True)
-    Z1 = X1 / X1.norm(dim=1, keepdim=True)
-    K0, K1 = Z0 @ Z0.T, Z1 @ Z1.T
-    gram = (K1 - K0).norm() / K0.norm()
-    K, L = X0c @ X0c.T, X1c @ X1c.T  # token-space HSIC form of linear CKA
-    cka = (K * L).sum() / torch.sqrt((K * K).sum() * (L * L).sum())
-    cos = torch.nn.functional.cosine_similarity(X0, X1, dim=1)
-    lnr = (X1.norm(dim=1) / X0.norm(dim=1)).log().abs().mean()
-    # the study's per-token statistics, directly: arccos of the cosine (float64; these angles are not
-    # small), the torch median (lower middle value), the norm ratio's population std
-    angle = torch.arccos(cos.clamp(-1, 1))
-    ratio = X1.norm(dim=1) / (X0.norm(dim=1) + 1e-12)
-    out = dict(raw_residual=raw, procrustes_residual=proc, procrustes_improvement=raw - proc,
-               gram_distortion=gram, cka=cka, cos_drift=1 - cos.mean(), log_norm_ratio=lnr,
-               angular_drift_mean=angle.mean(), angular_drift_median=angle.median(),
-               norm_ratio_mean=ratio.mean(), norm_ratio_std=ratio.std(unbiased=False))
-    for k in ks:
-        V0 = torch.linalg.svd(X0c, full_matrices=False)[2][:k].T
-        V1 = torch.linalg.svd(X1c, full_matrices=False)[2][:k].T
-        out[f"pca_dist_{k}"] = (V0 @ V0.T - V1 @ V1.T).norm() / math.sqrt(2 * k)
-    return {k: float(v) for k, v in out.items()}
+from references import dense_reference
 
 
 def streamed(X0, X1, batch=37, dtype=torch.float64):

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from helpers import make_adapter
-from test_act_geom_metrics import dense_reference
-from test_csd_cli import cli
+from references import dense_reference
 from peftarena_cli.artifacts.tables import read_table
 
 pytestmark = pytest.mark.slow
@@ -14,7 +13,7 @@ PROMPTS = ["Ava has 12 apples and gives 5 away. How many are left?", "Name three
            "Write a haiku about rain.", "What is the capital of Japan?"]
 
 
-def test_real_model_layer0(capsys, tmp_path, smollm2_dir):
+def test_real_model_layer0(cli, tmp_path, smollm2_dir):
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -23,7 +22,7 @@ def test_real_model_layer0(capsys, tmp_path, smollm2_dir):
     pf = tmp_path / "p.txt"
     pf.write_text("\n".join(PROMPTS))
     out = tmp_path / "g.parquet"
-    code, err = cli(capsys, "act-geom", smollm2_dir, ad, "-p", pf, "-m", "model.layers.0.mlp.up_proj", "-o", out, "-b", "4")
+    code, err = cli("act-geom", smollm2_dir, ad, "-p", pf, "-m", "model.layers.0.mlp.up_proj", "-o", out, "-b", "4")
     assert code == 0, err
     df, _ = read_table(out)
     assert list(df.kind) == ["up_proj"]
@@ -52,7 +51,7 @@ def test_real_model_layer0(capsys, tmp_path, smollm2_dir):
     # csd of layer-0 q_proj: its input (input_layernorm of the embeddings) does not depend on the
     # adapter, so compute E‖ΔW h‖² directly with PEFT's own delta weight
     out2 = tmp_path / "c.parquet"
-    code, err = cli(capsys, "csd", smollm2_dir, ad, "--general", pf, "-m", "model.layers.0.self_attn.q_proj", "-o", out2)
+    code, err = cli("csd", smollm2_dir, ad, "--general", pf, "-m", "model.layers.0.self_attn.q_proj", "-o", out2)
     assert code == 0, err
     c, _ = read_table(out2)
     assert list(c.kind) == ["q_proj"]

@@ -6,18 +6,9 @@ import json
 import pytest
 import torch
 
-from helpers import make_adapter, save_tiny_llama
-from test_act_geom_collect import PROMPTS
+from helpers import save_tiny_llama
+from references import PROMPTS
 from peftarena_cli.artifacts.tables import read_table
-
-
-def cli(capsys, *args):
-    from peftarena_cli.cli.app import main
-
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.err
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +44,9 @@ def direct_csd(model_dir, adapter_dir, prompts, module):
             "w0h2": float(e_w0)}
 
 
-def test_csd_matches_direct_computation_and_stats_are_reusable(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
+def test_csd_matches_direct_computation_and_stats_are_reusable(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
     out, stats = tmp_path / "csd.parquet", tmp_path / "stats.st"
-    code, err = cli(capsys, "csd", tiny_model_dir, tiny_lora_dir, "--general", prompt_file, "--target", "arith:5",
+    code, err = cli("csd", tiny_model_dir, tiny_lora_dir, "--general", prompt_file, "--target", "arith:5",
                     "--save-stats", stats, "-o", out, "-b", "4")
     assert code == 0, err
     df, prov = read_table(out)
@@ -77,7 +68,7 @@ def test_csd_matches_direct_computation_and_stats_are_reusable(capsys, tmp_path,
         assert row["csd_ratio_abs"] == pytest.approx(row["csd_abs_general"] / row["csd_abs_target"], rel=1e-6)
     # reuse: no forward pass, same numbers; α scales csd_abs by α²
     out2 = tmp_path / "csd2.parquet"
-    code, err = cli(capsys, "csd", tiny_model_dir, tiny_lora_dir, "--stats", stats, "--alpha", "0.5", "--alpha", "1", "-o", out2)
+    code, err = cli("csd", tiny_model_dir, tiny_lora_dir, "--stats", stats, "--alpha", "0.5", "--alpha", "1", "-o", out2)
     assert code == 0, err
     df2, _ = read_table(out2)
     one = df2[df2.alpha == 1.0].set_index("module")
@@ -87,26 +78,26 @@ def test_csd_matches_direct_computation_and_stats_are_reusable(capsys, tmp_path,
     assert torch.allclose(torch.tensor(half["csd_abs_target"].values), 0.25 * torch.tensor(one["csd_abs_target"].values), rtol=1e-10)
 
 
-def test_sharded_statistics_merge_to_the_single_run(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
+def test_sharded_statistics_merge_to_the_single_run(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
     single = tmp_path / "single.st"
-    assert cli(capsys, "csd", tiny_model_dir, "--general", prompt_file, "--save-stats", single, "-b", "1")[0] == 0
+    assert cli("csd", tiny_model_dir, "--general", prompt_file, "--save-stats", single, "-b", "1").returncode == 0
     for k in (1, 2, 3):
-        code, err = cli(capsys, "csd", tiny_model_dir, "--general", prompt_file, "--shard", f"{k}/3",
+        code, err = cli("csd", tiny_model_dir, "--general", prompt_file, "--shard", f"{k}/3",
                         "--save-stats", tmp_path / f"s{k}.st", "-b", "1")
         assert code == 0, err
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    assert cli(capsys, "csd", tiny_model_dir, tiny_lora_dir, "--stats", single, "-o", a)[0] == 0
-    assert cli(capsys, "csd", tiny_model_dir, tiny_lora_dir, "--stats", tmp_path / "s1.st", "--stats", tmp_path / "s2.st",
-               "--stats", tmp_path / "s3.st", "-o", b)[0] == 0
+    assert cli("csd", tiny_model_dir, tiny_lora_dir, "--stats", single, "-o", a).returncode == 0
+    assert cli("csd", tiny_model_dir, tiny_lora_dir, "--stats", tmp_path / "s1.st", "--stats", tmp_path / "s2.st",
+               "--stats", tmp_path / "s3.st", "-o", b).returncode == 0
     da, db = read_table(a)[0], read_table(b)[0]
     assert (da["n_tokens_general"] == db["n_tokens_general"]).all()
     for c in ("csd_abs_general", "csd_rel_general", "csd_un_general"):
         assert torch.allclose(torch.tensor(da[c].values), torch.tensor(db[c].values), rtol=1e-10, atol=0)
 
 
-def test_truncated_prompts_are_counted_not_fatal(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
+def test_truncated_prompts_are_counted_not_fatal(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file):
     out = tmp_path / "t.parquet"
-    code, err = cli(capsys, "csd", tiny_model_dir, tiny_lora_dir, "--general", prompt_file, "--max-length", "8",
+    code, err = cli("csd", tiny_model_dir, tiny_lora_dir, "--general", prompt_file, "--max-length", "8",
                     "-m", "down_proj", "-o", out)
     assert code == 0, err
     assert "were longer than --max-length 8" in err
@@ -116,17 +107,8 @@ def test_truncated_prompts_are_counted_not_fatal(capsys, tmp_path, tiny_model_di
     assert prov["extra"]["general"]["n_truncated"] > 0
 
 
-@pytest.fixture(scope="module")
-def foreign_lora(tmp_path_factory):
-    from peft import LoraConfig
-
-    d = tmp_path_factory.mktemp("foreign")
-    m = save_tiny_llama(d / "model", hidden=32)
-    return make_adapter(m, LoraConfig(r=2, target_modules=["q_proj"]), d / "adapter")
-
-
 @pytest.mark.parametrize("case", ["empty", "pattern", "mismatch", "other-base-stats", "no-sets"])
-def test_bad_input_fails_cleanly_without_output(capsys, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file, foreign_lora, case):
+def test_bad_input_fails_cleanly_without_output(cli, tmp_path, tiny_model_dir, tiny_lora_dir, prompt_file, foreign_lora, case):
     out = tmp_path / "out.parquet"
     args = ["csd", tiny_model_dir, tiny_lora_dir, "-o", out]
     if case == "empty":
@@ -141,12 +123,12 @@ def test_bad_input_fails_cleanly_without_output(capsys, tmp_path, tiny_model_dir
         want = "model.layers.0.self_attn.q_proj"
     elif case == "other-base-stats":
         other = save_tiny_llama(tmp_path / "other", seed=5)
-        assert cli(capsys, "csd", other, "--general", prompt_file, "--save-stats", tmp_path / "o.st")[0] == 0
+        assert cli("csd", other, "--general", prompt_file, "--save-stats", tmp_path / "o.st").returncode == 0
         args += ["--stats", tmp_path / "o.st"]
         want = "another base model"
     else:
         want = "no prompt set"
-    code, err = cli(capsys, *args)
+    code, err = cli(*args)
     assert code == (2 if case == "no-sets" else 1), err
     assert want in err and "Traceback" not in err
     assert err.startswith("error:") or "\nerror:" in err

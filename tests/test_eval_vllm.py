@@ -10,7 +10,6 @@ import pytest
 from peft import OFTConfig
 
 from helpers import make_adapter
-from test_csd_cli import cli
 from peftarena_cli.artifacts.tables import read_table
 
 
@@ -58,13 +57,13 @@ def fake_vllm(monkeypatch):
     return FakeLLM
 
 
-def test_one_engine_for_base_and_adapters(fake_vllm, capsys, tmp_path, tiny_model_dir, tiny_lora_dir):
+def test_one_engine_for_base_and_adapters(fake_vllm, cli, tmp_path, tiny_model_dir, tiny_lora_dir):
     from transformers import AutoTokenizer
 
     from peftarena_cli.evaluation.engine import encode_prompts
 
     out = tmp_path / "t.parquet"
-    code, err = cli(capsys, "eval-target", tiny_model_dir, "--backend", "vllm", "--include-base", "--adapter", tiny_lora_dir,
+    code, err = cli("eval-target", tiny_model_dir, "--backend", "vllm", "--include-base", "--adapter", tiny_lora_dir,
                     "--limit", "3", "-o", out)
     assert code == 0, err
     assert len(fake_vllm.instances) == 1  # the base is loaded once
@@ -86,9 +85,9 @@ def test_one_engine_for_base_and_adapters(fake_vllm, capsys, tmp_path, tiny_mode
     assert set(df.extracted) == {"3"}
 
 
-def test_sampling_settings_and_samples(fake_vllm, capsys, tmp_path, tiny_model_dir):
+def test_sampling_settings_and_samples(fake_vllm, cli, tmp_path, tiny_model_dir):
     out = tmp_path / "t.parquet"
-    code, err = cli(capsys, "eval-target", tiny_model_dir, "--backend", "vllm", "-n", "4", "--temperature", "0.7",
+    code, err = cli("eval-target", tiny_model_dir, "--backend", "vllm", "-n", "4", "--temperature", "0.7",
                     "--k", "1,4", "--limit", "2", "--seed", "5", "-o", out)
     assert code == 0, err
     _, params, _ = fake_vllm.instances[0].calls[0]
@@ -97,10 +96,10 @@ def test_sampling_settings_and_samples(fake_vllm, capsys, tmp_path, tiny_model_d
     assert len(df) == 2 * 4 and sorted(df["sample"].unique()) == [0, 1, 2, 3]
 
 
-def test_non_lora_adapter_is_refused(fake_vllm, capsys, tmp_path, tiny_model_dir):
+def test_non_lora_adapter_is_refused(fake_vllm, cli, tmp_path, tiny_model_dir):
     oft = make_adapter(tiny_model_dir, OFTConfig(oft_block_size=8, target_modules=["q_proj"]), tmp_path / "oft")
     out = tmp_path / "t.parquet"
-    code, err = cli(capsys, "eval-target", tiny_model_dir, "--backend", "vllm", "--adapter", oft, "--limit", "2", "-o", out)
+    code, err = cli("eval-target", tiny_model_dir, "--backend", "vllm", "--adapter", oft, "--limit", "2", "-o", out)
     assert code == 1 and "LoRA adapters only" in err and "--backend hf" in err
     assert not out.exists()
 
@@ -121,9 +120,9 @@ def test_stop_sequences_cut_the_completion(fake_vllm, tiny_model_dir):
     assert g.generated_tokens == 10 and g.extra["backend"] == "vllm"
 
 
-def test_eval_general_through_vllm(fake_vllm, capsys, tmp_path, tiny_model_dir):
+def test_eval_general_through_vllm(fake_vllm, cli, tmp_path, tiny_model_dir):
     out = tmp_path / "g.parquet"
-    code, err = cli(capsys, "eval-general", tiny_model_dir, "--backend", "vllm", "--limit", "2", "-o", out)
+    code, err = cli("eval-general", tiny_model_dir, "--backend", "vllm", "--limit", "2", "-o", out)
     assert code == 0, err
     assert len(fake_vllm.instances) == 1
     df, _ = read_table(out)

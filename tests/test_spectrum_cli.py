@@ -20,16 +20,6 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFTARENA_HOME", str(tmp_path / "home"))
 
 
-def cli(capsys, *args):
-    from peftarena_cli.cli.app import main
-
-    capsys.readouterr()  # drop what fixtures printed
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.err
-
-
 @pytest.fixture(scope="module")
 def two_files(tiny_model_dir, tiny_lora_dir, tmp_path_factory):
     """The bare pair: base weights as one .st file, the adapter as one .st with its config embedded."""
@@ -62,12 +52,12 @@ def test_two_bare_files_piped_parquet(two_files, tmp_path):
     assert "modules/s" in r.stderr.decode() and "peak RSS" in r.stderr.decode()
 
 
-def test_selection_summary_and_cache(capsys, two_files, tmp_path):
+def test_selection_summary_and_cache(cli, two_files, tmp_path):
     from peftarena_cli.geometry.spectrum import SUMMARY_COLUMNS
 
     base, adapter = two_files
     out, summ = tmp_path / "idx.parquet", tmp_path / "summ.parquet"
-    code, err = cli(capsys, "spectrum", base, adapter, "--modules", "down_proj,q_proj", "--layers", "1",
+    code, err = cli("spectrum", base, adapter, "--modules", "down_proj,q_proj", "--layers", "1",
                     "-o", out, "--summary", summ)
     assert code == 0, err
     assert "0 hits, 2 misses" in err
@@ -82,14 +72,14 @@ def test_selection_summary_and_cache(capsys, two_files, tmp_path):
         assert s.set_index("module").loc[mod, "sigma_1"] == pytest.approx(g.sigma.max())
     # the second run reads the base SVD from $PEFTARENA_HOME/cache/svd and gives the same numbers
     out2 = tmp_path / "idx2.parquet"
-    code, err = cli(capsys, "spectrum", base, adapter, "-m", "down_proj", "-m", "q_proj", "-l", "1", "-o", out2)
+    code, err = cli("spectrum", base, adapter, "-m", "down_proj", "-m", "q_proj", "-l", "1", "-o", out2)
     assert code == 0 and "2 hits, 0 misses" in err, err
     pd_testing = pytest.importorskip("pandas.testing")
     pd_testing.assert_frame_equal(read_table(out2)[0], df)
     assert len(list((tmp_path / "home" / "cache" / "svd").glob("*.safetensors"))) == 2
 
 
-def test_full_finetune_and_oft_alignment(capsys, tiny_model_dir, tmp_path):
+def test_full_finetune_and_oft_alignment(cli, tiny_model_dir, tmp_path):
     """A full fine-tuned model directory as FINETUNED; --sva forces alignment for a non-OFT method."""
     import shutil
 
@@ -101,7 +91,7 @@ def test_full_finetune_and_oft_alignment(capsys, tiny_model_dir, tmp_path):
     sd = {k: (v + 0.01 * torch.randn(v.shape) if v.ndim == 2 else v).contiguous() for k, v in sd.items()}
     save_file(sd, str(ft / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "s.parquet"
-    code, err = cli(capsys, "spectrum", tiny_model_dir, ft, "--table", "summary", "--sva", "-o", out)
+    code, err = cli("spectrum", tiny_model_dir, ft, "--table", "summary", "--sva", "-o", out)
     assert code == 0, err
     s, _ = read_table(out)
     assert (s.method == "full").all() and len(s) == 14
@@ -109,30 +99,30 @@ def test_full_finetune_and_oft_alignment(capsys, tiny_model_dir, tmp_path):
     assert (s.effective_rank > 4).all()  # a dense random update is far from low rank
 
 
-def _bad(capsys, tmp_path, *args, code=1):
+def _bad(cli, tmp_path, *args, code=1):
     out = tmp_path / "never.parquet"
-    got, err = cli(capsys, "spectrum", *args, "-o", out)
+    got, err = cli("spectrum", *args, "-o", out)
     assert got == code, err
     assert err.startswith("error: ") and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
     return err
 
 
-def test_bad_inputs(capsys, tiny_model_dir, tiny_lora_dir, two_files, tmp_path):
+def test_bad_inputs(cli, tiny_model_dir, tiny_lora_dir, two_files, tmp_path):
     from peft import LoHaConfig, LoraConfig
 
     # shape mismatch: an adapter trained on a wider model
     wide = save_tiny_llama(tmp_path / "wide", hidden=96)
     wide_ad = make_adapter(wide, LoraConfig(r=2, target_modules=["q_proj"]), tmp_path / "wide_ad")
-    err = _bad(capsys, tmp_path, tiny_model_dir, wide_ad)
+    err = _bad(cli, tmp_path, tiny_model_dir, wide_ad)
     assert "model.layers.0.self_attn.q_proj" in err and "shape" in err
     # target module missing: a one-layer base under a two-layer adapter
     short = save_tiny_llama(tmp_path / "short", layers=1)
-    err = _bad(capsys, tmp_path, short, tiny_lora_dir)
+    err = _bad(cli, tmp_path, short, tiny_lora_dir)
     assert "model.layers.1." in err and "missing" in err
     # unsupported PEFT type
     loha = make_adapter(tiny_model_dir, LoHaConfig(r=2, target_modules=["q_proj"]), tmp_path / "loha")
-    err = _bad(capsys, tmp_path, tiny_model_dir, loha)
+    err = _bad(cli, tmp_path, tiny_model_dir, loha)
     assert "LOHA" in err and "unsupported" in err
     # NaN in one factor
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
@@ -142,10 +132,10 @@ def test_bad_inputs(capsys, tiny_model_dir, tiny_lora_dir, two_files, tmp_path):
     ad.tensors[key] = ad.tensors[key].clone()
     ad.tensors[key][0, 0] = float("nan")
     save_adapter(ad, tmp_path / "nan.st")
-    err = _bad(capsys, tmp_path, tiny_model_dir, tmp_path / "nan.st")
+    err = _bad(cli, tmp_path, tiny_model_dir, tmp_path / "nan.st")
     assert "model.layers.1.mlp.up_proj" in err and "NaN" in err
     # an empty selection: exit 1 (as for any input that does not fit), and the hint lists what there is
-    err = _bad(capsys, tmp_path, *two_files, "--layers", "7", code=1)
+    err = _bad(cli, tmp_path, *two_files, "--layers", "7", code=1)
     assert "selection is empty" in err
     # a base that is not a model / a missing file
-    _bad(capsys, tmp_path, tmp_path / "nope.st", tiny_lora_dir)
+    _bad(cli, tmp_path, tmp_path / "nope.st", tiny_lora_dir)

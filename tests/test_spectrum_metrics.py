@@ -9,7 +9,7 @@ import torch
 
 
 from helpers import make_adapter
-from test_weights_methods import CASES, base_weights, peft_merged
+from references import METHOD_CASES, base_weights, peft_merged
 
 
 def dense_reference(w0: torch.Tensor, w1: torch.Tensor) -> dict:
@@ -53,7 +53,7 @@ def test_metrics_match_dense(case, tiny_model_dir, tmp_path):
     from peftarena_cli.geometry.base_svd import BaseSvdCache
     from peftarena_cli.geometry.spectrum import compute_spectrum
 
-    make_cfg, method, _ = CASES[case]
+    make_cfg, method, _ = METHOD_CASES[case]
     ad = make_adapter(tiny_model_dir, make_cfg(), tmp_path / case)
     merged = peft_merged(tiny_model_dir, ad)
     w0s = base_weights(tiny_model_dir)

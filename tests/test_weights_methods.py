@@ -5,26 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-
 from helpers import make_adapter
-
-
-def peft_merged(model_dir, adapter_dir) -> dict:
-    """Reference: PEFT loads the adapter onto the base and merges it (its own code path)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    pm = PeftModel.from_pretrained(base, str(adapter_dir))
-    merged = pm.merge_and_unload()
-    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
-
-
-def base_weights(model_dir) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(model_dir / "model.safetensors"))
+from references import METHOD_CASES, base_weights, lora_all_linear, peft_all_linear, peft_merged
 
 
 def check_against_peft(model_dir, adapter_dir, method, atol=2e-5, expect_form=None):
@@ -57,45 +39,9 @@ def check_against_peft(model_dir, adapter_dir, method, atol=2e-5, expect_form=No
     return n
 
 
-def _lora(**kw):
-    from peft import LoraConfig
-
-    return LoraConfig(target_modules="all-linear", lora_dropout=0.0, **kw)
-
-
-def _peft(name, **kw):
-    import peft
-
-    return getattr(peft, name)(target_modules="all-linear", **kw)
-
-
-# case -> (config factory, method reported, substring of `form`)
-CASES = {
-    "lora": (lambda: _lora(r=4, lora_alpha=8), "lora", None),
-    "rslora": (lambda: _lora(r=4, lora_alpha=8, use_rslora=True), "lora", "rslora"),
-    "patterns": (lambda: _lora(r=4, lora_alpha=8, rank_pattern={"down_proj": 2}, alpha_pattern={"q_proj": 3}),
-                 "lora", None),
-    "dora": (lambda: _lora(r=4, lora_alpha=8, use_dora=True), "dora", "magnitude"),
-    "pissa_residual": (lambda: _lora(r=4, lora_alpha=4, init_lora_weights="pissa"), "pissa", "pissa residual"),
-    "adalora": (lambda: _peft("AdaLoraConfig", init_r=6, target_r=4, lora_alpha=8, total_step=10), "adalora", None),
-    "vera": (lambda: _peft("VeraConfig", r=8), "vera", "saved projections"),
-    "vera_unsaved": (lambda: _peft("VeraConfig", r=8, save_projection=False), "vera", "regenerated"),
-    "ia3": (lambda: __import__("peft").IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
-                                                 feedforward_modules=["down_proj"]), "ia3", None),
-    "oft_neumann": (lambda: _peft("OFTConfig", oft_block_size=16, use_cayley_neumann=True), "oft", "cayley-neumann"),
-    "oft_exact": (lambda: _peft("OFTConfig", oft_block_size=16, use_cayley_neumann=False), "oft", "cayley-exact"),
-    "oft_coft_share": (lambda: _peft("OFTConfig", oft_block_size=16, use_cayley_neumann=False, coft=True, eps=0.3,
-                                     block_share=True), "oft", "coft"),
-    "boft": (lambda: _peft("BOFTConfig", boft_block_size=8, boft_n_butterfly_factor=2), "boft", "butterfly"),
-    "miss": (lambda: _peft("MissConfig", r=8), "miss", "standard"),
-    "miss_bat": (lambda: _peft("MissConfig", r=8, init_weights="bat"), "miss", "bat"),
-    "miss_mini": (lambda: _peft("MissConfig", r=8, init_weights="mini", mini_r=4), "miss", "mini"),
-}
-
-
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(METHOD_CASES))
 def test_method_matches_peft_merge(case, tiny_model_dir, tmp_path):
-    make_cfg, method, form = CASES[case]
+    make_cfg, method, form = METHOD_CASES[case]
     ad = make_adapter(tiny_model_dir, make_cfg(), tmp_path / case)
     check_against_peft(tiny_model_dir, ad, method, expect_form=form)
 
@@ -112,7 +58,7 @@ def test_boft_butterfly_factors(tiny_model_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bl, "get_fbd_cuda", lambda: True)
     monkeypatch.setattr(bl, "FastBlockDiag", _BlockDiag)
-    ad = make_adapter(tiny_model_dir, _peft("BOFTConfig", boft_block_size=8, boft_n_butterfly_factor=2), tmp_path / "b")
+    ad = make_adapter(tiny_model_dir, peft_all_linear("BOFTConfig", boft_block_size=8, boft_n_butterfly_factor=2), tmp_path / "b")
     from peftarena_cli.weights import open_finetuned
 
     assert next(iter(open_finetuned(ad).modules.values()))["boft_R"].shape[0] == 2
@@ -126,7 +72,7 @@ def test_oft_cayley_variants_are_transposed(tiny_model_dir, tmp_path):
     from peftarena_cli.artifacts.weights import WeightSource
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
-    ad = make_adapter(tiny_model_dir, CASES["oft_exact"][0](), tmp_path / "oft", scale=0.01)
+    ad = make_adapter(tiny_model_dir, METHOD_CASES["oft_exact"][0](), tmp_path / "oft", scale=0.01)
     cfg = json.loads((ad / "adapter_config.json").read_text())
     cfg.update(use_cayley_neumann=True, num_cayley_neumann_terms=12)
     (ad / "adapter_config.json").write_text(json.dumps(cfg))
@@ -148,7 +94,7 @@ def test_pissa_converted_form_detected(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    pm = get_peft_model(base, _lora(r=4, lora_alpha=4, init_lora_weights="pissa"))
+    pm = get_peft_model(base, lora_all_linear(r=4, lora_alpha=4, init_lora_weights="pissa"))
     pm.save_pretrained(str(tmp_path / "init"))
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -198,7 +144,7 @@ def test_milora_residual_and_converted(tiny_model_dir, tmp_path):
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32),
-                        _lora(r=4, lora_alpha=4))
+                        lora_all_linear(r=4, lora_alpha=4))
     milora_init(pm)
     pm.save_pretrained(str(tmp_path / "init"))
     g = torch.Generator().manual_seed(7)
