@@ -177,3 +177,21 @@ def test_prefix_groups_batch_shared_prompts_together(varied_model):
         assert [t[0] for t in generate(model, tok, mixed, max_new_tokens=12, batch_size=bs).texts] == ref
     off = generate(model, tok, mixed, max_new_tokens=12, batch_size=64, share_prefix=False)
     assert [t[0] for t in off.texts] == ref
+
+
+HEAD = "<sys>Be brief.</sys>\n"  # a short shared head, like a chat template's system turn (~20 tokens)
+HEADED = [HEAD + q for q in ("two plus two?", "name a colour", "x", "count to three please", "why?")]
+
+
+def test_short_shared_head_is_prefilled_once_with_the_same_completions(varied_model):
+    """A batch whose rows share a head shorter than a prefix group's (MIN_BATCH_PREFIX <= head <
+    MIN_SHARED_PREFIX) prefills it once; greedy completions still equal batch-1 generate."""
+    from peftarena_cli.evaluation.engine import MIN_BATCH_PREFIX, MIN_SHARED_PREFIX, encode_prompts, shared_prefix_len
+
+    model, tok = varied_model
+    head = shared_prefix_len(encode_prompts(tok, HEADED), MIN_BATCH_PREFIX)
+    assert MIN_BATCH_PREFIX <= head < MIN_SHARED_PREFIX  # the path under test is taken
+    ref = [_hf_generate(model, tok, p, 12) for p in HEADED]
+    for bs in (2, 5):
+        g = generate(model, tok, HEADED, max_new_tokens=12, batch_size=bs)
+        assert [t[0] for t in g.texts] == ref, bs

@@ -10,7 +10,8 @@ between calls) generates completions for many prompts:
 * prompts that share a long prefix (a BBH subtask's few-shot exemplars, a long system prompt) are
   batched together, and the prefix is **prefilled once** and its KV cache given to every row
   (:func:`shared_prefix_len`, at least ``MIN_SHARED_PREFIX`` tokens); the rows' own suffixes follow,
-  left-padded after it, with positions continuing from the prefix;
+  left-padded after it, with positions continuing from the prefix; any batch whose rows share a
+  shorter head (``MIN_BATCH_PREFIX``, e.g. a chat template's system turn) prefills it once too;
 * each row stops at EOS or at any **stop sequence**; finished rows are **dropped from the batch
   and its KV cache** at once, so a batch gets cheaper as its rows finish (no compute is spent on
   rows that are done, unlike ``generate`` which runs every row until the longest one ends);
@@ -178,7 +179,10 @@ def _row_generator(seed: int, item: int, sample: int):
     return torch.Generator(device="cpu").manual_seed(mixed)
 
 
-MIN_SHARED_PREFIX = 64  # tokens; below this a batch is prefilled as a whole
+MIN_SHARED_PREFIX = 64  # tokens; prompts sharing at least this many are batched together (prefix groups)
+# Within any batch, a common prefix of at least this many tokens (a chat template's head and system
+# prompt: 24 tokens for SmolLM2) is prefilled once; batching itself does not change.
+MIN_BATCH_PREFIX = 16
 
 
 def shared_prefix_len(seqs: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
@@ -355,7 +359,7 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
     import torch
 
     n = len(seqs)
-    p = shared_prefix_len(seqs) if share_prefix else 0
+    p = shared_prefix_len(seqs, MIN_BATCH_PREFIX) if share_prefix else 0
     width = max(len(s) for s in seqs) - p
     cache = _new_cache(model, p + width + max_new_tokens)
     ck = _cache_kw(model)
