@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -60,17 +59,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (it only exists in the development checkout)")
     return SHARED_DATA
-
-
-def run_cli(*args, input_bytes=None, env=None, cwd=None):
-    """Run the CLI in a subprocess (stdout is a pipe, so tables come out as Parquet bytes)."""
-    e = dict(os.environ)
-    e.pop("PEFTARENA_DEBUG", None)
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "peftarena_cli", *map(str, args)],
-        capture_output=True, input=input_bytes, env=e, cwd=cwd, timeout=900,
-    )
 
 
 class CliRun:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -75,3 +78,16 @@ def make_adapter(model_dir: Path, peft_config, out_dir: Path, seed: int = 1, sca
 
 def read_json(p: Path) -> dict:
     return json.loads(Path(p).read_text())
+
+
+def run_cli(*args, input_bytes=None, env=None, cwd=None):
+    """Run the CLI in a subprocess, for process-level checks only (start-up, exit codes of the real
+    process, environment, stdin, signals, torchrun); everything else uses conftest's in-process ``cli``.
+    stdout is a pipe, so tables come out as Parquet bytes."""
+    e = dict(os.environ)
+    e.pop("PEFTARENA_DEBUG", None)
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "peftarena_cli", *map(str, args)],
+        capture_output=True, input=input_bytes, env=e, cwd=cwd, timeout=900,
+    )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 CHECK_NO_TORCH = r"""
 import runpy, sys

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 from helpers import make_adapter
 from peftarena_cli.artifacts.tables import read_table
 

@@ -9,7 +9,8 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+
+from helpers import run_cli  # the fixture run and the pipe: stdout a real pipe, one thread via the environment
 
 from peftarena_cli.artifacts.tables import read_table
 
@@ -45,14 +46,14 @@ def test_eval_target_tables_and_several_adapters(target_run, tiny_lora_dir):
         assert ts[ts["model"] == model]["value"].item() == pytest.approx(100.0 * g["correct"].mean())
 
 
-def test_rescore_parquet_reproduces_scores(target_run, tmp_path):
+def test_rescore_parquet_reproduces_scores(cli, target_run, tmp_path):
     out, _ = target_run
     df, _ = read_table(out)
     base_rows = df[df["model"] == "base"].drop(columns=["model"])
     src = tmp_path / "base.parquet"
     base_rows.to_parquet(src)
-    r = run_cli("eval-target", "--responses", src, "-o", tmp_path / "re.parquet")
-    assert r.returncode == 0, r.stderr.decode()
+    r = cli("eval-target", "--responses", src, "-o", tmp_path / "re.parquet")
+    assert r.returncode == 0, r.stderr
     re, _ = read_table(tmp_path / "re.parquet")
     assert list(re["correct"]) == list(base_rows["correct"]) and list(re["extracted"]) == list(base_rows["extracted"])
 
@@ -67,16 +68,16 @@ def test_eval_general_pipe_gives_parquet(tiny_model_dir):
     assert "builtin_general_score" in r.stderr.decode()  # the built-in suite's own aggregate, not the study's
 
 
-def test_ifeval_official_response_format(shared_data, tmp_path):
+def test_ifeval_official_response_format(cli, shared_data, tmp_path):
     recs = [json.loads(x) for x in (shared_data / "ifeval" / "input_data.jsonl").read_text().splitlines()[:2]]
     good = " ".join(["word"] * 300) + " *one* *two* *three*"  # follows all 3 instructions of the first prompt
     resp = tmp_path / "input_response_data.jsonl"
     resp.write_text("\n".join(json.dumps({"prompt": r["prompt"], "response": t})
                               for r, t in zip(recs, [good, "Short, bad."])) + "\n")
     out = tmp_path / "if.parquet"
-    r = run_cli("eval-general", "--suite", f"ifeval={shared_data / 'ifeval' / 'input_data.jsonl'}",
+    r = cli("eval-general", "--suite", f"ifeval={shared_data / 'ifeval' / 'input_data.jsonl'}",
                 "--responses", resp, "-o", out)
-    assert r.returncode == 0, r.stderr.decode()
+    assert r.returncode == 0, r.stderr
     df, _ = read_table(out)
     assert list(df["inst_strict"].iloc[0]) == [True, True, True]
     assert df["prompt_strict"].tolist() == [True, False]
@@ -88,27 +89,27 @@ def test_ifeval_official_response_format(shared_data, tmp_path):
     assert s[("general", "general_mean")] == pytest.approx(expected)  # IFEval alone is not the study's general_score
 
 
-def test_unparsable_completion_is_kept_and_wrong(tmp_path):
+def test_unparsable_completion_is_kept_and_wrong(cli, tmp_path):
     resp = tmp_path / "gsm.jsonl"
     rows = [{"question": "1+1?", "answer": "so\n#### 2", "response": "The answer is 2."},
             {"question": "2+2?", "answer": "#### 4", "response": "I have no idea."},
             {"question": "3+3?", "answer": "#### 6", "response": "6 #### 6"}]
     resp.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "s.parquet"
-    r = run_cli("eval-target", "--task", "gsm8k", "--responses", resp, "-o", out)
-    assert r.returncode == 0, r.stderr.decode()
+    r = cli("eval-target", "--task", "gsm8k", "--responses", resp, "-o", out)
+    assert r.returncode == 0, r.stderr
     df, _ = read_table(out)
     assert df["correct"].tolist() == [True, False, True] and df["extracted"].tolist()[1] == ""
     assert df["correct_strict"].isna().all()  # the study grades once (no strict/flexible pair)
     # lm-eval's gsm8k: strict-match wants "#### N", flexible-extract takes the last number
-    r = run_cli("eval-target", "--task", "gsm8k", "--responses", resp, "--protocol", "lm-eval", "-o", tmp_path / "l.parquet")
-    assert r.returncode == 0, r.stderr.decode()
+    r = cli("eval-target", "--task", "gsm8k", "--responses", resp, "--protocol", "lm-eval", "-o", tmp_path / "l.parquet")
+    assert r.returncode == 0, r.stderr
     df, _ = read_table(tmp_path / "l.parquet")
     assert df["correct_strict"].tolist() == [False, False, True] and df["correct_flexible"].tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize("case", ["unknown_task", "unknown_suite", "missing_fields", "k_gt_n", "empty", "vllm"])
-def test_bad_inputs_exit_1_without_output(case, tiny_model_dir, tmp_path):
+def test_bad_inputs_exit_1_without_output(cli, case, tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     args = {
         "unknown_task": ["eval-target", tiny_model_dir, "--task", "nosuchtask"],
@@ -121,8 +122,8 @@ def test_bad_inputs_exit_1_without_output(case, tiny_model_dir, tmp_path):
     bad.write_text(json.dumps({"prompt": "x", "solution": "y"}) + "\n")
     (tmp_path / "empty.jsonl").write_text("")
     out = tmp_path / "out.parquet"
-    r = run_cli(*args, "-o", out)
-    err = r.stderr.decode()
+    r = cli(*args, "-o", out)
+    err = r.stderr
     assert r.returncode == 1, err
     assert err.startswith("error: ") and "Traceback" not in err and "hint: " in err
     assert not out.exists() and not (tmp_path / "out.summary.parquet").exists()

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli  # noqa: F401  (subprocess runs: torchrun below)
 from peftarena_cli.artifacts.tables import read_table
 from peftarena_cli.training.checkpoints import LOG_COLUMNS
 from peftarena_cli.training.runner import FinetuneConfig, finetune

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 TINY_FT = ["--max-length", "512", "--batch-size", "2", "--steps", "1", "--lr", "1e-3"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
 from paths_helpers import build_adapter
 
 
@@ -14,12 +13,12 @@ def ads(tiny_model_dir, tmp_path_factory):
     return {m: build_adapter(tiny_model_dir, m, root / m) for m in ("oft", "ia3")}
 
 
-def test_help_has_example():
-    r = run_cli("interpolate", "--help")
+def test_help_has_example(cli):
+    r = cli("interpolate", "--help")
     assert r.returncode == 0 and b"Example" in r.stdout and b"--alphas" in r.stdout
 
 
-def test_oft_sqrt_sweep_writes_curve_and_checkpoints(tiny_model_dir, ads, tmp_path):
+def test_oft_sqrt_sweep_writes_curve_and_checkpoints(cli, tiny_model_dir, ads, tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -39,9 +38,9 @@ def test_oft_sqrt_sweep_writes_curve_and_checkpoints(tiny_model_dir, ads, tmp_pa
         sets[role] = m
     stats = save_stats(tmp_path / "stats.st", sets, base_identity=weights_fingerprint(resolve_model(str(tiny_model_dir))))
     out = tmp_path / "curve.parquet"
-    r = run_cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0:1:0.25", "--generator-scale", "sqrt",
+    r = cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0:1:0.25", "--generator-scale", "sqrt",
                 "--save-checkpoints", tmp_path / "ckpt", "--stats", stats, "-o", out, "--device", "cpu")
-    assert r.returncode == 0, r.stderr.decode()
+    assert r.returncode == 0, r.stderr
     df, prov = read_table(out)
     assert list(df["alpha"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert set(df["path"]) == {"native"} and set(df["generator_scale"]) == {"sqrt"}
@@ -58,37 +57,37 @@ def test_oft_sqrt_sweep_writes_curve_and_checkpoints(tiny_model_dir, ads, tmp_pa
         torch.testing.assert_close(q[k], 0.5 * v)  # √0.25
 
 
-def test_no_native_path_falls_back_with_warning_or_errors_when_explicit(tiny_model_dir, ads, tmp_path):
+def test_no_native_path_falls_back_with_warning_or_errors_when_explicit(cli, tiny_model_dir, ads, tmp_path):
     from peftarena_cli.artifacts.tables import read_table
 
     out = tmp_path / "ia3.parquet"
-    r = run_cli("interpolate", tiny_model_dir, ads["ia3"], "--alphas", "0,1", "-o", out, "--device", "cpu")
-    assert r.returncode == 0, r.stderr.decode()
-    assert b"no native path" in r.stderr and b"dense" in r.stderr
+    r = cli("interpolate", tiny_model_dir, ads["ia3"], "--alphas", "0,1", "-o", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "no native path" in r.stderr and "dense" in r.stderr
     assert set(read_table(out)[0]["path"]) == {"dense"}
     out2 = tmp_path / "ia3-native.parquet"
-    r = run_cli("interpolate", tiny_model_dir, ads["ia3"], "--path", "native", "--alphas", "0,1", "-o", out2)
+    r = cli("interpolate", tiny_model_dir, ads["ia3"], "--path", "native", "--alphas", "0,1", "-o", out2)
     assert r.returncode == 1
-    assert b"error: ia3 has no native path" in r.stderr and b"hint:" in r.stderr
+    assert "error: ia3 has no native path" in r.stderr and "hint:" in r.stderr
     assert not out2.exists()
 
 
-def test_alpha_outside_unit_interval_is_refused(tiny_model_dir, ads, tmp_path):
+def test_alpha_outside_unit_interval_is_refused(cli, tiny_model_dir, ads, tmp_path):
     out = tmp_path / "c.parquet"
-    r = run_cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0:1.5:0.5", "-o", out)
+    r = cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0:1.5:0.5", "-o", out)
     assert r.returncode == 2  # a usage error
-    assert b"outside [0, 1]" in r.stderr and b"--allow-extrapolate" in r.stderr
-    assert b"Traceback" not in r.stderr and not out.exists()
+    assert "outside [0, 1]" in r.stderr and "--allow-extrapolate" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
 
 
-def test_eval_sweep_end_to_end_on_tiny_model(tiny_model_dir, ads, tmp_path):
+def test_eval_sweep_end_to_end_on_tiny_model(cli, tiny_model_dir, ads, tmp_path):
     """--eval target,general through the evaluation engine: headline columns and per-sample files."""
     from peftarena_cli.artifacts.tables import read_table
 
     out = tmp_path / "curve.parquet"
-    r = run_cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0,1", "--eval", "target,general",
+    r = cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0,1", "--eval", "target,general",
                 "--limit", "1", "--max-new-tokens", "4", "-o", out, "--device", "cpu")
-    assert r.returncode == 0, r.stderr.decode()
+    assert r.returncode == 0, r.stderr
     df, _ = read_table(out)
     assert list(df["alpha"]) == [0.0, 1.0]
     assert df["target"].notna().all() and df["general"].notna().all()

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import run_cli  # noqa: E402
+from helpers import run_cli  # noqa: E402
 from report_synth import MODULES, SCORES, make_runs  # noqa: E402
 
 from peftarena_cli.artifacts.tables import read_table, write_table  # noqa: E402

@@ -35,7 +35,7 @@ def two_files(tiny_model_dir, tiny_lora_dir, tmp_path_factory):
 
 def test_two_bare_files_piped_parquet(two_files, tmp_path):
     """Subprocess, stdout a pipe: Parquet bytes with the documented columns and provenance."""
-    from conftest import run_cli as run
+    from helpers import run_cli as run
 
     base, adapter = two_files
     r = run("spectrum", base, adapter, env={"PEFTARENA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
