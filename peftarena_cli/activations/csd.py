@@ -8,6 +8,12 @@ With S = E[h hᵀ] of a module's input over a prompt distribution D (from the ba
 
 No forward pass of the fine-tuned model is needed: S is collected once per (base, prompt set)
 and reused for every adapter and interpolation point (W(α) = W0 + αΔW scales CSD_abs by α²).
+
+Low-rank updates ΔW = B A (LoRA and the other factor methods; rank r) use the exact form
+tr(ΔW S ΔWᵀ) = Σ (BᵀB) ∘ (A S Aᵀ) and ‖ΔW‖_F² = Σ (BᵀB) ∘ (A Aᵀ), in float64 from the factors:
+O(r·d_in² + r²·d_out) flops and no d_out × d_in matrix, instead of O(d_out·d_in²) for the dense
+ΔW. It equals the dense form in exact arithmetic and is more accurate in floating point (the dense
+ΔW = B A is formed in float32). Other methods form ΔW densely.
 """
 
 from __future__ import annotations
@@ -23,34 +29,55 @@ def quad_form(W, S) -> float:
     return float(((W @ S.to(W.device, torch.float64)) * W).sum())
 
 
-def csd_metrics(S, h2: float, w0, dw, eps: float = EPS) -> dict:
-    """CSD of one module on one prompt distribution. ``S`` = E[hhᵀ], ``h2`` = E‖h‖²."""
+def quad_form_low_rank(B, A, S) -> float:
+    """tr(ΔW S ΔWᵀ) for ΔW = B A (B: out × r, A: r × in) as Σ (BᵀB) ∘ (A S Aᵀ), float64."""
     import torch
 
-    dw64 = dw.to(torch.float64)
-    e_dw = quad_form(dw64, S)
+    B = B.to(torch.float64)
+    A = A.to(torch.float64)
+    M = (A @ S.to(A.device, torch.float64)) @ A.T
+    return float(((B.T @ B) * M).sum())
+
+
+def csd_metrics(S, h2: float, w0, dw, eps: float = EPS, factors=None) -> dict:
+    """CSD of one module on one prompt distribution. ``S`` = E[hhᵀ], ``h2`` = E‖h‖². ``factors`` =
+    (B, A) with ΔW = B A (then ``dw`` is not used and may be None): the low-rank form."""
+    import torch
+
+    if factors is not None:
+        B, A = (t.to(torch.float64) for t in factors)
+        e_dw = quad_form_low_rank(B, A, S)
+        fro2 = float(((B.T @ B) * (A @ A.T)).sum())
+    else:
+        dw64 = dw.to(torch.float64)
+        e_dw = quad_form(dw64, S)
+        fro2 = float((dw64 * dw64).sum())
     e_w0 = quad_form(w0, S)
-    fro2 = float((dw64 * dw64).sum())
     return {"csd_abs": e_dw, "csd_rel": e_dw / (e_w0 + eps),
             "csd_un": e_dw / ((fro2 + eps) * (h2 + eps)), "w0_energy": e_w0, "delta_fro2": fro2}
 
 
-def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,), eps: float = EPS) -> list[dict]:
+def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,), eps: float = EPS,
+             factors=None) -> list[dict]:
     """Table rows for one module: one per α, with columns per prompt set and the G/T ratios.
+    ``factors`` = (B, A) with ΔW = B A: the low-rank form (``dw`` unused).
 
     ``sets`` maps a role (``general``/``target``) to :class:`~peftarena_cli.activations.moments.InputMoments`.
     """
+    import torch
+
     rows = []
     for a in alphas:
         row = {"module": name, "layer": layer, "kind": kind, "alpha": float(a)}
-        d = dw * a if a != 1.0 else dw
+        d = None if factors is not None else dw * a if a != 1.0 else dw
+        f = None if factors is None else ((factors[0].to(torch.float64) * a if a != 1.0 else factors[0]), factors[1])
         for role, m in sets.items():
             if name not in m.module_group:
                 from peftarena_cli.errors import IncompatibleInputs
 
                 raise IncompatibleInputs(f"stats for {role!r} lack module {name!r}",
                                          hint="collect the stats with the same --modules as this run")
-            r = csd_metrics(m.S(name), m.h2(name), w0, d, eps)
+            r = csd_metrics(m.S(name), m.h2(name), w0, d, eps, factors=f)
             row["delta_fro2"] = r["delta_fro2"]
             for k in ("csd_abs", "csd_rel", "csd_un"):
                 row[f"{k}_{role}"] = r[k]
@@ -65,13 +92,14 @@ def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,)
 
 
 def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.0,), device: str = "cpu",
-              callback=None, eps: float = EPS, layers: list[int] | None = None):
+              callback=None, eps: float = EPS, layers: list[int] | None = None, low_rank: bool = True):
     """CSD per changed module for every prompt set in ``sets`` (a DataFrame, one row per module × α).
 
     ``base`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource`, ``ft`` an
     :func:`~peftarena_cli.weights.finetuned.open_finetuned` result. ``modules`` restricts the
     modules (default: every module the fine-tune changes that the statistics cover); ``layers``, if
     given, must hold every layer of them (it only spares reading the other layers' weights).
+    ``low_rank``: low-rank updates use the factor form (module docstring); False forms every ΔW.
     """
     import pandas as pd
 
@@ -98,7 +126,10 @@ def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.
     for md in iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device):
         if md.name not in want:
             continue
-        rows.extend(csd_rows(md.name, md.layer, md.kind, md.w0, md.dense(), sets, alphas, eps))
+        if low_rank and md.is_low_rank:
+            rows.extend(csd_rows(md.name, md.layer, md.kind, md.w0, None, sets, alphas, eps, factors=md.factors))
+        else:
+            rows.extend(csd_rows(md.name, md.layer, md.kind, md.w0, md.dense(), sets, alphas, eps))
         done += 1
         if callback:
             callback(done, len(wanted), md.name)

@@ -1,0 +1,63 @@
+"""Cheaper exact forms of the activation diagnostics, against the dense computations they replace."""
+
+import pytest
+import torch
+
+from peftarena_cli.activations.csd import csd_metrics, csd_rows
+from peftarena_cli.activations.moments import InputMoments
+
+
+def _moments(H):
+    m = InputMoments()
+    for i in range(0, H.shape[0], 64):
+        m.add("m", H[i:i + 64])
+    m.module_group = {"m": "m"}
+    return m
+
+
+def test_low_rank_csd_equals_the_dense_form_and_per_token_sums():
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(700, 40, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 40, dtype=torch.float64) + 0.3
+    W0 = torch.randn(56, 40, generator=g, dtype=torch.float64)
+    B, A = 0.1 * torch.randn(56, 4, generator=g, dtype=torch.float64), torch.randn(4, 40, generator=g, dtype=torch.float64)
+    dW = B @ A
+    m = _moments(H)
+    low = csd_metrics(m.S("m"), m.h2("m"), W0, None, factors=(B, A))
+    dense = csd_metrics(m.S("m"), m.h2("m"), W0, dW)
+    e_dw = float((H @ dW.T).pow(2).sum(1).mean())  # E‖ΔW h‖² over the tokens themselves
+    assert low["csd_abs"] == pytest.approx(e_dw, rel=1e-12)
+    for k in ("csd_abs", "csd_rel", "csd_un", "w0_energy", "delta_fro2"):
+        assert low[k] == pytest.approx(dense[k], rel=1e-12), k
+    # the α rows: (αB) A, α² csd_abs
+    sets = {"general": m, "target": _moments(H[::2] * 1.5)}
+    rl = csd_rows("m", 0, "q_proj", W0, None, sets, alphas=(0.25, 1.0), factors=(B, A))
+    rd = csd_rows("m", 0, "q_proj", W0, dW, sets, alphas=(0.25, 1.0))
+    for a, b in zip(rl, rd):
+        for k, v in b.items():
+            assert a[k] == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), k
+    assert rl[0]["csd_abs_general"] == pytest.approx(0.0625 * rl[1]["csd_abs_general"], rel=1e-12)
+
+
+def test_csd_table_low_rank_path_matches_dense_path(tiny_model_dir, tiny_lora_dir):
+    from peftarena_cli.activations.csd import csd_table
+    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.weights.finetuned import open_finetuned
+
+    g = torch.Generator().manual_seed(0)
+    base = WeightSource.from_ref(resolve_model(str(tiny_model_dir)))
+    ft = open_finetuned(str(tiny_lora_dir))
+    sets = {}
+    for role in ("general", "target"):
+        m = InputMoments()
+        for name in ft.module_names():
+            d = base.shape(f"{name}.weight")[1]
+            m.add(name, torch.randn(90, d, generator=g, dtype=torch.float64))
+            m.module_group[name] = name
+        sets[role] = m
+    low = csd_table(base, ft, sets, alphas=(0.5, 1.0))
+    dense = csd_table(base, ft, sets, alphas=(0.5, 1.0), low_rank=False)
+    assert list(low.module) == list(dense.module) and len(low) == 28
+    for c in low.columns:
+        if low[c].dtype.kind == "f":
+            # the dense ΔW = B A is formed in float32; the factor form stays in float64
+            assert torch.allclose(torch.tensor(low[c].values), torch.tensor(dense[c].values), rtol=1e-6, atol=0), c
