@@ -18,9 +18,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftarena_cli import __version__
 from peftarena_cli.artifacts.atomic import atomic_dir, atomic_path
+from peftarena_cli.artifacts.identity import path_identity
 from peftarena_cli.artifacts.weights import WEIGHT_SUFFIXES, check_safetensors
-from peftarena_cli.errors import AdapterError, InputNotFound, InvalidArtifact
+from peftarena_cli.errors import AdapterError, InputNotFound, InvalidArtifact, NumericalError, OutputError, UnsupportedMethod
 from peftarena_cli.methods import all_markers
 
 CONFIG_KEY = "peft_config"
@@ -46,8 +48,6 @@ class Adapter:
         return self.config.get("base_model_name_or_path")
 
     def identity(self) -> str:
-        from peftarena_cli.artifacts.identity import path_identity
-
         return path_identity(self.path) if self.path is not None else "in-memory"
 
     def peft_config(self):
@@ -61,8 +61,6 @@ def peft_config_from_dict(config: dict):
     ptype = str(config.get("peft_type", "")).upper()
     cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(ptype)
     if cls is None:
-        from peftarena_cli.errors import UnsupportedMethod
-
         raise UnsupportedMethod(f"unsupported PEFT type {ptype or '(missing)'!r}")
     known = set(cls.__dataclass_fields__) if hasattr(cls, "__dataclass_fields__") else None
     kwargs = {k: v for k, v in config.items() if known is None or k in known}
@@ -155,15 +153,11 @@ def check_finite(tensors, what: str) -> None:
         if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
             bad.append(name)
     if bad:
-        from peftarena_cli.errors import NumericalError
-
         raise NumericalError(f"{what} holds NaN or Inf in {len(bad)} tensor(s): {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}",
                              hint="the fine-tune diverged or the file is damaged; use an earlier checkpoint")
 
 
 def _metadata(adapter: Adapter, extra: dict | None) -> dict[str, str]:
-    from peftarena_cli import __version__
-
     meta = {k: str(v) for k, v in (adapter.metadata or {}).items()}
     meta.update({"format": "pt", CONFIG_KEY: json.dumps(adapter.config), "peftarena_version": __version__})
     for k, v in (extra or {}).items():
@@ -182,8 +176,6 @@ def save_adapter(
     meta = _metadata(adapter, extra_metadata)
     if p.suffix in WEIGHT_SUFFIXES:
         if p.exists() and not overwrite:
-            from peftarena_cli.errors import OutputError
-
             raise OutputError(f"{str(p)!r} already exists", hint="choose another path or pass --overwrite")
         with atomic_path(p) as tmp:
             save_file(tensors, str(tmp), metadata=meta)

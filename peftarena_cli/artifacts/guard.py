@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from peftarena_cli import registry
 from peftarena_cli.errors import OutputError
 
 # suffixes a table (Parquet/CSV) is never written under: they name inputs of other kinds
@@ -47,8 +48,6 @@ def local_input_paths(specs: Iterable) -> list[Path]:
                 out.append(p.resolve())
                 continue
             try:
-                from peftarena_cli import registry
-
                 if registry.is_alias(part) and registry.is_cached(part):
                     out.append(registry.cache_dir(part).resolve())
             except Exception:  # noqa: BLE001 (a check must never be the failure)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peftarena_cli.artifacts.adapters import Adapter, load_adapter, peft_dir_for
+from peftarena_cli.artifacts.adapters import Adapter, check_finite, load_adapter, peft_dir_for
 from peftarena_cli.artifacts.weights import ModelRef, resolve_model
-from peftarena_cli.errors import IncompatibleInputs, InvalidArtifact
+from peftarena_cli.errors import DeviceNotAvailable, IncompatibleInputs, InvalidArtifact, UsageError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -20,8 +20,6 @@ def torch_dtype(name: str):
 
     key = DTYPES.get(str(name).lower())
     if key is None:
-        from peftarena_cli.errors import UsageError
-
         raise UsageError(f"unknown dtype {name!r}", hint="use float32, bfloat16 or float16")
     return getattr(torch, key)
 
@@ -33,23 +31,15 @@ def pick_device(device: str = "auto") -> str:
     if device != "auto":
         d = str(device)
         if d.startswith("cuda") and not torch.cuda.is_available():
-            from peftarena_cli.errors import DeviceNotAvailable
-
             raise DeviceNotAvailable(f"--device {d}: CUDA is not available on this machine")
         if d.startswith("cuda:"):
             try:
                 idx = int(d.split(":", 1)[1])
             except ValueError:
-                from peftarena_cli.errors import UsageError
-
                 raise UsageError(f"--device {d!r}: expected cpu, cuda, cuda:N or auto") from None
             if idx >= torch.cuda.device_count():
-                from peftarena_cli.errors import DeviceNotAvailable
-
                 raise DeviceNotAvailable(f"--device {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         elif d not in ("cpu", "cuda", "mps"):
-            from peftarena_cli.errors import UsageError
-
             raise UsageError(f"unknown --device {d!r}", hint="use cpu, cuda, cuda:N or auto")
         return d
 
@@ -169,7 +159,6 @@ def load_model(spec, dtype: str = "float32", device: str = "auto"):
             raise InvalidArtifact(f"cannot load a model from {ref.spec!r}: {str(e).splitlines()[0] if str(e) else e}") from None
         check_loaded_names(model, list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or []),
                            ref.spec, mismatched=list(info.get("mismatched_keys") or []))
-    from peftarena_cli.artifacts.adapters import check_finite
 
     check_finite(model.named_parameters(), f"model {str(ref.spec)!r}")
     model.to(dev)

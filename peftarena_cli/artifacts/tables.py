@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from peftarena_cli import __version__
 from peftarena_cli.artifacts.atomic import atomic_path
 from peftarena_cli.errors import InputNotFound, InvalidArtifact
 
@@ -31,8 +32,6 @@ class Provenance:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        from peftarena_cli import __version__
-
         d = asdict(self)
         d["version"] = __version__
         return json.dumps(d, default=str)

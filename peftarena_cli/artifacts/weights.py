@@ -21,6 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftarena_cli import registry
+from peftarena_cli.artifacts.convert import ensure_model
+from peftarena_cli.artifacts.identity import file_identity, path_identity, tensor_identity
 from peftarena_cli.errors import InputNotFound, InvalidArtifact, ModelNotAvailable
 
 WEIGHT_SUFFIXES = (".safetensors", ".st")
@@ -45,8 +48,6 @@ class ModelRef:
         return self.path.is_file()
 
     def identity(self) -> str:
-        from peftarena_cli.artifacts.identity import path_identity
-
         return path_identity(self.path)
 
 
@@ -110,8 +111,6 @@ def resolve_model(spec: str | os.PathLike, allow_download: bool = True) -> Model
         for f in files:
             check_safetensors(f)
         return ModelRef(s, "dir", p, files)
-    from peftarena_cli import registry
-    from peftarena_cli.artifacts.convert import ensure_model
 
     if registry.is_alias(s):
         d = ensure_model(s)
@@ -292,8 +291,6 @@ class WeightSource:
         return self._headers[self._where[name]][name]["dtype"]
 
     def tensor_id(self, name: str) -> str:
-        from peftarena_cli.artifacts.identity import file_identity, tensor_identity
-
         f = self._where[name]
         return tensor_identity(self._headers[f][name], file_identity(f), name)
 

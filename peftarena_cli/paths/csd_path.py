@@ -8,6 +8,10 @@ The CSD formulas themselves are the activation code's (:mod:`peftarena_cli.activ
 
 from __future__ import annotations
 
+from peftarena_cli.activations.csd import csd_rows
+from peftarena_cli.artifacts.weights import module_kind, module_layer
+from peftarena_cli.errors import IncompatibleInputs
+
 
 def _module_updates(path_model, alpha: float, covered: set[str]):
     """Yield (module name, W0, ΔW(α)) for every changed module in ``covered``."""
@@ -41,10 +45,6 @@ def path_csd(sets: dict):
     Per-module rows accumulate in the callable's ``rows`` list (one per module × α).
     """
     import pandas as pd
-
-    from peftarena_cli.activations.csd import csd_rows
-    from peftarena_cli.artifacts.weights import module_kind, module_layer
-    from peftarena_cli.errors import IncompatibleInputs
 
     covered = set.intersection(*(set(m.module_group) for m in sets.values())) if sets else set()
     rows: list[dict] = []

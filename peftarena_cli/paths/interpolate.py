@@ -14,9 +14,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftarena_cli.activations.moments import check_stats_base, merge_stats_files, weights_fingerprint
+from peftarena_cli.artifacts.atomic import atomic_write_text, clean_stale_tmp
 from peftarena_cli.errors import OutputError, UsageError
+from peftarena_cli.evaluation import evaluate_general, evaluate_target
+from peftarena_cli.evaluation.protocols import get_protocol
 from peftarena_cli.paths.alphas import parse_alphas
+from peftarena_cli.paths.csd_path import path_csd
 from peftarena_cli.paths.native import check_generator_scale
+from peftarena_cli.paths.sweep import open_path_model, run_sweep, save_checkpoint
 
 EVAL_KINDS = ("target", "general")
 SWEEP_MANIFEST = "sweep.json"
@@ -76,8 +82,6 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
 
 
 def _evaluators(cfg: InterpolateConfig) -> dict:
-    from peftarena_cli.evaluation import evaluate_general, evaluate_target
-
     out = {}
     kw = {"limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol}
     if "target" in cfg.evals:
@@ -104,19 +108,14 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
     checkpoints = Path(cfg.save_checkpoints) if cfg.save_checkpoints is not None else None
     if checkpoints is not None:
         check_checkpoint_dir(checkpoints)
-    from peftarena_cli.evaluation.protocols import get_protocol
 
     get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones, before any work
     evaluators = _evaluators(cfg) if cfg.evals else {}
     sets = None
     if cfg.stats:
-        from peftarena_cli.activations.moments import merge_stats_files
-
         sets, stats_base = merge_stats_files(cfg.stats)
 
     import torch
-
-    from peftarena_cli.paths.sweep import open_path_model, run_sweep, save_checkpoint
 
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
@@ -128,9 +127,6 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
         warn(note)
     csd = None
     if sets is not None:
-        from peftarena_cli.activations.moments import check_stats_base, weights_fingerprint
-        from peftarena_cli.paths.csd_path import path_csd
-
         check_stats_base(stats_base, weights_fingerprint(setup.ref), cfg.base)
         csd = path_csd(sets)
     load_s = time.perf_counter() - t_load
@@ -175,8 +171,6 @@ def claim_checkpoint_dir(d: Path, manifest: dict) -> None:
     which sweep its alpha-*/ checkpoints belong to. A different sweep's checkpoints are refused,
     never mixed; leftovers of an interrupted write (.tmp-*) are removed."""
     import json
-
-    from peftarena_cli.artifacts.atomic import atomic_write_text, clean_stale_tmp
 
     d.mkdir(exist_ok=True)
     m = d / SWEEP_MANIFEST

@@ -16,13 +16,21 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftarena_cli.artifacts.adapters import Adapter
+from peftarena_cli.artifacts.adapters import Adapter, save_adapter
+from peftarena_cli.artifacts.atomic import atomic_dir
+from peftarena_cli.artifacts.guard import check_outputs
+from peftarena_cli.artifacts.identity import path_identity
 from peftarena_cli.artifacts.keys import base_key
-from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod, UsageError
+from peftarena_cli.artifacts.tables import read_table
+from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+from peftarena_cli.errors import IncompatibleInputs, OutputError, UnsupportedMethod, UsageError
 from peftarena_cli.methods import get_method
+from peftarena_cli.paths.alphas import check_alphas
+from peftarena_cli.paths.criteria import pick_alpha
 from peftarena_cli.paths.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
                                         native_method, scale_adapter_tensors)
 from peftarena_cli.paths.oft_rotation import layerwise_scales, rotation_strengths
+from peftarena_cli.weights.finetuned import open_finetuned
 
 
 def dora_row_norms_from_base(adapter: Adapter, base_source) -> dict:
@@ -89,8 +97,6 @@ def rewind_full(base_source, finetuned_source, alpha: float, out_dir, copy_from:
     import torch
     from safetensors.torch import save_file
 
-    from peftarena_cli.artifacts.atomic import atomic_dir
-
     keys = finetuned_source.keys()
     out = {}
     for i, k in enumerate(keys):
@@ -153,12 +159,6 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
     """Write the point α of a fine-tune's path (α given, or picked on a curve) as a new artifact of the
     same kind, atomically. ``callback(done, total, what)`` reports progress of a full checkpoint;
     ``log`` and ``warn`` receive one-line messages."""
-    from peftarena_cli.artifacts.guard import check_outputs
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.errors import OutputError
-    from peftarena_cli.paths.alphas import check_alphas
-    from peftarena_cli.weights.finetuned import open_finetuned
-
     alpha = cfg.alpha
     if alpha is None and cfg.curve is None and cfg.layerwise:
         alpha = 1.0  # layer-wise rewinding alone: equalise ρ_ℓ at the fine-tune's own scale
@@ -175,10 +175,6 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
     curve_prov: dict = {}
     generator_scale = cfg.generator_scale
     if cfg.curve is not None:
-        from peftarena_cli.artifacts.identity import path_identity
-        from peftarena_cli.artifacts.tables import read_table
-        from peftarena_cli.paths.criteria import pick_alpha
-
         df, curve_prov = read_table(cfg.curve)
         chosen = pick_alpha(df, cfg.pick)
         alpha = chosen.alpha
@@ -207,8 +203,6 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         rewind_full(WeightSource.from_ref(bref), ft.source, alpha, output, copy_from=ft.ref.directory,
                     extra_metadata={"peftarena_rewind": record}, overwrite=cfg.overwrite, callback=callback)
         return RewindResult(output=output, alpha=alpha, method="full", kind="full", record=record)
-
-    from peftarena_cli.artifacts.adapters import save_adapter
 
     method = ft.method
     entry = get_method(method)
