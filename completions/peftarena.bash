@@ -26,7 +26,7 @@ _peftarena() {
         'models pull') COMPREPLY=( $(compgen -W "--force --quiet -q --help" -- "$cur") ) ;;
         'report') COMPREPLY=( $(compgen -W "--output -o --base --modules --spectrum-module --reference --reference-select --quiet -q --help" -- "$cur") ) ;;
         'rewind') COMPREPLY=( $(compgen -W "--output -o --alpha --curve --pick --layerwise --generator-scale --base --allow-extrapolate --overwrite --quiet -q --help" -- "$cur") ) ;;
-        'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary -s --table --modules -m --layers -l --sva --no-sva --cache --no-cache --device --quiet -q --help" -- "$cur") ) ;;
+        'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary -s --table --modules -m --layers -l --sva --no-sva --cache --no-cache --cache-dir --device --quiet -q --help" -- "$cur") ) ;;
     esac
     [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=( $(compgen -f -- "$cur") )
     return 0

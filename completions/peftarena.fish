@@ -231,6 +231,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l sva
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l no-sva
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l cache
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l no-cache
+complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l cache-dir
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l device
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l quiet
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -s q

@@ -56,6 +56,7 @@ def spectrum_cmd(
     layers: Optional[List[str]] = typer.Option(None, "--layers", "-l", help="Layers to analyse: 18, 0-5, 3,7 (repeatable). Default: all."),
     sva: Optional[bool] = typer.Option(None, "--sva/--no-sva", help="Singular-vector alignment |cos(v_i(W0), v_i(W1))|: default only for multiplicative methods (OFT, BOFT); --sva computes it for any method (one SVD of W1 per module)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse/store the base SVD under $PEFTARENA_HOME/cache/svd (keyed by tensor identity)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the base-SVD cache here instead of $PEFTARENA_HOME/cache/svd (it holds about as many bytes as the base's analysed weights, docs/large-models.md)."),
     device: DeviceOpt = "auto",
 ) -> None:
     """Retention profile P_diag, update energy E_Δ, effective rank, fluctuation and alignment per module.
@@ -82,6 +83,12 @@ def spectrum_cmd(
 
     if table not in ("index", "summary"):
         raise UsageError(f"--table {table!r}: expected index or summary")
+    if cache_dir is not None and not cache:
+        raise UsageError("--cache-dir with --no-cache: pick one")
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        from peftarena_cli.errors import OutputError
+
+        raise OutputError(f"--cache-dir {str(cache_dir)!r} is not a directory")
     if summary is not None and output is not None and Path(summary).resolve() == Path(output).resolve():
         raise UsageError("--summary and -o name the same file", hint="give the summary its own path")
     if summary is not None:
@@ -98,7 +105,7 @@ def spectrum_cmd(
     dev = pick_device(device)
     with Progress("spectrum") as bar:
         res = compute_spectrum(base, finetuned, kinds=parse_kinds(modules), layers=parse_layers(layers),
-                               device=dev, cache=BaseSvdCache(enabled=cache), sva=sva, callback=bar.callback)
+                               device=dev, cache=BaseSvdCache(root=cache_dir, enabled=cache), sva=sva, callback=bar.callback)
     st = res.stats
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     forms = f"; form: {', '.join(st['forms'])}" if st["forms"] else ""
