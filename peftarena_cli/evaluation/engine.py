@@ -89,6 +89,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     ``adapt_threads``: on CPU, follow the free cores (:mod:`~peftarena_cli.evaluation.cpu_share`).
     ``row_ids``: the prompts' indices in a larger set (a data-parallel shard), which seed sampling.
     """
+    if isinstance(model, HfBackend):
+        return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
+                              top_p=top_p, n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress,
+                              label=label, row_ids=row_ids)
     if isinstance(model, GenerationBackend):  # e.g. the vllm backend: it generates on its own
         return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
                               top_p=top_p, n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress,
