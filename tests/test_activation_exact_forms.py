@@ -61,3 +61,38 @@ def test_csd_table_low_rank_path_matches_dense_path(tiny_model_dir, tiny_lora_di
         if low[c].dtype.kind == "f":
             # the dense ΔW = B A is formed in float32; the factor form stays in float64
             assert torch.allclose(torch.tensor(low[c].values), torch.tensor(dense[c].values), rtol=1e-6, atol=0), c
+
+
+@pytest.mark.parametrize("delta", [1e-2, 1e-3])
+def test_float32_accumulation_error_within_the_documented_bound(delta):
+    """act-geom --accum-dtype float32 against float64 on the same activations: ratios of sums keep
+    ~2⁻²⁴·√(n/T) relative accuracy; the residuals, the Gram distortion and the cosine drift are
+    differences of nearly equal sums, so their absolute error is ~2⁻²⁴·√(n/T)/(2ρ); the PCA distance
+    moves by ~2⁻²⁴·√(n/T)/gap (docs/large-models.md)."""
+    import math
+
+    from peftarena_cli.activations.geometry import module_rows
+    from peftarena_cli.activations.pair_sums import PairSums
+
+    g = torch.Generator().manual_seed(0)
+    n, d, T = 16384, 48, 256
+    X0 = torch.randn(n, d, generator=g) * torch.linspace(0.2, 3, d) + 0.5
+    X1 = X0 @ (torch.eye(d) + delta * torch.randn(d, d, generator=g)) + delta * torch.randn(n, d, generator=g)
+    rows = {}
+    for dt in (torch.float64, torch.float32):
+        ps = PairSums.zeros(d, dtype=dt)
+        for i in range(0, n, T):
+            ps.add(X0[i:i + T], X1[i:i + T])
+        rows[dt] = module_rows("s", {"model.layers.0.mlp.up_proj": ps}, workers=1)[0]
+    exact, approx = rows[torch.float64], rows[torch.float32]
+    assert exact["accum_dtype"] == "float64" and approx["accum_dtype"] == "float32"
+    eps = 2.0 ** -24 * math.sqrt(n / T)
+    for k in ("cka", "angular_drift_mean", "norm_ratio_mean", "log_norm_ratio"):
+        assert abs(approx[k] - exact[k]) <= eps * abs(exact[k]), k
+    # a subspace distance moves with the covariance's relative error over its eigengap (Davis–Kahan)
+    assert abs(approx["pca_dist_32"] - exact["pca_dist_32"]) <= eps / exact["pca_gap_32"]
+    for k in ("raw_residual", "procrustes_residual", "gram_distortion"):
+        assert abs(approx[k] - exact[k]) <= eps / (2 * exact[k]), k
+    assert abs(approx["cos_drift"] - exact["cos_drift"]) <= eps
+    # and the error is real: float32 does move the small-drift differences
+    assert approx["procrustes_residual"] != exact["procrustes_residual"]

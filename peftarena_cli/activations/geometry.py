@@ -238,7 +238,8 @@ def module_rows(set_name: str, mods: dict, sample=None, workers: int | None = No
 
     def one(item):
         mname, ps = item
-        row = {"prompt_set": set_name, "module": mname, "layer": module_layer(mname), "kind": module_kind(mname)}
+        row = {"prompt_set": set_name, "module": mname, "layer": module_layer(mname), "kind": module_kind(mname),
+               "accum_dtype": str(ps.A00.dtype).removeprefix("torch.")}
         row.update(_geometry(ps, PCA_KS))
         if sample is not None:
             s0, s1 = sample.matrices(mname)
