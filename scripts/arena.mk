@@ -3,6 +3,9 @@
 #   make demo     LoRA on the built-in arithmetic task: train, evals, spectrum, csd, act-geom,
 #                 a short interpolation, a rewind, the report          (runs/demo, ≤ 10 min on 2 cores)
 #   make arena    the same for several methods                          (runs/arena)
+#   make arena REGIME=rlvr   every method trained by RLVR (GRPO) instead, with path diagnostics along
+#                 the trajectory checkpoints (pass@k by step)               (runs/arena-rl, dirs M-rlvr)
+#   make arena-both          SFT and RLVR of every method on one plane     (runs/arena-rl, M-sft + M-rlvr)
 #
 # Every stage's target is the artifact it writes (written atomically by peftarena), so a rerun
 # skips finished stages and an interrupted run continues where it stopped (training resumes from
@@ -54,6 +57,42 @@ ALPHAS         ?= 0.5
 PICK           ?= keep-target:0.8
 INTERP_METHODS ?= lora oft
 
+# Regimes (docs/report.md, "Regimes"). REGIME=sft (the default) is the arena above, unchanged: method
+# directories RUNS/M, built-in arithmetic. Any other REGIMES (REGIME=rlvr, or REGIMES="sft rlvr" for
+# `make arena-both`) is a run set in RL_RUNS whose method directories carry the regime (M-sft, M-rlvr),
+# train and evaluate on TASK, save TRAJ_POINTS trajectory checkpoints and get the path diagnostics.
+REGIME         ?= sft
+REGIMES        ?= $(REGIME)
+RL_RUNS        ?= runs/arena-rl
+# The methods of a regime run set: RL_METHODS, or ARENA_METHODS when given on the command line.
+RL_METHODS     ?= lora oft vera dora
+RL_METHODS_     = $(if $(filter command line,$(origin ARENA_METHODS)),$(ARENA_METHODS),$(RL_METHODS))
+# The task of the regime run sets: arith-1 (one addition of small numbers), which smollm2-135m solves
+# often enough when sampling for GRPO to get a reward signal (base accuracies per level: docs/finetune.md).
+TASK           ?= arith-1
+RL_STEPS       ?= 30
+RL_BATCH       ?= 8
+RL_GENERATIONS ?= 4
+RL_MAX_TOKENS  ?= 64
+# Sampling temperature of the GRPO completions (and of the path evals): at 1.0 smollm2-135m's samples are
+# mostly incoherent (5 % right on arith-2), at 0.7 far less so.
+RL_TEMPERATURE ?= 0.7
+RL_LR_FACTOR   ?= 1
+# Evaluation sizes of the regime run sets: smaller than the SFT arena's so that `make arena REGIME=rlvr`
+# (GRPO is ~4x the training time of SFT per step on a CPU) fits 60 min on 2 cores; TARGET_LIMIT= etc. win.
+RL_TARGET_LIMIT  ?= 128
+RL_GENERAL_LIMIT ?= 48
+RL_DRIFT_LIMIT   ?= 16
+# Path diagnostics: checkpoints along training (TRAJ_POINTS per run, the last one included) evaluated on
+# TASK with sampling (PATH_SAMPLES per item, pass@PATH_K) and on the general suite (greedy), plus the
+# base as step 0.
+TRAJ_POINTS    ?= 4
+PATH_LIMIT     ?= 16
+PATH_SAMPLES   ?= 16
+PATH_K         ?= 1,4,16
+PATH_TEMPERATURE ?= $(RL_TEMPERATURE)
+PATH_GENERAL_LIMIT ?= 16
+
 PEFTARENA      ?= $(VENV)/bin/peftarena
 PA              = $(PEFTARENA)
 SPECTRUM_MODULE ?= layers.18.mlp.down_proj
@@ -61,7 +100,12 @@ SPECTRUM_MODULE ?= layers.18.mlp.down_proj
 # module); the pipeline measures the study's choice, down_proj of every layer (ACTGEOM_MODULES= for all).
 ACTGEOM_MODULES ?= down_proj
 
-.PHONY: demo-run arena-run arena-stages
+.PHONY: demo-run arena-run arena-stages arena-regimes-run arena-both
+
+# SFT and RLVR of every arena method on one plane (runs/arena-rl/report-sft-rlvr).
+arena-both: install
+	$(PEFTARENA) models pull smollm2-135m
+	@$(MAKE) --no-print-directory arena-run REGIMES="sft rlvr"
 
 # One run set = RUNS + METHODS (+ which of them get an interpolation curve and a rewound point).
 demo-run:
@@ -69,11 +113,27 @@ demo-run:
 		TARGET_LIMIT=$(TARGET_LIMIT) GENERAL_LIMIT=$(GENERAL_LIMIT) DRIFT_LIMIT=$(DRIFT_LIMIT)
 
 arena-run:
+ifneq ($(strip $(REGIMES)),sft)
+	@$(MAKE) --no-print-directory arena-regimes-run
+else
 	@$(MAKE) --no-print-directory arena-stages RUNS=$(ARENA_RUNS) METHODS="$(ARENA_METHODS)" \
 		INTERP="$(filter $(INTERP_METHODS),$(ARENA_METHODS))" TITLE=arena \
 		TARGET_LIMIT=$(if $(filter command line,$(origin TARGET_LIMIT)),$(TARGET_LIMIT),$(ARENA_TARGET_LIMIT)) \
 		GENERAL_LIMIT=$(if $(filter command line,$(origin GENERAL_LIMIT)),$(GENERAL_LIMIT),$(ARENA_GENERAL_LIMIT)) \
 		DRIFT_LIMIT=$(if $(filter command line,$(origin DRIFT_LIMIT)),$(DRIFT_LIMIT),$(ARENA_DRIFT_LIMIT))
+endif
+
+# The regime run sets: one directory per (method, regime), the regime in its name; one report per set of
+# regimes (report-rlvr, report-sft-rlvr), so `make arena REGIME=rlvr` and `make arena-both` share RL_RUNS
+# (its base evals, its RLVR runs) and each draws only its own regimes.
+arena-regimes-run:
+	@$(MAKE) --no-print-directory arena-stages RUNS=$(RL_RUNS) TITLE="arena ($(REGIMES))" \
+		METHODS="$(foreach r,$(REGIMES),$(foreach m,$(RL_METHODS_),$(m)-$(r)))" \
+		INTERP="$(foreach r,$(REGIMES),$(foreach m,$(filter $(INTERP_METHODS),$(RL_METHODS_)),$(m)-$(r)))" \
+		PATHS=1 REPORT_NAME=report-$(subst $() ,-,$(strip $(REGIMES))) \
+		TARGET_LIMIT=$(if $(filter command line,$(origin TARGET_LIMIT)),$(TARGET_LIMIT),$(RL_TARGET_LIMIT)) \
+		GENERAL_LIMIT=$(if $(filter command line,$(origin GENERAL_LIMIT)),$(GENERAL_LIMIT),$(RL_GENERAL_LIMIT)) \
+		DRIFT_LIMIT=$(if $(filter command line,$(origin DRIFT_LIMIT)),$(DRIFT_LIMIT),$(RL_DRIFT_LIMIT))
 
 ifdef RUNS
 # ---------------------------------------------------------------- what a run set is made of
@@ -83,49 +143,73 @@ EVALS     := $(foreach m,base $(METHODS),$(RUNS)/$(m)/eval_target.parquet $(RUNS
 ANALYSES  := $(foreach m,$(METHODS),$(RUNS)/$(m)/spectrum.parquet $(RUNS)/$(m)/csd.parquet $(RUNS)/$(m)/act_geom.parquet \
 	$(RUNS)/$(m)/drift.parquet)
 CURVES    := $(foreach m,$(INTERP),$(RUNS)/$(m)/curve.parquet)
-REPORT    := $(RUNS)/report
+REPORT_NAME ?= report
+REPORT    := $(RUNS)/$(REPORT_NAME)
+# path diagnostics (regime run sets): every checkpoint of a run, and the base as step 0
+# (not for `full`: its checkpoints are whole models, and the path evals attach adapters to one loaded base)
+PATHEVALS := $(if $(PATHS),$(foreach m,base $(foreach x,$(METHODS),$(if $(filter full,$(firstword $(subst -, ,$(x)))),,$(x))),\
+	$(RUNS)/$(m)/path/target.parquet $(RUNS)/$(m)/path/general.parquet))
+# a regime run set reports its own directories only (RL_RUNS may hold other regimes' runs too)
+REPORT_INPUTS = $(if $(PATHS),$(foreach m,base $(METHODS),$(RUNS)/$(m)),$(RUNS))
+
+# A directory name is METHOD or METHOD-REGIME: its method, its regime (a bare name is the SFT arena).
+meth       = $(firstword $(subst -, ,$(1)))
+regime     = $(or $(word 2,$(subst -, ,$(1))),sft)
+# the target task of a run set: TASK for the regime sets, the built-in arithmetic otherwise
+task_arg   = $(if $(PATHS),--task $(TASK))
+ttask_arg  = $(if $(PATHS),--target-task $(TASK))
 
 # A method's fine-tuned artifact: the PEFT adapter dir, or the full model dir for `full`.
 final      = $(RUNS)/$(1)/train/final
 # eval / analysis arguments: `full` is a model of its own, every other method an adapter on MODEL.
-eval_model = $(if $(filter full,$(1)),$(call final,$(1)),$(MODEL) --adapter $(call final,$(1)))
+eval_model = $(if $(filter full,$(call meth,$(1))),$(call final,$(1)),$(MODEL) --adapter $(call final,$(1)))
 
 # Keep the artifacts Make reaches only through pattern rules (it would delete them as intermediates).
 # Not `.SECONDARY:` with no prerequisites: that makes every file intermediate, and a missing
 # intermediate never triggers a rebuild, so adding a method to an existing run set did nothing.
 .PRECIOUS: $(RUNS)/%/train/.done $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
-	$(RUNS)/%/curve.parquet $(RUNS)/%/rewound/.done
+	$(RUNS)/%/curve.parquet $(RUNS)/%/rewound/.done $(RUNS)/%/path/target.parquet $(RUNS)/%/path/general.parquet
 
 arena-stages: $(REPORT)/leaderboard.parquet
 	@echo
 	@echo "$(TITLE): report in $(REPORT)/ (plane.png, spectrum.png, leaderboard.md)"
 	@sed -n '/^| method/,/^$$/p' $(REPORT)/leaderboard.md
 
-$(REPORT)/leaderboard.parquet: $(EVALS) $(ANALYSES) $(CURVES) $(REWOUND)
-	$(PA) report $(RUNS) -o $(REPORT) --spectrum-module '$(SPECTRUM_MODULE)'
+$(REPORT)/leaderboard.parquet: $(EVALS) $(ANALYSES) $(CURVES) $(REWOUND) $(PATHEVALS)
+	$(PA) report $(REPORT_INPUTS) -o $(REPORT) --spectrum-module '$(SPECTRUM_MODULE)'
 	@for d in $(dir $(REWOUND)); do $(VENV)/bin/python -c "import json, sys; from safetensors import safe_open; \
 	m = safe_open(sys.argv[1] + '/adapter_model.safetensors', 'pt').metadata(); r = json.loads(m.get('peftarena_rewind', '{}')); \
 	print('rewound', sys.argv[1], 'to alpha', r.get('alpha'), '-', r.get('reason', r.get('criterion', '')))" $$d 2>/dev/null || true; done
 
 # ---------------------------------------------------------------- training
 # The stamp is written only after a complete run; an interrupted run is resumed.
+# SFT (a bare METHOD directory: the arena as before; METHOD-sft: on TASK with trajectory checkpoints) or
+# RLVR (METHOD-rlvr: GRPO on TASK, RL_BATCH completions per step in groups of RL_GENERATIONS).
+every = $(shell echo $$(( ($(1) + $(TRAJ_POINTS) - 1) / $(TRAJ_POINTS) )))
+train_args = $(if $(filter rlvr,$(call regime,$(1))),\
+	--regime rlvr --data $(TASK) --steps $(RL_STEPS) --batch-size $(RL_BATCH) --num-generations $(RL_GENERATIONS) \
+	--max-completion-length $(RL_MAX_TOKENS) --temperature $(RL_TEMPERATURE) --lr $(shell $(VENV)/bin/python -c "print($(LR_$(call meth,$(1))) * $(RL_LR_FACTOR))") \
+	--save-every $(call every,$(RL_STEPS)),\
+	$(if $(findstring -,$(1)),--data $(TASK)) --steps $(STEPS) --batch-size $(BATCH) --lr $(LR_$(call meth,$(1))) \
+	--save-every $(if $(findstring -,$(1)),$(call every,$(STEPS)),$(STEPS)))
+
 $(RUNS)/%/train/.done:
 	@mkdir -p $(RUNS)/$*
-	$(PA) finetune $(MODEL) -o $(RUNS)/$*/train --method $* --steps $(STEPS) --batch-size $(BATCH) \
-		--lr $(LR_$*) --save-every $(STEPS) $(if $(wildcard $(RUNS)/$*/train/manifest.json),--resume)
+	$(PA) finetune $(MODEL) -o $(RUNS)/$*/train --method $(call meth,$*) $(call train_args,$*) \
+		$(if $(wildcard $(RUNS)/$*/train/manifest.json),--resume)
 	@touch $@
 
 # ---------------------------------------------------------------- evaluation
 $(RUNS)/base/eval_target.parquet:
 	@mkdir -p $(@D)
-	$(PA) eval-target $(MODEL) --limit $(TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
+	$(PA) eval-target $(MODEL) $(task_arg) --limit $(TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
 
 $(RUNS)/base/eval_general.parquet:
 	@mkdir -p $(@D)
 	$(PA) eval-general $(MODEL) --limit $(GENERAL_LIMIT) -o $@ --summary $(@D)/eval_general_summary.parquet
 
 $(RUNS)/%/eval_target.parquet: $(RUNS)/%/train/.done
-	$(PA) eval-target $(call eval_model,$*) --limit $(TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
+	$(PA) eval-target $(call eval_model,$*) $(task_arg) --limit $(TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
 
 $(RUNS)/%/eval_general.parquet: $(RUNS)/%/train/.done
 	$(PA) eval-general $(call eval_model,$*) --limit $(GENERAL_LIMIT) -o $@ --summary $(@D)/eval_general_summary.parquet
@@ -147,7 +231,31 @@ $(RUNS)/%/act_geom.parquet: $(RUNS)/%/train/.done
 
 # Output drift: forward passes only (the base's greedy continuations, teacher-forced through both models).
 $(RUNS)/%/drift.parquet: $(RUNS)/%/train/.done
-	$(PA) drift $(MODEL) $(call final,$*) --limit $(DRIFT_LIMIT) --max-new-tokens $(DRIFT_TOKENS) -o $@
+	$(PA) drift $(MODEL) $(call final,$*) $(ttask_arg) --limit $(DRIFT_LIMIT) --max-new-tokens $(DRIFT_TOKENS) -o $@
+
+# ---------------------------------------------------------------- path diagnostics along training
+# Every trajectory checkpoint of a run (one eval call: the base is loaded once, each checkpoint attached in
+# turn) on TASK with PATH_SAMPLES sampled completions per item (pass@k), and on the general suite; the base
+# is step 0. The per-sample rows stay in path/ (report reads them for passk.png and the training path).
+ckpt_args = $(foreach c,$(sort $(wildcard $(RUNS)/$(1)/train/checkpoint-*)),--adapter $(c))
+PATH_SAMPLING = --limit $(PATH_LIMIT) -n $(PATH_SAMPLES) --temperature $(PATH_TEMPERATURE) --k $(PATH_K) \
+	--max-new-tokens $(RL_MAX_TOKENS)
+
+$(RUNS)/base/path/target.parquet:
+	@mkdir -p $(@D)
+	$(PA) eval-target $(MODEL) $(task_arg) $(PATH_SAMPLING) -o $@
+
+$(RUNS)/base/path/general.parquet:
+	@mkdir -p $(@D)
+	$(PA) eval-general $(MODEL) --limit $(PATH_GENERAL_LIMIT) -o $@
+
+$(RUNS)/%/path/target.parquet: $(RUNS)/%/train/.done
+	@mkdir -p $(@D)
+	$(PA) eval-target $(MODEL) $(call ckpt_args,$*) $(task_arg) $(PATH_SAMPLING) -o $@
+
+$(RUNS)/%/path/general.parquet: $(RUNS)/%/train/.done
+	@mkdir -p $(@D)
+	$(PA) eval-general $(MODEL) $(call ckpt_args,$*) --limit $(PATH_GENERAL_LIMIT) -o $@
 
 # ---------------------------------------------------------------- paths: interpolate, rewind
 # Target and general are swept separately so each uses the same --limit as the method's own evals;
@@ -158,7 +266,7 @@ $(RUNS)/%/interp/general.parquet: $(RUNS)/%/train/.done
 
 $(RUNS)/%/interp/target.parquet: $(RUNS)/%/train/.done
 	@mkdir -p $(@D)
-	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval target --limit $(TARGET_LIMIT) -o $@
+	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval target $(ttask_arg) --limit $(TARGET_LIMIT) -o $@
 
 $(RUNS)/%/curve.parquet: $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
 		$(RUNS)/base/eval_target.parquet $(RUNS)/base/eval_general.parquet $(RUNS)/%/eval_target.parquet $(RUNS)/%/eval_general.parquet

@@ -273,7 +273,8 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
     from peftarena_cli.artifacts.atomic import atomic_dir, atomic_write_text
     from peftarena_cli.artifacts.tables import write_table
     from peftarena_cli.report.leaderboard import leaderboard_markdown
-    from peftarena_cli.report.plots import close, plot_passk, plot_plane, plot_spectrum, point_styles, save_figure
+    from peftarena_cli.report.plots import (REGIME_LINES, REGIME_MARKERS, close, plot_passk, plot_plane, plot_spectrum,
+                                            point_styles, save_figure)
     from peftarena_cli.report.trajectory import regime_markdown
 
     out_dir = Path(out_dir)
@@ -304,7 +305,9 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
         save_figure(fig, tmp / "plane.svg")
         close(fig)
         if report.spectrum_module:
-            fig = plot_spectrum(report.spectra, report.spectrum_module, base_name=base_name, colors=colors)
+            lines = {n: (REGIME_LINES.get("rlvr") if m == REGIME_MARKERS["rlvr"] else "-") for n, m in markers.items()}
+            fig = plot_spectrum(report.spectra, report.spectrum_module, base_name=base_name, colors=colors,
+                                linestyles=lines)
             save_figure(fig, tmp / "spectrum.png")
             close(fig)
         if report.path is not None and len(report.path):

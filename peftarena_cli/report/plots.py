@@ -403,7 +403,8 @@ def moving_average(y, w: int, log: bool = False):
     return np.exp(m) if log else m
 
 
-def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: dict | None = None):
+def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: dict | None = None,
+                  linestyles: dict | None = None):
     """Retention drift and update energy per singular index of W0 for one module, one line per method;
     the retention panel's legend gives each method's ``fluct_retention`` on this module."""
     from peftarena_cli.report.leaderboard import fluctuation
@@ -417,16 +418,17 @@ def plot_spectrum(spectra: dict, module: str, base_name: str = "base", colors: d
         if len(idx) == 0:
             continue
         col = colors.get(name, "gray")
+        ls = (linestyles or {}).get(name, "-")
         labels = (f"{name}  {fluctuation(ret):.2e}", name)
         if len(idx) <= 64:
-            a1.plot(idx, np.maximum(ret, 1e-12), color=col, lw=1.1, alpha=0.85, label=labels[0])
-            a2.plot(idx, np.maximum(en, 1e-12), color=col, lw=1.1, alpha=0.85, label=labels[1])
+            a1.plot(idx, np.maximum(ret, 1e-12), color=col, ls=ls, lw=1.1, alpha=0.85, label=labels[0])
+            a2.plot(idx, np.maximum(en, 1e-12), color=col, ls=ls, lw=1.1, alpha=0.85, label=labels[1])
         else:  # the raw trace faint, its moving average (geometric, so it reads on the log scale) bold
             w = max(5, len(idx) // 48)
             for ax, y, lab in ((a1, ret, labels[0]), (a2, en, labels[1])):
                 y = np.maximum(y, 1e-12)
                 ax.plot(idx, y, color=col, lw=0.5, alpha=0.25)
-                ax.plot(idx, moving_average(y, w, log=True), color=col, lw=1.6, alpha=0.95, label=lab)
+                ax.plot(idx, moving_average(y, w, log=True), color=col, ls=ls, lw=1.6, alpha=0.95, label=lab)
         n_idx = max(n_idx, len(idx))
     if n_idx:
         a2.axhline(1.0 / n_idx, color="0.4", lw=0.9, ls="--", label="flat profile (1/n)")
