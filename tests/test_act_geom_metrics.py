@@ -193,7 +193,7 @@ def test_module_rows_in_parallel_equal_one_at_a_time():
 
     pd.testing.assert_frame_equal(pd.DataFrame(many), pd.DataFrame(one))  # bit-identical, NaNs included
     assert one[1] == {"prompt_set": "s", "module": "model.layers.1.mlp.down_proj", "layer": 1, "kind": "down_proj",
-                      **geometry_from_sums(mods["model.layers.1.mlp.down_proj"])}
+                      "accum_dtype": "float64", **geometry_from_sums(mods["model.layers.1.mlp.down_proj"])}
     assert torch.get_num_threads() == threads
 
 
