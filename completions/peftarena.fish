@@ -48,6 +48,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from csd' -l batch-size
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -s b
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l shard
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l max-memory
+complete -c peftarena -n '__fish_seen_subcommand_from csd' -l form
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from csd' -l device

@@ -45,7 +45,7 @@ def _smallest_budget(run, cfg_type, **kw):
 
 def test_csd_in_several_groups_equals_one_pass(tiny_model_dir, tiny_lora_dir):
     kw = dict(base=str(tiny_model_dir), adapter=str(tiny_lora_dir), general="arith:6", target="arith:5",
-              batch_size=4, alphas=(0.5, 1.0))
+              batch_size=4, alphas=(0.5, 1.0), form="stats")
     one = run_csd(CsdConfig(**kw))
     assert one.plan.passes == 1
     capped = run_csd(CsdConfig(max_memory=_smallest_budget(run_csd, CsdConfig, **kw), **kw))
@@ -97,3 +97,27 @@ def test_plan_is_printed_and_bad_budgets_fail_before_any_work(cli, tmp_path, tin
             tmp_path / "s.st", "-o", bad)
     assert r.returncode == 1 and "--save-sums holds every module at once" in r.stderr, r.stderr
     assert not (tmp_path / "s.st").exists() and not bad.exists()
+
+
+def test_csd_projected_form_equals_the_statistics_form(tiny_model_dir, tiny_lora_dir):
+    """For one low-rank adapter, r × r statistics of A h (one pass, no S) give the S tables: csd_abs to
+    float64 rounding, E‖W0 h‖² from the base's float32 outputs to float32 rounding. `auto` takes
+    this form where S needs more than one pass."""
+    kw = dict(base=str(tiny_model_dir), adapter=str(tiny_lora_dir), general="arith:6", target="arith:5",
+              batch_size=4, alphas=(0.5, 1.0))
+    stats = run_csd(CsdConfig(form="stats", **kw)).table
+    proj = run_csd(CsdConfig(form="projected", **kw)).table
+    assert set(stats.csd_form) == {"stats"} and set(proj.csd_form) == {"projected"}
+    assert list(stats.columns) == list(proj.columns) and list(stats.module) == list(proj.module)
+    for c in stats.columns.drop("csd_form"):
+        if stats[c].dtype.kind == "f":
+            tol = 1e-5 if ("rel" in c or "w0h2" in c) else 1e-6  # the dense path's ΔW is float32
+            assert (abs(stats[c] - proj[c]) <= tol * abs(stats[c])).all(), c
+        else:
+            assert (stats[c] == proj[c]).all(), c
+    need = _smallest_budget(run_csd, CsdConfig, **{**kw, "form": "stats"})
+    auto = run_csd(CsdConfig(max_memory=need, **kw))
+    assert auto.plan is None and set(auto.table.csd_form) == {"projected"}
+    pd.testing.assert_frame_equal(auto.table, proj, check_exact=True)
+    with pytest.raises(UsageError, match="--form projected"):
+        run_csd(CsdConfig(form="projected", keep_stats=True, **kw))

@@ -144,3 +144,56 @@ def collect_pair_sums(peft_model, tokenizer, prompts: list[str], modules: list[s
             if callback:
                 callback(done, len(tok.ids), f"{int(mask.sum())} tokens")
     return {n: sums[n] for n in modules if n in sums}, sample
+
+
+def collect_projected(model, tokenizer, prompts: list[str], factors: dict, *, batch_size: int = 16,
+                      max_length: int = 512, callback=None, tokenized: Tokenized | None = None):
+    """:class:`~peftarena_cli.activations.moments.ProjectedMoments` of the base model over ``prompts``
+    for ``factors`` = {module: A} (the right factor of each module's ΔW = B A): one pass, every
+    module at once; per module only r × r numbers are kept."""
+    import torch
+
+    from peftarena_cli.activations.moments import ProjectedMoments
+
+    tok = tokenized or tokenize(tokenizer, prompts, max_length)
+    dev = _device_of(model)
+    body = decoder_of(model)
+    mods = find_modules(model, list(factors))
+    pm = ProjectedMoments(n_prompts=len(tok.ids), n_truncated=tok.n_truncated)
+    state = {}
+
+    def pre(name, A):
+        def hook(mod, args, kwargs=None):
+            t = args[0].detach()
+            pm.add_input(name, t[state["mask"]] if t.dim() == 3 else t, A)
+        return hook
+
+    def post(name):
+        def hook(mod, args, out):
+            t = (out[0] if isinstance(out, tuple) else out).detach()
+            y = t[state["mask"]] if t.dim() == 3 else t
+            bias = getattr(mod, "bias", None)
+            if bias is None and hasattr(mod, "base_layer"):
+                bias = getattr(mod.base_layer, "bias", None)
+            y = y.to(torch.float64)
+            pm.add_output(name, y - bias.detach().to(y) if bias is not None else y)
+        return hook
+
+    handles = []
+    try:
+        for name, mod in mods.items():
+            A = factors[name].to(dev, torch.float64)
+            handles.append(mod.register_forward_pre_hook(pre(name, A)))
+            handles.append(mod.register_forward_hook(post(name)))
+        done = 0
+        with torch.inference_mode():
+            for ids, mask in batches(tok, batch_size, _pad_id(tokenizer), dev):
+                state["mask"] = mask.bool()
+                body(input_ids=ids, attention_mask=mask)
+                done += ids.shape[0]
+                if callback:
+                    callback(done, len(tok.ids), f"{int(mask.sum())} tokens")
+    finally:
+        for h in handles:
+            h.remove()
+    return pm

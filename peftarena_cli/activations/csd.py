@@ -134,3 +134,33 @@ def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.
         if callback:
             callback(done, len(wanted), md.name)
     return pd.DataFrame(rows)
+
+
+def csd_rows_projected(name: str, layer: int, kind: str, factors, sets: dict, alphas=(1.0,),
+                       eps: float = EPS) -> list[dict]:
+    """:func:`csd_rows` from :class:`~peftarena_cli.activations.moments.ProjectedMoments` (one fixed
+    low-rank ΔW = B A): E‖ΔW h‖² = Σ (BᵀB) ∘ E[(Ah)(Ah)ᵀ], E‖W0 h‖² from the base module's outputs."""
+    import torch
+
+    B, A = (t.to(torch.float64) for t in factors)
+    BtB, AAt = B.T @ B, A @ A.T
+    rows = []
+    for a in alphas:
+        row = {"module": name, "layer": layer, "kind": kind, "alpha": float(a)}
+        a2 = float(a) * float(a)
+        fro2 = a2 * float((BtB * AAt).sum())
+        row["delta_fro2"] = fro2
+        for role, m in sets.items():
+            e_dw = a2 * float((BtB * m.P(name).to(BtB.device)).sum())
+            e_w0, h2 = m.w0h2(name), m.h2(name)
+            row[f"csd_abs_{role}"] = e_dw
+            row[f"csd_rel_{role}"] = e_dw / (e_w0 + eps)
+            row[f"csd_un_{role}"] = e_dw / ((fro2 + eps) * (h2 + eps))
+            row[f"h2_{role}"] = h2
+            row[f"w0h2_{role}"] = e_w0
+            row[f"n_tokens_{role}"] = m.n(name)
+        if "general" in sets and "target" in sets:
+            for k in ("csd_abs", "csd_rel", "csd_un"):
+                row[f"csd_ratio_{k[4:]}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
+        rows.append(row)
+    return rows

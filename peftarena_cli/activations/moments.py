@@ -176,3 +176,50 @@ def check_stats_base(stats_base: str, base_fingerprint: str, base_spec: str) -> 
     if stats_base and stats_base != base_fingerprint:
         raise IncompatibleInputs(f"the statistics were collected on another base model than {base_spec!r}",
                                  hint="collect them again with this base: peftarena csd BASE ... --save-stats FILE")
+
+
+@dataclass
+class ProjectedMoments:
+    """CSD statistics for one fixed low-rank update per module (ΔW = B A, A: r × d_in): per module
+    Σ (A h)(A h)ᵀ (r × r, float64), the token count, Σ‖h‖² and Σ‖W0 h‖² (from the base module's
+    output minus its bias). Memory r² per module instead of d_in²; valid for that adapter only
+    (S itself is never formed, so nothing here is reusable for another adapter)."""
+
+    sums: dict = field(default_factory=dict)  # module -> [Σ (Ah)(Ah)ᵀ, n, Σ‖h‖², Σ‖W0 h‖²]
+    n_prompts: int = 0
+    n_truncated: int = 0
+    source: str = ""
+
+    def add_input(self, name: str, h, A) -> None:
+        import torch
+
+        h = h.to(torch.float64)
+        p = h @ A.to(h.device, torch.float64).T
+        acc = self.sums.get(name)
+        if acc is None:
+            acc = self.sums[name] = [torch.zeros(p.shape[1], p.shape[1], dtype=torch.float64, device=h.device), 0, 0.0, 0.0]
+        acc[0].addmm_(p.T, p)
+        acc[1] += h.shape[0]
+        acc[2] += float((h * h).sum())
+
+    def add_output(self, name: str, w0h) -> None:
+        import torch
+
+        w0h = w0h.to(torch.float64)
+        self.sums[name][3] += float((w0h * w0h).sum())
+
+    def P(self, name: str):
+        """E[(A h)(A h)ᵀ] (r × r) = A S Aᵀ."""
+        s = self.sums[name]
+        return s[0] / max(s[1], 1)
+
+    def n(self, name: str) -> int:
+        return int(self.sums[name][1])
+
+    def h2(self, name: str) -> float:
+        s = self.sums[name]
+        return s[2] / max(s[1], 1)
+
+    def w0h2(self, name: str) -> float:
+        s = self.sums[name]
+        return s[3] / max(s[1], 1)

@@ -100,6 +100,9 @@ def _release() -> None:
 # ----------------------------------------------------------------------------------------------- csd
 
 
+CSD_FORMS = ("auto", "stats", "projected")
+
+
 @dataclass
 class CsdConfig:
     """What `peftarena csd` does, as data. ``general``/``target`` are prompt-set specs; ``stats``
@@ -124,12 +127,18 @@ class CsdConfig:
     dtype: str = "float32"
     seed: int = 0
     max_memory: int | str | None = None  # bytes (or "12G"); None: derived from the machine (budget.py)
+    form: str = "auto"  # "stats" (S = E[hhᵀ], reusable), "projected" (r × r of A h, this adapter only), "auto"
 
     def validate(self) -> None:
         """Option combinations that cannot work (a :class:`UsageError`, exit 2)."""
         from peftarena_cli.activations.prompts import parse_shard
 
         sh = parse_shard(self.shard)
+        if self.form not in CSD_FORMS:
+            raise UsageError(f"unknown --form {self.form!r}", hint=f"use one of {', '.join(CSD_FORMS)}")
+        if self.form == "projected" and (self.keep_stats or self.stats or self.adapter is None):
+            raise UsageError("--form projected needs ADAPTER and prompt sets, and keeps no statistics",
+                             hint="it never forms S, so there is nothing to save or reuse: drop --save-stats/--stats")
         if self.stats and (self.general or self.target):
             raise UsageError("pass prompt sets (--general/--target) or --stats, not both")
         if not self.stats and not (self.general or self.target):
@@ -205,14 +214,38 @@ def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> Cs
                 loaded.append((role, *prepare_prompts(spec, tok, n=cfg.n, seed=cfg.seed, text_key=cfg.text_key,
                                                       chat=cfg.chat, shard=shard, max_length=cfg.max_length,
                                                       warn=warn)))
-        plan = csd_plan(model, names, [t for *_, t in loaded], cfg, dev, with_adapter=ft is not None)
-        log(plan.describe())
         wanted = _csd_wanted(ft, names) if ft is not None else None
         if ft is not None and not wanted:
             raise IncompatibleInputs(
                 f"no module changed by {ft.spec!r} is covered by the statistics/selection "
                 f"({len(ft.module_names())} changed, {len(names)} covered)",
                 hint="check that the adapter belongs to this base model and the --modules selection")
+        from peftarena_cli.activations.budget import BudgetTooSmall
+
+        try:
+            plan, too_small = csd_plan(model, names, [t for *_, t in loaded], cfg, dev, with_adapter=ft is not None), None
+        except BudgetTooSmall as e:
+            plan, too_small = None, e
+        if (ft is not None and not cfg.keep_stats and cfg.form != "stats"
+                and (cfg.form == "projected" or plan is None or plan.passes > 1)):
+            factors = _low_rank_factors(ref, ft, wanted, dev)
+            if factors is None and cfg.form == "projected":
+                from peftarena_cli.errors import UnsupportedMethod
+
+                raise UnsupportedMethod(f"--form projected needs a low-rank update (ΔW = B A) in every module; "
+                                        f"{ft.spec!r} ({ft.method}) has other modules",
+                                        hint="use --form stats (the S statistics work for every method)")
+            if factors is not None:
+                _check_projected_budget(cfg, factors, [t for *_, t in loaded], dev)
+                log(f"csd: projected form (r × r statistics of A·h per module, this adapter only): "
+                    f"{len(wanted)} modules in one pass over each prompt set"
+                    + (f", instead of the S plan's {plan.passes} passes" if plan is not None else
+                       f" (S would not fit: {too_small})"))
+                return _csd_projected(cfg, model, tok, loaded, factors, wanted, alphas, progress, log, extra,
+                                      base_id, ft, dev, t0)
+        if too_small is not None:
+            raise too_small
+        log(plan.describe())
         sets, rows = {}, []
         for gi, group in enumerate(plan.groups):
             gsets = {}
@@ -250,13 +283,14 @@ def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> Cs
             import pandas as pd
 
             df = pd.concat(rows, ignore_index=True)
-            return CsdResult(_in_module_order(df, wanted), {}, base_id, ft.identity(), extra, dev, plan)
+            return CsdResult(_with_form(_in_module_order(df, wanted), "stats"), {}, base_id, ft.identity(), extra,
+                             dev, plan)
     df = None
     if ft is not None:
         wanted = select_modules(list(next(iter(sets.values())).module_group), cfg.modules) if cfg.modules else None
         with progress("csd modules") as bar:
-            df = csd_table(WeightSource.from_ref(ref, device=dev), ft, sets, modules=wanted, alphas=alphas,
-                           device=dev, callback=bar.callback)
+            df = _with_form(csd_table(WeightSource.from_ref(ref, device=dev), ft, sets, modules=wanted, alphas=alphas,
+                                      device=dev, callback=bar.callback), "stats")
     return CsdResult(df, sets, base_id, ft.identity() if ft is not None else None, extra, dev,
                      None if cfg.stats else plan)
 
@@ -318,6 +352,72 @@ def csd_plan(model, names: list, tokenized: list, cfg: CsdConfig, device: str, w
     plan = plan_groups(units, budget, what="csd", source=source, keep_all=cfg.keep_stats, prompt_sets=n_sets,
                        keep_all_reason="--save-stats")
     return _finish(plan, probe, names)
+
+
+def _with_form(df, form: str):
+    """Name the statistics a CSD table came from in its ``csd_form`` column."""
+    df.insert(min(4, len(df.columns)), "csd_form", form)
+    return df
+
+
+def _check_projected_budget(cfg, factors: dict, tokenized: list, device: str) -> None:
+    """The projected form holds r² numbers and the factors per module, plus one module's batch in
+    float64 at a time; refuse a budget below that before any work."""
+    from peftarena_cli.activations.budget import BudgetTooSmall, format_size, resolve_budget
+
+    budget, _ = resolve_budget(cfg.max_memory, device)
+    T = max(_batch_tokens(t, cfg.batch_size)[0] for t in tokenized)
+    held = sum(8 * A.shape[0] ** 2 + 4 * (B.numel() + A.numel()) for B, A in factors.values())
+    need = held + max(24 * T * (A.shape[1] + B.shape[0]) for B, A in factors.values())
+    if need > budget:
+        raise BudgetTooSmall(f"csd: a budget of {format_size(budget)} cannot hold the projected statistics (about "
+                             f"{format_size(need)}); the smallest budget that would do is {format_size(need)}",
+                             hint=f"pass --max-memory {format_size(need).replace(' ', '')} or more", needed=need)
+
+
+def _low_rank_factors(ref, ft, wanted: list, device: str) -> dict | None:
+    """{module: (B, A)} for every wanted module, or None when one of them is not low-rank."""
+    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.weights.deltas import iter_module_deltas
+
+    want = set(wanted)
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in wanted})
+    out = {}
+    for md in iter_module_deltas(WeightSource.from_ref(ref, device=device), ft, kinds=kinds, device=device):
+        if md.name in want:
+            if not md.is_low_rank:
+                return None
+            out[md.name] = tuple(t.detach() for t in md.factors)
+    return out
+
+
+def _csd_projected(cfg, model, tok, loaded, factors, wanted, alphas, progress, log, extra, base_id, ft, dev, t0):
+    """CSD through :class:`~peftarena_cli.activations.moments.ProjectedMoments`: one pass per set."""
+    import pandas as pd
+
+    from peftarena_cli.activations.capture import module_kind, module_layer
+    from peftarena_cli.activations.collect import collect_projected
+    from peftarena_cli.activations.csd import csd_rows_projected
+
+    sets, n_tokens = {}, 0
+    for role, ps, prompts, tokd in loaded:
+        with progress(f"csd {role} (projected)") as bar:
+            m = collect_projected(model, tok, prompts, {n: factors[n][1] for n in wanted}, batch_size=cfg.batch_size,
+                                  max_length=cfg.max_length, callback=bar.callback, tokenized=tokd)
+        m.source = ps.source
+        sets[role] = m
+        n_tokens += tokd.n_tokens
+        extra[role] = {"source": ps.source, "n_prompts": len(prompts), "n_tokens": tokd.n_tokens,
+                       "n_truncated": tokd.n_truncated}
+    extra["memory_plan"] = {"groups": 1, "form": "projected"}
+    dt = time.perf_counter() - t0
+    log(f"collected projected statistics of {len(wanted)} modules over {n_tokens} tokens in {dt:.1f} s "
+        f"({n_tokens / max(dt, 1e-9):.0f} tokens/s, 1 pass, peak RSS {peak_rss_mib():.0f} MiB)")
+    rows = []
+    for n in wanted:
+        rows.extend(csd_rows_projected(n, module_layer(n), module_kind(n), factors[n], sets, alphas))
+    df = _in_module_order(pd.DataFrame(rows), wanted)
+    return CsdResult(_with_form(df, "projected"), {}, base_id, ft.identity(), extra, dev, None)
 
 
 def _csd_wanted(ft, names: list) -> list:

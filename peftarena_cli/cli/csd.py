@@ -30,6 +30,7 @@ def csd_cmd(
     batch_size: BatchOpt = 16,
     shard: ShardOpt = None,
     max_memory: MaxMemoryOpt = None,
+    form: str = typer.Option("auto", "--form", help="Statistics behind CSD: stats (S = E[hhᵀ] per module input, reusable for any adapter and α), projected (r×r second moments of A·h for this low-rank adapter only: one pass, no S), or auto (stats when S fits one pass, else projected when every module is low-rank)."),
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -62,7 +63,7 @@ def csd_cmd(
     cfg = CsdConfig(base=base, adapter=adapter, general=general, target=target, stats=list(stats or []),
                     keep_stats=save_stats is not None, alphas=alphas, modules=modules, n=n, text_key=text_key,
                     chat=chat, max_length=max_length, batch_size=batch_size, shard=shard, device=device,
-                    dtype=dtype, seed=seed, max_memory=parse_max_memory(max_memory))
+                    dtype=dtype, seed=seed, max_memory=parse_max_memory(max_memory), form=form)
     cfg.validate()
     check_alphas(list(alphas), allow_extrapolate, option="--alpha")
     check_weights_output(save_stats, "--save-stats")
