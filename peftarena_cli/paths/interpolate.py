@@ -17,8 +17,6 @@ from pathlib import Path
 from peftarena_cli.activations.moments import check_stats_base, merge_stats_files, weights_fingerprint
 from peftarena_cli.artifacts.atomic import atomic_write_text, clean_stale_tmp
 from peftarena_cli.errors import OutputError, UsageError
-from peftarena_cli.evaluation import evaluate_general, evaluate_target
-from peftarena_cli.evaluation.protocols import get_protocol
 from peftarena_cli.paths.alphas import parse_alphas
 from peftarena_cli.paths.csd_path import path_csd
 from peftarena_cli.paths.native import check_generator_scale
@@ -82,6 +80,9 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
 
 
 def _evaluators(cfg: InterpolateConfig) -> dict:
+    # imported here: the evaluation API brings pandas and pyarrow, which a sweep without --eval never needs
+    from peftarena_cli.evaluation import evaluate_general, evaluate_target
+
     out = {}
     kw = {"limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol}
     if "target" in cfg.evals:
@@ -108,6 +109,8 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
     checkpoints = Path(cfg.save_checkpoints) if cfg.save_checkpoints is not None else None
     if checkpoints is not None:
         check_checkpoint_dir(checkpoints)
+
+    from peftarena_cli.evaluation.protocols import get_protocol
 
     get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones, before any work
     evaluators = _evaluators(cfg) if cfg.evals else {}

@@ -21,7 +21,6 @@ from peftarena_cli.artifacts.atomic import atomic_dir
 from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
 from peftarena_cli.artifacts.weights import WeightSource
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod, UsageError
-from peftarena_cli.evaluation.api import GENERAL_AGGREGATES
 from peftarena_cli.methods import get_method, native_methods
 from peftarena_cli.paths.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
 from peftarena_cli.paths.native import check_relative_to_base
@@ -129,6 +128,10 @@ def _summary_columns(summary) -> dict:
 def _headline(summary, kind: str) -> float:
     """The headline value of an eval summary: target_score, or the general aggregate (whichever of
     general_score / builtin_general_score / general_mean it has)."""
+    # imported here: the evaluation API brings pandas and pyarrow (about 1 s and 60 MiB), which a
+    # sweep that does not evaluate never needs
+    from peftarena_cli.evaluation.api import GENERAL_AGGREGATES
+
     metrics = ("target_score",) if kind == "target" else GENERAL_AGGREGATES
     sel = summary[summary["metric"].isin(metrics)] if "metric" in summary.columns else summary.iloc[0:0]
     return float(sel["value"].mean()) if len(sel) else math.nan
