@@ -9,7 +9,7 @@
 Where the pieces come from:
 
 * ΔW of an adapter: :func:`peftarena_cli.paths.sweep.dense_deltas_from_adapter` (the method's
-  former in ``peftarena_cli.weights``); :func:`dense_deltas_from_peft` is PEFT's own merge;
+  former in ``peftarena_cli.weights``);
 * ΔW of a full fine-tune: :func:`dense_deltas_from_full` (every parameter that differs, read
   lazily from the fine-tuned checkpoint one tensor at a time).
 """
@@ -277,35 +277,6 @@ def _check_finite(name: str, t) -> None:
 
     if not bool(torch.isfinite(t).all()):
         raise NumericalError(f"ΔW of {name} contains NaN or Inf")
-
-
-def dense_deltas_from_peft(peft_model):
-    """Merge a live PeftModel with PEFT's own code and return ``(plain_model, w0, delta)``.
-
-    W0 of every adapted module is copied before the merge; ΔW = W_merged − W0. Works for every
-    method PEFT can merge. The returned plain model holds W1 (α = 1).
-    """
-    import torch
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    inner = peft_model.get_base_model()
-    w0 = {}
-    for name, mod in inner.named_modules():
-        if isinstance(mod, BaseTunerLayer):
-            base = mod.get_base_layer()
-            if getattr(base, "weight", None) is not None:
-                w0[f"{name}.weight"] = base.weight.detach().clone()
-    with torch.no_grad():
-        plain = peft_model.merge_and_unload()
-    params = dict(plain.named_parameters())
-    delta = {}
-    for name, w in w0.items():
-        if name not in params:
-            raise IncompatibleInputs(f"after merging, the model has no parameter {name!r}")
-        d = params[name].detach().float() - w.float()
-        _check_finite(name, d)
-        delta[name] = d.to(w.dtype)
-    return plain, w0, delta
 
 
 def dense_deltas_from_full(model, finetuned_source, callback=None):
