@@ -123,3 +123,16 @@ def test_one_method_name_in_every_table(tiny_model_dir, tmp_path):
     write_table(res.curve.assign(target=[20.0, 30.0, 40.0], general=[50.0, 48.0, 45.0]),
                 runs / "pissa" / "curve.parquet", Provenance(command="interpolate"))
     assert set(build_report([str(runs)]).curves) == {"pissa"}
+
+
+def test_sweep_checkpoints_keep_the_method_name(tiny_model_dir, tmp_path):
+    """A native-path checkpoint of a PiSSA adapter (saved converted) still reads as pissa."""
+    from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
+    from peftarena_cli.paths.interpolate import InterpolateConfig, interpolate
+    from peftarena_cli.weights import open_finetuned
+
+    ad = load_adapter(build_adapter(tiny_model_dir, "lora", tmp_path / "lora"))
+    save_adapter(ad, tmp_path / "pissa-adapter", extra_metadata={"method": "pissa"})
+    interpolate(InterpolateConfig(base=str(tiny_model_dir), finetuned=str(tmp_path / "pissa-adapter"), alphas="0.5",
+                                  save_checkpoints=str(tmp_path / "ckpt"), device="cpu"))
+    assert open_finetuned(tmp_path / "ckpt" / "alpha-0.5000").method == "pissa"

@@ -190,7 +190,7 @@ def save_checkpoint(setup: PathSetup, alpha: float, directory, overwrite: bool =
     pm = setup.path_model
     if setup.path == "native":
         ad = Adapter(config=dict(setup.finetuned.config), tensors=pm.current)
-        return save_adapter(ad, d, extra_metadata=meta, overwrite=overwrite)
+        return save_adapter(ad, d, extra_metadata={"method": setup.method, **meta}, overwrite=overwrite)  # the canonical name
     with atomic_dir(d, overwrite=overwrite) as tmp:
         # the path's parameters are views into flat buffers: save independent copies
         state = {k: v.detach().clone().contiguous() for k, v in pm.model.state_dict().items()}
