@@ -168,11 +168,13 @@ class HfBackend(GenerationBackend):
             if was_training:
                 model.train()
         secs = time.perf_counter() - t0
+        extra = {"backend": "hf"}
+        if gov.history:  # the thread counts the governor chose
+            extra["threads"] = sorted({h[2] for h in gov.history})
         keys = [[(i, 0 if greedy else s) for s in range(n_samples)] for i in range(len(prompts))]
         return Generation([[texts[k] for k in ks] for ks in keys], [[counts[k] for k in ks] for ks in keys],
                           seconds=secs, prompt_tokens=sum(len(e) for e in enc), generated_tokens=sum(counts.values()),
-                          token_ids=[[gen_ids[k] for k in ks] for ks in keys],
-                          extra={"backend": "hf", "threads": sorted({h[2] for h in gov.history})} if gov.history else {"backend": "hf"})
+                          token_ids=[[gen_ids[k] for k in ks] for ks in keys], extra=extra)
 
 
 def _row_generator(seed: int, item: int, sample: int):
