@@ -48,14 +48,16 @@ class Method:
     detect: Callable[[dict], bool] | None = None
     markers: tuple[str, ...] = ()   # state-dict key components that end the module name (lora_A, oft_R, ...)
     former: str = ""                # "module:function" forming one module's ΔW / W1 (docs/methods.md)
+    peft_config: str = ""           # "module:function" building the PEFT config for training ("" = full)
     native: str | None = None       # native path kind (NATIVE_KINDS), None: only the dense path W0 + αΔW
     scaled: tuple[str, ...] = ()    # saved-key suffixes the native path multiplies by α (or s(α))
     linear: bool = False            # the native path's merged weight is W0 + α ΔW(1)
     multiplicative: bool = False    # W1 = W0 M for a rotation M: spectrum's singular-vector alignment by default
 
 
+_T = "peftarena_cli.training.methods:"  # where the built-in methods' PEFT configs are built
 _LORA_FAMILY = dict(peft_type="LORA", markers=("lora_A", "lora_B", "lora_magnitude_vector"),
-                    former="peftarena_cli.weights.lora:lora_parts",
+                    former="peftarena_cli.weights.lora:lora_parts", peft_config=_T + "lora_config",
                     scaled=(".lora_B.weight", ".lora_embedding_B"), takes=("rank", "alpha", "target_modules"))
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -74,22 +76,27 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            **_LORA_FAMILY),
     Method("adalora", "AdaLoRA: SVD-form LoRA with budgeted rank reallocation (init rank 1.5 r -> target r)", 2e-4, 1e-3,
            ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}, peft_type="ADALORA",
-           markers=("lora_A", "lora_B", "lora_E"), former="peftarena_cli.weights.lora:adalora_parts"),
+           markers=("lora_A", "lora_B", "lora_E"), former="peftarena_cli.weights.lora:adalora_parts",
+           peft_config=_T + "adalora_config"),
     Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 4e-3, 1e-2,
            ("rank", "target_modules"), {"rank": 256}, peft_type="VERA", markers=("vera_lambda_b", "vera_lambda_d"),
-           former="peftarena_cli.weights.vera:vera_parts", native="scale", scaled=(".vera_lambda_b",), linear=True),
+           former="peftarena_cli.weights.vera:vera_parts", native="scale", scaled=(".vera_lambda_b",), linear=True,
+           peft_config=_T + "vera_config"),
     Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 3e-3, 5e-3,
-           ("target_modules",), {}, peft_type="IA3", markers=("ia3_l",), former="peftarena_cli.weights.ia3:ia3_parts"),
+           ("target_modules",), {}, peft_type="IA3", markers=("ia3_l",), former="peftarena_cli.weights.ia3:ia3_parts",
+           peft_config=_T + "ia3_config"),
     Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4, 5e-4,
            ("block_size", "target_modules"), {"block_size": 32}, peft_type="OFT", markers=("oft_R", "oft_s"),
            former="peftarena_cli.weights.oft:oft_parts", native="rotation", scaled=(".oft_R.weight",),
-           multiplicative=True),
+           multiplicative=True, peft_config=_T + "oft_config"),
     Method("boft", "BOFT: butterfly-factorised orthogonal rotation (2 butterfly factors)", 2e-4, 2e-3,
            ("block_size", "target_modules"), {"block_size": 32, "butterfly_factor": 2}, peft_type="BOFT",
-           markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts", multiplicative=True),
+           markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts", multiplicative=True,
+           peft_config=_T + "boft_config"),
     Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4, 5e-4,
            ("rank", "target_modules"), {"rank": 8}, peft_type="MISS", markers=("miss_block",),
-           former="peftarena_cli.weights.miss:miss_parts", native="scale", scaled=(".miss_block",), linear=True),
+           former="peftarena_cli.weights.miss:miss_parts", native="scale", scaled=(".miss_block",), linear=True,
+           peft_config=_T + "miss_config"),
 ]}
 
 
@@ -139,14 +146,19 @@ def marker_match(key: str):
     return _MARKER_RE.search(key)
 
 
-def load_former(method: Method):
-    """Import and return the method's ΔW former ``(module, w0, ft, device, svd) -> dict``."""
+def resolve(ref: str):
+    """The function a lazy reference ``"module.path:function"`` names (imported now)."""
     import importlib
 
+    mod, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def load_former(method: Method):
+    """Import and return the method's ΔW former ``(module, w0, ft, device, svd) -> dict``."""
     if not method.former:
         raise UnsupportedMethod(f"method {method.name!r} has no ΔW former")
-    mod, _, fn = method.former.partition(":")
-    return getattr(importlib.import_module(mod), fn)
+    return resolve(method.former)
 
 
 def native_methods() -> tuple[str, ...]:

@@ -19,6 +19,7 @@ def test_every_entry_is_complete_and_its_former_resolves():
     for m in methods.METHODS.values():
         assert m.name == m.name.lower() and m.summary and m.lr > 0 and m.arena_lr > 0
         assert callable(methods.load_former(m)), m.name
+        assert (m.peft_config == "") == (m.name == "full") and (not m.peft_config or callable(methods.resolve(m.peft_config)))
         assert (m.peft_type is None) == (m.name == "full")
         assert bool(m.markers) == (m.peft_type is not None)
         assert (m.native is None) == (not m.scaled), m.name

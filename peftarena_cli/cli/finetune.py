@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, Progress, SeedOpt, info
+from peftarena_cli.methods import METHODS  # the registry imports nothing heavy
 
-METHOD_NAMES = "full, lora, pissa, milora, dora, adalora, vera, ia3, oft, boft, miss"
+METHOD_NAMES = ", ".join(METHODS)
 
 HELP = f"""Fine-tune BASE with a method, by SFT or RLVR (GRPO), writing a run directory OUT.
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod
-from peftarena_cli.methods import METHODS, Method, get_method
+from peftarena_cli.methods import METHODS, Method, get_method, resolve
 
 __all__ = ["METHODS", "Method", "get_method", "MethodChoice", "resolve_method", "parse_target_modules",
-           "check_against_model", "peft_config", "milora_init", "method_table", "FEEDFORWARD"]
+           "check_against_model", "peft_config", "milora_init", "method_table", "FEEDFORWARD", "lora_config",
+           "adalora_config", "vera_config", "ia3_config", "oft_config", "boft_config", "miss_config"]
 
 FEEDFORWARD = ("down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj")
 
@@ -128,47 +129,76 @@ def check_against_model(choice: MethodChoice, model) -> None:
 
 
 def peft_config(choice: MethodChoice, total_steps: int, model=None):
-    """The PEFT config object for ``choice`` (None for full fine-tuning).
+    """The PEFT config object for ``choice`` (None for full fine-tuning), built by the function the
+    registry names (``Method.peft_config``: ``(choice, total_steps, model, common) -> PeftConfig``).
 
     ``model`` lets IA3 resolve ``all-linear`` to the model's module names (its feedforward list
     must be a subset of the targets when the saved config is read back)."""
-    name = choice.method.name
-    tm = choice.target_modules
-    if name == "full":
+    if not choice.method.peft_config:
         return None
-    from peft import (AdaLoraConfig, BOFTConfig, IA3Config, LoraConfig, MissConfig, OFTConfig, TaskType,
-                      VeraConfig)
+    from peft import TaskType
 
-    common = {"task_type": TaskType.CAUSAL_LM, "target_modules": tm}
-    if name in ("lora", "pissa", "milora", "dora"):
-        init = {"lora": True, "dora": True, "pissa": "pissa", "milora": True}[name]
-        return LoraConfig(r=choice.rank, lora_alpha=choice.alpha, lora_dropout=0.0, init_lora_weights=init,
-                          use_dora=(name == "dora"), **common)
-    if name == "adalora":
-        t = max(int(total_steps), 1)
-        tinit, tfinal = int(0.1 * t), int(0.2 * t)
-        if t - tinit - tfinal <= 0:
-            tinit, tfinal = 0, 0
-        init_r = max(choice.rank + 1, (3 * choice.rank + 1) // 2)
-        return AdaLoraConfig(target_r=choice.rank, init_r=init_r, lora_alpha=choice.alpha, lora_dropout=0.0,
-                             tinit=tinit, tfinal=tfinal, deltaT=1, total_step=t, **common)
-    if name == "vera":
-        return VeraConfig(r=choice.rank, vera_dropout=0.0, save_projection=True, **common)
-    if name == "ia3":
-        if tm == "all-linear" and model is not None:
-            tm = sorted({n.rsplit(".", 1)[-1] for n, _ in _linear_modules(model, "all-linear")})
-            common["target_modules"] = tm
-        ff = list(FEEDFORWARD) if tm == "all-linear" else [t for t in tm if t in FEEDFORWARD]
-        return IA3Config(feedforward_modules=ff, **common)
-    if name == "oft":
-        return OFTConfig(r=0, oft_block_size=choice.block_size, module_dropout=0.0, **common)
-    if name == "boft":
-        return BOFTConfig(boft_block_size=choice.block_size, boft_block_num=0,
-                          boft_n_butterfly_factor=choice.method.defaults["butterfly_factor"], boft_dropout=0.0,
-                          **common)
-    if name == "miss":
-        return MissConfig(r=choice.rank, miss_dropout=0.0, **common)
-    raise UnsupportedMethod(f"unknown method {name!r}")  # pragma: no cover
+    common = {"task_type": TaskType.CAUSAL_LM, "target_modules": choice.target_modules}
+    return resolve(choice.method.peft_config)(choice, total_steps, model, common)
+
+
+def lora_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    """LoRA, PiSSA, MiLoRA (initialised by :func:`milora_init` after wrapping) and DoRA."""
+    from peft import LoraConfig
+
+    name = choice.method.name
+    init = {"lora": True, "dora": True, "pissa": "pissa", "milora": True}[name]
+    return LoraConfig(r=choice.rank, lora_alpha=choice.alpha, lora_dropout=0.0, init_lora_weights=init,
+                      use_dora=(name == "dora"), **common)
+
+
+def adalora_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    from peft import AdaLoraConfig
+
+    t = max(int(total_steps), 1)
+    tinit, tfinal = int(0.1 * t), int(0.2 * t)
+    if t - tinit - tfinal <= 0:
+        tinit, tfinal = 0, 0
+    init_r = max(choice.rank + 1, (3 * choice.rank + 1) // 2)
+    return AdaLoraConfig(target_r=choice.rank, init_r=init_r, lora_alpha=choice.alpha, lora_dropout=0.0,
+                         tinit=tinit, tfinal=tfinal, deltaT=1, total_step=t, **common)
+
+
+def vera_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    from peft import VeraConfig
+
+    return VeraConfig(r=choice.rank, vera_dropout=0.0, save_projection=True, **common)
+
+
+def ia3_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    from peft import IA3Config
+
+    tm = common["target_modules"]
+    if tm == "all-linear" and model is not None:
+        tm = sorted({n.rsplit(".", 1)[-1] for n, _ in _linear_modules(model, "all-linear")})
+        common = {**common, "target_modules": tm}
+    ff = list(FEEDFORWARD) if tm == "all-linear" else [t for t in tm if t in FEEDFORWARD]
+    return IA3Config(feedforward_modules=ff, **common)
+
+
+def oft_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    from peft import OFTConfig
+
+    return OFTConfig(r=0, oft_block_size=choice.block_size, module_dropout=0.0, **common)
+
+
+def boft_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    from peft import BOFTConfig
+
+    return BOFTConfig(boft_block_size=choice.block_size, boft_block_num=0,
+                      boft_n_butterfly_factor=choice.method.defaults["butterfly_factor"], boft_dropout=0.0,
+                      **common)
+
+
+def miss_config(choice: MethodChoice, total_steps: int, model, common: dict):
+    from peft import MissConfig
+
+    return MissConfig(r=choice.rank, miss_dropout=0.0, **common)
 
 
 def milora_init(peft_model, adapter_name: str = "default") -> None:
