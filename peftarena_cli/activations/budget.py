@@ -140,6 +140,7 @@ class Plan:
     workers: int = 1
     prompt_sets: int = 1
     units: list = field(default_factory=list, repr=False)
+    stop_after: list = field(default_factory=list)  # per group: the module that runs last (its pass stops there)
 
     @property
     def passes(self) -> int:
