@@ -152,6 +152,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l temperature
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l beta
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l mixed-precision
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l gradient-checkpointing
+complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l no-gradient-checkpointing
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l resume
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l overwrite
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l seed

@@ -59,7 +59,7 @@ def finetune_cmd(
     temperature: float = typer.Option(1.0, "--temperature", help="RLVR: sampling temperature."),
     beta: float = typer.Option(0.0, "--beta", help="RLVR: KL coefficient (0 = no reference model)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16 on CUDA, none on CPU), no, bf16, fp16."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (less memory, more compute). Default: on for rlvr, off for sft."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever OUT holds."),
     seed: SeedOpt = 0,

@@ -207,7 +207,7 @@ def geometry_columns(tables: dict, modules: str | None = None) -> dict[str, floa
         if "alpha" in c.columns and len(c):  # csd --alpha ...: the fine-tune itself is α = 1 (else the largest α)
             a = c["alpha"].astype(float)
             c = c[a == (1.0 if (a == 1.0).any() else a.max())]
-        metrics = [col for col in c.columns if col.startswith("csd_") and np.issubdtype(c[col].dtype, np.number)]
+        metrics = [col for col in c.columns if col.startswith("csd_") and pd_api().is_numeric_dtype(c[col])]
         out.update(_per_set_means(c, metrics, ""))
     ag = tables.get("act_geom")
     if ag is not None:

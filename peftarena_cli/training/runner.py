@@ -54,7 +54,7 @@ class FinetuneConfig:
     device: str = "auto"
     dtype: str = "float32"
     mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: on for rlvr (docs/finetune.md, "Memory"), off for sft
     num_generations: int = 4
     max_completion_length: int = 64
     temperature: float = 1.0
@@ -182,6 +182,12 @@ def _undo_run_dir(out: Path, made: list[Path]) -> None:
         if child.name == ck.LOCK_NAME:
             continue
         shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def gradient_checkpointing(cfg: FinetuneConfig) -> bool:
+    """Whether activations are recomputed in the backward pass: as asked, else on for RLVR (GRPO's
+    backward over batch x (prompt + completion) tokens holds most of its peak memory) and off for SFT."""
+    return cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.regime == "rlvr"
 
 
 def _mixed_precision(cfg: FinetuneConfig, device: str) -> tuple[bool, bool]:
@@ -335,6 +341,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                        "saved_as": "lora (converted from the residual-base form, rank 2r)" if choice.method.mutates_base else None},
             "data": {**data.source, "records": len(data)},
             "trainable_params": n_trainable,
+            "gradient_checkpointing": gradient_checkpointing(cfg),
             "seed": cfg.seed,
             "device": device,
             "world_size": world,
@@ -368,6 +375,8 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
 
             def on_log(self, args, st, control, logs=None, **kw):
                 row = tlog.add(st.global_step, logs or {}, st.num_input_tokens_seen)
+                if row is not None and state.is_main_process:
+                    tlog.write(out, prov)  # every step (a few KB, atomic): a long run's curve can be read while it runs
                 if row is not None and callback is not None and state.is_main_process:
                     lab = f"loss {row['loss']:.4g}" if row["loss"] == row["loss"] else ""
                     if row["reward_mean"] == row["reward_mean"]:
@@ -471,7 +480,7 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
         data_seed=cfg.seed,
         bf16=bf16,
         fp16=fp16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing(cfg),
         report_to="none",
         disable_tqdm=True,
         use_cpu=not device.startswith("cuda"),
