@@ -71,6 +71,9 @@ def interpolate_cmd(
                          general_suite if "general" in kinds else None],
                   tables=[k for k in outs if k.startswith("-o")])
 
+    from peftarena_cli.evaluation.distributed import mark_writer
+
+    mark_writer()  # under torchrun only rank 0 writes (--save-checkpoints included), from the start
     res = interpolate(cfg, progress=Progress, log=info, warn=warn)
     curve = res.curve
     info(f"{len(res.grid)} points in {res.sweep_seconds:.1f} s; setting α took {curve['set_seconds'].mean() * 1000:.1f} ms "
