@@ -172,7 +172,7 @@ eval_model = $(if $(filter full,$(call meth,$(1))),$(call final,$(1)),$(MODEL) -
 
 arena-stages: $(REPORT)/leaderboard.parquet
 	@echo
-	@echo "$(TITLE): report in $(REPORT)/ (plane.png, spectrum.png, $(if $(PATHS),passk.png, )leaderboard.md)"
+	@echo "$(TITLE): report in $(REPORT)/ (plane.png, spectrum.png, leaderboard.md$(if $(PATHS), and passk.png))"
 	@sed -n '/^| method/,/^$$/p' $(REPORT)/leaderboard.md
 
 $(REPORT)/leaderboard.parquet: $(EVALS) $(ANALYSES) $(CURVES) $(REWOUND) $(PATHEVALS)
