@@ -105,7 +105,8 @@ def worker_plan(args) -> dict:
     """Load the model, make the plan (no collection): the estimate of a run."""
     from peftarena_cli.activations import run as core
     from peftarena_cli.activations.budget import BudgetTooSmall
-    from peftarena_cli.activations.capture import linear_module_names, select_modules
+    from peftarena_cli.activations.capture import linear_module_names
+    from peftarena_cli.artifacts.keys import select_modules
     from peftarena_cli.artifacts.loading import load_model
 
     cfg = _config(args, None if args.budget == "default" else int(args.budget))

@@ -4,7 +4,8 @@ with PEFT's merged model as an independent source of the fine-tuned activations.
 import pytest
 import torch
 
-from peftarena_cli.activations.capture import linear_module_names, select_modules, tokenize
+from peftarena_cli.activations.capture import linear_module_names, tokenize
+from peftarena_cli.artifacts.keys import select_modules
 from peftarena_cli.activations.collect import collect_pair_sums
 from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
 

@@ -285,3 +285,27 @@ def test_weight_source_reads_every_dtype_like_safetensors(tmp_path):
     # the tensor owns its memory: writing to it leaves the next read alone
     src.get("f32").zero_()
     assert torch.equal(src.get("f32"), x)
+
+
+def test_one_module_selection_syntax():
+    """-m means the same in every command: kinds, full names and globs mix (their union), --layers
+    restricts, and a pattern matching nothing or an empty selection is an error naming what exists."""
+    from peftarena_cli.artifacts.keys import canonical_order, module_kind, module_layer, select_modules
+    from peftarena_cli.errors import IncompatibleInputs
+
+    names = [f"model.layers.{i}.{k}" for i in range(3) for k in ("mlp.down_proj", "self_attn.q_proj", "mlp.up_proj")]
+    assert select_modules(names, None) == names
+    assert select_modules(names, ["down_proj"]) == [n for n in names if n.endswith("down_proj")]
+    mixed = select_modules(names, ["model.layers.0.self_attn.q_proj,*.layers.2.mlp.*", "up_proj"])
+    assert mixed == ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj",
+                     "model.layers.2.mlp.down_proj", "model.layers.2.mlp.up_proj"]
+    assert select_modules(names, ["*_proj"], layers=[1]) == [n for n in names if ".1." in n]
+    with pytest.raises(IncompatibleInputs, match="'qq_proj' matches no linear module") as e:
+        select_modules(names, ["down_proj", "qq_proj"])
+    assert "down_proj, q_proj, up_proj" in e.value.hint
+    with pytest.raises(IncompatibleInputs, match="selection is empty"):
+        select_modules(names, ["down_proj"], layers=[7])
+    assert canonical_order(reversed(names))[:3] == ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj",
+                                                   "model.layers.0.mlp.down_proj"]
+    assert (module_layer("model.layers.12.mlp.down_proj.weight"), module_kind("model.layers.12.mlp.down_proj.weight")) == (12, "down_proj")
+    assert module_layer("lm_head") == -1 and module_layer("layers.4.self_attn.o_proj") == 4

@@ -139,3 +139,17 @@ def test_bad_inputs(cli, tiny_model_dir, tiny_lora_dir, two_files, tmp_path):
     assert "selection is empty" in err
     # a base that is not a model / a missing file
     _bad(cli, tmp_path, tmp_path / "nope.st", tiny_lora_dir)
+
+
+def test_modules_take_the_one_selection_syntax(cli, two_files, tmp_path):
+    """spectrum's -m takes globs and full names like csd/act-geom's (docs/design.md), and a pattern
+    that matches nothing fails even when another pattern matches."""
+    base, adapter = two_files
+    out = tmp_path / "s.parquet"
+    code, err = cli("spectrum", base, adapter, "-m", "model.layers.0.mlp.down_proj,*.layers.1.self_attn.q_proj",
+                    "--table", "summary", "-o", out)
+    assert code == 0, err
+    s, _ = read_table(out)
+    assert list(s.module) == ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
+    err = _bad(cli, tmp_path, base, adapter, "-m", "down_proj,qq_proj")
+    assert "'qq_proj' matches no linear module" in err

@@ -77,10 +77,10 @@ def test_oft_cayley_variants_are_transposed(tiny_model_dir, tmp_path):
     cfg.update(use_cayley_neumann=True, num_cayley_neumann_terms=12)
     (ad / "adapter_config.json").write_text(json.dumps(cfg))
     base = WeightSource(tiny_model_dir / "model.safetensors")
-    md_n = next(iter_module_deltas(base, open_finetuned(ad), kinds=["q_proj"], layers=[0]))
+    md_n = next(iter_module_deltas(base, open_finetuned(ad), modules=["q_proj"], layers=[0]))
     cfg["use_cayley_neumann"] = False
     (ad / "adapter_config.json").write_text(json.dumps(cfg))
-    md_e = next(iter_module_deltas(base, open_finetuned(ad), kinds=["q_proj"], layers=[0]))
+    md_e = next(iter_module_deltas(base, open_finetuned(ad), modules=["q_proj"], layers=[0]))
     rn, re_ = md_n.rotation_matrix(), md_e.rotation_matrix()
     eye = torch.eye(re_.shape[0])
     assert (re_ - eye).abs().max() > 1e-3
@@ -123,7 +123,7 @@ def test_full_finetune_delta(tiny_model_dir, tmp_path):
     ft = open_finetuned(ft_dir)
     assert ft.kind == "full" and ft.method == "full"
     base = WeightSource(tiny_model_dir / "model.safetensors")
-    mds = list(iter_module_deltas(base, ft, kinds=["down_proj", "q_proj"]))
+    mds = list(iter_module_deltas(base, ft, modules=["down_proj", "q_proj"]))
     assert [m.kind for m in mds] == ["q_proj", "down_proj"] * 2 and [m.layer for m in mds] == [0, 0, 1, 1]
     for md in mds:
         key = md.name + ".weight"

@@ -7,7 +7,6 @@ activations are the same as in an unbatched run (positions start at 0 for every 
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -25,36 +24,6 @@ def linear_module_names(model) -> list[str]:
         if isinstance(mod, torch.nn.Linear) and _LAYER.search(name):
             out.append(name)
     return out
-
-
-def select_modules(names: list[str], patterns: list[str] | None) -> list[str]:
-    """Filter module names by glob patterns matched against the full name or the kind.
-
-    ``down_proj``, ``*.self_attn.*``, ``model.layers.1[0-9].*`` all work. A pattern that matches
-    nothing is an error (a typo would otherwise silently select nothing).
-    """
-    if not patterns:
-        return list(names)
-    chosen: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(n.rsplit(".", 1)[-1], pat)]
-        if not hits:
-            kinds = sorted({n.rsplit(".", 1)[-1] for n in names})
-            raise IncompatibleInputs(
-                f"--modules {pat!r} matches no linear module of the base model",
-                hint=f"use a kind ({', '.join(kinds)}) or a glob on names like {names[0] if names else 'model.layers.0.mlp.down_proj'}",
-            )
-        chosen.extend(h for h in hits if h not in chosen)
-    return [n for n in names if n in chosen]
-
-
-def module_layer(name: str) -> int:
-    m = _LAYER.search(name)
-    return int(m.group(1)) if m else -1
-
-
-def module_kind(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
 
 
 @dataclass

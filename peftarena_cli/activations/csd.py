@@ -120,10 +120,9 @@ def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.
             f"({len(changed)} changed, {len(covered)} covered)",
             hint="check that the adapter belongs to this base model and the --modules selection")
     want = set(wanted)
-    kinds = sorted({n.rsplit('.', 1)[-1] for n in wanted})
     rows: list[dict] = []
     done = 0
-    for md in iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device):
+    for md in iter_module_deltas(base, ft, modules=wanted, layers=layers, device=device):
         if md.name not in want:
             continue
         if low_rank and md.is_low_rank:

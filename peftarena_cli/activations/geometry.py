@@ -234,7 +234,7 @@ def module_rows(set_name: str, mods: dict, sample=None, workers: int | None = No
     """
     import torch
 
-    from peftarena_cli.activations.capture import module_kind, module_layer
+    from peftarena_cli.artifacts.keys import module_kind, module_layer
 
     def one(item):
         mname, ps = item

@@ -167,7 +167,8 @@ class CsdResult:
 
 def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> CsdResult:
     """CSD per changed module on the configured prompt sets (or merged statistics files)."""
-    from peftarena_cli.activations.capture import linear_module_names, module_layer, select_modules
+    from peftarena_cli.activations.capture import linear_module_names
+    from peftarena_cli.artifacts.keys import module_layer, select_modules
     from peftarena_cli.activations.collect import collect_input_moments
     from peftarena_cli.activations.csd import csd_table
     from peftarena_cli.activations.moments import (InputMoments, check_stats_base, merge_stats_files,
@@ -381,9 +382,8 @@ def _low_rank_factors(ref, ft, wanted: list, device: str) -> dict | None:
     from peftarena_cli.weights.deltas import iter_module_deltas
 
     want = set(wanted)
-    kinds = sorted({n.rsplit(".", 1)[-1] for n in wanted})
     out = {}
-    for md in iter_module_deltas(WeightSource.from_ref(ref, device=device), ft, kinds=kinds, device=device):
+    for md in iter_module_deltas(WeightSource.from_ref(ref, device=device), ft, modules=wanted, device=device):
         if md.name in want:
             if not md.is_low_rank:
                 return None
@@ -395,7 +395,7 @@ def _csd_projected(cfg, model, tok, loaded, factors, wanted, alphas, progress, l
     """CSD through :class:`~peftarena_cli.activations.moments.ProjectedMoments`: one pass per set."""
     import pandas as pd
 
-    from peftarena_cli.activations.capture import module_kind, module_layer
+    from peftarena_cli.artifacts.keys import module_kind, module_layer
     from peftarena_cli.activations.collect import collect_projected
     from peftarena_cli.activations.csd import csd_rows_projected
 
@@ -428,9 +428,9 @@ def _csd_wanted(ft, names: list) -> list:
 
 def _in_module_order(df, wanted: list):
     """Rows of per-group tables in the order one pass gives (the modules' canonical order)."""
-    from peftarena_cli.weights.deltas import select_modules as canonical
+    from peftarena_cli.artifacts.keys import canonical_order
 
-    pos = {n: i for i, n in enumerate(canonical(list(wanted), None, None))}
+    pos = {n: i for i, n in enumerate(canonical_order(wanted))}
     key = df["module"].map(pos)
     return df.iloc[key.argsort(kind="stable")].reset_index(drop=True)
 
@@ -534,7 +534,8 @@ def run_act_geom(cfg: ActGeomConfig, progress=_NoProgress, log=_quiet, warn=_qui
         return _act_geom_from_sums(cfg, extra, log)
     import torch
 
-    from peftarena_cli.activations.capture import linear_module_names, select_modules
+    from peftarena_cli.activations.capture import linear_module_names
+    from peftarena_cli.artifacts.keys import select_modules
     from peftarena_cli.activations.collect import collect_pair_sums
     from peftarena_cli.activations.geometry import module_rows
     from peftarena_cli.activations.moments import weights_fingerprint
@@ -644,7 +645,7 @@ def _act_geom_from_sums(cfg: ActGeomConfig, extra: dict, log) -> ActGeomResult:
     check_sums_inputs(meta, cfg.base, cfg.adapter)
     inputs = {role: (meta[role], meta.get(f"{role}_identity", "")) for role in ("base", "adapter") if meta.get(role)}
     if cfg.modules:
-        from peftarena_cli.activations.capture import select_modules
+        from peftarena_cli.artifacts.keys import select_modules
 
         keep = set(select_modules(list(next(iter(sets.values()))), cfg.modules))
         sets = {s: {m: v for m, v in mods.items() if m in keep} for s, mods in sets.items()}

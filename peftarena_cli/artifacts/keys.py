@@ -1,12 +1,15 @@
 """State-dict key names: where a module's name ends in an adapter key, which base key holds a module,
 and whether an adapter tensor fits the base weight. One home, one meaning each.
 
-(Module *selection* by kind and layer is :func:`peftarena_cli.weights.deltas.select_modules`;
-layer and kind of a module name are :func:`peftarena_cli.artifacts.weights.module_layer` /
-:func:`~peftarena_cli.artifacts.weights.module_kind`.)
+Module names too: a module's layer and kind (:func:`module_layer`, :func:`module_kind`), the one
+selection syntax of every command's ``-m/--modules`` (:func:`select_modules`: kinds, full names and
+globs together, docs/design.md) and the canonical module order (:func:`canonical_order`).
 """
 
 from __future__ import annotations
+
+import fnmatch
+import re
 
 from peftarena_cli.errors import AdapterError, IncompatibleInputs
 from peftarena_cli.methods import marker_match
@@ -58,3 +61,74 @@ def expect_shape(t, shape: tuple, module: str, what: str) -> None:
 def raise_missing(module: str, what: str):
     """An adapter module lacks the tensors its method needs."""
     raise AdapterError(f"module {module!r}: the adapter lacks its {what} tensors")
+
+
+# ------------------------------------------------------------------------------ module names
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+# canonical order inside a decoder layer (attention then MLP); other kinds follow by name
+_KIND_ORDER = {k: i for i, k in enumerate(
+    ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"])}
+
+
+def module_layer(name: str) -> int:
+    """``model.layers.3.mlp.down_proj`` -> 3 (-1 outside the decoder layers)."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else -1
+
+
+def module_kind(name: str) -> str:
+    """``model.layers.3.mlp.down_proj`` (or its ``.weight``) -> ``down_proj``."""
+    parts = name.split(".")
+    if parts[-1] in ("weight", "bias") and len(parts) > 1:
+        parts = parts[:-1]
+    return parts[-1]
+
+
+def split_patterns(values) -> list[str]:
+    """``-m`` values as given (repeatable, each may be comma-separated) -> the list of patterns."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [p.strip() for v in values for p in str(v).split(",") if p.strip()]
+
+
+def select_modules(names: list[str], patterns=None, layers=None) -> list[str]:
+    """The modules of ``names`` that ``-m/--modules`` and ``--layers`` select, in the order of ``names``.
+
+    Every pattern is a glob matched against the full module name *or* its kind, so kinds
+    (``down_proj``), full names (``model.layers.3.mlp.down_proj``) and globs (``'*.self_attn.*'``,
+    ``'model.layers.1[0-9].*'``) can be mixed; the selection is their union, then restricted to
+    ``layers`` when given. A pattern that matches nothing is an error (a typo would otherwise silently
+    select less), and so is an empty selection.
+    """
+    pats = split_patterns(patterns)
+    kinds = sorted({module_kind(n) for n in names})
+    if pats:
+        chosen: set[str] = set()
+        for pat in pats:
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(module_kind(n), pat)]
+            if not hits:
+                raise IncompatibleInputs(
+                    f"--modules {pat!r} matches no linear module of the {len(names)} in question",
+                    hint=f"use a kind ({', '.join(kinds) or 'none'}), a full name such as "
+                         f"{names[0] if names else 'model.layers.0.mlp.down_proj'}, or a glob on names")
+            chosen.update(hits)
+    else:
+        chosen = set(names)
+    if layers:
+        want = {int(x) for x in layers}
+        chosen = {n for n in chosen if module_layer(n) in want}
+    if not chosen:
+        have = sorted({module_layer(n) for n in names})
+        span = f"{have[0]}..{have[-1]}" if have else "none"
+        raise IncompatibleInputs(
+            f"the selection is empty: no module matches --modules {','.join(pats) or 'all'} --layers "
+            f"{','.join(map(str, layers)) if layers else 'all'}",
+            hint=f"there are {len(names)} modules: kinds {', '.join(kinds) or 'none'}; layers {span}")
+    return [n for n in names if n in chosen]
+
+
+def canonical_order(names) -> list[str]:
+    """Module names by layer, then kind (attention before MLP), then name: the order of every table."""
+    return sorted(names, key=lambda n: (module_layer(n), _KIND_ORDER.get(module_kind(n), 99), n))

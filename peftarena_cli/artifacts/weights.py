@@ -326,22 +326,6 @@ def linear_weight_names(src: WeightSource) -> list[str]:
     return out
 
 
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-
-
-def module_layer(name: str) -> int:
-    m = _LAYER.search(name)
-    return int(m.group(1)) if m else -1
-
-
-def module_kind(name: str) -> str:
-    """``model.layers.3.mlp.down_proj.weight`` -> ``down_proj``."""
-    parts = name.split(".")
-    if parts[-1] in ("weight", "bias"):
-        parts = parts[:-1]
-    return parts[-1]
-
-
 def module_name(weight_name: str) -> str:
     """``model.layers.3.mlp.down_proj.weight`` -> ``model.layers.3.mlp.down_proj``."""
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name

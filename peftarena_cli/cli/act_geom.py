@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, ModulesOpt, NOpt,
+from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, NOpt,
                                                   ShardOpt, TextKeyOpt, parse_max_memory)
-from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
+from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, ModulesOpt, OutputOpt, SeedOpt
 
 
 def act_geom_cmd(

@@ -19,6 +19,11 @@ OutputOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when present).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Model dtype for forward passes: float32, bfloat16, float16.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+# -m/--modules: one syntax in every command (artifacts.keys.select_modules; docs/design.md)
+ModulesOpt = Annotated[Optional[list[str]], typer.Option(
+    "--modules", "-m", help="Modules to analyse (repeatable or comma-separated): kinds (down_proj), full names "
+                            "(model.layers.3.mlp.down_proj) or globs on names ('*.self_attn.*', "
+                            "'model.layers.1[0-9].*'), together. Default: all.")]
 
 
 def err_console():

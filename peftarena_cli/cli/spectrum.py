@@ -7,12 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.common import DeviceOpt, OutputOpt
-
-
-def parse_kinds(values: list[str] | None) -> list[str] | None:
-    out = [k.strip() for v in values or [] for k in v.split(",") if k.strip()]
-    return out or None
+from peftarena_cli.cli.common import DeviceOpt, ModulesOpt, OutputOpt
 
 
 MAX_LAYERS = 100_000  # a range is expanded into a set: bound it before it fills memory
@@ -52,7 +47,7 @@ def spectrum_cmd(
     output: OutputOpt = None,
     summary: Optional[Path] = typer.Option(None, "--summary", "-s", help="Also write the per-module summary table here (Parquet)."),
     table: str = typer.Option("index", "--table", help="Which table goes to -o/stdout: index (one row per module and singular index) or summary (one row per module)."),
-    modules: Optional[List[str]] = typer.Option(None, "--modules", "-m", help="Module kinds to analyse (repeatable or comma-separated): q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. Default: all the fine-tune changes."),
+    modules: ModulesOpt = None,
     layers: Optional[List[str]] = typer.Option(None, "--layers", "-l", help="Layers to analyse: 18, 0-5, 3,7 (repeatable). Default: all."),
     sva: Optional[bool] = typer.Option(None, "--sva/--no-sva", help="Singular-vector alignment |cos(v_i(W0), v_i(W1))|: default only for multiplicative methods (OFT, BOFT); --sva computes it for any method (one SVD of W1 per module)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse/store the base SVD under $PEFTARENA_HOME/cache/svd (keyed by tensor identity)."),
@@ -104,7 +99,7 @@ def spectrum_cmd(
     check_outputs({"-o": output, "--summary": summary}, [base, finetuned], tables=("-o", "--summary"))
     dev = pick_device(device)
     with Progress("spectrum") as bar:
-        res = compute_spectrum(base, finetuned, kinds=parse_kinds(modules), layers=parse_layers(layers),
+        res = compute_spectrum(base, finetuned, modules=modules, layers=parse_layers(layers),
                                device=dev, cache=BaseSvdCache(root=cache_dir, enabled=cache), sva=sva, callback=bar.callback)
     st = res.stats
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -459,7 +459,7 @@ SUMMARY_STRINGS = {"module", "kind", "method", "form"}  # every other column is 
 def compute_spectrum(
     base_spec: str,
     finetuned_spec: str,
-    kinds: list[str] | None = None,
+    modules: list[str] | None = None,
     layers: list[int] | None = None,
     device: str = "cpu",
     cache=None,
@@ -482,7 +482,7 @@ def compute_spectrum(
     from peftarena_cli.artifacts.tables import arrow_table
     from peftarena_cli.artifacts.weights import WeightSource, resolve_model
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
-    from peftarena_cli.weights.deltas import select_modules
+    from peftarena_cli.artifacts.keys import select_modules
 
     t0 = time.perf_counter()
     ref = resolve_model(base_spec)
@@ -494,7 +494,7 @@ def compute_spectrum(
         u, s, vh = cache.get(base, base_key(base, name), w0)
         return (left_vectors(w0, s, vh) if u is None else u), s, vh
 
-    total = len(select_modules(ft.module_names(), kinds, layers)) if ft.module_names() else 0
+    total = len(select_modules(ft.module_names(), modules, layers)) if ft.module_names() else 0
     idx_parts: dict[str, list] = {c: [] for c in INDEX_COLUMNS}
     rows = []
 
@@ -513,7 +513,7 @@ def compute_spectrum(
         if callback is not None:
             callback(len(rows), total, md.name)
 
-    deltas = iter_module_deltas(base, ft, kinds=kinds, layers=layers, device=device, svd=svd_fn)
+    deltas = iter_module_deltas(base, ft, modules=modules, layers=layers, device=device, svd=svd_fn)
     n_workers = spectrum_workers(device, total, workers)
     if n_workers <= 1:
         for md in deltas:

@@ -9,7 +9,7 @@ The CSD formulas themselves are the activation code's (:mod:`peftarena_cli.activ
 from __future__ import annotations
 
 from peftarena_cli.activations.csd import csd_rows
-from peftarena_cli.artifacts.weights import module_kind, module_layer
+from peftarena_cli.artifacts.keys import module_kind, module_layer
 from peftarena_cli.errors import IncompatibleInputs
 
 

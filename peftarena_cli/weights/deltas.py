@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peftarena_cli.artifacts.keys import base_key
-from peftarena_cli.artifacts.weights import WeightSource, module_kind, module_layer
+from peftarena_cli.artifacts.keys import base_key, canonical_order, module_kind, module_layer, select_modules
+from peftarena_cli.artifacts.weights import WeightSource
 from peftarena_cli.errors import IncompatibleInputs, NumericalError, UsageError
 from peftarena_cli.methods import METHODS, get_method, load_former
 from peftarena_cli.weights.finetuned import Finetuned
@@ -151,31 +151,10 @@ def _check_finite(t: torch.Tensor, module: str, what: str) -> None:
         raise NumericalError(f"{what} of module {module!r} contains NaN or Inf")
 
 
-def select_modules(names: list[str], kinds: list[str] | None, layers: list[int] | None) -> list[str]:
-    sel = [
-        n for n in names
-        if (not kinds or module_kind(n) in kinds) and (layers is None or len(layers) == 0 or module_layer(n) in layers)
-    ]
-    if not sel:
-        have_kinds = sorted({module_kind(n) for n in names})
-        have_layers = sorted({module_layer(n) for n in names})
-        span = f"{have_layers[0]}..{have_layers[-1]}" if have_layers else "none"
-        raise IncompatibleInputs(
-            f"the selection is empty: no changed module matches kinds={kinds or 'all'} layers={layers or 'all'}",
-            hint=f"this fine-tune changes {len(names)} modules: kinds {', '.join(have_kinds) or 'none'}; layers {span}",
-        )
-    return sorted(sel, key=lambda n: (module_layer(n), _KIND_ORDER.get(module_kind(n), 99), n))
-
-
-# Canonical order inside a decoder layer (attention then MLP); other kinds follow by name.
-_KIND_ORDER = {k: i for i, k in enumerate(
-    ["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"])}
-
-
 def iter_module_deltas(
     base: WeightSource,
     ft: Finetuned,
-    kinds: list[str] | None = None,
+    modules: list[str] | None = None,
     layers: list[int] | None = None,
     device: str = "cpu",
     svd: SvdFn | None = None,
@@ -189,7 +168,7 @@ def iter_module_deltas(
     names = ft.module_names()
     if not names:
         raise UsageError(f"{ft.spec!r} changes no linear module", hint="check the adapter's target_modules")
-    sel = select_modules(names, kinds, layers)
+    sel = canonical_order(select_modules(names, modules, layers))
     keys = {}
     for n in sel:
         k = base_key(base, n)
