@@ -36,7 +36,7 @@ def _arith(limit, seed, name: str = "arith") -> Task:
 
 
 def _math_items(name, recs, path) -> list[Item]:
-    from peftarena_cli.evaluation.scorers.math import gsm8k_reference
+    from peftarena_cli.tasks.answers import gsm8k_reference
 
     q = "question" if "question" in recs[0] else "problem"
     require_fields(recs, [("question", "problem"), "answer"], f"{name} data", path)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from peftarena_cli.tasks.answers import clean_number
+
 _NUM = r"-?[$]?\s*[0-9][0-9,]*(?:\.[0-9]+)?"
 _STRICT = [re.compile(r"####\s*(" + _NUM + r")"),
            re.compile(r"[Tt]he (?:final )?answer is:?\s*\**\s*(" + _NUM + r")")]
@@ -37,14 +39,6 @@ def extract_boxed(text: str) -> str | None:
     return best
 
 
-def clean_number(s: str) -> str:
-    s = s.replace("$", "").replace(",", "").strip()
-    s = s.rstrip(".")
-    if re.fullmatch(r"-?\d+\.0+", s):
-        s = s.split(".")[0]
-    return s
-
-
 def extract_strict(text: str) -> str | None:
     found = None
     for rx in _STRICT:
@@ -57,12 +51,6 @@ def extract_strict(text: str) -> str | None:
 def extract_flexible(text: str) -> str | None:
     nums = _LAST_NUM.findall(text)
     return clean_number(nums[-1]) if nums else None
-
-
-def gsm8k_reference(answer: str) -> str:
-    """The gold number of a GSM8K answer (after ``####``)."""
-    m = re.search(r"####\s*(.+)$", str(answer).strip())
-    return clean_number(m.group(1)) if m else clean_number(str(answer))
 
 
 def _as_number(s: str):
