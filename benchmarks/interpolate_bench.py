@@ -73,7 +73,7 @@ def run_one(approach: str, base: str, adapter: str, alphas: list[float], device:
     t0 = time.perf_counter()
     per = []
     if approach in ("native", "merged", "dense"):
-        from peftarena_cli.paths.sweep import open_path_model
+        from peftarena_cli.interpolation.sweep import open_path_model
 
         setup = open_path_model(base, adapter, path="dense" if approach == "dense" else "native", device=dev,
                                 merge=approach == "merged")
@@ -88,7 +88,7 @@ def run_one(approach: str, base: str, adapter: str, alphas: list[float], device:
         from peft import PeftModel, set_peft_model_state_dict
 
         from peftarena_cli.artifacts.adapters import load_adapter
-        from peftarena_cli.paths.native import scale_adapter_tensors
+        from peftarena_cli.interpolation.native import scale_adapter_tensors
 
         setup_s = 0.0
         ad = load_adapter(adapter)

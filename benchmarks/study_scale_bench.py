@@ -151,8 +151,8 @@ def worker_run(args) -> dict:
 
 
 def worker_spectrum(args) -> dict:
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
 
     layers = None if args.layers == "all" else [int(args.layers)]
     cache = BaseSvdCache(root=args.cache_dir)

@@ -34,7 +34,7 @@ def main() -> int:
         print("vllm check SKIPPED: no CUDA device")
         return 0
     from peftarena_cli.artifacts.loading import config_dir, load_model, load_tokenizer
-    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.artifacts.safetensors_io import resolve_model
     from peftarena_cli.evaluation import evaluate_target
     from peftarena_cli.evaluation.vllm_backend import VllmModel
 

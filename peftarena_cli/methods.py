@@ -1,7 +1,7 @@
 """The method registry: everything the package knows about each fine-tuning method, in one entry.
 
 Every layer reads it: ``weights/`` (which module forms ΔW / W1, which state-dict key components end
-a module name), ``paths/`` (the native interpolation path, the tensors it scales by α, whether it
+a module name), ``interpolation/`` (the native interpolation path, the tensors it scales by α, whether it
 is linear in α), ``training/`` (PEFT type, defaults, overrides, learning rates) and
 ``scripts/arena.mk`` (the arena's learning rates, via ``python -m peftarena_cli.methods lr NAME``).
 The entry's ``name`` is the one canonical method name written in every table's ``method`` column.

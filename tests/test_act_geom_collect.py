@@ -7,7 +7,7 @@ import torch
 from peftarena_cli.activations.capture import linear_module_names, tokenize
 from peftarena_cli.artifacts.keys import select_modules
 from peftarena_cli.activations.collect import collect_pair_sums
-from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
+from peftarena_cli.activations.metrics import geometry_from_sums, gram_distortion_dense
 
 from references import PROMPTS, dense_reference, direct_outputs
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from peftarena_cli.activations.geometry import geometry_from_sums, gram_distortion_dense
+from peftarena_cli.activations.metrics import geometry_from_sums, gram_distortion_dense
 from peftarena_cli.activations.pair_sums import PairSums, load_sums, merge_sums_files, save_sums
 
 from references import dense_reference
@@ -120,7 +120,7 @@ def test_pca_distance_is_nan_with_reason_when_rank_is_below_k_plus_one():
     V1 = torch.linalg.svd(X1 - X1.mean(0), full_matrices=False)[2][:32].T
     assert got["pca_dist_32"] == pytest.approx(float((V0 @ V0.T - V1 @ V1.T).norm() / 8.0), rel=1e-6)
     # the same above the float64 dimension (float32 eigh: the rank floor is d·ε₃₂·λ_max)
-    from peftarena_cli.activations import geometry
+    from peftarena_cli.activations import metrics as geometry
 
     X0, X1 = pair(n=34, d=geometry.PCA_FLOAT64_MAX_DIM + 44, seed=14)
     got = geometry_from_sums(streamed(X0[idx], X1[idx]))
@@ -148,7 +148,7 @@ def test_small_angles_are_accurate_where_arccos_is_not():
 
 
 def test_pca_distance_above_float64_dim_stays_within_its_bound():
-    from peftarena_cli.activations import geometry
+    from peftarena_cli.activations import metrics as geometry
 
     X0, X1 = pair(n=600, d=geometry.PCA_FLOAT64_MAX_DIM + 44, seed=2)
     got = geometry_from_sums(streamed(X0, X1))
@@ -161,7 +161,7 @@ def test_pca_distance_above_float64_dim_stays_within_its_bound():
 
 
 def test_nuclear_norm_fast_path_matches_svd():
-    from peftarena_cli.activations.geometry import PCA_FLOAT64_MAX_DIM, nuclear_norm
+    from peftarena_cli.activations.metrics import PCA_FLOAT64_MAX_DIM, nuclear_norm
 
     g = torch.Generator().manual_seed(4)
     d = PCA_FLOAT64_MAX_DIM + 60
@@ -170,7 +170,7 @@ def test_nuclear_norm_fast_path_matches_svd():
 
 
 def test_nuclear_norm_fast_path_on_rank_deficient_matrix():
-    from peftarena_cli.activations.geometry import PCA_FLOAT64_MAX_DIM, nuclear_norm
+    from peftarena_cli.activations.metrics import PCA_FLOAT64_MAX_DIM, nuclear_norm
 
     g = torch.Generator().manual_seed(5)
     d = PCA_FLOAT64_MAX_DIM + 200
@@ -179,7 +179,7 @@ def test_nuclear_norm_fast_path_on_rank_deficient_matrix():
 
 
 def test_module_rows_in_parallel_equal_one_at_a_time():
-    from peftarena_cli.activations.geometry import module_rows
+    from peftarena_cli.activations.metrics import module_rows
 
     mods = {}
     for i, d in enumerate((80, 300, 40, 300, 80)):  # 300 > 256: the float32 eigh path too
@@ -200,7 +200,7 @@ def test_module_rows_in_parallel_equal_one_at_a_time():
 def test_steep_full_rank_spectrum_above_float64_dim_is_not_rejected():
     """Eigenvalues falling below float32's floor (d·ε₃₂·λ_max) are resolved in float64: a full-rank
     covariance whose top-64 eigenvalues span 1e-6 keeps its distance, equal to the float64 SVD's."""
-    from peftarena_cli.activations import geometry
+    from peftarena_cli.activations import metrics as geometry
 
     d = geometry.PCA_FLOAT64_MAX_DIM + 44
     g = torch.Generator().manual_seed(21)

@@ -40,7 +40,7 @@ def test_low_rank_csd_equals_the_dense_form_and_per_token_sums():
 
 def test_csd_table_low_rank_path_matches_dense_path(tiny_model_dir, tiny_lora_dir):
     from peftarena_cli.activations.csd import csd_table
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
     from peftarena_cli.weights.finetuned import open_finetuned
 
     g = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def test_float32_accumulation_error_within_the_documented_bound(delta):
     moves by ~2⁻²⁴·√(n/T)/gap (docs/large-models.md)."""
     import math
 
-    from peftarena_cli.activations.geometry import module_rows
+    from peftarena_cli.activations.metrics import module_rows
     from peftarena_cli.activations.pair_sums import PairSums
 
     g = torch.Generator().manual_seed(0)

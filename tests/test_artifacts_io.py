@@ -11,7 +11,7 @@ from peftarena_cli.artifacts.adapters import (
 )
 from peftarena_cli.artifacts.atomic import atomic_path
 from peftarena_cli.artifacts.tables import Provenance, read_table, require_columns, table_bytes, write_table
-from peftarena_cli.artifacts.weights import WeightSource, linear_weight_names, resolve_model
+from peftarena_cli.artifacts.safetensors_io import WeightSource, linear_weight_names, resolve_model
 from peftarena_cli.errors import (
     AdapterError, InputNotFound, InvalidArtifact, ModelNotAvailable, OutputError,
 )
@@ -264,7 +264,7 @@ def test_weight_source_reads_every_dtype_like_safetensors(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 5, generator=g)

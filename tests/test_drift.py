@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tiny_lora_dir):
-    from peftarena_cli.paths.sweep import open_path_model
+    from peftarena_cli.interpolation.sweep import open_path_model
 
     return open_path_model(str(tiny_model_dir), str(tiny_lora_dir), device="cpu")
 

@@ -158,7 +158,7 @@ def test_data_parallel_torchrun_two_processes(tiny_model_dir, tmp_path):
     assert df["step"].tolist() == [1, 2]
     # two processes x batch 2: step 1 counts the tokens of 4 records (TRL gathers the count over processes)
     from peftarena_cli.artifacts.loading import load_tokenizer
-    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.artifacts.safetensors_io import resolve_model
     from peftarena_cli.training.data import load_train_data
 
     tok = load_tokenizer(resolve_model(str(tiny_model_dir)))

@@ -106,7 +106,7 @@ def test_rewind_onto_its_adapter_is_refused(tiny_lora_dir, tmp_path, cli):
 
 def test_alphas_grid_is_bounded_before_allocation():
     from peftarena_cli.errors import UsageError
-    from peftarena_cli.paths.alphas import MAX_POINTS, parse_alphas
+    from peftarena_cli.interpolation.alphas import MAX_POINTS, parse_alphas
 
     t = time.perf_counter()
     with pytest.raises(UsageError, match="more than"):
@@ -175,7 +175,7 @@ def test_header_dtype_must_match_byte_size(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from peftarena_cli.artifacts.weights import check_safetensors
+    from peftarena_cli.artifacts.safetensors_io import check_safetensors
     from peftarena_cli.errors import InvalidArtifact
 
     p = tmp_path / "w.safetensors"
@@ -223,7 +223,7 @@ def test_nan_adapter_one_policy(cmd, tiny_model_dir, tiny_lora_dir, tmp_path, cl
 # ---- 4/5. network, foreign code -----------------------------------------------------------------------
 
 def test_mistyped_local_path_is_not_a_hub_lookup(tmp_path, monkeypatch):
-    from peftarena_cli.artifacts import weights
+    from peftarena_cli.artifacts import safetensors_io as weights
     from peftarena_cli.errors import InputNotFound
 
     (tmp_path / "runs").mkdir()
@@ -236,7 +236,7 @@ def test_mistyped_local_path_is_not_a_hub_lookup(tmp_path, monkeypatch):
 def test_hub_failure_says_no_such_local_path(monkeypatch):
     import huggingface_hub
 
-    from peftarena_cli.artifacts import weights
+    from peftarena_cli.artifacts import safetensors_io as weights
     from peftarena_cli.errors import ModelNotAvailable
 
     def boom(*a, **k):

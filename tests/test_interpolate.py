@@ -18,7 +18,7 @@ def adapters(tiny_model_dir, tmp_path_factory):
 def _native(tiny_model_dir, adapter_dir, **kw):
     from peft import PeftModel
 
-    from peftarena_cli.paths.inplace import NativePathModel
+    from peftarena_cli.interpolation.inplace import NativePathModel
 
     pm = PeftModel.from_pretrained(load_base(tiny_model_dir), str(adapter_dir)).eval()
     return NativePathModel(pm, config_of(adapter_dir), **kw)
@@ -41,7 +41,7 @@ def test_dense_endpoints_and_midpoint(tiny_model_dir, adapters, method):
     """Dense path W0 + αΔW: endpoints match; α=0.5 matches W0 + 0.5(W_merged − W0) from PEFT's own merge."""
     from peft import PeftModel
 
-    from peftarena_cli.paths.sweep import open_path_model
+    from peftarena_cli.interpolation.sweep import open_path_model
 
     ids = tokens()
     base_model = load_base(tiny_model_dir)
@@ -65,7 +65,7 @@ def test_dense_endpoints_and_midpoint(tiny_model_dir, adapters, method):
 
 @pytest.mark.parametrize("method", ("vera", "miss"))
 def test_linear_methods_native_equals_dense(tiny_model_dir, adapters, method):
-    from peftarena_cli.paths.sweep import open_path_model
+    from peftarena_cli.interpolation.sweep import open_path_model
 
     ids = tokens(1)
     nat = _native(tiny_model_dir, adapters[method])
@@ -156,7 +156,7 @@ def test_cayley_variants_match_peft_forward(tiny_model_dir, adapters, method):
 def test_full_finetune_dense_path(tiny_model_dir, tmp_path):
     from helpers import save_tiny_llama
 
-    from peftarena_cli.paths.sweep import open_path_model
+    from peftarena_cli.interpolation.sweep import open_path_model
 
     ft_dir = save_tiny_llama(tmp_path / "ft", seed=3)  # same architecture, different weights
     ids = tokens()
@@ -169,7 +169,7 @@ def test_full_finetune_dense_path(tiny_model_dir, tmp_path):
     setup.path_model.set_alpha(0.0)
     torch.testing.assert_close(logits(setup.path_model.model, ids), base, atol=1e-5, rtol=0)
     # a dense checkpoint of α = 0.5 reloads as the same model
-    from peftarena_cli.paths.sweep import save_checkpoint
+    from peftarena_cli.interpolation.sweep import save_checkpoint
 
     setup.path_model.set_alpha(0.5)
     (tmp_path / "ck").mkdir()
@@ -179,7 +179,7 @@ def test_full_finetune_dense_path(tiny_model_dir, tmp_path):
 
 def test_path_choice_and_fallback(tiny_model_dir, adapters):
     from peftarena_cli.errors import UnsupportedMethod
-    from peftarena_cli.paths.sweep import choose_path, open_path_model
+    from peftarena_cli.interpolation.sweep import choose_path, open_path_model
 
     assert choose_path("lora", None, False) == ("native", None)
     path, note = choose_path("ia3", None, False)
@@ -193,7 +193,7 @@ def test_sweep_collects_eval_columns(tiny_model_dir, adapters):
     """run_sweep with a hand-written evaluator: headline and summary columns per α, per-sample rows tagged."""
     import pandas as pd
 
-    from peftarena_cli.paths.sweep import open_path_model, run_sweep
+    from peftarena_cli.interpolation.sweep import open_path_model, run_sweep
 
     ids = tokens()
     setup = open_path_model(str(tiny_model_dir), str(adapters["lora"]), device="cpu")
@@ -230,10 +230,10 @@ def test_csd_along_path_matches_merged_rewound_adapter(tiny_model_dir, adapters,
 
     from peftarena_cli.activations.csd import csd_metrics
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.paths.csd_path import path_csd
-    from peftarena_cli.paths.rewind import rewind_adapter
-    from peftarena_cli.paths.sweep import open_path_model
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
+    from peftarena_cli.interpolation.csd_path import path_csd
+    from peftarena_cli.interpolation.rewind import rewind_adapter
+    from peftarena_cli.interpolation.sweep import open_path_model
 
     setup = open_path_model(str(tiny_model_dir), str(adapters[method]), path=path, device="cpu")
     base = load_base(tiny_model_dir)
@@ -259,7 +259,7 @@ def test_csd_along_path_matches_merged_rewound_adapter(tiny_model_dir, adapters,
 
 def test_parse_alphas_grids_and_bounds():
     from peftarena_cli.errors import UsageError
-    from peftarena_cli.paths.alphas import parse_alphas
+    from peftarena_cli.interpolation.alphas import parse_alphas
 
     assert parse_alphas("0:1:0.1") == [round(i / 10, 10) for i in range(11)]
     assert parse_alphas("0:1:0.6") == [0.0, 0.6]  # never past stop

@@ -27,7 +27,7 @@ def test_oft_sqrt_sweep_writes_curve_and_checkpoints(cli, tiny_model_dir, ads, t
     import torch
 
     from peftarena_cli.activations.moments import InputMoments, save_stats, weights_fingerprint
-    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.artifacts.safetensors_io import resolve_model
 
     mods = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj"]
     sets = {}

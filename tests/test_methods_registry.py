@@ -73,10 +73,10 @@ def test_native_path_linearity_flag_is_true_of_the_update(tiny_model_dir, tmp_pa
     import torch
 
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
-    from peftarena_cli.artifacts.weights import resolve_model
-    from peftarena_cli.paths.native import base_row_norms_from_weights, magnitude_modules, scale_adapter_tensors
+    from peftarena_cli.artifacts.safetensors_io import resolve_model
+    from peftarena_cli.interpolation.native import base_row_norms_from_weights, magnitude_modules, scale_adapter_tensors
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
 
     ad_dir = build_adapter(tiny_model_dir, method, tmp_path / method)
     ad = load_adapter(ad_dir)
@@ -102,8 +102,8 @@ def test_one_method_name_in_every_table(tiny_model_dir, tmp_path):
 
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
     from peftarena_cli.artifacts.tables import Provenance, write_table
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.paths.interpolate import InterpolateConfig, interpolate
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
+    from peftarena_cli.interpolation.interpolate import InterpolateConfig, interpolate
     from peftarena_cli.report.build import build_report
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
@@ -129,7 +129,7 @@ def test_one_method_name_in_every_table(tiny_model_dir, tmp_path):
 def test_sweep_checkpoints_keep_the_method_name(tiny_model_dir, tmp_path):
     """A native-path checkpoint of a PiSSA adapter (saved converted) still reads as pissa."""
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
-    from peftarena_cli.paths.interpolate import InterpolateConfig, interpolate
+    from peftarena_cli.interpolation.interpolate import InterpolateConfig, interpolate
     from peftarena_cli.weights import open_finetuned
 
     ad = load_adapter(build_adapter(tiny_model_dir, "lora", tmp_path / "lora"))

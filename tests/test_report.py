@@ -379,7 +379,7 @@ def test_join_curves_takes_the_ends_from_the_evals(tmp_path):
     import runpy
 
     from peftarena_cli.artifacts.tables import Provenance, read_table, write_table
-    from peftarena_cli.paths.criteria import pick_alpha
+    from peftarena_cli.interpolation.criteria import pick_alpha
 
     make_runs(tmp_path / "runs", methods=["base", "lora"], with_geometry=False, with_curve=False)
     write_table(pd.DataFrame({"path": ["native"], "alpha": [0.5], "target": [40.0]}), tmp_path / "t.parquet",

@@ -20,7 +20,7 @@ def adapters(tiny_model_dir, tmp_path_factory):
 def _interpolated_logits(model_dir, adapter_dir, alpha, ids, **kw):
     from peft import PeftModel
 
-    from peftarena_cli.paths.inplace import NativePathModel
+    from peftarena_cli.interpolation.inplace import NativePathModel
 
     pm = PeftModel.from_pretrained(load_base(model_dir), str(adapter_dir)).eval()
     path = NativePathModel(pm, config_of(adapter_dir), **kw)
@@ -31,8 +31,8 @@ def _interpolated_logits(model_dir, adapter_dir, alpha, ids, **kw):
 @pytest.mark.parametrize("method", METHODS)
 def test_rewound_adapter_loads_with_peft_and_matches_interpolation(tiny_model_dir, adapters, method, tmp_path):
     from peftarena_cli.artifacts.adapters import load_adapter, peft_dir_for, save_adapter
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.paths.rewind import rewind_adapter
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
+    from peftarena_cli.interpolation.rewind import rewind_adapter
 
     ids = tokens(2)
     alpha = 0.4
@@ -55,7 +55,7 @@ def test_rewound_adapter_loads_with_peft_and_matches_interpolation(tiny_model_di
 
 def test_oft_sqrt_rewind_scales_generator_by_sqrt_alpha(tiny_model_dir, adapters, tmp_path):
     from peftarena_cli.artifacts.adapters import load_adapter
-    from peftarena_cli.paths.rewind import rewind_adapter
+    from peftarena_cli.interpolation.rewind import rewind_adapter
 
     ad = load_adapter(adapters["oft"])
     new, _ = rewind_adapter(ad, 0.25, scale_mode="sqrt")
@@ -89,8 +89,8 @@ def test_oft_layerwise_rewinding(deep_oft, mode, tmp_path):
     from peft import PeftModel
 
     from peftarena_cli.artifacts.adapters import load_adapter, save_adapter
-    from peftarena_cli.paths.oft_rotation import rotation_strengths
-    from peftarena_cli.paths.rewind import rewind_adapter
+    from peftarena_cli.interpolation.oft_rotation import rotation_strengths
+    from peftarena_cli.interpolation.rewind import rewind_adapter
 
     model_dir, ad_dir = deep_oft
     ad = load_adapter(ad_dir)
@@ -127,7 +127,7 @@ def test_oft_layerwise_rewinding(deep_oft, mode, tmp_path):
 
 
 def test_pick_criteria_hand_scored():
-    from peftarena_cli.paths.criteria import pick_alpha
+    from peftarena_cli.interpolation.criteria import pick_alpha
 
     curve = pd.DataFrame({"alpha": [0.0, 0.25, 0.5, 0.75, 1.0],
                           "target": [10.0, 30.0, 46.0, 52.0, 50.0],
@@ -144,7 +144,7 @@ def test_pick_criteria_hand_scored():
 
 def test_pick_rejects_bad_curves():
     from peftarena_cli.errors import InvalidArtifact, UsageError
-    from peftarena_cli.paths.criteria import pick_alpha
+    from peftarena_cli.interpolation.criteria import pick_alpha
 
     with pytest.raises(InvalidArtifact, match="no column"):
         pick_alpha(pd.DataFrame({"alpha": [0.0, 1.0], "score": [1.0, 2.0]}), "weighted")
@@ -159,8 +159,8 @@ def test_pick_rejects_bad_curves():
 def test_rewind_full_finetune_checkpoint(tiny_model_dir, tmp_path):
     from helpers import save_tiny_llama
 
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.paths.rewind import rewind_full
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
+    from peftarena_cli.interpolation.rewind import rewind_full
 
     ft_dir = save_tiny_llama(tmp_path / "ft", seed=4)
     out = rewind_full(WeightSource.from_ref(resolve_model(str(tiny_model_dir))),

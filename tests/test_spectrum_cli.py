@@ -53,7 +53,7 @@ def test_two_bare_files_piped_parquet(two_files, tmp_path):
 
 
 def test_selection_summary_and_cache(cli, two_files, tmp_path):
-    from peftarena_cli.geometry.spectrum import SUMMARY_COLUMNS
+    from peftarena_cli.spectral.spectrum import SUMMARY_COLUMNS
 
     base, adapter = two_files
     out, summ = tmp_path / "idx.parquet", tmp_path / "summ.parquet"

@@ -38,7 +38,7 @@ def np_fluct(x: np.ndarray) -> float:
 
 
 def test_fluctuation_hand_case():
-    from peftarena_cli.geometry.spectrum import fluctuation, moving_average5
+    from peftarena_cli.spectral.spectrum import fluctuation, moving_average5
 
     x = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
     # reflect padding: [0, 1 | 0 1 0 1 0 1 | 0, 1]; MA at i=0 is (0+1+0+1+0)/5 = 0.4
@@ -50,8 +50,8 @@ def test_fluctuation_hand_case():
 
 @pytest.mark.parametrize("case", ["lora", "oft_exact", "oft_neumann", "dora", "boft", "pissa_residual", "ia3"])
 def test_metrics_match_dense(case, tiny_model_dir, tmp_path):
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
 
     make_cfg, method, _ = METHOD_CASES[case]
     ad = make_adapter(tiny_model_dir, make_cfg(), tmp_path / case)
@@ -98,7 +98,7 @@ def test_metrics_match_dense(case, tiny_model_dir, tmp_path):
 
 
 def test_top_eigenvalue_matches_eigvalsh():
-    from peftarena_cli.geometry.spectrum import top_eigenvalue
+    from peftarena_cli.spectral.spectrum import top_eigenvalue
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 200, generator=g)
@@ -113,7 +113,7 @@ def test_top_eigenvalue_matches_eigvalsh():
 
 
 def test_top_eigenvalues_match_eigvalsh_with_multiplicity_and_low_rank():
-    from peftarena_cli.geometry.spectrum import top_eigenvalues
+    from peftarena_cli.spectral.spectrum import top_eigenvalues
 
     g = torch.Generator().manual_seed(1)
     for rows in (300, 3, 7):  # full rank, and rank 3 / 7 (an exhausted Krylov space)
@@ -135,8 +135,8 @@ def test_top_eigenvalues_match_eigvalsh_with_multiplicity_and_low_rank():
 def test_fluct_retention_is_the_study_formula_on_raw_delta_p(tiny_model_dir, tiny_lora_dir, tmp_path):
     """fluct_retention = mean |x − MA5(x)| of x = |ΔP_diag(i)| (reflect padding), from a dense float64
     computation; fluct_base_retention the same on P_diag/σ₁."""
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
 
     merged = peft_merged(tiny_model_dir, tiny_lora_dir)
     w0s = base_weights(tiny_model_dir)
@@ -154,9 +154,9 @@ def test_fluct_retention_is_the_study_formula_on_raw_delta_p(tiny_model_dir, tin
 
 def test_base_read_once_per_module_and_lowrank_never_dense(tiny_model_dir, tiny_lora_dir, tmp_path, monkeypatch):
     """Each base tensor is read once (no second model), and a LoRA's ΔW is never materialised."""
-    from peftarena_cli.artifacts.weights import WeightSource
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
     from peftarena_cli.weights.deltas import ModuleDelta
 
     reads = []
@@ -174,7 +174,7 @@ def test_base_read_once_per_module_and_lowrank_never_dense(tiny_model_dir, tiny_
 
 @pytest.mark.parametrize("shape", [(48, 20), (20, 48), (32, 32)])
 def test_thin_svd_matches_float64_svd(shape):
-    from peftarena_cli.geometry.base_svd import thin_svd
+    from peftarena_cli.spectral.base_svd import thin_svd
 
     g = torch.Generator().manual_seed(3)
     w = torch.randn(*shape, generator=g)
@@ -189,7 +189,7 @@ def test_thin_svd_matches_float64_svd(shape):
 
 
 def test_thin_svd_of_a_rank_deficient_matrix_falls_back_to_the_svd():
-    from peftarena_cli.geometry.base_svd import thin_svd
+    from peftarena_cli.spectral.base_svd import thin_svd
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(30, 3, generator=g) @ torch.randn(3, 20, generator=g)  # rank 3: 17 zero singular values
@@ -200,8 +200,8 @@ def test_thin_svd_of_a_rank_deficient_matrix_falls_back_to_the_svd():
 
 
 def test_parallel_workers_give_the_same_tables_in_order(tiny_model_dir, tiny_lora_dir, tmp_path):
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
 
     threads = torch.get_num_threads()
     one = compute_spectrum(str(tiny_model_dir), str(tiny_lora_dir), cache=BaseSvdCache(enabled=False), workers=1)
@@ -219,7 +219,7 @@ def test_parallel_workers_give_the_same_tables_in_order(tiny_model_dir, tiny_lor
 
 
 def test_thin_svd_leaves_out_u_only_where_it_can_be_derived():
-    from peftarena_cli.geometry.base_svd import left_vectors, thin_svd, ut_times
+    from peftarena_cli.spectral.base_svd import left_vectors, thin_svd, ut_times
 
     g = torch.Generator().manual_seed(5)
     tall = torch.randn(60, 24, generator=g)  # well conditioned: σ_1/σ_k ≈ 4
@@ -240,7 +240,7 @@ def test_thin_svd_leaves_out_u_only_where_it_can_be_derived():
 
 @pytest.mark.parametrize("shape", [(300, 200), (200, 200), (50, 30)])
 def test_blocked_gram_equals_the_product(shape):
-    from peftarena_cli.geometry.base_svd import gram
+    from peftarena_cli.spectral.base_svd import gram
 
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     g = gram(x)
@@ -249,8 +249,8 @@ def test_blocked_gram_equals_the_product(shape):
 
 
 def test_cache_entry_replaces_the_same_tensors_older_layout(tiny_model_dir, tmp_path):
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
-    from peftarena_cli.geometry import base_svd
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
+    from peftarena_cli.spectral import base_svd
 
     base = WeightSource.from_ref(resolve_model(str(tiny_model_dir)))
     key = "model.layers.0.mlp.gate_proj.weight"
@@ -278,8 +278,8 @@ def test_alignment_resolves_close_singular_values_of_a_near_orthogonal_rotation(
     from peft import OFTConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
 
     mod = "model.layers.0.self_attn.q_proj"
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float64)
@@ -310,7 +310,7 @@ def test_alignment_resolves_close_singular_values_of_a_near_orthogonal_rotation(
 
 
 def test_rotation_alignment_blocks_and_fallback():
-    from peftarena_cli.geometry.spectrum import MAX_CLUSTER, _intervals, rotation_alignment
+    from peftarena_cli.spectral.spectrum import MAX_CLUSTER, _intervals, rotation_alignment
 
     mask = torch.zeros(10, 10, dtype=torch.bool)
     mask[2, 3] = mask[4, 3] = mask[8, 6] = True
@@ -340,7 +340,7 @@ def test_eigh_uses_single_threaded_numpy_lapack_only_in_worker_threads():
 
     from threadpoolctl import threadpool_info
 
-    from peftarena_cli.geometry import base_svd
+    from peftarena_cli.spectral import base_svd
 
     def blas_threads():
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]

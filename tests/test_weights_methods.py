@@ -10,7 +10,7 @@ from references import METHOD_CASES, base_weights, lora_all_linear, peft_all_lin
 
 
 def check_against_peft(model_dir, adapter_dir, method, atol=2e-5, expect_form=None):
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
     ref = peft_merged(model_dir, adapter_dir)
@@ -69,7 +69,7 @@ def test_oft_cayley_variants_are_transposed(tiny_model_dir, tmp_path):
     """Same saved generator, the two Cayley variants: exact R vs the series give (nearly) Rᵀ."""
     import json
 
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
     ad = make_adapter(tiny_model_dir, METHOD_CASES["oft_exact"][0](), tmp_path / "oft", scale=0.01)
@@ -111,7 +111,7 @@ def test_full_finetune_delta(tiny_model_dir, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
     ft_dir = tmp_path / "full"
@@ -139,7 +139,7 @@ def test_milora_residual_and_converted(tiny_model_dir, tmp_path):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
     from peftarena_cli.training.methods import milora_init
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 

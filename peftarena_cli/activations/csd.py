@@ -95,7 +95,7 @@ def csd_table(base, ft, sets: dict, modules: list[str] | None = None, alphas=(1.
               callback=None, eps: float = EPS, layers: list[int] | None = None, low_rank: bool = True):
     """CSD per changed module for every prompt set in ``sets`` (a DataFrame, one row per module × α).
 
-    ``base`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource`, ``ft`` an
+    ``base`` is a :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource`, ``ft`` an
     :func:`~peftarena_cli.weights.finetuned.open_finetuned` result. ``modules`` restricts the
     modules (default: every module the fine-tune changes that the statistics cover); ``layers``, if
     given, must hold every layer of them (it only spares reading the other layers' weights).

@@ -102,7 +102,7 @@ def load_stats(path, device: str = "cpu") -> tuple[dict[str, InputMoments], dict
     """Read a stats file: ``({set: InputMoments}, metadata)``."""
     from safetensors import safe_open
 
-    from peftarena_cli.artifacts.weights import check_safetensors
+    from peftarena_cli.artifacts.safetensors_io import check_safetensors
 
     p = Path(path)
     if not p.is_file():

@@ -15,7 +15,7 @@ their row-L2-normalised versions Z0, Z1, one :class:`PairSums` holds
   median angle has no fixed-size sufficient statistic. Additive too (concatenation).
 
 Memory is 6d² + 2d numbers per module (float64 by default) plus one number per token. Every
-act-geom metric follows from these (see :mod:`peftarena_cli.activations.geometry`).
+act-geom metric follows from these (see :mod:`peftarena_cli.activations.metrics`).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def save_sums(path, sets: dict[str, dict[str, PairSums]], meta: dict | None = No
 def load_sums(path, device: str = "cpu") -> tuple[dict[str, dict[str, PairSums]], dict]:
     from safetensors import safe_open
 
-    from peftarena_cli.artifacts.weights import check_safetensors
+    from peftarena_cli.artifacts.safetensors_io import check_safetensors
 
     p = Path(path)
     if not p.is_file():

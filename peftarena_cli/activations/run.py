@@ -175,7 +175,7 @@ def run_csd(cfg: CsdConfig, progress=_NoProgress, log=_quiet, warn=_quiet) -> Cs
                                                    weights_fingerprint)
     from peftarena_cli.activations.prompts import parse_shard
     from peftarena_cli.artifacts.loading import pick_device
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
 
     cfg.validate()
     shard = parse_shard(cfg.shard)
@@ -378,7 +378,7 @@ def _check_projected_budget(cfg, factors: dict, tokenized: list, device: str) ->
 
 def _low_rank_factors(ref, ft, wanted: list, device: str) -> dict | None:
     """{module: (B, A)} for every wanted module, or None when one of them is not low-rank."""
-    from peftarena_cli.artifacts.weights import WeightSource
+    from peftarena_cli.artifacts.safetensors_io import WeightSource
     from peftarena_cli.weights.deltas import iter_module_deltas
 
     want = set(wanted)
@@ -501,7 +501,7 @@ def metrics_table(sets: dict, samples: dict | None = None, rows: list | None = N
     ``workers`` modules' metrics at once (default: torch's thread count)."""
     import pandas as pd
 
-    from peftarena_cli.activations.geometry import module_rows
+    from peftarena_cli.activations.metrics import module_rows
 
     rows = list(rows or [])
     for sname, mods in sets.items():
@@ -515,7 +515,7 @@ def check_sums_inputs(meta: dict, base: str | None, adapter: str | None) -> None
         if spec is not None and meta.get(f"{role}_identity"):
             from peftarena_cli.activations.moments import weights_fingerprint
             from peftarena_cli.artifacts.adapters import is_adapter_path, load_adapter
-            from peftarena_cli.artifacts.weights import resolve_model
+            from peftarena_cli.artifacts.safetensors_io import resolve_model
 
             full = role == "base" or not is_adapter_path(spec)
             ident = weights_fingerprint(resolve_model(spec)) if full else load_adapter(spec).identity()
@@ -537,7 +537,7 @@ def run_act_geom(cfg: ActGeomConfig, progress=_NoProgress, log=_quiet, warn=_qui
     from peftarena_cli.activations.capture import linear_module_names
     from peftarena_cli.artifacts.keys import select_modules
     from peftarena_cli.activations.collect import collect_pair_sums
-    from peftarena_cli.activations.geometry import module_rows
+    from peftarena_cli.activations.metrics import module_rows
     from peftarena_cli.activations.moments import weights_fingerprint
     from peftarena_cli.artifacts.adapters import is_adapter_path, load_adapter
     from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device

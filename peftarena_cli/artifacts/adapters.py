@@ -21,7 +21,7 @@ from pathlib import Path
 from peftarena_cli import __version__
 from peftarena_cli.artifacts.atomic import atomic_dir, atomic_path
 from peftarena_cli.artifacts.identity import path_identity
-from peftarena_cli.artifacts.weights import WEIGHT_SUFFIXES, check_safetensors
+from peftarena_cli.artifacts.safetensors_io import WEIGHT_SUFFIXES, check_safetensors
 from peftarena_cli.errors import AdapterError, InputNotFound, InvalidArtifact, NumericalError, OutputError, UnsupportedMethod
 from peftarena_cli.methods import all_markers
 

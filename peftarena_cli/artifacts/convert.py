@@ -1,6 +1,6 @@
 """Converting a registry alias's GGUF into a safetensors model directory, once, under the cache.
 
-:func:`ensure_model` is what resolving an alias (:func:`peftarena_cli.artifacts.weights.resolve_model`)
+:func:`ensure_model` is what resolving an alias (:func:`peftarena_cli.artifacts.safetensors_io.resolve_model`)
 calls: the cached directory, converted on first use under a lock. The aliases themselves are
 :mod:`peftarena_cli.registry`.
 """

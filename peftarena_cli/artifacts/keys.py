@@ -35,7 +35,7 @@ def module_of_key(key: str) -> tuple[str, str] | None:
 def base_key(base, module: str) -> str | None:
     """The base's weight key for ``module`` (tolerates a missing/extra ``model.`` prefix).
 
-    ``base`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource` (anything with ``in`` and
+    ``base`` is a :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource` (anything with ``in`` and
     ``find``)."""
     cands = [module + ".weight"]
     if module.startswith("model."):

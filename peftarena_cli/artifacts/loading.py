@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from peftarena_cli.artifacts.adapters import Adapter, check_finite, load_adapter, peft_dir_for
-from peftarena_cli.artifacts.weights import ModelRef, resolve_model
+from peftarena_cli.artifacts.safetensors_io import ModelRef, resolve_model
 from peftarena_cli.errors import DeviceNotAvailable, IncompatibleInputs, InvalidArtifact, UsageError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",

@@ -57,7 +57,7 @@ def csd_cmd(
     from peftarena_cli.activations.run import CsdConfig, run_csd
     from peftarena_cli.artifacts.guard import check_outputs, check_weights_output
     from peftarena_cli.cli.common import Progress, emit_table, info, provenance_for, warn
-    from peftarena_cli.paths.alphas import check_alphas
+    from peftarena_cli.interpolation.alphas import check_alphas
 
     alphas = tuple(alpha) if alpha else (1.0,)
     cfg = CsdConfig(base=base, adapter=adapter, general=general, target=target, stats=list(stats or []),

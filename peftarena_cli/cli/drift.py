@@ -46,7 +46,7 @@ def drift_cmd(
     from peftarena_cli.artifacts.atomic import check_output_parent
     from peftarena_cli.cli.common import Progress, emit_table, provenance_for
     from peftarena_cli.errors import UsageError
-    from peftarena_cli.paths.alphas import parse_alphas
+    from peftarena_cli.interpolation.alphas import parse_alphas
 
     grid = parse_alphas(alphas, False)
     chosen = [s.strip().lower() for s in sets.split(",") if s.strip()]
@@ -61,7 +61,7 @@ def drift_cmd(
         check_output_parent(output)
     from peftarena_cli.evaluation.api import load_general_tasks, load_target_tasks
     from peftarena_cli.evaluation.drift import drift_summary, measure_drift
-    from peftarena_cli.paths.sweep import open_path_model
+    from peftarena_cli.interpolation.sweep import open_path_model
 
     prompt_sets = {}
     if "target" in chosen:

@@ -83,7 +83,7 @@ def _load_for_backend(base, dtype, device, backend, seed):
     if backend != "vllm":
         return load_model(base, dtype=dtype, device=device)
     from peftarena_cli.artifacts.loading import config_dir, load_tokenizer
-    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.artifacts.safetensors_io import resolve_model
     from peftarena_cli.evaluation.vllm_backend import VllmModel
 
     ref = resolve_model(base)

@@ -47,7 +47,7 @@ def interpolate_cmd(
     from peftarena_cli.artifacts.atomic import check_output_parent
     from peftarena_cli.artifacts.guard import check_outputs
     from peftarena_cli.cli.common import Progress, emit_table, provenance_for
-    from peftarena_cli.paths.interpolate import InterpolateConfig, check_interpolate, interpolate
+    from peftarena_cli.interpolation.interpolate import InterpolateConfig, check_interpolate, interpolate
 
     kinds = [k.strip().lower() for k in (evals or "").split(",") if k.strip()]
     cfg = InterpolateConfig(

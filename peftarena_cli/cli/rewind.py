@@ -38,7 +38,7 @@ def rewind_cmd(
         peftarena rewind runs/oft --curve curve.parquet --pick keep-target:0.9 --layerwise safescale -o oft-rewound.safetensors
     """
     from peftarena_cli.cli.common import Progress
-    from peftarena_cli.paths.rewind import RewindConfig, rewind
+    from peftarena_cli.interpolation.rewind import RewindConfig, rewind
 
     cfg = RewindConfig(finetuned=finetuned, output=str(output), alpha=alpha, curve=None if curve is None else str(curve),
                        pick=pick, layerwise=layerwise, generator_scale=generator_scale, base=base,

@@ -73,8 +73,8 @@ def spectrum_cmd(
     from peftarena_cli.artifacts.loading import pick_device
     from peftarena_cli.cli.common import Progress, emit_table, info, provenance_for
     from peftarena_cli.errors import UsageError
-    from peftarena_cli.geometry.base_svd import BaseSvdCache
-    from peftarena_cli.geometry.spectrum import compute_spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+    from peftarena_cli.spectral.spectrum import compute_spectrum
 
     if table not in ("index", "summary"):
         raise UsageError(f"--table {table!r}: expected index or summary")

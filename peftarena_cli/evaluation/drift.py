@@ -6,7 +6,7 @@ mean over continuation positions of KL(p_base ‖ p_tuned). Where an item has a 
 (arithmetic answers, BBH targets, fact answers), the same is done on prompt + reference
 (``source = "reference"``). Forward passes only: no sampling, no scoring.
 
-The base and the fine-tune are the same path model (:mod:`peftarena_cli.paths`) at α = 0 and at each
+The base and the fine-tune are the same path model (:mod:`peftarena_cli.interpolation`) at α = 0 and at each
 requested α, so one model is loaded, α = 0 gives exactly 0 (the same weights, the same computation),
 and a sweep over α costs one more forward pass per α. Core code: no printing; progress goes to
 ``callback(done, total, label)``.
@@ -83,7 +83,7 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
                   reference: bool = True, callback=None):
     """Drift rows for ``prompt_sets`` = {set name: [Task, ...]} at each α of ``alphas``.
 
-    ``path_model`` has ``set_alpha(a)`` and ``model`` (see :mod:`peftarena_cli.paths.inplace`); α = 0
+    ``path_model`` has ``set_alpha(a)`` and ``model`` (see :mod:`peftarena_cli.interpolation.inplace`); α = 0
     is the base. Returns a DataFrame with :data:`DRIFT_COLUMNS`.
     """
     import pandas as pd

@@ -166,7 +166,7 @@ def _per_set_means(df, metrics, prefix: str) -> dict[str, float]:
 
 
 def fluctuation(x) -> float:
-    """mean |x − MA₅(x)|, MA₅ centred, reflect padding (as ``peftarena_cli.geometry.spectrum.fluctuation``)."""
+    """mean |x − MA₅(x)|, MA₅ centred, reflect padding (as ``peftarena_cli.spectral.spectrum.fluctuation``)."""
     x = np.asarray(x, dtype=float)
     if len(x) == 0:
         return math.nan

@@ -242,7 +242,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
 
     from peftarena_cli.artifacts.loading import load_model, pick_device
     from peftarena_cli.artifacts.tables import Provenance
-    from peftarena_cli.artifacts.weights import resolve_model
+    from peftarena_cli.artifacts.safetensors_io import resolve_model
     from peftarena_cli.training import methods
     from peftarena_cli.training.data import load_train_data
 

@@ -1,7 +1,7 @@
 """One linear module's update ΔW = W1 − W0, formed per PEFT method, one module at a time.
 
 :func:`iter_module_deltas` walks the modules a fine-tune changes, reads each base weight lazily
-from a :class:`~peftarena_cli.artifacts.weights.WeightSource`, asks the method's former (one file per
+from a :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource`, asks the method's former (one file per
 method in this package, named by the registry :mod:`peftarena_cli.methods`) for the update's structure, and yields a :class:`ModuleDelta`.
 Low-rank updates stay as factors (ΔW = B @ A); ``dense()`` materialises only the current module.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peftarena_cli.artifacts.keys import base_key, canonical_order, module_kind, module_layer, select_modules
-from peftarena_cli.artifacts.weights import WeightSource
+from peftarena_cli.artifacts.safetensors_io import WeightSource
 from peftarena_cli.errors import IncompatibleInputs, NumericalError, UsageError
 from peftarena_cli.methods import METHODS, get_method, load_former
 from peftarena_cli.weights.finetuned import Finetuned

@@ -2,7 +2,7 @@
 
 :func:`open_finetuned` decides which, from the path alone. An adapter's tensors are small and are
 loaded at once; a full fine-tuned model is read lazily through a
-:class:`~peftarena_cli.artifacts.weights.WeightSource`, one tensor at a time.
+:class:`~peftarena_cli.artifacts.safetensors_io.WeightSource`, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from peftarena_cli.artifacts.adapters import Adapter, is_adapter_path, load_adapter
 from peftarena_cli.artifacts.keys import module_of_key
-from peftarena_cli.artifacts.weights import ModelRef, WeightSource, linear_weight_names, module_name, resolve_model
+from peftarena_cli.artifacts.safetensors_io import ModelRef, WeightSource, linear_weight_names, module_name, resolve_model
 from peftarena_cli.errors import UnsupportedMethod
 from peftarena_cli.methods import method_name, peft_types
 

@@ -10,8 +10,8 @@ W1 = W0 Rᵀ. The two Cayley variants PEFT uses give transposed rotations for th
 
 The variant is read from the config (PEFT's default when absent, :func:`variant_of`) and reported
 in ``form``. The rotation construction here (:func:`cayley`) is also what the interpolation paths
-use (:mod:`peftarena_cli.paths.inplace`, ρ and layer-wise rewinding in
-:mod:`peftarena_cli.paths.oft_rotation`).
+use (:mod:`peftarena_cli.interpolation.inplace`, ρ and layer-wise rewinding in
+:mod:`peftarena_cli.interpolation.oft_rotation`).
 ``coft`` adapters are projected onto the ε-ball first, as PEFT's merge does; ``block_share``
 repeats the single stored block.
 """

@@ -3,7 +3,7 @@
 :func:`rewind` is the entry point (what ``peftarena rewind`` calls, with a :class:`RewindConfig`).
 
 * An adapter becomes a new adapter of the same PEFT type and config (native path, see
-  :mod:`peftarena_cli.paths.native`), loadable with ``PeftModel.from_pretrained``; OFT adapters
+  :mod:`peftarena_cli.interpolation.native`), loadable with ``PeftModel.from_pretrained``; OFT adapters
   can additionally be rewound layer-wise (SafeScale / MinScale, :mod:`oft_rotation`).
 * A full fine-tune becomes a full checkpoint W0 + α(W1 − W0) for every tensor (dense path).
 """
@@ -22,14 +22,14 @@ from peftarena_cli.artifacts.guard import check_outputs
 from peftarena_cli.artifacts.identity import path_identity
 from peftarena_cli.artifacts.keys import base_key
 from peftarena_cli.artifacts.tables import read_table
-from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
 from peftarena_cli.errors import IncompatibleInputs, OutputError, UnsupportedMethod, UsageError
 from peftarena_cli.methods import get_method
-from peftarena_cli.paths.alphas import check_alphas
-from peftarena_cli.paths.criteria import pick_alpha
-from peftarena_cli.paths.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
+from peftarena_cli.interpolation.alphas import check_alphas
+from peftarena_cli.interpolation.criteria import pick_alpha
+from peftarena_cli.interpolation.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
                                         native_method, scale_adapter_tensors)
-from peftarena_cli.paths.oft_rotation import layerwise_scales, rotation_strengths
+from peftarena_cli.interpolation.oft_rotation import layerwise_scales, rotation_strengths
 from peftarena_cli.weights.finetuned import open_finetuned
 
 

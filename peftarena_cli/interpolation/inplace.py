@@ -1,14 +1,14 @@
 """One loaded model, moved along a path in place: ``set_alpha(α)`` never reloads anything.
 
 * :class:`NativePathModel` wraps a live ``PeftModel`` and copies the adapter's natively scaled
-  tensors (:func:`peftarena_cli.paths.native.scale_adapter_tensors`) into it: a copy of the
+  tensors (:func:`peftarena_cli.interpolation.native.scale_adapter_tensors`) into it: a copy of the
   adapter's size per α, and PEFT's own forward does the rest.
 * :class:`DensePathModel` holds a plain model plus, for each changed weight, W0 and ΔW, and
   writes W0 + αΔW into the weight (one fused add per module per α).
 
 Where the pieces come from:
 
-* ΔW of an adapter: :func:`peftarena_cli.paths.sweep.dense_deltas_from_adapter` (the method's
+* ΔW of an adapter: :func:`peftarena_cli.interpolation.sweep.dense_deltas_from_adapter` (the method's
   former in ``peftarena_cli.weights``);
 * ΔW of a full fine-tune: :func:`dense_deltas_from_full` (every parameter that differs, read
   lazily from the fine-tuned checkpoint one tensor at a time).
@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peftarena_cli.errors import IncompatibleInputs, NumericalError
-from peftarena_cli.paths.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
+from peftarena_cli.interpolation.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
                                         native_method, scale_adapter_tensors)
-from peftarena_cli.paths.oft_rotation import OFT_KEY_SUFFIX
+from peftarena_cli.interpolation.oft_rotation import OFT_KEY_SUFFIX
 from peftarena_cli.weights.oft import cayley, oft_parts, orthogonality_error, variant_of
 
 
@@ -282,7 +282,7 @@ def _check_finite(name: str, t) -> None:
 def dense_deltas_from_full(model, finetuned_source, callback=None):
     """(w0, delta) for every parameter of ``model`` (the base) that differs in the fine-tuned checkpoint.
 
-    ``finetuned_source`` is a :class:`~peftarena_cli.artifacts.weights.WeightSource`; tensors are
+    ``finetuned_source`` is a :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource`; tensors are
     read one at a time. Parameters missing from the checkpoint (tied heads) are left alone.
     """
     import torch

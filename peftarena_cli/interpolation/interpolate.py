@@ -1,6 +1,6 @@
 """The interpolation sweep as one call: :func:`interpolate` is what ``peftarena interpolate`` runs.
 
-It loads the base once, builds the path model (:func:`peftarena_cli.paths.sweep.open_path_model`),
+It loads the base once, builds the path model (:func:`peftarena_cli.interpolation.sweep.open_path_model`),
 evaluates each α with the evaluation API, adds CSD columns from saved second moments, writes
 ``--save-checkpoints`` points, and returns the curve and the per-sample and per-module rows. The
 caller writes the tables (docs/interpolate.md lists their columns).
@@ -17,10 +17,10 @@ from pathlib import Path
 from peftarena_cli.activations.moments import check_stats_base, merge_stats_files, weights_fingerprint
 from peftarena_cli.artifacts.atomic import atomic_write_text, clean_stale_tmp
 from peftarena_cli.errors import OutputError, UsageError
-from peftarena_cli.paths.alphas import parse_alphas
-from peftarena_cli.paths.csd_path import path_csd
-from peftarena_cli.paths.native import check_generator_scale
-from peftarena_cli.paths.sweep import open_path_model, run_sweep, save_checkpoint
+from peftarena_cli.interpolation.alphas import parse_alphas
+from peftarena_cli.interpolation.csd_path import path_csd
+from peftarena_cli.interpolation.native import check_generator_scale
+from peftarena_cli.interpolation.sweep import open_path_model, run_sweep, save_checkpoint
 
 EVAL_KINDS = ("target", "general")
 SWEEP_MANIFEST = "sweep.json"

@@ -1,7 +1,7 @@
 """An interpolation sweep: open one path model, then for each α set it in place and evaluate.
 
 :func:`open_path_model` loads the base model once and returns a path model (native or dense, see
-:mod:`peftarena_cli.paths.inplace`); :func:`run_sweep` walks the α grid and returns the curve
+:mod:`peftarena_cli.interpolation.inplace`); :func:`run_sweep` walks the α grid and returns the curve
 (one row per α) plus the per-sample rows of every evaluation (with an ``alpha`` column).
 
 Curve columns (docs/interpolate.md): ``alpha``, ``path``, ``method``, ``generator_scale``,
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from peftarena_cli.artifacts.adapters import Adapter, save_adapter
 from peftarena_cli.artifacts.atomic import atomic_dir
 from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
-from peftarena_cli.artifacts.weights import WeightSource
+from peftarena_cli.artifacts.safetensors_io import WeightSource
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod, UsageError
 from peftarena_cli.methods import get_method, native_methods
-from peftarena_cli.paths.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
-from peftarena_cli.paths.native import check_relative_to_base
-from peftarena_cli.paths.oft_rotation import layerwise_scales
+from peftarena_cli.interpolation.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
+from peftarena_cli.interpolation.native import check_relative_to_base
+from peftarena_cli.interpolation.oft_rotation import layerwise_scales
 from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
 Evaluator = Callable[[object, object], tuple]  # (model, tokenizer) -> (per_sample_df, summary_df)

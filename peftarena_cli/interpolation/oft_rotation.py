@@ -36,7 +36,7 @@ import math
 from collections import defaultdict
 
 from peftarena_cli.errors import UsageError
-from peftarena_cli.paths.native import layer_of_key
+from peftarena_cli.interpolation.native import layer_of_key
 from peftarena_cli.weights.oft import block_size_of, cayley, variant_of
 
 OFT_KEY_SUFFIX = ".oft_R.weight"

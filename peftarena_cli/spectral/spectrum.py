@@ -26,7 +26,7 @@ Structure used instead of dense work (exact, not approximations):
   so v_i(W1) comes from the eigenvectors of Σ² + Σ(D + C + Cᵀ)Σ, taken to first order and
   exactly inside blocks of strongly mixed indices (:func:`rotation_alignment`), with no SVD of W1.
   Beyond that tolerance, and for BOFT's scale, W1 is decomposed;
-* the SVD of W0 comes from :class:`~peftarena_cli.geometry.base_svd.BaseSvdCache`.
+* the SVD of W0 comes from :class:`~peftarena_cli.spectral.base_svd.BaseSvdCache`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peftarena_cli.geometry.base_svd import BaseSvdCache, gram, left_vectors, single_threaded_numpy_lapack, ut_times
+from peftarena_cli.spectral.base_svd import BaseSvdCache, gram, left_vectors, single_threaded_numpy_lapack, ut_times
 
 TOP_SV = 5  # singular values of ΔW reported per module (the study's delta_sv_top5)
 INDEX_COLUMNS = ["module", "layer", "kind", "index", "sigma", "p_diag", "delta_p", "energy", "sva"]
@@ -480,7 +480,7 @@ def compute_spectrum(
 
     from peftarena_cli.artifacts.keys import base_key
     from peftarena_cli.artifacts.tables import arrow_table
-    from peftarena_cli.artifacts.weights import WeightSource, resolve_model
+    from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
     from peftarena_cli.artifacts.keys import select_modules
 

@@ -63,7 +63,7 @@ class BaseSvdCache:
         path = self.path_for(tid) if self.enabled else None
         if path is not None and path.is_file():
             try:
-                from peftarena_cli.artifacts.weights import WeightSource
+                from peftarena_cli.artifacts.safetensors_io import WeightSource
 
                 src = WeightSource(path, device=str(w0.device))
                 u, s, vh = src.get("U") if "U" in src else None, src.get("S"), src.get("Vh")
