@@ -12,7 +12,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import run_cli  # noqa: E402
 from report_synth import MODULES, SCORES, make_runs  # noqa: E402
 
 from peftarena_cli.artifacts.tables import read_table, write_table  # noqa: E402
@@ -211,13 +210,13 @@ def test_library_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ CLI
-def test_cli_writes_the_report(runs, tmp_path):
+def test_cli_writes_the_report(cli, runs, tmp_path):
     out = tmp_path / "report"
     args = ["report", runs, "-o", out]
     if REFERENCE.is_file():
         args += ["--reference", REFERENCE]
-    r = run_cli(*args)
-    assert r.returncode == 0, r.stderr.decode()
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
     assert r.stdout == b""  # nothing on stdout: the report is a directory
     names = {p.name for p in out.iterdir()}
     assert {"plane.png", "plane.svg", "spectrum.png", "leaderboard.md", "leaderboard.parquet", "correlations.parquet"} <= names
@@ -228,7 +227,7 @@ def test_cli_writes_the_report(runs, tmp_path):
     assert lb.set_index("method").loc["full", "forgetting"] == pytest.approx(15.0)
     corr, _ = read_table(out / "correlations.parquet")
     assert list(corr.columns)[:5] == ["metric", "against", "pearson", "spearman", "n"]
-    err = r.stderr.decode()
+    err = r.stderr
     assert "report written to" in err and "full" in err and "+32.00" in err
     md = (out / "leaderboard.md").read_text()
     assert "| full | 96 | 52.00 | 35.00 | +32.00 | +15.00 | – | – | ✓ |" in md  # no shared per-sample rows: no p
@@ -256,7 +255,7 @@ def test_multi_model_eval_summary_is_split(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "corrupt", "foreign_out", "bad_reference", "bad_select"])
-def test_cli_bad_input(case, runs, tmp_path):
+def test_cli_bad_input(cli, case, runs, tmp_path):
     out = tmp_path / "out"
     args = [runs]
     code = 1
@@ -278,9 +277,9 @@ def test_cli_bad_input(case, runs, tmp_path):
     elif case == "bad_select":
         args += ["--reference-select", "model"]
         code = 2
-    r = run_cli("report", *args, "-o", out)
-    assert r.returncode == code, r.stderr.decode()
-    err = r.stderr.decode()
+    r = cli("report", *args, "-o", out)
+    assert r.returncode == code, r.stderr
+    err = r.stderr
     assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
     if case == "foreign_out":
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
