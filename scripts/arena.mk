@@ -17,21 +17,12 @@ ARENA_RUNS     ?= runs/arena
 ARENA_METHODS  ?= full lora pissa dora vera oft miss
 
 # Training (SFT on the built-in arithmetic task). Steps are few so that the CPU budget holds; the
-# learning rates are raised accordingly (docs/report.md, "make demo / make arena"). LR_<method> is the
-# method registry's arena_lr (peftarena_cli/methods.py); `make arena LR_lora=5e-4` overrides it.
+# learning rates are raised accordingly (docs/report.md, "make demo / make arena"): the method registry's
+# arena_lr (peftarena_cli/methods.py); `make arena LR_lora=5e-4` overrides one.
 STEPS          ?= 30
 BATCH          ?= 4
-LR_full        ?= $(shell $(PY) -m peftarena_cli.methods lr full)
-LR_lora        ?= $(shell $(PY) -m peftarena_cli.methods lr lora)
-LR_pissa       ?= $(shell $(PY) -m peftarena_cli.methods lr pissa)
-LR_dora        ?= $(shell $(PY) -m peftarena_cli.methods lr dora)
-LR_vera        ?= $(shell $(PY) -m peftarena_cli.methods lr vera)
-LR_oft         ?= $(shell $(PY) -m peftarena_cli.methods lr oft)
-LR_miss        ?= $(shell $(PY) -m peftarena_cli.methods lr miss)
-LR_ia3         ?= $(shell $(PY) -m peftarena_cli.methods lr ia3)
-LR_boft        ?= $(shell $(PY) -m peftarena_cli.methods lr boft)
-LR_milora      ?= $(shell $(PY) -m peftarena_cli.methods lr milora)
-LR_adalora     ?= $(shell $(PY) -m peftarena_cli.methods lr adalora)
+# a method's learning rate: LR_<method> when given, else the registry's arena_lr (one place for both)
+lr_of = $(or $(LR_$(1)),$(shell $(PY) -m peftarena_cli.methods lr $(1)))
 # Evaluation sizes (items per task / per built-in general part) and analysis sizes (prompts per set).
 # The demo keeps small evals (its intervals are honest, and wide); the arena's are sized for a 95 %
 # half-width of about 5 points on target gain and 3 on general forgetting (docs/report.md, "Power":
@@ -188,9 +179,9 @@ $(REPORT)/leaderboard.parquet: $(EVALS) $(ANALYSES) $(CURVES) $(REWOUND) $(PATHE
 every = $(shell echo $$(( ($(1) + $(TRAJ_POINTS) - 1) / $(TRAJ_POINTS) )))
 train_args = $(if $(filter rlvr,$(call regime,$(1))),\
 	--regime rlvr --data $(TASK) --steps $(RL_STEPS) --batch-size $(RL_BATCH) --num-generations $(RL_GENERATIONS) \
-	--max-completion-length $(RL_MAX_TOKENS) --temperature $(RL_TEMPERATURE) --lr $(shell $(VENV)/bin/python -c "print($(LR_$(call meth,$(1))) * $(RL_LR_FACTOR))") \
+	--max-completion-length $(RL_MAX_TOKENS) --temperature $(RL_TEMPERATURE) --lr $(shell $(VENV)/bin/python -c "print($(call lr_of,$(call meth,$(1))) * $(RL_LR_FACTOR))") \
 	--save-every $(call every,$(RL_STEPS)),\
-	$(if $(findstring -,$(1)),--data $(TASK)) --steps $(STEPS) --batch-size $(BATCH) --lr $(LR_$(call meth,$(1))) \
+	$(if $(findstring -,$(1)),--data $(TASK)) --steps $(STEPS) --batch-size $(BATCH) --lr $(call lr_of,$(call meth,$(1))) \
 	--save-every $(if $(findstring -,$(1)),$(call every,$(STEPS)),$(STEPS)))
 
 $(RUNS)/%/train/.done:
