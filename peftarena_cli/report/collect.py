@@ -250,3 +250,24 @@ def adapter_from_provenance(m: MethodResults) -> Path | None:
                     if spec and os.path.exists(spec):
                         return Path(spec)
     return None
+
+
+def read_manifest(directory: Path | None, adapter: Path | None = None) -> dict | None:
+    """A finetune run's ``manifest.json`` for a method directory or adapter: beside the adapter's
+    ``final/``, in the adapter directory, in the method directory or in its ``train/`` (the first
+    readable one); None when there is none."""
+    import json
+
+    cands = []
+    if adapter is not None:
+        a = Path(adapter)
+        cands += [a.parent / "manifest.json", a / "manifest.json"]
+    if directory is not None:
+        cands += [Path(directory) / "manifest.json", Path(directory) / "train" / "manifest.json"]
+    for c in cands:
+        if c.is_file():
+            try:
+                return json.loads(c.read_text())
+            except (OSError, ValueError):
+                continue
+    return None

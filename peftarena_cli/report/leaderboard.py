@@ -109,21 +109,10 @@ def count_trainable_params(path: Path | None) -> float:
 def trainable_from_manifest(directory: Path | None, adapter: Path | None) -> float:
     """``trainable_params`` from a finetune run's ``manifest.json`` (beside the adapter's ``final/``,
     in the method directory, or in its ``train/``); NaN when there is none."""
-    cands = []
-    if adapter is not None:
-        a = Path(adapter)
-        cands += [a.parent / "manifest.json", a / "manifest.json"]
-    if directory is not None:
-        cands += [Path(directory) / "manifest.json", Path(directory) / "train" / "manifest.json"]
-    for c in cands:
-        if c.is_file():
-            try:
-                v = json.loads(c.read_text()).get("trainable_params")
-            except (OSError, ValueError):
-                continue
-            if isinstance(v, (int, float)):
-                return float(v)
-    return math.nan
+    from peftarena_cli.report.collect import read_manifest
+
+    v = (read_manifest(directory, adapter) or {}).get("trainable_params")
+    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def _select_modules(df, modules: str | None):

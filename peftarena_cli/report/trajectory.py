@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -24,26 +23,12 @@ PATH_DIR = "path"
 _STEP = re.compile(r"checkpoint-(\d+)")
 
 
-def _manifest(directory: Path | None, adapter: Path | None) -> dict | None:
-    cands = []
-    if adapter is not None:
-        a = Path(adapter)
-        cands += [a.parent / "manifest.json", a / "manifest.json"]
-    if directory is not None:
-        cands += [Path(directory) / "manifest.json", Path(directory) / "train" / "manifest.json"]
-    for c in cands:
-        if c.is_file():
-            try:
-                return json.loads(c.read_text())
-            except (OSError, ValueError):
-                continue
-    return None
-
-
 def run_info(directory: Path | None, adapter: Path | None = None) -> dict:
     """{"regime": "sft" | "rlvr" | None, "train_method": name or None, "steps": int or None} of a method
     directory, from its finetune manifest; Nones when there is no manifest."""
-    man = _manifest(directory, adapter)
+    from peftarena_cli.report.collect import read_manifest
+
+    man = read_manifest(directory, adapter)
     if not man:
         return {"regime": None, "train_method": None, "steps": None}
     cfg = man.get("config") or {}
