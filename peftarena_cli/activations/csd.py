@@ -57,6 +57,13 @@ def csd_metrics(S, h2: float, w0, dw, eps: float = EPS, factors=None) -> dict:
             "csd_un": e_dw / ((fro2 + eps) * (h2 + eps)), "w0_energy": e_w0, "delta_fro2": fro2}
 
 
+def _add_ratios(row: dict, sets: dict, eps: float) -> None:
+    """The general/target ratios of a row that has both prompt sets (csd_ratio_abs, _rel, _un)."""
+    if "general" in sets and "target" in sets:
+        for k in ("csd_abs", "csd_rel", "csd_un"):
+            row[f"csd_ratio_{k[4:]}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
+
+
 def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,), eps: float = EPS,
              factors=None) -> list[dict]:
     """Table rows for one module: one per α, with columns per prompt set and the G/T ratios.
@@ -84,9 +91,7 @@ def csd_rows(name: str, layer: int, kind: str, w0, dw, sets: dict, alphas=(1.0,)
             row[f"h2_{role}"] = m.h2(name)
             row[f"w0h2_{role}"] = r["w0_energy"]  # E‖W0 h‖², csd_rel's denominator (the study reports it)
             row[f"n_tokens_{role}"] = m.n(name)
-        if "general" in sets and "target" in sets:
-            for k in ("csd_abs", "csd_rel", "csd_un"):
-                row[f"csd_ratio_{k[4:]}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
+        _add_ratios(row, sets, eps)
         rows.append(row)
     return rows
 
@@ -158,8 +163,6 @@ def csd_rows_projected(name: str, layer: int, kind: str, factors, sets: dict, al
             row[f"h2_{role}"] = h2
             row[f"w0h2_{role}"] = e_w0
             row[f"n_tokens_{role}"] = m.n(name)
-        if "general" in sets and "target" in sets:
-            for k in ("csd_abs", "csd_rel", "csd_un"):
-                row[f"csd_ratio_{k[4:]}"] = row[f"{k}_general"] / (row[f"{k}_target"] + eps)
+        _add_ratios(row, sets, eps)
         rows.append(row)
     return rows
