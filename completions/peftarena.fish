@@ -85,6 +85,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l batch-siz
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l max-new-tokens
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l protocol
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l backend
+complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l merge
+complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l no-merge
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l responses
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l summary
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l output
@@ -109,6 +111,8 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l include-ba
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l batch-size
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l max-new-tokens
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l backend
+complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l merge
+complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l no-merge
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l responses
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l summary
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l output

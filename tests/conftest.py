@@ -28,7 +28,7 @@ def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from peft import LoraConfig
 
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
-    return make_adapter(tiny_model_dir, cfg, tmp_path_factory.mktemp("lora") / "adapter")
+    return make_adapter(tiny_model_dir, cfg, tmp_path_factory.mktemp("lora") / "adapter", scale=0.2)
 
 
 @pytest.fixture(scope="session")

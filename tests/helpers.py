@@ -66,7 +66,11 @@ def make_adapter(model_dir: Path, peft_config, out_dir: Path, seed: int = 1, sca
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    pm = get_peft_model(base, peft_config)
+    # PEFT's initialisation draws from the global generator: seed it, so an adapter does not depend on
+    # which tests ran before it in the same process
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        pm = get_peft_model(base, peft_config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():

@@ -184,3 +184,66 @@ def attach_adapter(model, adapter: Adapter | str, adapter_name: str = "default",
     finally:
         if keep is not None:
             keep.cleanup()
+
+
+def _tuner_base_layers(peft_model):
+    """The base layers that PEFT's tuner layers wrap (the modules a merge writes into)."""
+    out = []
+    for _, mod in peft_model.named_modules():
+        base = getattr(mod, "base_layer", None)
+        if base is not None and hasattr(mod, "merge") and not hasattr(base, "base_layer"):
+            out.append(base)
+    return out
+
+
+class applied_adapter:
+    """``with applied_adapter(model, adapter) as m:`` — the adapter merged into ``model``'s weights by
+    PEFT's own merge (``merge_and_unload``), so evaluation runs at the base model's speed (PEFT's
+    unmerged forward re-forms OFT's rotation and DoRA's norm at every call); on exit the touched
+    weights are restored bit for bit, so one loaded base serves several adapters in turn.
+
+    ``m.merged`` says whether the merge happened: a PEFT type that cannot merge is used unmerged
+    (PEFT's forward), and so is every adapter with ``merge=False``. On exit PEFT's layers are
+    removed either way, so adapters of different PEFT types can follow one another on one base. Only
+    the wrapped layers' weights are copied (for LoRA on every linear module of smollm2: 116 MiB),
+    never the whole model.
+    """
+
+    def __init__(self, model, adapter: Adapter | str, adapter_name: str = "default", merge: bool = True):
+        self.model, self.adapter, self.adapter_name, self.merge = model, adapter, adapter_name, merge
+        self.merged, self._saved, self._wrapped = False, [], None
+
+    def __enter__(self):
+        wrapped = attach_adapter(self.model, self.adapter, adapter_name=self.adapter_name)
+        if not self.merge:
+            self._wrapped = wrapped
+            return wrapped
+        self._saved = [(layer, {k: v.detach().clone() for k, v in layer.named_parameters(recurse=False)})
+                       for layer in _tuner_base_layers(wrapped)]
+        try:
+            out = wrapped.merge_and_unload(safe_merge=True)
+        except (NotImplementedError, ValueError, AttributeError, TypeError):
+            # a partial merge must not leak into the unmerged forward: restore, drop PEFT's layers
+            # (their merged flags included) and attach afresh
+            self._restore()
+            base = wrapped.unload()
+            self._wrapped = attach_adapter(base, self.adapter, adapter_name=self.adapter_name)
+            return self._wrapped
+        self.merged = True
+        return out
+
+    def _restore(self):
+        import torch
+
+        with torch.no_grad():
+            for layer, params in self._saved:
+                for k, v in params.items():
+                    getattr(layer, k).copy_(v)
+        self._saved = []
+
+    def __exit__(self, *exc):
+        if self.merged:
+            self._restore()
+        elif self._wrapped is not None:
+            self._wrapped.unload()  # PEFT removes its layers; the base weights were never changed
+        return False

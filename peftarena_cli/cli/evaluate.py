@@ -16,6 +16,7 @@ AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
 BatchOpt = typer.Option(None, "--batch-size", min=1, help="Generation batch size (default 64 on CPU, 128 on CUDA).")
+MergeOpt = typer.Option(True, "--merge/--no-merge", help="Merge each adapter into the loaded weights (PEFT's merge, restored afterwards) for speed; --no-merge runs PEFT's unmerged forward.")
 BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
 MaxNewOpt = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded in the summary's overrides column).")
@@ -90,11 +91,14 @@ def _load_for_backend(base, dtype, device, backend, seed):
     return VllmModel(config_dir(ref), dtype="auto" if dtype in (None, "auto") else dtype, seed=seed), load_tokenizer(ref), ref
 
 
-def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str, backend: str = "hf", seed: int = 0):
-    """Load the base once; evaluate it and/or each adapter in turn. Yields (model label, per_sample, summary, stats, prov inputs)."""
+def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str, backend: str = "hf", seed: int = 0,
+                merge: bool = True):
+    """Load the base once; evaluate it and/or each adapter in turn (merged into the weights by PEFT's
+    merge unless ``merge`` is false). Yields (model label, per_sample, summary, stats, prov inputs)."""
     import time
+    from contextlib import ExitStack
 
-    from peftarena_cli.artifacts.loading import attach_adapter
+    from peftarena_cli.artifacts.loading import applied_adapter
     from peftarena_cli.cli.common import Progress, info
 
     t = time.perf_counter()
@@ -102,7 +106,6 @@ def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str
     info(f"loaded {base} in {time.perf_counter() - t:.1f} s" + (" (vllm)" if backend == "vllm" else ""))
     inputs = {"base": (base, ref.identity())}
     runs = (["base"] if include_base or not adapters else []) + list(adapters or [])
-    wrapped = None
     for i, label in enumerate(runs):
         if backend == "vllm":
             from peftarena_cli.artifacts.adapters import load_adapter
@@ -119,12 +122,14 @@ def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str
 
             ad = load_adapter(label)
             inputs[f"adapter{i}"] = (label, ad.identity())
-            wrapped = attach_adapter(wrapped if wrapped is not None else model, ad, adapter_name=f"a{i}")
-            m = wrapped
         stats: dict = {}
         t = time.perf_counter()
-        with Progress(f"{what} {label}") as bar:
-            ps, summ = evaluate(m, tok, bar.callback, stats)
+        with ExitStack() as stack:
+            if label != "base" and backend != "vllm":
+                # PEFT's merge into the loaded weights, restored afterwards (docs/eval.md, "Adapters")
+                m = stack.enter_context(applied_adapter(model, ad, adapter_name=f"a{i}", merge=merge))
+            with Progress(f"{what} {label}") as bar:
+                ps, summ = evaluate(m, tok, bar.callback, stats)
         secs = time.perf_counter() - t
         info(f"{label}: {stats.get('generated_tokens', 0)} tokens in {secs:.1f} s "
              f"({stats.get('tokens_per_second', 0.0):.1f} tok/s), peak RSS {_peak_rss_mib():.0f} MiB")
@@ -211,6 +216,7 @@ def eval_target_cmd(
     batch_size: Optional[int] = BatchOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
     backend: str = BackendOpt,
+    merge: bool = MergeOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
     output: OutputOpt = None,
@@ -275,7 +281,7 @@ def eval_target_cmd(
                                max_new_tokens=max_new_tokens, protocol=protocol)
 
     frames, summaries, inputs = [], [], {}
-    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target", backend, seed):
+    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-target", backend, seed, merge):
         ps.insert(0, "model", label)
         summ.insert(0, "model", label)
         frames.append(ps)
@@ -294,6 +300,7 @@ def eval_general_cmd(
     max_new_tokens: Optional[int] = MaxNewOpt,
     protocol: Optional[str] = ProtocolOpt,
     backend: str = BackendOpt,
+    merge: bool = MergeOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
     output: OutputOpt = None,
@@ -365,7 +372,7 @@ def eval_general_cmd(
                                 max_new_tokens=max_new_tokens, protocol=protocol)
 
     frames, summaries, inputs = [], [], {}
-    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general", backend, seed):
+    for label, ps, summ, inputs in _run_models(base, adapter, include_base, dev, dtype, run, "eval-general", backend, seed, merge):
         ps.insert(0, "model", label)
         summ.insert(0, "model", label)
         frames.append(ps)
