@@ -129,3 +129,39 @@ def test_bad_inputs_exit_1_without_output(cli, case, tiny_model_dir, tmp_path):
     assert not out.exists() and not (tmp_path / "out.summary.parquet").exists()
     assert {"unknown_task": "nosuchtask", "unknown_suite": "nosuch", "missing_fields": "lacks the field",
             "k_gt_n": "k=4", "empty": "no records", "vllm": "vllm"}[case] in err
+
+
+def test_parse_limit_forms():
+    from peftarena_cli.errors import UsageError
+    from peftarena_cli.tasks.limits import parse_limit, part_limit
+
+    assert parse_limit(None) is None and parse_limit("300") == 300 and parse_limit(" 12 ") == 12
+    lim = parse_limit("ifeval=280,bbh=200,facts=358")
+    assert lim == {"ifeval": 280, "bbh": 200, "facts": 358}
+    assert [part_limit(lim, p) for p in ("ifeval", "bbh", "facts", "nq_open", "*")] == [280, 200, 358, None, None]
+    lim = parse_limit("250,facts=358")
+    assert part_limit(lim, "facts") == 358 and part_limit(lim, "ifeval") == 250 and part_limit(lim, "*") == 250
+    for bad, msg in [("ifevall=3", "unknown part"), ("0", "at least 1"), ("bbh=x", "whole number"),
+                     ("bbh=2,bbh=3", "twice"), ("facts=-1", "at least 1")]:
+        with pytest.raises(UsageError, match=msg):
+            parse_limit(bad)
+
+
+def test_eval_general_limit_per_part(cli, tiny_model_dir, tmp_path):
+    out = tmp_path / "g.parquet"
+    r = cli("eval-general", tiny_model_dir, "--limit", "2,facts=5", "--max-new-tokens", "4", "-o", out)
+    assert r.returncode == 0, r.stderr
+    df, prov = read_table(out)
+    assert df.groupby("task").size().to_dict() == {"bbh_builtin": 2, "facts": 5, "ifeval_builtin": 2}
+    summ, _ = read_table(out.with_name("g.summary.parquet"))
+    n = summ.drop_duplicates("task").set_index("task")["n"].to_dict()
+    assert n["facts"] == 5 and n["ifeval_builtin"] == 2
+
+
+@pytest.mark.parametrize("limit", ["ifevall=2", "0", "bbh=two"])
+def test_eval_general_bad_limit_is_a_usage_error(cli, tiny_model_dir, tmp_path, limit):
+    out = tmp_path / "g.parquet"
+    r = cli("eval-general", tiny_model_dir, "--limit", limit, "-o", out)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and "--limit" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

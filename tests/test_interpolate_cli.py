@@ -97,3 +97,22 @@ def test_eval_sweep_end_to_end_on_tiny_model(cli, tiny_model_dir, ads, tmp_path)
     g, _ = read_table(tmp_path / "curve.general-samples.parquet")
     assert sorted(set(t["alpha"])) == [0.0, 1.0] and sorted(set(g["alpha"])) == [0.0, 1.0]
     assert len(t) == 2  # one target example per α
+
+
+def test_general_limit_per_part(cli, tiny_model_dir, ads, tmp_path):
+    """--limit per general part reaches the sweep's general evaluation; without a bare N it cannot
+    also cap the target task (a usage error before any work)."""
+    from peftarena_cli.artifacts.tables import read_table
+
+    out = tmp_path / "c.parquet"
+    r = cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0.5", "--eval", "general", "--limit", "ifeval=2,bbh=1,facts=3",
+            "--max-new-tokens", "3", "-o", out)
+    assert r.returncode == 0, r.stderr
+    curve, _ = read_table(out)
+    assert len(curve) == 1
+    samples, _ = read_table(tmp_path / "c.general-samples.parquet")
+    assert samples.groupby("task")["id"].nunique().to_dict() == {"bbh_builtin": 1, "facts": 3, "ifeval_builtin": 2}
+    bad = tmp_path / "bad.parquet"
+    r = cli("interpolate", tiny_model_dir, ads["oft"], "--alphas", "0.5", "--eval", "target,general", "--limit", "ifeval=2",
+            "-o", bad)
+    assert r.returncode == 2 and "bare N" in r.stderr and not bad.exists()

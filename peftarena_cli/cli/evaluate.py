@@ -15,6 +15,7 @@ BaseArg = typer.Argument(None, metavar="BASE", help="Base model: HF directory, .
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory or .safetensors); repeat it to evaluate several on one loaded base.")
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
+GeneralLimitOpt = typer.Option(None, "--limit", help="The first N items of every part (BBH: per subtask), or per part: ifeval=280,bbh=200,facts=357 (a bare N for the rest).")
 BatchOpt = typer.Option(None, "--batch-size", min=1, help="Generation batch size (default 64 on CPU, 128 on CUDA).")
 MergeOpt = typer.Option(True, "--merge/--no-merge", help="Merge each adapter into the loaded weights (PEFT's merge, restored afterwards) for speed; --no-merge runs PEFT's unmerged forward.")
 BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
@@ -294,7 +295,7 @@ def eval_general_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
     suite: str = typer.Option("builtin", "--suite", "-s", help="builtin (offline), builtin.ifeval/.bbh/.facts, or ifeval,bbh,nq_open (hub); NAME=PATH for local files."),
-    limit: Optional[int] = LimitOpt,
+    limit: Optional[str] = GeneralLimitOpt,
     include_base: bool = IncludeBaseOpt,
     batch_size: Optional[int] = BatchOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
@@ -317,6 +318,8 @@ def eval_general_cmd(
 
         peftarena eval-general smollm2-135m --suite ifeval=input_data.jsonl,bbh=BIG-Bench-Hard/,nq_open=NQ-open.dev.jsonl --limit 20 -o real.parquet
 
+        peftarena eval-general smollm2-135m --limit ifeval=280,bbh=200,facts=357 -o general.parquet
+
         peftarena eval-general --suite ifeval=input_data.jsonl --responses input_response_data.jsonl -o ifeval.parquet
     """
     from peftarena_cli.errors import DataError, UsageError
@@ -326,8 +329,9 @@ def eval_general_cmd(
     get_protocol(protocol)  # an unknown name is a usage error listing the known ones
     _check_outputs(output, summary, [base, *(adapter or []), responses, suite])
     _check_backend(backend)
-    from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks
+    from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks, parse_limit, part_limit
 
+    parse_limit(limit)  # a malformed --limit is a usage error before anything is read
     if responses is not None:
         from peftarena_cli.evaluation.api import rescore_table, score_responses
 
@@ -350,7 +354,8 @@ def eval_general_cmd(
                 else:  # e.g. IFEval's input_response_data.jsonl (prompt, response): match the hub task by prompt
                     t = load_general_tasks(name, protocol=protocol)[0]
             else:
-                t = load_general_tasks(parts[0], limit=max(limit or 0, len(recs)) if name.startswith("builtin") else None,
+                lim = part_limit(parse_limit(limit), name.partition(".")[2] or "*")
+                t = load_general_tasks(parts[0], limit=max(lim or 0, len(recs)) if name.startswith("builtin") else None,
                                        seed=seed, protocol=protocol)[0]
             if aligned:
                 recs = [dict(r, id=it.id) for r, it in zip(recs, t.items)]

@@ -20,7 +20,7 @@ def interpolate_cmd(
     evals: Optional[str] = typer.Option(None, "--eval", help="Evaluate at each α: target, general or target,general."),
     target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
     general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many examples per evaluation task (BBH: per subtask)."),
+    limit: Optional[str] = typer.Option(None, "--limit", help="At most this many examples per evaluation task (BBH: per subtask); per general part: 432,ifeval=280,bbh=200,facts=357 (the bare N: the rest and the target)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Evaluation protocol of real benchmarks for --eval: study (default) or lm-eval (docs/eval.md)."),
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),

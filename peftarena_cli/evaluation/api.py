@@ -23,6 +23,7 @@ import pandas as pd
 
 from peftarena_cli.errors import DataError, IncompatibleInputs
 from peftarena_cli.evaluation.scoring import score_rows, summarize, to_frame
+from peftarena_cli.tasks.limits import parse_limit, part_limit
 
 SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "estimator", "note", "protocol",
                    "overrides", "generated_under"]
@@ -198,9 +199,12 @@ GENERAL_PARTS = ("ifeval", "bbh", "nq_open", "builtin", "builtin.ifeval", "built
 
 def load_general_tasks(suite="builtin", limit=None, seed=0, protocol=None, max_new_tokens=None):
     """Tasks of a general suite spec: ``builtin`` (its 3 parts), ``builtin.ifeval`` / ``.bbh`` /
-    ``.facts``, ``ifeval``, ``bbh``, ``nq_open`` (hub), each optionally ``=PATH`` (local files)."""
+    ``.facts``, ``ifeval``, ``bbh``, ``nq_open`` (hub), each optionally ``=PATH`` (local files).
+    ``limit``: None, N, or per part (:func:`parse_limit`)."""
     from peftarena_cli.tasks.builtin_general import BUILTIN_PARTS, builtin_task
     from peftarena_cli.tasks.general_tasks import GENERAL_LOADERS
+
+    limit = parse_limit(limit)
 
     tasks = []
     specs = [s.strip() for s in str(suite).split(",") if s.strip()]
@@ -210,11 +214,11 @@ def load_general_tasks(suite="builtin", limit=None, seed=0, protocol=None, max_n
         name, _, path = spec.partition("=")
         name, path = name.strip(), (path.strip() or None)
         if name == "builtin":
-            tasks += [builtin_task(p, limit, seed) for p in BUILTIN_PARTS]
+            tasks += [builtin_task(p, part_limit(limit, p), seed) for p in BUILTIN_PARTS]
         elif name.startswith("builtin.") and name[8:] in BUILTIN_PARTS:
-            tasks.append(builtin_task(name[8:], limit, seed))
+            tasks.append(builtin_task(name[8:], part_limit(limit, name[8:]), seed))
         elif name in GENERAL_LOADERS:
-            tasks.append(GENERAL_LOADERS[name](path=path, limit=limit))
+            tasks.append(GENERAL_LOADERS[name](path=path, limit=part_limit(limit, name)))
         else:
             raise DataError(f"unknown general suite {name!r}",
                             hint="use builtin, builtin.ifeval, builtin.bbh, builtin.facts, ifeval, bbh or nq_open (NAME=PATH for local files)")

@@ -39,7 +39,7 @@ class InterpolateConfig:
     evals: Sequence[str] = ()          # target and/or general
     target_task: str = "arith"
     general_suite: str = "builtin"
-    limit: int | None = None
+    limit: int | dict | str | None = None  # N, or per general part (tasks.limits.parse_limit)
     max_new_tokens: int | None = None
     protocol: str | None = None
     stats: Sequence[str] = ()          # second-moment files of `peftarena csd --save-stats`
@@ -74,8 +74,14 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
     bad = [k for k in cfg.evals if k not in EVAL_KINDS]
     if bad:
         raise UsageError(f"unknown --eval kind {bad[0]!r}", hint="use target, general or target,general")
-    if cfg.limit is not None and cfg.limit < 1:
+    from peftarena_cli.tasks.limits import parse_limit
+
+    cfg.limit = parse_limit(cfg.limit)
+    if isinstance(cfg.limit, int) and cfg.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if isinstance(cfg.limit, dict) and "target" in cfg.evals and "*" not in cfg.limit:
+        raise UsageError("--limit per general part leaves the target task without a limit",
+                         hint="add a bare N for it, e.g. --limit 432,ifeval=280,bbh=200")
     return grid
 
 
@@ -84,11 +90,13 @@ def _evaluators(cfg: InterpolateConfig) -> dict:
     from peftarena_cli.evaluation import evaluate_general, evaluate_target
 
     out = {}
-    kw = {"limit": cfg.limit, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol}
-    if "target" in cfg.evals:
-        out["target"] = lambda m, t: evaluate_target(m, t, task=cfg.target_task, **kw)
+    from peftarena_cli.tasks.limits import part_limit
+
+    kw = {"seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol}
+    if "target" in cfg.evals:  # a per-part limit's bare N (``"*"``) is the target task's
+        out["target"] = lambda m, t: evaluate_target(m, t, task=cfg.target_task, limit=part_limit(cfg.limit, "*"), **kw)
     if "general" in cfg.evals:
-        out["general"] = lambda m, t: evaluate_general(m, t, suite=cfg.general_suite, **kw)
+        out["general"] = lambda m, t: evaluate_general(m, t, suite=cfg.general_suite, limit=cfg.limit, **kw)
     return out
 
 
