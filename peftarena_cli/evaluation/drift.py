@@ -53,7 +53,10 @@ def continuation_logprobs(model, prompts_ids, conts, pad_id: int):
     ids, mask, pos = _left_pad(seqs, pad_id, dev)
     T = max(len(c) for c in conts)
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        try:  # the LM head on the last T + 1 positions only, not the whole prompt (a vocabulary-wide matmul each)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1).logits
+        except TypeError:  # a model whose forward has no logits_to_keep
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     return torch.log_softmax(logits[:, -T - 1:-1, :].float(), dim=-1)
 
 
