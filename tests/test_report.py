@@ -398,3 +398,22 @@ def test_join_curves_takes_the_ends_from_the_evals(tmp_path):
     assert rows == {0.0: SCORES["base"][:2], 0.5: (40.0, 49.0), 1.0: SCORES["lora"][:2]}
     # keep 80% of the gain (20 -> 45): the smallest α whose target >= 20 + 0.8 * 25 = 40 is 0.5
     assert pick_alpha(curve, "keep-target:0.8").alpha == 0.5
+
+
+def test_a_report_inside_runs_is_not_read_back_as_a_method(cli, tmp_path):
+    """make arena writes RUNS/report and reruns `report RUNS` after each method: the second report
+    must see the same methods and points as the first, not a method named "report"."""
+    import shutil
+
+    runs = make_runs(tmp_path / "runs")
+    out = runs / "report"
+    r = cli("report", runs, "-o", out)
+    assert r.returncode == 0, r.stderr
+    first = (out / "leaderboard.md").read_text()
+    pts1, _ = read_table(out / "points.parquet")
+    shutil.copytree(out, tmp_path / "first")
+    r = cli("report", runs, "-o", out)
+    assert r.returncode == 0, r.stderr
+    pts2, _ = read_table(out / "points.parquet")
+    assert "report" not in set(pts2["method"]) and "report" not in (out / "leaderboard.md").read_text().split("## ")[1]
+    assert pts2.equals(pts1) and (out / "leaderboard.md").read_text() == first

@@ -76,8 +76,23 @@ class MethodResults:
         self.provenance.setdefault(kind, []).append(prov)
 
 
+def _written_by_report(p: Path) -> bool:
+    """A table that ``peftarena report`` wrote (points, leaderboard, correlations...): never an input,
+    so a report written inside RUNS/ (``make arena``'s RUNS/report) is not read back as a method."""
+    import json
+
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(p).metadata or {}
+        return json.loads(meta.get(b"peftarena", b"{}")).get("command") == "report"
+    except Exception:
+        return False
+
+
 def _parquet_files(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".parquet" and not p.name.startswith("."))
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(".")
+                  and not _written_by_report(p))
 
 
 def samples_kind(columns) -> str | None:
