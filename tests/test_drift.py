@@ -95,3 +95,26 @@ def test_drift_summary_interval(setup, tasks):
     s = drift_summary(df).iloc[0]
     iv = stats.mean_normal(df["kl"], bounds=(0, math.inf))
     assert s["kl"] == pytest.approx(df["kl"].mean()) and s["ci_high"] == pytest.approx(iv.high)
+
+
+def test_chunked_batches_give_the_same_rows_with_fewer_alpha_switches(setup, tasks):
+    """Batches in chunks (α set once per chunk) give exactly the rows of one batch at a time."""
+    from peftarena_cli.evaluation.drift import measure_drift
+
+    calls = []
+
+    class Counting:
+        def __init__(self, pm):
+            self.pm, self.model = pm, pm.model
+
+        def set_alpha(self, a):
+            calls.append(a)
+            self.pm.set_alpha(a)
+
+    one = measure_drift(Counting(setup.path_model), setup.tokenizer, tasks, [0.5, 1.0], max_new_tokens=5, batch_size=2,
+                        chunk_bytes=1)
+    n_one = len(calls)
+    calls.clear()
+    all_ = measure_drift(Counting(setup.path_model), setup.tokenizer, tasks, [0.5, 1.0], max_new_tokens=5, batch_size=2)
+    assert n_one == 3 * 3 and len(calls) == 3  # 6 prompts in 3 batches: (0, 0.5, 1) per batch, or once
+    assert one.equals(all_)

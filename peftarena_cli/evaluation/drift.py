@@ -21,6 +21,7 @@ import math
 DRIFT_COLUMNS = ["alpha", "prompt_set", "task", "id", "source", "n_tokens", "kl"]
 DEFAULT_MAX_NEW_TOKENS = 32
 DEFAULT_BATCH = 8
+DEFAULT_CHUNK_BYTES = 1 << 30  # the base's log-probabilities kept per chunk of batches (see measure_drift)
 
 
 def _pad_id(tokenizer) -> int:
@@ -83,7 +84,7 @@ def _reference_text(ref) -> str | None:
 
 def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float], *,
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH,
-                  reference: bool = True, callback=None):
+                  reference: bool = True, callback=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     """Drift rows for ``prompt_sets`` = {set name: [Task, ...]} at each α of ``alphas``.
 
     ``path_model`` has ``set_alpha(a)`` and ``model`` (see :mod:`peftarena_cli.interpolation.inplace`); α = 0
@@ -107,29 +108,40 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
     order = sorted(range(len(items)), key=lambda i: len(items[i][3]))
     rows = []
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for bi, idx in enumerate(batches):
-        prompts = [items[i][3] for i in idx]
+    # Batches go in chunks: the base's side of every batch of a chunk is computed at α = 0 and kept,
+    # then each α is set once for the whole chunk. Setting α re-forms every module's weights (DoRA's
+    # norms, OFT's rotations), which cost more than the forward passes when done twice per batch;
+    # a chunk's kept log-probabilities are bounded by ``chunk_bytes``.
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 50_000)
+    per_batch = batch_size * (max_new_tokens + 1) * vocab * 4 * (2 if reference else 1)
+    chunk = max(1, int(chunk_bytes // max(per_batch, 1)))
+    done = 0
+    for c0 in range(0, len(batches), chunk):
+        kept = []  # per batch: (idx, prompts, jobs, base log-probs per source)
         path_model.set_alpha(0.0)  # the base's greedy continuations, from the evaluation engine
-        conts = [ids[0] for ids in generate(model, tokenizer, [items[i][5] for i in idx], max_new_tokens=max_new_tokens,
-                                             batch_size=len(idx)).token_ids]
-        jobs = [("greedy", list(range(len(idx))), conts)]
-        with_ref = [k for k, i in enumerate(idx) if items[i][4]]
-        if with_ref:
-            jobs.append(("reference", with_ref, [items[idx[k]][4] for k in with_ref]))
-        base_lp = {}
-        for src, ks, cs in jobs:
-            base_lp[src] = continuation_logprobs(model, [prompts[k] for k in ks], cs, pad)
+        for idx in batches[c0:c0 + chunk]:
+            prompts = [items[i][3] for i in idx]
+            conts = [ids[0] for ids in generate(model, tokenizer, [items[i][5] for i in idx], max_new_tokens=max_new_tokens,
+                                                 batch_size=len(idx)).token_ids]
+            jobs = [("greedy", list(range(len(idx))), conts)]
+            with_ref = [k for k, i in enumerate(idx) if items[i][4]]
+            if with_ref:
+                jobs.append(("reference", with_ref, [items[idx[k]][4] for k in with_ref]))
+            base_lp = {src: continuation_logprobs(model, [prompts[k] for k in ks], cs, pad) for src, ks, cs in jobs}
+            kept.append((idx, prompts, jobs, base_lp))
         for a in alphas:
             path_model.set_alpha(float(a))
-            for src, ks, cs in jobs:
-                lp = continuation_logprobs(model, [prompts[k] for k in ks], cs, pad)
-                kls = kl_per_prompt(base_lp[src], lp, [len(c) for c in cs])
-                for k, c, v in zip(ks, cs, kls):
-                    s, task, iid = items[idx[k]][:3]
-                    rows.append({"alpha": float(a), "prompt_set": s, "task": task, "id": iid, "source": src,
-                                 "n_tokens": len(c), "kl": v})
+            for idx, prompts, jobs, base_lp in kept:
+                for src, ks, cs in jobs:
+                    lp = continuation_logprobs(model, [prompts[k] for k in ks], cs, pad)
+                    kls = kl_per_prompt(base_lp[src], lp, [len(c) for c in cs])
+                    for k, c, v in zip(ks, cs, kls):
+                        s, task, iid = items[idx[k]][:3]
+                        rows.append({"alpha": float(a), "prompt_set": s, "task": task, "id": iid, "source": src,
+                                     "n_tokens": len(c), "kl": v})
+        done += len(kept)
         if callback:
-            callback(bi + 1, len(batches), "drift")
+            callback(done, len(batches), "drift")
     df = pd.DataFrame(rows, columns=DRIFT_COLUMNS)
     return df.sort_values(["alpha", "prompt_set", "source", "task", "id"], kind="stable").reset_index(drop=True)
 
