@@ -118,3 +118,17 @@ def test_chunked_batches_give_the_same_rows_with_fewer_alpha_switches(setup, tas
     all_ = measure_drift(Counting(setup.path_model), setup.tokenizer, tasks, [0.5, 1.0], max_new_tokens=5, batch_size=2)
     assert n_one == 3 * 3 and len(calls) == 3  # 6 prompts in 3 batches: (0, 0.5, 1) per batch, or once
     assert one.equals(all_)
+
+
+def test_merged_path_model_gives_the_same_drift(setup, tasks, tiny_model_dir, tiny_lora_dir):
+    """The CLI opens the path with merge=True (each α merged into the weights, for speed): the same
+    drift as PEFT's unmerged forward, and still exactly 0 at α = 0."""
+    from peftarena_cli.evaluation.drift import measure_drift
+    from peftarena_cli.interpolation.sweep import open_path_model
+
+    merged = open_path_model(str(tiny_model_dir), str(tiny_lora_dir), device="cpu", merge=True)
+    a = measure_drift(merged.path_model, merged.tokenizer, tasks, [0.0, 1.0], max_new_tokens=5, batch_size=2)
+    b = measure_drift(setup.path_model, setup.tokenizer, tasks, [0.0, 1.0], max_new_tokens=5, batch_size=2)
+    assert (a[a["alpha"] == 0.0]["kl"] == 0.0).all()
+    assert a[["alpha", "prompt_set", "task", "id", "source", "n_tokens"]].equals(b[["alpha", "prompt_set", "task", "id", "source", "n_tokens"]])
+    assert a["kl"].to_numpy() == pytest.approx(b["kl"].to_numpy(), rel=1e-4, abs=1e-7)

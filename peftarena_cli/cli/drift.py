@@ -73,7 +73,9 @@ def drift_cmd(
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     with Progress("forming ΔW") as bar:
-        setup = open_path_model(base, finetuned, path=path, dtype=dtype, device=device, callback=bar.callback)
+        # merge=True: each α is merged into the weights (PEFT's merge), so forwards cost the base model's
+        # (unmerged, DoRA re-forms its norms and OFT its rotations at every forward)
+        setup = open_path_model(base, finetuned, path=path, dtype=dtype, device=device, callback=bar.callback, merge=True)
     for note in setup.notes:
         warn(note)
     info(f"loaded {base} + {finetuned} ({setup.method}, {setup.path} path) in {time.perf_counter() - t0:.1f} s")
