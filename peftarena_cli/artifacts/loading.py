@@ -202,7 +202,7 @@ class applied_adapter:
     unmerged forward re-forms OFT's rotation and DoRA's norm at every call); on exit the touched
     weights are restored bit for bit, so one loaded base serves several adapters in turn.
 
-    ``m.merged`` says whether the merge happened: a PEFT type that cannot merge is used unmerged
+The context manager's ``merged`` attribute says whether the merge happened: a PEFT type that cannot merge is used unmerged
     (PEFT's forward), and so is every adapter with ``merge=False``. On exit PEFT's layers are
     removed either way, so adapters of different PEFT types can follow one another on one base. Only
     the wrapped layers' weights are copied (for LoRA on every linear module of smollm2: 116 MiB),

@@ -109,9 +109,9 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
     rows = []
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     # Batches go in chunks: the base's side of every batch of a chunk is computed at α = 0 and kept,
-    # then each α is set once for the whole chunk. Setting α re-forms every module's weights (DoRA's
-    # norms, OFT's rotations), which cost more than the forward passes when done twice per batch;
-    # a chunk's kept log-probabilities are bounded by ``chunk_bytes``.
+    # then each α is set once for the whole chunk, instead of twice per batch (setting α writes W(α)
+    # into every adapted module: on a merged path model, one PEFT merge each). A chunk's kept
+    # log-probabilities are bounded by ``chunk_bytes``.
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 50_000)
     per_batch = batch_size * (max_new_tokens + 1) * vocab * 4 * (2 if reference else 1)
     chunk = max(1, int(chunk_bytes // max(per_batch, 1)))
