@@ -41,20 +41,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 TiB = 1024 ** 4
 
 
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
+def proc_status_bytes(key: str, pid="self") -> int:
+    """A memory line of /proc/PID/status (``VmHWM``: peak RSS, ``VmRSS``: RSS now), in bytes; 0 if absent."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def peak_rss() -> int:
+    return proc_status_bytes("VmHWM")
 
 
 def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_status_bytes("VmRSS")
 
 
 def cpu_s() -> float:
@@ -180,10 +181,7 @@ def run_worker(extra: list[str]) -> dict:
     hwm = 0
     while p.poll() is None:
         try:
-            with open(f"/proc/{p.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        hwm = int(line.split()[1]) * 1024
+            hwm = proc_status_bytes("VmHWM", p.pid) or hwm
         except OSError:
             pass
         if TIMEOUT and time.perf_counter() - t0 > TIMEOUT:
