@@ -62,6 +62,16 @@ def _prompts(tok, n):
     return [task.render(tok, it) for it in task.items]
 
 
+def _general_jobs(tok, limit):
+    """(prompts, max_new_tokens, stop) of each part of the built-in general suite at ``limit``
+    (a --limit string, e.g. "ifeval=280,bbh=200,facts=357"), as eval-general runs them."""
+    from peftarena_cli.evaluation.api import load_general_tasks
+    from peftarena_cli.tasks.limits import parse_limit
+
+    return [([t.render(tok, it) for it in t.items], int(t.max_new_tokens), t.stop)
+            for t in load_general_tasks("builtin", parse_limit(limit))]
+
+
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (this process's CPU seconds, all threads)
 
 
@@ -97,7 +107,7 @@ def matmul_params(model) -> tuple[int, int]:
 
 
 def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, gflops: bool = False,
-           threads: int | None = None) -> dict:
+           threads: int | None = None, general: str | None = None) -> dict:
     import torch
 
     from peftarena_cli.artifacts.loading import load_model
@@ -110,12 +120,22 @@ def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, 
     mm = matmul_gflops() if gflops else {}
     extra = {}
     t = CLOCK()
-    if mode == "engine":
+    if mode.startswith("engine"):
         from peftarena_cli.evaluation.engine import generate
 
-        g = generate(model, tok, prompts, max_new_tokens=96, adapt_threads=adapt)
-        texts, tokens, prompt_tokens = [x[0] for x in g.texts], g.generated_tokens, g.prompt_tokens
-        extra = g.extra
+        # engine: continuous batching + the decode attention (the default); engine-static: the
+        # engine before them (static batches, SDPA); engine-cb: continuous batching with SDPA
+        flags = {"engine": (True, True), "engine-static": (False, False), "engine-cb": (True, False)}[mode]
+        jobs = _general_jobs(tok, general) if general else [(prompts, 96, ())]
+        texts, tokens, prompt_tokens = [], 0, 0
+        for ps, budget, stop in jobs:
+            g = generate(model, tok, ps, max_new_tokens=budget, stop=stop, adapt_threads=adapt,
+                         continuous=flags[0], decode_attention=flags[1])
+            texts += [x[0] for x in g.texts]
+            tokens, prompt_tokens = tokens + g.generated_tokens, prompt_tokens + g.prompt_tokens
+            extra = g.extra
+        if general:
+            prompts = [p for ps, _, _ in jobs for p in ps]
     else:
         texts, tokens, prompt_tokens = [], 0, 0
         with torch.inference_mode():
@@ -140,6 +160,7 @@ def _run(mode, a, n, adapt=True, gflops=False) -> dict:
     cmd += [] if adapt else ["--fixed-threads"]
     cmd += ["--gflops"] if gflops else []
     cmd += ["--clock", a.clock] + (["--threads", str(a.threads)] if a.threads else [])
+    cmd += ["--general", a.general] if a.general and mode.startswith("engine") else []
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
         sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
@@ -175,6 +196,27 @@ def busy(a) -> None:
     print(f"identical greedy completions busy vs quiet: {same}/{len(quiet_on['texts'])}")
 
 
+def engines(a) -> None:
+    """The engine against the previous one (static batches, SDPA) and continuous batching alone,
+    on arith or the general suite's parts, one after the other."""
+    runs = [_run(m, a, a.n, gflops=(m == "engine")) for m in ("engine-static", "engine-cb", "engine")]
+    work = f"built-in general suite, --limit {a.general}" if a.general else f"arith, {a.n} prompts"
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; workload: {work}")
+    labels = {"engine-static": "previous (static, SDPA)", "engine-cb": "continuous, SDPA",
+              "engine": "continuous + decode attn"}
+    for r in runs:
+        print(_line(r, labels[r["mode"]]))
+    base = runs[0]
+    for r in runs[1:]:
+        same = sum(x == y for x, y in zip(r["texts"], base["texts"]))
+        print(f"{labels[r['mode']]}: {base['seconds'] / r['seconds']:.2f}x the previous engine's speed (wall time); "
+              f"identical greedy completions {same}/{len(base['texts'])}")
+    e = runs[-1]
+    peak = max(e["matmul_gflops"].values())
+    bound = peak * 1e9 / (2.0 * e["params"])
+    print(f"compute bound {bound:.0f} tok/s ({peak:.1f} GFLOP/s); engine {e['tok_s']:.1f} tok/s = {e['tok_s'] / bound:.0%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -186,7 +228,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="intra-op threads of each worker (default: torch's)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: time in CPU seconds (module docstring)")
     ap.add_argument("--texts-out", help="also write the engine's completions here (JSON list)")
-    ap.add_argument("--worker", choices=["engine", "hf1"], help=argparse.SUPPRESS)
+    ap.add_argument("--general", metavar="LIMIT",
+                    help="the engines on the built-in general suite at this --limit (e.g. "
+                         "ifeval=280,bbh=200,facts=357) instead of arith; compares the engine with the previous one")
+    ap.add_argument("--compare", action="store_true",
+                    help="on arith: the engine against the previous one (static, SDPA) instead of batch-1 generate")
+    ap.add_argument("--worker", choices=["engine", "engine-static", "engine-cb", "hf1"], help=argparse.SUPPRESS)
     ap.add_argument("--fixed-threads", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gflops", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -195,7 +242,10 @@ def main() -> None:
         CLOCK = time.process_time
     if a.worker:
         print(json.dumps(worker(a.worker, a.model, a.n, a.device, adapt=not a.fixed_threads, gflops=a.gflops,
-                                threads=a.threads)))
+                                threads=a.threads, general=a.general)))
+        return
+    if a.general or a.compare:
+        engines(a)
         return
     if a.busy:
         busy(a)

@@ -195,3 +195,95 @@ def test_short_shared_head_is_prefilled_once_with_the_same_completions(varied_mo
     for bs in (2, 5):
         g = generate(model, tok, HEADED, max_new_tokens=12, batch_size=bs)
         assert [t[0] for t in g.texts] == ref, bs
+
+
+# ------------------------------------------------------------------ continuous batching
+MANY = (PROMPTS + SHARED + HEADED + [f"item {k}: " + "ab" * (k % 7) for k in range(23)])
+
+
+def test_continuous_batching_equals_batch1_generate_with_refills_stops_and_eos(varied_model, monkeypatch):
+    """Continuous batching (the default) refills the batch from the queue as rows finish; each row's
+    greedy completion still equals transformers' batch-1 generate, with EOS and a stop sequence
+    ending rows at different steps, at batch sizes that force many refills, and under a token budget
+    that caps the rows per batch."""
+    import peftarena_cli.evaluation.engine as eng
+
+    model, tok = varied_model
+    tid = tok("e", add_special_tokens=False)["input_ids"][-1]
+    ref = [_hf_generate(model, tok, p, 20, eos=[tok.eos_token_id, tid]) for p in MANY]
+    with torch.no_grad():
+        model.generation_config.eos_token_id = [tok.eos_token_id, tid]
+        try:
+            ends = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in ref]
+            assert len(set(ends)) > 3  # rows really end at different steps
+            for bs in (2, 5, 64):
+                g = generate(model, tok, MANY, max_new_tokens=20, batch_size=bs)
+                assert g.extra["batching"] == "continuous"
+                assert [t[0] for t in g.texts] == ref, bs
+            stop = "o"
+            want = [r.split(stop)[0] for r in ref]
+            g = generate(model, tok, MANY, max_new_tokens=20, stop=(stop,), batch_size=4)
+            assert [t[0] for t in g.texts] == want
+            monkeypatch.setattr(eng, "MAX_BATCH_TOKENS_CPU", 160)  # ~3 rows per batch
+            g = generate(model, tok, MANY, max_new_tokens=20, batch_size=64)
+            assert [t[0] for t in g.texts] == ref
+        finally:
+            model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_continuous_refills_happen_and_sampling_matches_static_batches(varied_model, monkeypatch):
+    """The stream decoder admits prompts in several refills (not one static batch), and a sampled
+    completion is the same under continuous and static batching (each row draws from its own
+    generator), as the greedy ones are."""
+    import peftarena_cli.evaluation.engine as eng
+
+    model, tok = varied_model
+    admitted = []
+    real = eng._Stream.prefill
+
+    def spy(self, new_rows):
+        admitted.append(len(new_rows))
+        return real(self, new_rows)
+
+    monkeypatch.setattr(eng._Stream, "prefill", spy)
+    kw = dict(max_new_tokens=10, temperature=0.9, n_samples=2, seed=11, batch_size=8)
+    a = generate(model, tok, MANY, **kw)
+    assert len(admitted) > 3 and max(admitted) <= 8 and sum(admitted) == 2 * len(MANY)
+    b = generate(model, tok, MANY, continuous=False, **kw)
+    assert b.extra["batching"] == "static"
+    assert a.texts == b.texts and a.token_ids == b.token_ids
+    greedy = [generate(model, tok, MANY, max_new_tokens=10, batch_size=3, continuous=c).texts for c in (True, False)]
+    assert greedy[0] == greedy[1]
+
+
+def test_decode_attention_equals_sdpa_and_the_model_is_restored(varied_model):
+    """The one-token decode attention against torch's SDPA with the key/value heads repeated (a
+    direct computation), with a boolean and an additive mask; prefill goes to SDPA unchanged; the
+    switch is undone on exit."""
+    import torch.nn.functional as F
+
+    from peftarena_cli.evaluation.decode_attention import NAME, decode_attention, fast_decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, hq, hkv, L, d = 5, 6, 2, 17, 8
+    q, k, v = (torch.randn(s, generator=g) for s in ((b, hq, 1, d), (b, hkv, L, d), (b, hkv, L, d)))
+    keep = torch.rand((b, 1, 1, L), generator=g) > 0.3
+    keep[..., -1] = True
+
+    class M:
+        num_key_value_groups = hq // hkv
+
+    rk, rv = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+    want = F.scaled_dot_product_attention(q, rk, rv, attn_mask=keep, scale=0.3).transpose(1, 2)
+    got, _ = decode_attention(M(), q, k, v, keep, scaling=0.3)
+    assert got.shape == (b, 1, hq, d) and torch.allclose(got, want, atol=1e-6)
+    add = torch.where(keep, 0.0, float("-inf"))
+    assert torch.allclose(decode_attention(M(), q, k, v, add, scaling=0.3)[0], want, atol=1e-6)
+    q2 = torch.randn((b, hq, 3, d), generator=g)  # a prefill chunk: SDPA's own path
+    want2 = F.scaled_dot_product_attention(q2, rk, rv, is_causal=False).transpose(1, 2)
+    assert torch.allclose(decode_attention(M(), q2, k, v, None, is_causal=False)[0], want2, atol=1e-6)
+    model, _ = varied_model
+    assert model.config._attn_implementation == "sdpa"
+    with fast_decode_attention(model) as on:
+        assert on and model.config._attn_implementation == NAME
+    assert model.config._attn_implementation == "sdpa"

@@ -12,12 +12,18 @@ between calls) generates completions for many prompts:
   (:func:`shared_prefix_len`, at least ``MIN_SHARED_PREFIX`` tokens); the rows' own suffixes follow,
   left-padded after it, with positions continuing from the prefix; any batch whose rows share a
   shorter head (``MIN_BATCH_PREFIX``, e.g. a chat template's system turn) prefills it once too;
-* each row stops at EOS or at any **stop sequence**; finished rows are **dropped from the batch
-  and its KV cache** at once, so a batch gets cheaper as its rows finish (no compute is spent on
-  rows that are done, unlike ``generate`` which runs every row until the longest one ends);
-* the KV cache of a batch is **allocated once** for its longest row (prompt + budget) and each step
+* each row stops at EOS or at any **stop sequence**;
+* **continuous batching** (:func:`_decode_stream`): the prompts are a queue; when a quarter of the
+  batch has finished, the finished rows are dropped and the next prompts are prefilled and joined
+  to the running batch, so it stays full until the queue runs out (a static batch shrinks to its
+  longest rows; ``generate`` even keeps computing finished rows until the longest one ends).
+  ``continuous=False`` keeps static batches (:func:`_decode_batch`), which models with
+  sliding-window cache layers always use;
+* the KV cache is **allocated once** for the batch's longest row (prompt + budget) and each step
   writes one position into it (:func:`_prealloc_layer_class`), instead of transformers' default cache that
   concatenates, i.e. copies the whole cache of every layer, at every step;
+* the one-token decode step's attention is two batched matmuls over the grouped key/value heads
+  instead of SDPA's CPU kernel (:mod:`~peftarena_cli.evaluation.decode_attention`);
 * sampling draws each row from its **own seeded generator** (seed, prompt index, sample), so a
   sampled completion does not depend on the batch it ran in, the batch size or the process
   (data-parallel ranks, ``evaluation/distributed.py``) that ran it;
@@ -38,6 +44,7 @@ from __future__ import annotations
 import time
 
 from peftarena_cli.evaluation.backend import Generation, GenerationBackend, encode_prompts, first_stop
+from peftarena_cli.evaluation.decode_attention import fast_decode_attention
 
 __all__ = ["Generation", "GenerationBackend", "HfBackend", "encode_prompts", "generate", "eos_ids",
            "shared_prefix_len", "prefix_groups", "MIN_SHARED_PREFIX", "default_batch_size"]
@@ -79,7 +86,8 @@ _first_stop = first_stop  # (older name)
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
              temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
              batch_size: int | None = None, progress=None, label: str = "", share_prefix: bool = True,
-             adapt_threads: bool = True, row_ids: list[int] | None = None) -> Generation:
+             adapt_threads: bool = True, row_ids: list[int] | None = None, continuous: bool = True,
+             decode_attention: bool = True) -> Generation:
     """Generate ``n_samples`` completions for each prompt (see the module docstring).
 
     ``model`` is a transformers / PEFT model (the built-in engine) or any
@@ -97,7 +105,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
         return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
                               top_p=top_p, n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress,
                               label=label)
-    return HfBackend(model, share_prefix=share_prefix, adapt_threads=adapt_threads).generate(
+    return HfBackend(model, share_prefix=share_prefix, adapt_threads=adapt_threads, continuous=continuous,
+                     decode_attention=decode_attention).generate(
         tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
         n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress, label=label, row_ids=row_ids)
 
@@ -107,10 +116,13 @@ class HfBackend(GenerationBackend):
 
     name = "hf"
 
-    def __init__(self, model, share_prefix: bool = True, adapt_threads: bool = True):
+    def __init__(self, model, share_prefix: bool = True, adapt_threads: bool = True, continuous: bool = True,
+                 decode_attention: bool = True):
         self.model = model
         self.share_prefix = share_prefix
         self.adapt_threads = adapt_threads
+        self.continuous = continuous
+        self.decode_attention = decode_attention
 
     def generate(self, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
                  temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
@@ -147,13 +159,24 @@ class HfBackend(GenerationBackend):
         was_training = model.training
         model.eval()
         gov = ThreadGovernor(enabled=self.adapt_threads and dev.type == "cpu")
+        continuous = self.continuous and continuous_ok(model)
         try:
-            with torch.inference_mode():
-                for batch in _batches(order, rows, enc, bs, max_new_tokens, budget, group):
+            with torch.inference_mode(), fast_decode_attention(model, self.decode_attention):
+                if continuous:
+                    units = ([rows[r] for r in run] for run in _streams(order, rows, group))
+                else:
+                    units = _batches(order, rows, enc, bs, max_new_tokens, budget, group)
+                for batch in units:
                     gens = None if greedy else [_row_generator(seed, ids_of[i], s) for i, s in batch]
-                    out_ids = _decode_batch(model, [enc[i] for i, _ in batch], max_new_tokens, eos, stop, tail_len,
-                                            tokenizer, pad_id, dev, greedy, temperature, top_p, gens, share_prefix,
-                                            gov.poll)
+                    seqs = [enc[i] for i, _ in batch]
+                    if continuous:
+                        tell = None if progress is None else (lambda k, d=done: progress(d + k, len(rows), label))
+                        out_ids = _decode_stream(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, dev,
+                                                 greedy, temperature, top_p, gens, bs, budget, share_prefix,
+                                                 gov.poll, tell)
+                    else:
+                        out_ids = _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, pad_id,
+                                                dev, greedy, temperature, top_p, gens, share_prefix, gov.poll)
                     for key, ids in zip(batch, out_ids):
                         text = tokenizer.decode(ids, skip_special_tokens=True)
                         cut = first_stop(text, stop)
@@ -168,7 +191,7 @@ class HfBackend(GenerationBackend):
             if was_training:
                 model.train()
         secs = time.perf_counter() - t0
-        extra = {"backend": "hf"}
+        extra = {"backend": "hf", "batching": "continuous" if continuous else "static"}
         if gov.history:  # the thread counts the governor chose
             extra["threads"] = sorted({h[2] for h in gov.history})
         keys = [[(i, 0 if greedy else s) for s in range(n_samples)] for i in range(len(prompts))]
@@ -220,26 +243,41 @@ def prefix_groups(enc: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> lis
     return group
 
 
-def _batches(order, rows, enc, bs, max_new_tokens, budget, group=None):
-    """Consecutive rows of ``order``, at most ``bs`` per batch and at most ``budget`` token
-    positions (rows x longest prompt + max_new_tokens); a single row always forms a batch. A batch
-    also ends where a prefix group of several prompts begins or ends, so it can share its prefix."""
-    group = group or list(range(len(enc)))
+def _streams(order, rows, group):
+    """Consecutive runs of ``order`` that may be decoded together: a run ends where a prefix group
+    of several prompts begins or ends (so a run either shares its prefix or holds only prompts
+    that share none with the others)."""
     size: dict[int, int] = {}
     for g in group:
         size[g] = size.get(g, 0) + 1
-    batch, width = [], 0
+    run, prev = [], None
     for r in order:
-        w = max(width, len(enc[rows[r][0]]) + max_new_tokens)
-        g, prev = group[rows[r][0]], group[batch[-1][0]] if batch else None
-        new_group = batch and g != prev and (size[g] > 1 or size[prev] > 1)
-        if batch and (new_group or len(batch) >= bs or (len(batch) + 1) * w > budget):
-            yield batch
-            batch, w = [], len(enc[rows[r][0]]) + max_new_tokens
-        batch.append(rows[r])
-        width = w
-    if batch:
-        yield batch
+        g = group[rows[r][0]]
+        if run and g != prev and (size[g] > 1 or size[prev] > 1):
+            yield run
+            run = []
+        run.append(r)
+        prev = g
+    if run:
+        yield run
+
+
+def _batches(order, rows, enc, bs, max_new_tokens, budget, group=None):
+    """The static batches (``continuous=False``): consecutive rows of each :func:`_streams` run, at
+    most ``bs`` per batch and at most ``budget`` token positions (rows x longest prompt +
+    max_new_tokens); a single row always forms a batch."""
+    group = group or list(range(len(enc)))
+    for run in _streams(order, rows, group):
+        batch, width = [], 0
+        for r in run:
+            w = max(width, len(enc[rows[r][0]]) + max_new_tokens)
+            if batch and (len(batch) >= bs or (len(batch) + 1) * w > budget):
+                yield [rows[x] for x in batch]
+                batch, w = [], len(enc[rows[r][0]]) + max_new_tokens
+            batch.append(r)
+            width = w
+        if batch:
+            yield [rows[x] for x in batch]
 
 
 def _cache_kw(model) -> str:
@@ -314,6 +352,13 @@ def _prealloc_layer_class():
             nv[:, :, :self.n] = v
             self._k, self._v = nk, nv
             self.keys, self.values = nk[:, :, :self.n], nv[:, :, :self.n]
+
+        def adopt(self, k, v, n: int) -> None:
+            """Take ``k`` / ``v`` (rows, heads, capacity, dim) as the buffers, ``n`` positions filled."""
+            self._k, self._v, self.n = k, v, int(n)
+            self.device = k.device
+            self.keys, self.values = k[:, :, :self.n], v[:, :, :self.n]
+            self.is_initialized = True
 
         def get_seq_length(self) -> int:
             return self.n if self.is_initialized else 0
@@ -430,4 +475,210 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
         last_pos = last_pos + 1
         out = _forward(model, input_ids=nxt[:, None], attention_mask=full[:, :cur], position_ids=last_pos[:, None],
                        use_cache=True, **{ck: cache})
+    return outs
+
+
+def _pick(logits, greedy, temperature, top_p, gens, row_of, dev):
+    """The next token of each batch row: argmax, or a draw from row ``row_of[j]``'s own generator."""
+    import torch
+
+    if greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / float(temperature), dim=-1)
+    if top_p < 1.0:
+        sp, si = probs.sort(-1, descending=True)
+        keep = sp.cumsum(-1) - sp < top_p
+        sp = sp * keep
+        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+    probs = probs.cpu()
+    return torch.cat([torch.multinomial(probs[j], 1, generator=gens[r]) for j, r in enumerate(row_of)]).to(dev)
+
+
+def continuous_ok(model) -> bool:
+    """Whether every layer of the model's KV cache is the engine's pre-allocated one (the stream
+    decoder moves rows between such buffers; sliding-window layers keep the static batches)."""
+    layer_cls = _prealloc_layer_class()
+    cache = _new_cache(model, 1)
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(isinstance(x, layer_cls) for x in layers)
+
+
+class _Stream:
+    """One stream's decoding state: a batch of live (and not yet dropped finished) rows over one
+    pre-allocated KV cache, refilled from a queue of prompts as rows finish (:func:`_decode_stream`)."""
+
+    def __init__(self, model, seqs, max_new_tokens, prefix_len, dev):
+        self.model, self.seqs, self.max_new, self.p, self.dev = model, seqs, max_new_tokens, prefix_len, dev
+        self.ck = _cache_kw(model)
+        self.cache = None
+        self.rows: list[int] = []        # the prompt (index into seqs) of each batch row
+        self.nxt = self.last_pos = self.full = None
+        self.cur = 0                     # filled cache positions (same for every batch row)
+        self.prefix = None               # per layer (k, v) of the shared prefix, 1 row
+
+    def _prefix_kv(self):
+        import torch
+
+        if self.prefix is None:
+            cache = _new_cache(self.model, self.p)
+            _forward(self.model, input_ids=torch.tensor([self.seqs[0][:self.p]], dtype=torch.long, device=self.dev),
+                     position_ids=torch.arange(self.p, device=self.dev)[None], use_cache=True, **{self.ck: cache})
+            self.prefix = [(x._k[:, :, :self.p], x._v[:, :, :self.p]) for x in cache.layers]
+        return self.prefix
+
+    def prefill(self, new_rows):
+        """Prefill ``new_rows`` (stream rows) in a cache of their own; returns (cache, width, logits,
+        last positions, attention mask over the width)."""
+        import torch
+
+        p, seqs = self.p, self.seqs
+        width = max(len(seqs[r]) for r in new_rows) - p
+        n = len(new_rows)
+        cache = _new_cache(self.model, p + width)
+        if p:
+            for layer, (k, v) in zip(cache.layers, self._prefix_kv()):
+                kb = k.new_empty((n, k.shape[1], p + width, k.shape[3]))
+                vb = v.new_empty((n, v.shape[1], p + width, v.shape[3]))
+                kb[:, :, :p] = k
+                vb[:, :, :p] = v
+                layer.adopt(kb, vb, p)
+        ids = torch.full((n, width), 0, dtype=torch.long)
+        mask = torch.zeros((n, p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        for j, r in enumerate(new_rows):
+            s = seqs[r][p:]
+            ids[j, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[j, p + width - len(s):] = 1
+        ids, mask = ids.to(self.dev), mask.to(self.dev)
+        pos = (p + mask[:, p:].cumsum(-1) - 1).clamp_(min=p)
+        out = _forward(self.model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                       **{self.ck: cache})
+        return cache, p + width, out.logits[:, -1, :], pos[:, -1], mask
+
+    def occupied(self, j: int, outs) -> int:
+        """Cache positions batch row ``j`` uses: its prompt and the generated tokens already fed."""
+        r = self.rows[j]
+        return len(self.seqs[r]) + len(outs[r]) - 1
+
+    def merge(self, keep, new_rows, new_cache, new_w, new_nxt, new_pos, new_mask, outs):
+        """The kept batch rows and the prefilled new ones in one cache, right-aligned at the end of
+        the widest row (shorter rows left-padded with masked zeros); columns no kept row uses are cut."""
+        import torch
+
+        if not keep and not new_rows:              # everything finished: an empty batch
+            self.rows, self.cache, self.full, self.cur, self.nxt, self.last_pos = [], None, None, 0, None, None
+            return
+        old_w = max((self.occupied(j, outs) for j in keep), default=0)
+        w = max(old_w, new_w)
+        cap = w + self.max_new + 1
+        n_keep, n = len(keep), len(keep) + len(new_rows)
+        layers = [] if self.cache is None else self.cache.layers
+        sel = torch.tensor(keep, dtype=torch.long, device=self.dev) if n_keep else None
+        src_new = new_cache.layers if new_cache is not None else [None] * len(layers)
+        merged = _new_cache(self.model, cap)
+        for dst, lo, ln in zip(merged.layers, layers or [None] * len(src_new), src_new):
+            src = ln if ln is not None else lo
+            k = src._k.new_empty((n, src._k.shape[1], cap, src._k.shape[3]))
+            v = src._v.new_empty((n, src._v.shape[1], cap, src._v.shape[3]))
+            if n_keep:
+                k[:n_keep, :, :w - old_w] = 0
+                v[:n_keep, :, :w - old_w] = 0
+                k[:n_keep, :, w - old_w:w] = lo._k.index_select(0, sel)[:, :, self.cur - old_w:self.cur]
+                v[:n_keep, :, w - old_w:w] = lo._v.index_select(0, sel)[:, :, self.cur - old_w:self.cur]
+            if ln is not None:
+                k[n_keep:, :, :w - new_w] = 0
+                v[n_keep:, :, :w - new_w] = 0
+                k[n_keep:, :, w - new_w:w] = ln._k[:, :, :new_w]
+                v[n_keep:, :, w - new_w:w] = ln._v[:, :, :new_w]
+            dst.adopt(k, v, w)
+        full = torch.ones((n, cap), dtype=torch.long, device=self.dev)
+        full[:, :w] = 0
+        parts_nxt, parts_pos = [], []
+        if n_keep:
+            full[:n_keep, w - old_w:w] = self.full.index_select(0, sel)[:, self.cur - old_w:self.cur]
+            parts_nxt.append(self.nxt.index_select(0, sel))
+            parts_pos.append(self.last_pos.index_select(0, sel))
+        if new_rows:
+            full[n_keep:, w - new_w:w] = new_mask
+            parts_nxt.append(new_nxt)
+            parts_pos.append(new_pos)
+        self.rows = [self.rows[j] for j in keep] + list(new_rows)
+        self.cache, self.full, self.cur = merged, full, w
+        self.nxt, self.last_pos = torch.cat(parts_nxt), torch.cat(parts_pos)
+
+    def step(self):
+        """Feed every batch row's pending token; returns the logits of the next one."""
+        self.cur += 1
+        self.last_pos = self.last_pos + 1
+        out = _forward(self.model, input_ids=self.nxt[:, None], attention_mask=self.full[:, :self.cur],
+                       position_ids=self.last_pos[:, None], use_cache=True, **{self.ck: self.cache})
+        return out.logits[:, -1, :]
+
+
+def _decode_stream(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, dev, greedy, temperature,
+                   top_p, gens, bs, budget, share_prefix=True, tick=None, finished=None):
+    """Decode every prompt of ``seqs`` (one :func:`_streams` run, longest first) with **continuous
+    batching**: at most ``bs`` rows (and ``budget`` token positions) are decoded together; a row
+    that finishes stays in the batch, masked, until a quarter of the batch is free, when the
+    finished rows are dropped and the next prompts of the queue are prefilled (from the shared
+    prefix's KV when the run has one) and joined to the batch. So the batch stays nearly full until
+    the queue runs out, instead of shrinking to its longest rows as a static batch does, and the
+    KV cache is copied once per refill instead of at every step where a row ends.
+    ``gens``: one generator per prompt when sampling. ``finished(k)``: k prompts are done.
+    Returns each prompt's generated ids (including a final EOS)."""
+    import torch
+
+    p = shared_prefix_len(seqs, MIN_BATCH_PREFIX) if share_prefix else 0
+    st = _Stream(model, seqs, max_new_tokens, p, dev)
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
+    outs: list[list[int]] = [[] for _ in seqs]
+    done: set[int] = set()         # prompts finished
+    head = 0                       # next prompt to admit
+
+    def settle(logits, rows):
+        """Pick the next token of each batch row (prompts ``rows``); record the prompts that end."""
+        nxt = _pick(logits, greedy, temperature, top_p, gens, rows, dev)
+        nxt_l = nxt.tolist()
+        eos_l = torch.isin(nxt, eos_t).tolist() if eos_t is not None else [False] * len(nxt_l)
+        for j, r in enumerate(rows):
+            if r in done:
+                continue
+            outs[r].append(nxt_l[j])
+            end = eos_l[j] or len(outs[r]) >= max_new_tokens
+            if not end and stop:
+                tail = tokenizer.decode(outs[r][-tail_len:], skip_special_tokens=True)
+                end = any(x in tail for x in stop)
+            if end:
+                done.add(r)
+        return nxt
+
+    while True:
+        live = [j for j, r in enumerate(st.rows) if r not in done]
+        n_rows, n_live, left = len(st.rows), len(live), len(seqs) - head
+        new_rows: list[int] = []
+        if left:
+            w_est = max([len(seqs[head])] + [st.occupied(j, outs) for j in live])
+            max_rows = max(1, min(bs, budget // (w_est + max_new_tokens)))
+            want = min(max_rows - n_live, left)
+            if want > 0 and (n_live == 0 or want >= min(max(1, max_rows // 4), left)):
+                new_rows = list(range(head, head + want))
+                head += want
+        dead = n_rows - n_live
+        if new_rows:
+            cache, w, logits, pos, mask = st.prefill(new_rows)
+            nxt = settle(logits, new_rows)
+            st.merge(live, new_rows, cache, w, nxt, pos, mask, outs)
+        elif dead and (n_live == 0 or dead >= max(1, n_rows // 4)):
+            st.merge(live, [], None, 0, None, None, None, outs)
+        if finished is not None and (new_rows or dead):
+            finished(len(done))
+        if all(r in done for r in st.rows):
+            if head >= len(seqs):
+                break
+            continue
+        if tick is not None:
+            tick()
+        st.nxt = settle(st.step(), st.rows)
+    if finished is not None:
+        finished(len(done))
     return outs
