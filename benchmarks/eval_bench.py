@@ -123,14 +123,12 @@ def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, 
     if mode.startswith("engine"):
         from peftarena_cli.evaluation.engine import generate
 
-        # engine: continuous batching + the decode attention (the default); engine-static: the
-        # engine before them (static batches, SDPA); engine-cb: continuous batching with SDPA
-        flags = {"engine": (True, True), "engine-static": (False, False), "engine-cb": (True, False)}[mode]
+        # engine: continuous batching (the default); engine-static: the engine before it (static batches)
+        continuous = mode == "engine"
         jobs = _general_jobs(tok, general) if general else [(prompts, 96, ())]
         texts, tokens, prompt_tokens = [], 0, 0
         for ps, budget, stop in jobs:
-            g = generate(model, tok, ps, max_new_tokens=budget, stop=stop, adapt_threads=adapt,
-                         continuous=flags[0], decode_attention=flags[1])
+            g = generate(model, tok, ps, max_new_tokens=budget, stop=stop, adapt_threads=adapt, continuous=continuous)
             texts += [x[0] for x in g.texts]
             tokens, prompt_tokens = tokens + g.generated_tokens, prompt_tokens + g.prompt_tokens
             extra = g.extra
@@ -197,13 +195,12 @@ def busy(a) -> None:
 
 
 def engines(a) -> None:
-    """The engine against the previous one (static batches, SDPA) and continuous batching alone,
-    on arith or the general suite's parts, one after the other."""
-    runs = [_run(m, a, a.n, gflops=(m == "engine")) for m in ("engine-static", "engine-cb", "engine")]
+    """The engine (continuous batching) against the previous one (static batches), on arith or the
+    general suite's parts, one after the other."""
+    runs = [_run(m, a, a.n, gflops=(m == "engine")) for m in ("engine-static", "engine")]
     work = f"built-in general suite, --limit {a.general}" if a.general else f"arith, {a.n} prompts"
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; workload: {work}")
-    labels = {"engine-static": "previous (static, SDPA)", "engine-cb": "continuous, SDPA",
-              "engine": "continuous + decode attn"}
+    labels = {"engine-static": "static batches (before)", "engine": "continuous batching"}
     for r in runs:
         print(_line(r, labels[r["mode"]]))
     base = runs[0]
@@ -214,7 +211,8 @@ def engines(a) -> None:
     e = runs[-1]
     peak = max(e["matmul_gflops"].values())
     bound = peak * 1e9 / (2.0 * e["params"])
-    print(f"compute bound {bound:.0f} tok/s ({peak:.1f} GFLOP/s); engine {e['tok_s']:.1f} tok/s = {e['tok_s'] / bound:.0%}")
+    print(f"compute bound {bound:.0f} tok/s ({peak:.1f} GFLOP/s); engine {e['tok_s']:.1f} tok/s = {e['tok_s'] / bound:.0%}; "
+          f"before {base['tok_s']:.1f} tok/s = {base['tok_s'] / bound:.0%}")
 
 
 def main() -> None:
@@ -233,7 +231,7 @@ def main() -> None:
                          "ifeval=280,bbh=200,facts=357) instead of arith; compares the engine with the previous one")
     ap.add_argument("--compare", action="store_true",
                     help="on arith: the engine against the previous one (static, SDPA) instead of batch-1 generate")
-    ap.add_argument("--worker", choices=["engine", "engine-static", "engine-cb", "hf1"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["engine", "engine-static", "hf1"], help=argparse.SUPPRESS)
     ap.add_argument("--fixed-threads", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gflops", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -256,34 +256,42 @@ def test_continuous_refills_happen_and_sampling_matches_static_batches(varied_mo
     assert greedy[0] == greedy[1]
 
 
-def test_decode_attention_equals_sdpa_and_the_model_is_restored(varied_model):
-    """The one-token decode attention against torch's SDPA with the key/value heads repeated (a
-    direct computation), with a boolean and an additive mask; prefill goes to SDPA unchanged; the
-    switch is undone on exit."""
-    import torch.nn.functional as F
+def test_continuous_batching_keeps_the_shared_head_when_the_longest_row_ends_first(varied_model, monkeypatch):
+    """Rows that share a head (prefilled once, kept at the left of the cache) and end at different
+    steps: after the longest row has ended, a refill cuts the columns no row uses any more; the
+    head must survive that cut (regression: a cut that treated each row's columns as one block at
+    the right dropped it). Greedy completions equal batch-1 generate, for a short head and for a
+    few-shot prefix group."""
+    import peftarena_cli.evaluation.engine as eng
 
-    from peftarena_cli.evaluation.decode_attention import NAME, decode_attention, fast_decode_attention
+    model, tok = varied_model
+    qs = ["a long question that goes on and on " * 3, "b", "two plus two?", "count", "cc dd", "why not?",
+          "name a colour please", "x y z", "q", "what is the capital of france", "ok", "yes or no"]
+    cuts = []
+    real = eng._Stream.merge
 
-    g = torch.Generator().manual_seed(0)
-    b, hq, hkv, L, d = 5, 6, 2, 17, 8
-    q, k, v = (torch.randn(s, generator=g) for s in ((b, hq, 1, d), (b, hkv, L, d), (b, hkv, L, d)))
-    keep = torch.rand((b, 1, 1, L), generator=g) > 0.3
-    keep[..., -1] = True
+    def spy(self, keep, new_rows, *a):
+        if keep and self.p:
+            cuts.append(self.cur - max(self.occupied(j, a[-1]) for j in keep))
+        return real(self, keep, new_rows, *a)
 
-    class M:
-        num_key_value_groups = hq // hkv
-
-    rk, rv = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
-    want = F.scaled_dot_product_attention(q, rk, rv, attn_mask=keep, scale=0.3).transpose(1, 2)
-    got, _ = decode_attention(M(), q, k, v, keep, scaling=0.3)
-    assert got.shape == (b, 1, hq, d) and torch.allclose(got, want, atol=1e-6)
-    add = torch.where(keep, 0.0, float("-inf"))
-    assert torch.allclose(decode_attention(M(), q, k, v, add, scaling=0.3)[0], want, atol=1e-6)
-    q2 = torch.randn((b, hq, 3, d), generator=g)  # a prefill chunk: SDPA's own path
-    want2 = F.scaled_dot_product_attention(q2, rk, rv, is_causal=False).transpose(1, 2)
-    assert torch.allclose(decode_attention(M(), q2, k, v, None, is_causal=False)[0], want2, atol=1e-6)
-    model, _ = varied_model
-    assert model.config._attn_implementation == "sdpa"
-    with fast_decode_attention(model) as on:
-        assert on and model.config._attn_implementation == NAME
-    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(eng._Stream, "merge", spy)
+    for head in (HEAD, SHOTS):
+        prompts = [head + q for q in qs]
+        # an EOS the rows reach at many different steps: the token whose first occurrences are most spread
+        free = generate(model, tok, prompts, max_new_tokens=24, continuous=False).token_ids
+        firsts = {}
+        for ids in (x[0] for x in free):
+            for k, t in enumerate(ids):
+                firsts.setdefault(t, {})
+                firsts[t].setdefault(id(ids), k)
+        tid = max(firsts, key=lambda t: len(set(firsts[t].values())))
+        ref = [_hf_generate(model, tok, p, 24, eos=[tok.eos_token_id, tid]) for p in prompts]
+        model.generation_config.eos_token_id = [tok.eos_token_id, tid]
+        try:
+            for bs in (3, 5):
+                g = generate(model, tok, prompts, max_new_tokens=24, batch_size=bs)
+                assert [t[0] for t in g.texts] == ref, (head[:5], bs)
+        finally:
+            model.generation_config.eos_token_id = tok.eos_token_id
+    assert any(c > 0 for c in cuts)  # the path under test was taken: a refill cut unused columns

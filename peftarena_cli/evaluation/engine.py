@@ -22,8 +22,6 @@ between calls) generates completions for many prompts:
 * the KV cache is **allocated once** for the batch's longest row (prompt + budget) and each step
   writes one position into it (:func:`_prealloc_layer_class`), instead of transformers' default cache that
   concatenates, i.e. copies the whole cache of every layer, at every step;
-* the one-token decode step's attention is two batched matmuls over the grouped key/value heads
-  instead of SDPA's CPU kernel (:mod:`~peftarena_cli.evaluation.decode_attention`);
 * sampling draws each row from its **own seeded generator** (seed, prompt index, sample), so a
   sampled completion does not depend on the batch it ran in, the batch size or the process
   (data-parallel ranks, ``evaluation/distributed.py``) that ran it;
@@ -44,7 +42,6 @@ from __future__ import annotations
 import time
 
 from peftarena_cli.evaluation.backend import Generation, GenerationBackend, encode_prompts, first_stop
-from peftarena_cli.evaluation.decode_attention import fast_decode_attention
 
 __all__ = ["Generation", "GenerationBackend", "HfBackend", "encode_prompts", "generate", "eos_ids",
            "shared_prefix_len", "prefix_groups", "MIN_SHARED_PREFIX", "default_batch_size"]
@@ -86,8 +83,7 @@ _first_stop = first_stop  # (older name)
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
              temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
              batch_size: int | None = None, progress=None, label: str = "", share_prefix: bool = True,
-             adapt_threads: bool = True, row_ids: list[int] | None = None, continuous: bool = True,
-             decode_attention: bool = True) -> Generation:
+             adapt_threads: bool = True, row_ids: list[int] | None = None, continuous: bool = True) -> Generation:
     """Generate ``n_samples`` completions for each prompt (see the module docstring).
 
     ``model`` is a transformers / PEFT model (the built-in engine) or any
@@ -105,8 +101,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
         return model.generate(tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
                               top_p=top_p, n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress,
                               label=label)
-    return HfBackend(model, share_prefix=share_prefix, adapt_threads=adapt_threads, continuous=continuous,
-                     decode_attention=decode_attention).generate(
+    return HfBackend(model, share_prefix=share_prefix, adapt_threads=adapt_threads, continuous=continuous).generate(
         tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
         n_samples=n_samples, seed=seed, batch_size=batch_size, progress=progress, label=label, row_ids=row_ids)
 
@@ -116,13 +111,11 @@ class HfBackend(GenerationBackend):
 
     name = "hf"
 
-    def __init__(self, model, share_prefix: bool = True, adapt_threads: bool = True, continuous: bool = True,
-                 decode_attention: bool = True):
+    def __init__(self, model, share_prefix: bool = True, adapt_threads: bool = True, continuous: bool = True):
         self.model = model
         self.share_prefix = share_prefix
         self.adapt_threads = adapt_threads
         self.continuous = continuous
-        self.decode_attention = decode_attention
 
     def generate(self, tokenizer, prompts: list[str], *, max_new_tokens: int = 256, stop=(),
                  temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
@@ -161,7 +154,7 @@ class HfBackend(GenerationBackend):
         gov = ThreadGovernor(enabled=self.adapt_threads and dev.type == "cpu")
         continuous = self.continuous and continuous_ok(model)
         try:
-            with torch.inference_mode(), fast_decode_attention(model, self.decode_attention):
+            with torch.inference_mode():
                 if continuous:
                     units = ([rows[r] for r in run] for run in _streams(order, rows, group))
                 else:
@@ -208,6 +201,9 @@ def _row_generator(seed: int, item: int, sample: int):
     return torch.Generator(device="cpu").manual_seed(mixed)
 
 
+# Continuous batching refills the batch when 1/REFILL_PART of its rows are free (finished rows are
+# dropped then too): fewer refills copy the KV cache less often, more keep the batch fuller.
+REFILL_PART = 4
 MIN_SHARED_PREFIX = 64  # tokens; prompts sharing at least this many are batched together (prefix groups)
 # Within any batch, a common prefix of at least this many tokens (a chat template's head and system
 # prompt: 24 tokens for SmolLM2) is prefilled once; batching itself does not change.
@@ -561,45 +557,55 @@ class _Stream:
         return len(self.seqs[r]) + len(outs[r]) - 1
 
     def merge(self, keep, new_rows, new_cache, new_w, new_nxt, new_pos, new_mask, outs):
-        """The kept batch rows and the prefilled new ones in one cache, right-aligned at the end of
-        the widest row (shorter rows left-padded with masked zeros); columns no kept row uses are cut."""
+        """The kept batch rows and the prefilled new ones in one cache. Every row's columns are the
+        shared prefix (``p``, at the left, as prefilled) and its own tail (suffix and generated
+        tokens, contiguous, ending at the current position): the prefix stays at [0, p), the tails
+        are right-aligned at the end of the longest one (shorter rows left-padded with masked zeros
+        between prefix and tail), and columns no row uses any more are cut."""
         import torch
 
         if not keep and not new_rows:              # everything finished: an empty batch
             self.rows, self.cache, self.full, self.cur, self.nxt, self.last_pos = [], None, None, 0, None, None
             return
-        old_w = max((self.occupied(j, outs) for j in keep), default=0)
-        w = max(old_w, new_w)
+        p = self.p
+        t_old = max((self.occupied(j, outs) - p for j in keep), default=0)   # tails of the kept rows
+        t_new = new_w - p if new_rows else 0
+        w = p + max(t_old, t_new)
         cap = w + self.max_new + 1
         n_keep, n = len(keep), len(keep) + len(new_rows)
         layers = [] if self.cache is None else self.cache.layers
         sel = torch.tensor(keep, dtype=torch.long, device=self.dev) if n_keep else None
         src_new = new_cache.layers if new_cache is not None else [None] * len(layers)
         merged = _new_cache(self.model, cap)
+        c = self.cur
         for dst, lo, ln in zip(merged.layers, layers or [None] * len(src_new), src_new):
             src = ln if ln is not None else lo
             k = src._k.new_empty((n, src._k.shape[1], cap, src._k.shape[3]))
             v = src._v.new_empty((n, src._v.shape[1], cap, src._v.shape[3]))
-            if n_keep:
-                k[:n_keep, :, :w - old_w] = 0
-                v[:n_keep, :, :w - old_w] = 0
-                k[:n_keep, :, w - old_w:w] = lo._k.index_select(0, sel)[:, :, self.cur - old_w:self.cur]
-                v[:n_keep, :, w - old_w:w] = lo._v.index_select(0, sel)[:, :, self.cur - old_w:self.cur]
-            if ln is not None:
-                k[n_keep:, :, :w - new_w] = 0
-                v[n_keep:, :, :w - new_w] = 0
-                k[n_keep:, :, w - new_w:w] = ln._k[:, :, :new_w]
-                v[n_keep:, :, w - new_w:w] = ln._v[:, :, :new_w]
+            for buf, old, new in ((k, None if lo is None else lo._k, None if ln is None else ln._k),
+                                  (v, None if lo is None else lo._v, None if ln is None else ln._v)):
+                if n_keep:
+                    kept = old.index_select(0, sel)
+                    buf[:n_keep, :, :p] = kept[:, :, :p]
+                    buf[:n_keep, :, p:w - t_old] = 0
+                    buf[:n_keep, :, w - t_old:w] = kept[:, :, c - t_old:c]
+                if new is not None:
+                    buf[n_keep:, :, :p] = new[:, :, :p]
+                    buf[n_keep:, :, p:w - t_new] = 0
+                    buf[n_keep:, :, w - t_new:w] = new[:, :, p:new_w]
             dst.adopt(k, v, w)
         full = torch.ones((n, cap), dtype=torch.long, device=self.dev)
         full[:, :w] = 0
         parts_nxt, parts_pos = [], []
         if n_keep:
-            full[:n_keep, w - old_w:w] = self.full.index_select(0, sel)[:, self.cur - old_w:self.cur]
+            fk = self.full.index_select(0, sel)
+            full[:n_keep, :p] = fk[:, :p]
+            full[:n_keep, w - t_old:w] = fk[:, c - t_old:c]
             parts_nxt.append(self.nxt.index_select(0, sel))
             parts_pos.append(self.last_pos.index_select(0, sel))
         if new_rows:
-            full[n_keep:, w - new_w:w] = new_mask
+            full[n_keep:, :p] = new_mask[:, :p]
+            full[n_keep:, w - t_new:w] = new_mask[:, p:new_w]
             parts_nxt.append(new_nxt)
             parts_pos.append(new_pos)
         self.rows = [self.rows[j] for j in keep] + list(new_rows)
@@ -660,7 +666,7 @@ def _decode_stream(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, 
             w_est = max([len(seqs[head])] + [st.occupied(j, outs) for j in live])
             max_rows = max(1, min(bs, budget // (w_est + max_new_tokens)))
             want = min(max_rows - n_live, left)
-            if want > 0 and (n_live == 0 or want >= min(max(1, max_rows // 4), left)):
+            if want > 0 and (n_live == 0 or want >= min(max(1, max_rows // REFILL_PART), left)):
                 new_rows = list(range(head, head + want))
                 head += want
         dead = n_rows - n_live
@@ -668,7 +674,7 @@ def _decode_stream(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, 
             cache, w, logits, pos, mask = st.prefill(new_rows)
             nxt = settle(logits, new_rows)
             st.merge(live, new_rows, cache, w, nxt, pos, mask, outs)
-        elif dead and (n_live == 0 or dead >= max(1, n_rows // 4)):
+        elif dead and (n_live == 0 or dead >= max(1, n_rows // REFILL_PART)):
             st.merge(live, [], None, 0, None, None, None, outs)
         if finished is not None and (new_rows or dead):
             finished(len(done))
