@@ -434,18 +434,7 @@ def _decode_batch(model, seqs, max_new_tokens, eos, stop, tail_len, tokenizer, p
     for step in range(max_new_tokens):
         if tick is not None:
             tick()
-        logits = out.logits[:, -1, :]
-        if greedy:
-            nxt = logits.argmax(-1)
-        else:
-            probs = torch.softmax(logits.float() / float(temperature), dim=-1)
-            if top_p < 1.0:
-                sp, si = probs.sort(-1, descending=True)
-                keep = sp.cumsum(-1) - sp < top_p
-                sp = sp * keep
-                probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-            probs = probs.cpu()
-            nxt = torch.cat([torch.multinomial(probs[j], 1, generator=gens[r]) for j, r in enumerate(active)]).to(dev)
+        nxt = _pick(out.logits[:, -1, :], greedy, temperature, top_p, gens, active, dev)
         nxt_l = nxt.tolist()
         eos_l = torch.isin(nxt, eos_t).tolist() if eos_t is not None else [False] * len(nxt_l)
         keep = []
