@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/eval_bench.py [--model smollm2-135m] [--n 64] [--hf-n 8]
     .venv/bin/python benchmarks/eval_bench.py --busy [--n 16]      # a deliberately busy machine
+    .venv/bin/python benchmarks/eval_bench.py --general ifeval=96,bbh=64,facts=128   # static vs continuous
+    .venv/bin/python benchmarks/eval_bench.py --compare --n 128                       # the same on arith
 
 Each approach runs in its own subprocess (so peak memory is its own), one after the other:
 
@@ -22,6 +24,11 @@ the engine's generated tokens/s (the issue's measure). Prefill also costs comput
 measure does not credit (2 x P' FLOP per prompt token, P' = P without the lm_head, which the
 prefill skips), so the script also prints the engine's achieved GFLOP/s over all the tokens it
 processed and its fraction of the measured matmul rate.
+
+``--general LIMIT`` / ``--compare`` run the engine with static batches (``continuous=False``, the
+engine before continuous batching) and with continuous batching, on the built-in general suite's
+parts at that ``--limit`` (each part with its own max_new_tokens and stops, as eval-general runs
+them) or on arith, and print the speed-up and how many greedy completions are identical.
 
 ``--busy`` measures the shared-CPU behaviour: one background ``python -c 'while True: pass'`` per
 ``--busy-procs`` runs beside the engine, which runs with its thread governor (the default) and
