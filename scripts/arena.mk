@@ -229,7 +229,9 @@ $(RUNS)/%/drift.parquet: $(RUNS)/%/train/.done
 # Every trajectory checkpoint of a run (one eval call: the base is loaded once, each checkpoint attached in
 # turn) on TASK with PATH_SAMPLES sampled completions per item (pass@k), and on the general suite; the base
 # is step 0. The per-sample rows stay in path/ (report reads them for passk.png and the training path).
-ckpt_args = $(foreach c,$(sort $(wildcard $(RUNS)/$(1)/train/checkpoint-*)),--adapter $(c))
+# (listed by the shell when the recipe runs: make's $(wildcard) reads a cached directory listing, so it
+# missed the checkpoints that training wrote earlier in the same make run)
+ckpt_args = $(addprefix --adapter ,$(shell ls -d $(RUNS)/$(1)/train/checkpoint-* 2>/dev/null | sort -V))
 PATH_SAMPLING = --limit $(PATH_LIMIT) -n $(PATH_SAMPLES) --temperature $(PATH_TEMPERATURE) --k $(PATH_K) \
 	--max-new-tokens $(RL_MAX_TOKENS)
 
@@ -243,10 +245,12 @@ $(RUNS)/base/path/general.parquet:
 
 $(RUNS)/%/path/target.parquet: $(RUNS)/%/train/.done
 	@mkdir -p $(@D)
+	@test -n "$(call ckpt_args,$*)" || { echo "error: no checkpoint-* in $(RUNS)/$*/train for the path diagnostics" >&2; exit 1; }
 	$(PA) eval-target $(MODEL) $(call ckpt_args,$*) $(task_arg) $(PATH_SAMPLING) -o $@
 
 $(RUNS)/%/path/general.parquet: $(RUNS)/%/train/.done
 	@mkdir -p $(@D)
+	@test -n "$(call ckpt_args,$*)" || { echo "error: no checkpoint-* in $(RUNS)/$*/train for the path diagnostics" >&2; exit 1; }
 	$(PA) eval-general $(MODEL) $(call ckpt_args,$*) --limit $(PATH_GENERAL_LIMIT) -o $@
 
 # ---------------------------------------------------------------- paths: interpolate, rewind
