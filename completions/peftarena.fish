@@ -154,6 +154,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l num-generatio
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l max-completion-length
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l temperature
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l beta
+complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l steps-per-generation
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l mixed-precision
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l gradient-checkpointing
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l no-gradient-checkpointing

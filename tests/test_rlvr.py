@@ -241,3 +241,36 @@ def test_path_table_pass_at_k_against_the_unbiased_estimator(tmp_path):
             if sd > 0:  # item-mean normal interval: mean ± z·sd/√n, clipped to [0, 100]
                 assert row["high"] - row["value"] == pytest.approx(
                     min(1.959964 * 100 * sd / math.sqrt(6), 100 - row["value"]), rel=1e-3)
+
+
+# ------------------------------------------------------------------ steps per generation
+@pytest.mark.parametrize("spg,calls", [(None, [4, 4, 4, 4]), (2, [8, 8])])
+def test_steps_per_generation_samples_several_steps_in_one_generation_batch(tiny_model_dir, tmp_path, spg, calls):
+    """--steps-per-generation k reaches TRL: the reward sees one generation batch of k steps' completions
+    per k optimizer steps (4 steps, 4 completions per step); unset, one batch per step (on-policy)."""
+    from peftarena_cli.training.runner import FinetuneConfig, finetune
+
+    seen = []
+
+    def count(completions, answer, **_):
+        seen.append(len(completions))
+        return [0.0] * len(completions)
+
+    cfg = FinetuneConfig(base=str(tiny_model_dir), output=str(tmp_path / "run"), regime="rlvr", data="arith-1", steps=4,
+                         batch_size=4, num_generations=2, max_completion_length=4, save_every=4, lr=1e-3,
+                         steps_per_generation=spg, argv=["test"])
+    res = finetune(cfg, reward_fn=count)
+    assert res.steps == 4 and seen == calls
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert man["config"]["steps_per_generation"] == spg
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--steps-per-generation", "2"], "applies to --regime rlvr only"),
+    (["--regime", "rlvr", "--steps-per-generation", "0", "--batch-size", "2", "--num-generations", "2"], "must be >= 1"),
+])
+def test_steps_per_generation_bad_values_are_usage_errors(tiny_model_dir, tmp_path, cli, args, msg):
+    out = tmp_path / "out"
+    r = cli("finetune", tiny_model_dir, "-o", out, "--steps", "1", *args)
+    assert r.returncode == 2 and msg in _err(r) and "Traceback" not in _err(r)
+    assert not out.exists()

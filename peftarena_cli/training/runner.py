@@ -59,6 +59,10 @@ class FinetuneConfig:
     max_completion_length: int = 64
     temperature: float = 1.0
     beta: float = 0.0
+    # RLVR: optimizer steps per generation batch (TRL's steps_per_generation). None: TRL's default (= grad_accum,
+    # on-policy); k > 1 samples k steps' completions in one generate call and reuses them for k steps
+    # (docs/finetune.md, "Speed")
+    steps_per_generation: int | None = None
     resume: bool = False
     overwrite: bool = False
     argv: list = field(default_factory=lambda: list(sys.argv))
@@ -68,7 +72,7 @@ class FinetuneConfig:
                 "answer_column", "num_examples", "chat_template", "rank", "alpha", "block_size", "target_modules",
                 "lr", "steps", "batch_size", "grad_accum", "max_length", "warmup_steps", "lr_scheduler",
                 "weight_decay", "save_every", "seed", "dtype", "mixed_precision", "num_generations",
-                "max_completion_length", "temperature", "beta")
+                "max_completion_length", "temperature", "beta", "steps_per_generation")
 
 
 @dataclass
@@ -121,10 +125,17 @@ def validate_config(cfg: FinetuneConfig) -> None:
                 hint="GRPO generates whole groups: make batch-size x processes x grad-accum a multiple of --num-generations")
         if cfg.max_completion_length < 1:
             raise UsageError("--max-completion-length must be >= 1")
+        if cfg.steps_per_generation is not None and cfg.steps_per_generation < 1:
+            raise UsageError(f"--steps-per-generation must be >= 1 (got {cfg.steps_per_generation})")
+    elif cfg.steps_per_generation is not None:
+        raise UsageError("--steps-per-generation applies to --regime rlvr only",
+                         hint="drop it, or pass --regime rlvr")
 
 
 def run_key(cfg: FinetuneConfig, base_identity: str, data_source: dict) -> str:
     d = {k: getattr(cfg, k) for k in FinetuneConfig.RUN_KEYS}
+    if d["steps_per_generation"] is None:
+        del d["steps_per_generation"]  # keys of runs made before the option existed stay valid for --resume
     d["base_identity"] = base_identity
     d["data_identity"] = data_source.get("identity")
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -500,8 +511,9 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
 
     from peftarena_cli.training.rewards import SafeReward, verifiable_reward
 
+    extra = {} if cfg.steps_per_generation is None else {"steps_per_generation": cfg.steps_per_generation}
     args = GRPOConfig(num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-                      temperature=cfg.temperature, beta=cfg.beta, log_completions=False, **common)
+                      temperature=cfg.temperature, beta=cfg.beta, log_completions=False, **extra, **common)
     reward = SafeReward(reward_fn or verifiable_reward)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok)
     trainer._peftarena_reward = reward  # read after training: completions a failing reward scored 0
