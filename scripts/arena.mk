@@ -70,6 +70,11 @@ RL_MAX_TOKENS  ?= 64
 # mostly incoherent (5 % right on arith-2), at 0.7 far less so.
 RL_TEMPERATURE ?= 0.7
 RL_LR_FACTOR   ?= 1
+# A method's RLVR learning rate: RL_LR_<method> when given, else its arena lr x RL_LR_FACTOR. OFT at its SFT
+# arena lr (5e-4) collapsed under GRPO within 4 steps (reward 0 from step 5 on, fluent off-topic text), so
+# its RLVR rate is lower.
+RL_LR_oft      ?= 1e-4
+rl_lr_of = $(or $(RL_LR_$(1)),$(shell $(VENV)/bin/python -c "print($(call lr_of,$(1)) * $(RL_LR_FACTOR))"))
 # GRPO samples RL_STEPS_PER_GENERATION steps' completions in one generate call (TRL's steps_per_generation):
 # on a CPU a decode step costs about the same for 8 rows as for 32, so this cuts GRPO's time per step
 # (21.9 -> 16.9 s over the first 8 steps of lora, docs/finetune.md "Speed"); 1 = strictly on-policy.
@@ -186,7 +191,7 @@ $(REPORT)/leaderboard.parquet: $(EVALS) $(ANALYSES) $(CURVES) $(REWOUND) $(PATHE
 every = $(shell echo $$(( ($(1) + $(TRAJ_POINTS) - 1) / $(TRAJ_POINTS) )))
 train_args = $(if $(filter rlvr,$(call regime,$(1))),\
 	--regime rlvr --data $(TASK) --steps $(RL_STEPS) --batch-size $(RL_BATCH) --num-generations $(RL_GENERATIONS) \
-	--max-completion-length $(RL_MAX_TOKENS) --temperature $(RL_TEMPERATURE) --steps-per-generation $(RL_STEPS_PER_GENERATION) --lr $(shell $(VENV)/bin/python -c "print($(call lr_of,$(call meth,$(1))) * $(RL_LR_FACTOR))") \
+	--max-completion-length $(RL_MAX_TOKENS) --temperature $(RL_TEMPERATURE) --steps-per-generation $(RL_STEPS_PER_GENERATION) --lr $(call rl_lr_of,$(call meth,$(1))) \
 	--save-every $(call every,$(RL_STEPS)),\
 	$(if $(findstring -,$(1)),--data $(TASK)) --steps $(STEPS) --batch-size $(BATCH) --lr $(call lr_of,$(call meth,$(1))) \
 	--save-every $(if $(findstring -,$(1)),$(call every,$(STEPS)),$(STEPS)))
