@@ -94,7 +94,8 @@ PATH_LIMIT     ?= 8
 PATH_SAMPLES   ?= 16
 PATH_K         ?= 1,4,16
 PATH_TEMPERATURE ?= $(RL_TEMPERATURE)
-PATH_GENERAL_LIMIT ?= 8
+# (BBH at 2 per subtask: with one item per subtask its stratified interval, and so the general score's, is undefined)
+PATH_GENERAL_LIMIT ?= ifeval=8,bbh=16,facts=8
 
 PEFTARENA      ?= $(VENV)/bin/peftarena
 PA              = $(PEFTARENA)

@@ -243,6 +243,28 @@ def test_path_table_pass_at_k_against_the_unbiased_estimator(tmp_path):
                     min(1.959964 * 100 * sd / math.sqrt(6), 100 - row["value"]), rel=1e-3)
 
 
+def test_training_path_is_anchored_at_the_base_point_and_keeps_its_changes():
+    """The plane's training path starts on the base's star: every step is shifted by (base point - path's
+    step 0), so the changes along training are the path eval's own; without a step 0 it stays absolute."""
+    from peftarena_cli.report.trajectory import trajectories
+
+    rows = []
+    for step, p1, gen in ((0, 8.0, 45.0), (10, 20.0, 41.0), (20, 30.0, 44.0)):
+        rows += [{"method": "lora-rlvr", "step": step, "metric": "pass@1", "value": p1, "low": p1 - 5, "high": p1 + 5},
+                 {"method": "lora-rlvr", "step": step, "metric": "general", "value": gen, "low": gen - 4,
+                  "high": gen + 4}]
+    table = pd.DataFrame(rows)
+    tr = trajectories(table, anchor=(15.0, 33.0))["lora-rlvr"]
+    assert tr["anchored"].all()
+    assert tr["target"].tolist() == [15.0, 27.0, 37.0] and tr["general"].tolist() == [33.0, 29.0, 32.0]
+    assert (tr["target_high"] - tr["target"]).tolist() == [5.0] * 3
+    assert (tr["general"] - tr["general_low"]).tolist() == [4.0] * 3
+    plain = trajectories(table)["lora-rlvr"]
+    assert not plain["anchored"].any() and plain["target"].tolist() == [8.0, 20.0, 30.0]
+    no_zero = trajectories(table[table["step"] > 0], anchor=(15.0, 33.0))["lora-rlvr"]
+    assert not no_zero["anchored"].any() and no_zero["general"].tolist() == [41.0, 44.0]
+
+
 # ------------------------------------------------------------------ steps per generation
 @pytest.mark.parametrize("spg,calls", [(None, [4, 4, 4, 4]), (2, [8, 8])])
 def test_steps_per_generation_samples_several_steps_in_one_generation_batch(tiny_model_dir, tmp_path, spg, calls):

@@ -113,7 +113,15 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
                   reference=ref_df, reference_title=ref_title, notes=notes,
                   inputs={n: [str(f) for fs in m.files.values() for f in fs] for n, m in methods.items()},
                   order=list(methods), points=points, statements=statements, path=path,
-                  trajectories=trajectories(path), regimes=regimes)
+                  trajectories=trajectories(path, _base_point(lb, base_name)), regimes=regimes)
+
+
+def _base_point(lb, base_name: str):
+    """The base's (target, general) on the plane, or None when the leaderboard has no base row."""
+    row = lb[lb["method"] == base_name] if "method" in lb else lb.iloc[0:0]
+    if not len(row) or "target" not in row or "general" not in row:
+        return None
+    return float(row["target"].iloc[0]), float(row["general"].iloc[0])
 
 
 POINT_COLUMNS = ["point", "method", "path", "alpha", "target", "general", "target_low", "target_high", "general_low",

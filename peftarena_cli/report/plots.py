@@ -195,7 +195,8 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
         if len(tr) < 2:
             continue
         ax.plot(tr["general"], tr["target"], linestyle=(0, (1, 1.5)), color=color, lw=1.6, marker="s", ms=3.2,
-                alpha=0.85, label=f"{name} training path (pass@1 sampled)", zorder=2)
+                alpha=0.85, zorder=2, label=f"{name} training path (pass@1 sampled"
+                + (", change from the base)" if "anchored" in tr and bool(tr["anchored"].iloc[0]) else ")"))
         last = tr.iloc[-1]
         labels.append((last["general"], last["target"], f"step {int(last['step'])}", {"fontsize": 7, "color": color}))
         obstacles += list(zip(tr["general"], tr["target"]))

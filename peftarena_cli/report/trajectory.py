@@ -140,9 +140,16 @@ def path_table(methods: dict, base_name: str = "base", infos: dict | None = None
     return pd.DataFrame(rows, columns=PATH_COLUMNS)
 
 
-def trajectories(table) -> dict:
+def trajectories(table, anchor: tuple[float, float] | None = None) -> dict:
     """{method: DataFrame(step, target, general, target_low, ...)} for the plane: target = pass@1 of the
-    sampled path eval, general = the path's general score, one row per step that has both."""
+    sampled path eval, general = the path's general score, one row per step that has both.
+
+    With ``anchor`` = the base's (target, general) point on the plane and a step 0 in the path, each
+    trajectory is shifted so that its step 0 sits on that point: it then shows the *change* along
+    training (measured on the path's own items and sampling) starting from the base's star, instead of
+    absolute values on a smaller item set that would start elsewhere. ``anchored`` says which."""
+    import math
+
     import pandas as pd
 
     out = {}
@@ -154,12 +161,21 @@ def trajectories(table) -> dict:
         steps = sorted(set(t.index) & set(ge.index))
         if len(steps) < 2:
             continue
-        out[name] = pd.DataFrame({"step": steps, "target": [float(t.loc[s, "value"]) for s in steps],
-                                  "general": [float(ge.loc[s, "value"]) for s in steps],
-                                  "target_low": [float(t.loc[s, "low"]) for s in steps],
-                                  "target_high": [float(t.loc[s, "high"]) for s in steps],
-                                  "general_low": [float(ge.loc[s, "low"]) for s in steps],
-                                  "general_high": [float(ge.loc[s, "high"]) for s in steps]})
+        df = pd.DataFrame({"step": steps, "target": [float(t.loc[s, "value"]) for s in steps],
+                           "general": [float(ge.loc[s, "value"]) for s in steps],
+                           "target_low": [float(t.loc[s, "low"]) for s in steps],
+                           "target_high": [float(t.loc[s, "high"]) for s in steps],
+                           "general_low": [float(ge.loc[s, "low"]) for s in steps],
+                           "general_high": [float(ge.loc[s, "high"]) for s in steps]})
+        df["anchored"] = False
+        if anchor is not None and steps[0] == 0 and all(math.isfinite(float(v)) for v in anchor):
+            dt, dg = float(anchor[0]) - df["target"].iloc[0], float(anchor[1]) - df["general"].iloc[0]
+            for c in ("target", "target_low", "target_high"):
+                df[c] = df[c] + dt
+            for c in ("general", "general_low", "general_high"):
+                df[c] = df[c] + dg
+            df["anchored"] = True
+        out[name] = df
     return out
 
 
