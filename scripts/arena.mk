@@ -77,10 +77,11 @@ RL_LR_oft      ?= 1e-4
 rl_lr_of = $(or $(RL_LR_$(1)),$(shell $(VENV)/bin/python -c "print($(call lr_of,$(1)) * $(RL_LR_FACTOR))"))
 # GRPO samples RL_STEPS_PER_GENERATION steps' completions in one generate call (TRL's steps_per_generation):
 # on a CPU a decode step costs about the same for 8 rows as for 32, so this cuts GRPO's time per step
-# (21.9 -> 16.9 s over the first 8 steps of lora, docs/finetune.md "Speed"); 1 = strictly on-policy.
+# (lora's first steps: 21.9 s per step on-policy, 16.9 s with 4; docs/finetune.md "GRPO speed"); 1 = on-policy.
 RL_STEPS_PER_GENERATION ?= 4
 # Evaluation sizes of the regime run sets: smaller than the SFT arena's so that `make arena REGIME=rlvr`
-# (GRPO is ~4x the training time of SFT per step on a CPU) fits 60 min on 2 cores; TARGET_LIMIT= etc. win.
+# (GRPO is ~7x the training time of SFT per step on a CPU) comes near 60 min on 2 cores (measured 66.5 min with
+# the install, docs/report.md "Time budget, measured"); TARGET_LIMIT= etc. win.
 RL_TARGET_LIMIT  ?= 128
 RL_GENERAL_LIMIT ?= 48
 RL_DRIFT_LIMIT   ?= 8

@@ -61,7 +61,7 @@ class FinetuneConfig:
     beta: float = 0.0
     # RLVR: optimizer steps per generation batch (TRL's steps_per_generation). None: TRL's default (= grad_accum,
     # on-policy); k > 1 samples k steps' completions in one generate call and reuses them for k steps
-    # (docs/finetune.md, "Speed")
+    # (docs/finetune.md, "GRPO speed")
     steps_per_generation: int | None = None
     resume: bool = False
     overwrite: bool = False
