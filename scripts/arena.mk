@@ -87,6 +87,19 @@ RL_GENERAL_LIMIT ?= 48
 RL_DRIFT_LIMIT   ?= 8
 # the methods of a regime run set that get an interpolation curve (and a rewound point)
 RL_INTERP_METHODS ?= lora
+# Jobs at once. On 2 cores two single-threaded jobs do more work than one two-threaded job: two GRPO runs
+# at once 1.26x, two sampled path evals 1.33x (measured side by side; docs/report.md "Time budget,
+# measured"), because a 135M model's ops are too small for two threads to share well. A run set with
+# JOBS > 1 runs its stages with `make -jJOBS` (output synchronised by line, so no live progress bars), each
+# job with cores/JOBS intra-op threads (OMP_NUM_THREADS). The regime sets use RL_JOBS; the SFT arena keeps
+# one job at a time (its budget was measured so), ARENA_JOBS=2 to opt in.
+RL_JOBS        ?= 2
+ARENA_JOBS     ?= 1
+NCORES          = $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+job_threads     = $(shell n=$$(( $(NCORES) / $(1) )); echo $$(( n > 0 ? n : 1 )))
+# the environment and make flags of a run set with $(1) jobs (nothing for one job)
+jobs_env        = $(if $(filter-out 1,$(strip $(1))),OMP_NUM_THREADS=$(call job_threads,$(1)))
+jobs_flags      = $(if $(filter-out 1,$(strip $(1))),-j$(strip $(1)) --output-sync=line)
 # Path diagnostics: checkpoints along training (TRAJ_POINTS per run, the last one included) evaluated on
 # TASK with sampling (PATH_SAMPLES per item, pass@PATH_K) and on the general suite (greedy), plus the
 # base as step 0.
@@ -121,7 +134,7 @@ arena-run:
 ifneq ($(strip $(REGIMES)),sft)
 	@$(MAKE) --no-print-directory arena-regimes-run
 else
-	@$(MAKE) --no-print-directory arena-stages RUNS=$(ARENA_RUNS) METHODS="$(ARENA_METHODS)" \
+	@$(call jobs_env,$(ARENA_JOBS)) $(MAKE) --no-print-directory $(call jobs_flags,$(ARENA_JOBS)) arena-stages RUNS=$(ARENA_RUNS) METHODS="$(ARENA_METHODS)" \
 		INTERP="$(filter $(INTERP_METHODS),$(ARENA_METHODS))" TITLE=arena \
 		TARGET_LIMIT=$(if $(filter command line,$(origin TARGET_LIMIT)),$(TARGET_LIMIT),$(ARENA_TARGET_LIMIT)) \
 		GENERAL_LIMIT=$(if $(filter command line,$(origin GENERAL_LIMIT)),$(GENERAL_LIMIT),$(ARENA_GENERAL_LIMIT)) \
@@ -132,7 +145,7 @@ endif
 # regimes (report-rlvr, report-sft-rlvr), so `make arena REGIME=rlvr` and `make arena-both` share RL_RUNS
 # (its base evals, its RLVR runs) and each draws only its own regimes.
 arena-regimes-run:
-	@$(MAKE) --no-print-directory arena-stages RUNS=$(RL_RUNS) TITLE="arena ($(REGIMES))" \
+	@$(call jobs_env,$(RL_JOBS)) $(MAKE) --no-print-directory $(call jobs_flags,$(RL_JOBS)) arena-stages RUNS=$(RL_RUNS) TITLE="arena ($(REGIMES))" \
 		METHODS="$(foreach r,$(REGIMES),$(foreach m,$(RL_METHODS_),$(m)-$(r)))" \
 		INTERP="$(foreach r,$(REGIMES),$(foreach m,$(filter $(RL_INTERP_METHODS),$(RL_METHODS_)),$(m)-$(r)))" \
 		PATHS=1 REPORT_NAME=report-$(subst $() ,-,$(strip $(REGIMES))) \
