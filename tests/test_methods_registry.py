@@ -146,3 +146,27 @@ def test_sweep_checkpoints_keep_the_method_name(tiny_model_dir, tmp_path):
     interpolate(InterpolateConfig(base=str(tiny_model_dir), finetuned=str(tmp_path / "pissa-adapter"), alphas="0.5",
                                   save_checkpoints=str(tmp_path / "ckpt"), device="cpu"))
     assert open_finetuned(tmp_path / "ckpt" / "alpha-0.5000").method == "pissa"
+
+
+@pytest.mark.parametrize("target,extra,want_jobs,want_threads", [
+    ("arena-regimes-run", ["REGIMES=rlvr"], 2, 2),            # regime sets: RL_JOBS=2 by default
+    ("arena-regimes-run", ["REGIMES=rlvr", "RL_JOBS=1"], 1, None),
+    ("arena-regimes-run", ["REGIMES=rlvr", "RL_JOBS=3", "NCORES=2"], 3, 1),  # at least one thread a job
+    ("arena-run", [], 1, None),                               # the SFT arena: one job at a time
+    ("arena-run", ["ARENA_JOBS=2"], 2, 2),
+])
+def test_arena_jobs_split_the_cores(target, extra, want_jobs, want_threads):
+    """arena.mk's JOBS knobs: the stage sub-make runs with -jN, and each job with cores/N intra-op threads
+    (OMP_NUM_THREADS) only when N > 1; one job keeps torch's own thread count."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    cmd = ["make", "-n", "--no-print-directory", target, "MAKE=echo make", "NCORES=4", *extra]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if "arena-stages" in x)
+    jobs = re.search(r" -j(\d+) --output-sync=line ", line)
+    threads = re.match(r"OMP_NUM_THREADS=(\d+) ", line)
+    assert (int(jobs.group(1)) if jobs else 1) == want_jobs
+    assert (int(threads.group(1)) if threads else None) == want_threads
