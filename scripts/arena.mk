@@ -80,8 +80,8 @@ rl_lr_of = $(or $(RL_LR_$(1)),$(shell $(VENV)/bin/python -c "print($(call lr_of,
 # (lora's first steps: 21.9 s per step on-policy, 16.9 s with 4; docs/finetune.md "GRPO speed"); 1 = on-policy.
 RL_STEPS_PER_GENERATION ?= 4
 # Evaluation sizes of the regime run sets: smaller than the SFT arena's so that `make arena REGIME=rlvr`
-# (GRPO is ~7x the training time of SFT per step on a CPU) comes near 60 min on 2 cores (measured 66.5 min with
-# the install, docs/report.md "Time budget, measured"); TARGET_LIMIT= etc. win.
+# (GRPO is ~7x the training time of SFT per step on a CPU) fits 60 min on 2 cores (measured 54.6 min with
+# the install and RL_JOBS=2, docs/report.md "Time budget, measured"); TARGET_LIMIT= etc. win.
 RL_TARGET_LIMIT  ?= 128
 RL_GENERAL_LIMIT ?= 48
 RL_DRIFT_LIMIT   ?= 8
