@@ -25,6 +25,12 @@ measure does not credit (2 x P' FLOP per prompt token, P' = P without the lm_hea
 prefill skips), so the script also prints the engine's achieved GFLOP/s over all the tokens it
 processed and its fraction of the measured matmul rate.
 
+**The Linear floor.** The same worker times the decode step's matrix products alone: every
+``nn.Linear`` of the model in order (the lm_head included), on 64 rows, with the model's own weights
+(which then stream from memory as in a real step). That is the most a decode loop at 64 rows could
+reach with these fp32 kernels if attention, norms and Python cost nothing; the script prints it as
+tok/s, as a fraction of the bound, and the engine's fraction of it.
+
 ``--general LIMIT`` / ``--compare`` run the engine with static batches (``continuous=False``, the
 engine before continuous batching) and with continuous batching, on the built-in general suite's
 parts at that ``--limit`` (each part with its own max_new_tokens and stops, as eval-general runs
@@ -103,6 +109,31 @@ def matmul_gflops(seconds: float = 1.0) -> dict:
     return out
 
 
+def linear_floor(model, rows: int = 64, seconds: float = 1.0) -> dict:
+    """The decode step's matrix products alone: every nn.Linear of the model (the lm_head included),
+    in model order, on ``rows`` input rows, with the model's own weights (so they stream from memory
+    as in a real step); best of 3 runs of at least ``seconds``. Returns the step time, its GFLOP/s
+    and the tokens/s a decode loop that did nothing else would reach (``rows`` per step)."""
+    import torch
+
+    lin = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in lin}
+    flops = sum(2.0 * rows * w.shape[0] * w.shape[1] for w in lin)
+    clock = CLOCK
+    with torch.inference_mode():
+        for w in lin:
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+        best = float("inf")
+        for _ in range(3):
+            t, r = clock(), 0
+            while clock() - t < seconds:
+                for w in lin:
+                    torch.nn.functional.linear(xs[w.shape[1]], w)
+                r += 1
+            best = min(best, (clock() - t) / r)
+    return {"rows": rows, "step_s": best, "gflops": flops / best / 1e9, "tok_s": rows / best}
+
+
 def matmul_params(model) -> tuple[int, int]:
     """(P, P without the lm_head): weights of every nn.Linear a token goes through."""
     import torch
@@ -125,6 +156,7 @@ def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, 
     prompts = _prompts(tok, n)
     rss_loaded = _peak_rss_mib()
     mm = matmul_gflops() if gflops else {}
+    floor = linear_floor(model) if gflops else {}
     extra = {}
     t = CLOCK()
     if mode.startswith("engine"):
@@ -156,6 +188,7 @@ def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, 
     return {"mode": mode, "prompts": len(prompts), "tokens": tokens, "prompt_tokens": prompt_tokens, "seconds": secs,
             "tok_s": tokens / secs, "peak_rss_mib": _peak_rss_mib(), "rss_after_load_mib": rss_loaded, "texts": texts,
             "threads": torch.get_num_threads(), "params": p_all, "params_prefill": p_prefill, "matmul_gflops": mm,
+            "linear_floor": floor,
             "extra": extra, "adapt": adapt}
 
 
@@ -278,6 +311,11 @@ def main() -> None:
     print(f"counting the prefill too ({e['prompt_tokens']} prompt tokens at 2 x {e['params_prefill'] / 1e6:.1f}M FLOP): "
           f"{flops / e['seconds'] / 1e9:.1f} GFLOP/s achieved = {flops / e['seconds'] / 1e9 / peak:.0%} of the matmul rate; "
           f"the bound for this workload is {e['tokens'] / (flops / (peak * 1e9)):.0f} generated tok/s")
+    fl = e["linear_floor"]
+    print(f"the Linear layers alone ({fl['rows']} rows, the model's weights in order, lm_head included): "
+          f"{fl['step_s'] * 1e3:.1f} ms per step = {fl['gflops']:.1f} GFLOP/s = {fl['gflops'] / peak:.0%} of the matmul rate; "
+          f"a loop doing only them would reach {fl['tok_s']:.0f} tok/s = {fl['tok_s'] / bound:.0%} of the bound; "
+          f"the engine reaches {e['tok_s'] / fl['tok_s']:.0%} of that")
     print(f"identical greedy completions on the {len(h['texts'])} shared prompts: {same}/{len(h['texts'])}")
 
 
