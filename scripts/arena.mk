@@ -92,8 +92,9 @@ RL_INTERP_METHODS ?= lora
 # measured"), because a 135M model's ops are too small for two threads to share well. A run set with
 # JOBS > 1 runs its stages with `make -jJOBS` (output synchronised by line, so no live progress bars), each
 # job with cores/JOBS intra-op threads (OMP_NUM_THREADS). The regime sets use RL_JOBS; the SFT arena keeps
-# one job at a time (its budget was measured so), ARENA_JOBS=2 to opt in.
-RL_JOBS        ?= 2
+# one job at a time (its budget was measured so), ARENA_JOBS=2 to opt in. Where nvidia-smi is found the
+# default is 1 job: two jobs would share one GPU's memory, which a large MODEL may not fit twice.
+RL_JOBS        ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,2)
 ARENA_JOBS     ?= 1
 NCORES          = $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 job_threads     = $(shell n=$$(( $(NCORES) / $(1) )); echo $$(( n > 0 ? n : 1 )))

@@ -4,6 +4,7 @@ adapters PEFT writes, and the layers that used to keep their own lists read it."
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,9 @@ def test_sweep_checkpoints_keep_the_method_name(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("target,extra,want_jobs,want_threads", [
-    ("arena-regimes-run", ["REGIMES=rlvr"], 2, 2),            # regime sets: RL_JOBS=2 by default
+    # regime sets: RL_JOBS=2 by default, 1 where nvidia-smi is found (one GPU's memory)
+    ("arena-regimes-run", ["REGIMES=rlvr"], 1 if shutil.which("nvidia-smi") else 2,
+     None if shutil.which("nvidia-smi") else 2),
     ("arena-regimes-run", ["REGIMES=rlvr", "RL_JOBS=1"], 1, None),
     ("arena-regimes-run", ["REGIMES=rlvr", "RL_JOBS=3", "NCORES=2"], 3, 1),  # at least one thread a job
     ("arena-run", [], 1, None),                               # the SFT arena: one job at a time
