@@ -454,6 +454,26 @@ def test_read_only_output_is_refused_before_the_work(tiny_model_dir, tiny_lora_d
     assert r.returncode == 1 and "not writable" in r.stderr and "internal error" not in r.stderr
 
 
+@pytest.mark.parametrize("cmd", ["eval-target", "spectrum"])
+def test_table_output_in_a_missing_directory_is_refused_before_the_work(cmd, tiny_model_dir, tiny_lora_dir,
+                                                                      tmp_path, cli, monkeypatch):
+    """-o (and eval's derived --summary) in a directory that does not exist: exit 1 before any model is
+    loaded (the atomic writer would refuse it only after the whole evaluation), nothing created."""
+    import peftarena_cli.artifacts.loading as loading
+
+    out = tmp_path / "no" / "such" / "t.parquet"
+    args = ([tiny_model_dir, "--adapter", tiny_lora_dir, "--limit", "1"] if cmd == "eval-target"
+            else [tiny_model_dir, tiny_lora_dir])
+    r = cli(cmd, *args, "-o", out)
+    assert r.returncode == 1, r.stderr
+    assert "does not exist" in r.stderr and "create the directory first" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "no").exists()
+    # the --summary of eval alone in a missing directory is refused too
+    r = cli("eval-target", tiny_model_dir, "--limit", "1", "-o", tmp_path / "t.parquet",
+            "--summary", tmp_path / "gone" / "s.parquet")
+    assert r.returncode == 1 and "--summary" in r.stderr and not (tmp_path / "t.parquet").exists()
+
+
 def test_disk_full_and_refused_pickle_are_user_errors(monkeypatch, capsys):
     import errno
     import pickle

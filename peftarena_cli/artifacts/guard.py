@@ -96,11 +96,16 @@ def _samefile(a: Path, b: Path) -> bool:
 
 
 def check_table_output(path, opt: str = "-o") -> None:
-    """A table (Parquet, or CSV for ``.csv``) goes to ``path``: refuse a weights/config suffix and an
-    existing file that is not a Parquet table (it would be silently replaced)."""
+    """A table (Parquet, or CSV for ``.csv``) goes to ``path``: refuse a missing directory (the atomic
+    writer does not create one, so the run would fail only at its very end), a weights/config suffix
+    and an existing file that is not a Parquet table (it would be silently replaced)."""
     if path is None or str(path) == "-":
         return
     p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{opt}: output directory {str(parent)!r} does not exist (for {str(p)!r})",
+                          hint="create the directory first or choose another output path")
     if p.suffix.lower() in NON_TABLE_SUFFIXES:
         raise OutputError(f"{opt} {str(p)!r}: a table is written as Parquet, not under a {p.suffix} name",
                           hint="use a .parquet (or .csv) file name")
