@@ -28,16 +28,18 @@ def _output_oserror(e: OSError, path) -> OutputError:
     return OutputError(f"cannot write {str(path)!r}: {why}", hint="choose a writable location with enough free space")
 
 
-def check_output_parent(path: str | os.PathLike) -> Path:
-    """Return ``path`` as a Path; raise :class:`OutputError` if its directory does not exist."""
+def check_output_parent(path: str | os.PathLike, opt: str | None = None) -> Path:
+    """Return ``path`` as a Path; raise :class:`OutputError` if its directory does not exist (the
+    writers here do not create one). ``opt``: the option that named it, for the message."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
+    pre = f"{opt}: " if opt else ""
     if not parent.exists():
-        raise OutputError(f"output directory {str(parent)!r} does not exist (for {str(p)!r})")
+        raise OutputError(f"{pre}output directory {str(parent)!r} does not exist (for {str(p)!r})")
     if not parent.is_dir():
-        raise OutputError(f"{str(parent)!r} is not a directory (for output {str(p)!r})")
+        raise OutputError(f"{pre}{str(parent)!r} is not a directory (for output {str(p)!r})")
     if p.is_dir():
-        raise OutputError(f"output path {str(p)!r} is a directory; give a file name")
+        raise OutputError(f"{pre}output path {str(p)!r} is a directory; give a file name")
     return p
 
 

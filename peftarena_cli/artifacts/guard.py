@@ -101,11 +101,9 @@ def check_table_output(path, opt: str = "-o") -> None:
     and an existing file that is not a Parquet table (it would be silently replaced)."""
     if path is None or str(path) == "-":
         return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{opt}: output directory {str(parent)!r} does not exist (for {str(p)!r})",
-                          hint="create the directory first or choose another output path")
+    from peftarena_cli.artifacts.atomic import check_output_parent
+
+    p = check_output_parent(path, opt)
     if p.suffix.lower() in NON_TABLE_SUFFIXES:
         raise OutputError(f"{opt} {str(p)!r}: a table is written as Parquet, not under a {p.suffix} name",
                           hint="use a .parquet (or .csv) file name")
