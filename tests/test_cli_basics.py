@@ -70,7 +70,7 @@ def test_debug_env_shows_traceback():
 def test_table_to_pipe_is_parquet_with_provenance(tmp_path):
     import pyarrow.parquet as pq
 
-    r = run_cli("models", "list", "--parquet")  # models list alone prints a table, also on a pipe (#20)
+    r = run_cli("models", "list", "--parquet")  # models list alone prints a table, also on a pipe
     assert r.returncode == 0 and r.stdout[:4] == b"PAR1"
     t = pq.read_table(io.BytesIO(r.stdout))
     assert "name" in t.column_names and "smollm2-135m" in t.column("name").to_pylist()

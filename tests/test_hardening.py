@@ -1,4 +1,4 @@
-"""Issue #20: never destroy an input, never run foreign code, never use the network unasked, never
+"""Reliability: never destroy an input, never run foreign code, never use the network unasked, never
 silently compute on garbage. One test (or a few) per defect; each fails on the code before the fix."""
 
 from __future__ import annotations

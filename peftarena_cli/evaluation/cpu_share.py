@@ -3,7 +3,7 @@
 PyTorch's OpenMP threads spin-wait at the end of every parallel region. When another process
 holds one of the cores, the thread that shares that core is descheduled for whole time slices while
 its partner spins, and a decode step made of hundreds of small parallel regions slows down by an
-order of magnitude (issue #19: 15x on 2 cores with one competing process), far more than the
+order of magnitude (measured: 15x on 2 cores with one competing process), far more than the
 share of CPU that was lost.
 
 :class:`ThreadGovernor` measures, over the last ``interval`` seconds, how many cores *other*
