@@ -424,3 +424,25 @@ def sign_flip_p(pairs, observed: float, R: int = R_DEFAULT, seed: int = 1) -> fl
     t = _composite(strata, ya_s, msum) - _composite(strata, yb_s, msum)
     tol = 1e-12 * max(1.0, abs(observed))
     return float((1 + np.sum(np.abs(t) >= abs(observed) - tol)) / (R + 1))
+
+
+# ---------------------------------------------------------------- multiple comparisons
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (same order as given).
+
+    With the m finite p-values sorted p_(1) ≤ … ≤ p_(m): adjusted p_(j) = max over i ≤ j of
+    min(1, (m − i + 1)·p_(i)). NaN p-values (comparisons that could not be made) stay NaN and are
+    not counted in m. Rejecting where the adjusted p < α keeps the family-wise error rate ≤ α.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for j, idx in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[idx]))
+        out[idx] = running
+    return out

@@ -1,0 +1,164 @@
+"""Selection-safe picks: choose a point (an α on an interpolation path, or a grid configuration) on
+one half of the items and report its scores on the other half (docs/report.md, "Sweeps: seeds,
+learning rates and frontiers (statistics)").
+
+Picking the best of several candidates and reporting the score that picked it is biased upwards:
+the winner is, in part, the candidate whose items happened to go its way. Here the items are split
+in two halves by a hash of their id (:func:`item_half`: the same item lands in the same half in every
+run, whatever else is evaluated), and the pick is 2-fold cross-fitted (:func:`cross_fit_select`):
+pick on half A and report on half B, pick on half B and report on half A, and average the two
+reports. No reported number is computed from an item that took part in choosing the candidate it
+belongs to; the result names, per fold, which items picked and which reported.
+
+Core code: numpy only, no printing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from peftarena_cli import stats
+from peftarena_cli.errors import DataError, IncompatibleInputs, UsageError
+from peftarena_cli.report.sweep_stats import SeedItemResult, seed_item_interval
+
+CONF = stats.CONF
+
+
+def item_id(key) -> str:
+    """A stable text form of an item key (a tuple such as (task, id) or (task, subtask, id), or a
+    scalar): the parts' str joined by the unit separator."""
+    if isinstance(key, (tuple, list)):
+        return "\x1f".join(str(k) for k in key)
+    return str(key)
+
+
+def item_half(key, salt: str = "") -> int:
+    """0 or 1: the half an item belongs to, from SHA-256 of ``salt`` and its id (stable across runs,
+    machines and Python processes; independent of the other items)."""
+    h = hashlib.sha256((salt + "\x1e" + item_id(key)).encode("utf-8")).digest()
+    return h[0] & 1
+
+
+def split_items(keys, salt: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(indices in half 0, indices in half 1) of ``keys``: disjoint and covering every item."""
+    halves = np.array([item_half(k, salt) for k in keys], dtype=int)
+    return np.flatnonzero(halves == 0), np.flatnonzero(halves == 1)
+
+
+@dataclass
+class Candidate:
+    """A point that may be picked: ``measures`` {name: S × n matrix, or n-vector, of per-item values}
+    on the items of that measure (e.g. {"gain": ..., "forgetting": ...})."""
+
+    key: str
+    measures: dict
+
+
+@dataclass
+class Fold:
+    """One direction of the cross-fit: the candidate ``picked`` on ``pick_items`` ({measure: item
+    keys}) by its ``pick_scores`` ({candidate: objective on the picking half}), reported on
+    ``report_items`` with ``reported`` ({measure: value on the reporting half})."""
+
+    pick_half: int
+    picked: str
+    pick_scores: dict
+    pick_items: dict
+    report_items: dict
+    reported: dict
+
+
+@dataclass
+class SelectionResult:
+    """The cross-fitted report: per measure the mean of the two folds' reports (``value``) with its
+    seed-and-item interval (``interval``), the cross-fitted objective, and both folds."""
+
+    folds: list
+    value: dict
+    interval: dict = field(default_factory=dict)
+    objective: float = math.nan
+    salt: str = ""
+
+
+def default_objective(means: dict) -> float:
+    """gain − forgetting when both are measured, else the one measure's mean (maximised)."""
+    if "gain" in means and "forgetting" in means:
+        return means["gain"] - means["forgetting"]
+    if len(means) == 1:
+        return next(iter(means.values()))
+    raise UsageError(f"no default objective for measures {sorted(means)}: pass objective=")
+
+
+def _matrix(x) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    return x[None, :] if x.ndim == 1 else x
+
+
+def cross_fit_select(candidates, item_keys: dict, objective=None, salt: str = "", conf: float = CONF) -> SelectionResult:
+    """Pick on one half of the items, report on the other, both ways, and average (module docstring).
+
+    ``item_keys``: {measure: the item keys of that measure's columns}; every candidate has every
+    measure on those items. ``objective``: a function of {measure: mean over the picking half's
+    items (and seeds)} to maximise (default :func:`default_objective`); ties go to the first
+    candidate. Each measure's items are split by :func:`item_half` with ``salt``.
+    """
+    cands = list(candidates)
+    if not cands:
+        raise UsageError("no candidate to pick from")
+    objective = objective or default_objective
+    names = list(item_keys)
+    mats = {c.key: {m: _matrix(c.measures[m]) for m in names} for c in cands}
+    if len(mats) != len(cands):
+        raise UsageError("two candidates share a key")
+    halves = {}
+    for m in names:
+        n = len(item_keys[m])
+        for c in cands:
+            if m not in c.measures:
+                raise IncompatibleInputs(f"candidate {c.key!r} has no {m!r} values")
+            if mats[c.key][m].shape[1] != n:
+                raise IncompatibleInputs(f"candidate {c.key!r}: {mats[c.key][m].shape[1]} {m} items, {n} item keys",
+                                         hint="pass every candidate's values on the same items, in the keys' order")
+        h0, h1 = split_items(item_keys[m], salt)
+        if len(h0) < 2 or len(h1) < 2:
+            raise DataError(f"{m}: {len(h0)} and {len(h1)} items in the two halves; a selection-safe pick "
+                            "needs at least 2 in each", hint="evaluate more items")
+        halves[m] = (h0, h1)
+    folds = []
+    for pick in (0, 1):
+        rep = 1 - pick
+        scores = {c.key: float(objective({m: float(mats[c.key][m][:, halves[m][pick]].mean()) for m in names}))
+                  for c in cands}
+        best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+        folds.append(Fold(pick, best, scores,
+                          {m: [item_keys[m][i] for i in halves[m][pick]] for m in names},
+                          {m: [item_keys[m][i] for i in halves[m][rep]] for m in names},
+                          {m: float(mats[best][m][:, halves[m][rep]].mean()) for m in names}))
+    value = {m: 0.5 * (folds[0].reported[m] + folds[1].reported[m]) for m in names}
+    intervals = {m: _cross_fit_interval(mats, folds, halves[m], m, conf) for m in names}
+    obj = 0.5 * (objective(folds[0].reported) + objective(folds[1].reported))
+    return SelectionResult(folds, value, intervals, float(obj), salt)
+
+
+def _cross_fit_interval(mats, folds, halves, m: str, conf: float) -> SeedItemResult:
+    """The cross-fitted value ½(mean on half 1 of fold 0's pick + mean on half 0 of fold 1's pick) as
+    the grid mean of one S × n matrix: item i takes the values of the candidate picked on the other
+    half, weighted n / (2·n_half) so that the plain mean is the cross-fitted one."""
+    n = sum(len(h) for h in halves)
+    rows = {mats[f.picked][m].shape[0] for f in folds}
+    mixed = len(rows) > 1
+    combined = np.empty((1 if mixed else rows.pop(), n))
+    for f in folds:
+        idx = halves[1 - f.pick_half]
+        src = mats[f.picked][m]
+        if combined.shape[0] != src.shape[0]:
+            src = src.mean(axis=0, keepdims=True)
+        combined[:, idx] = src[:, idx] * (n / (2.0 * len(idx)))
+    res = seed_item_interval(combined, conf)
+    if mixed:
+        res.note = res.interval.note = "the two picks have different seed counts: item interval of the seed means"
+    return res
