@@ -67,9 +67,8 @@ def test_seed_item_interval_hand_worked():
     assert (r.interval.low, r.interval.high) == pytest.approx((3.5 - half, 3.5 + half), abs=1e-6)
     assert r.seed_sd == pytest.approx(math.sqrt(4.5), abs=1e-12)
     # item-only: the seed-averaged items 2, 3, 5.5: mean ± z·sd/√3
-    sd = np.std([2.0, 3.0, 5.5], ddof=1)
-    assert (r.item_only.low, r.item_only.high) == pytest.approx((3.5 - Z * sd / math.sqrt(3), 3.5 + Z * sd / math.sqrt(3)),
-                                                                abs=1e-9)
+    h = Z * np.std([2.0, 3.0, 5.5], ddof=1) / math.sqrt(3)
+    assert (r.item_only.low, r.item_only.high) == pytest.approx((3.5 - h, 3.5 + h), abs=1e-9)
 
 
 def test_p_value_inverts_the_interval():
@@ -284,10 +283,16 @@ def test_holm_hand_computed():
 
 def test_pairwise_comparisons_with_holm():
     rng = np.random.default_rng(12)
-    mk = lambda k, m, g, f: ss.SweepPoint(k, m, _mat(g, 3, 60, rng), _mat(f, 3, 70, rng))  # noqa: E731
-    pts = [mk("lora", "lora", 10, 2), mk("oft", "oft", 8, 0.5), mk("full", "full", 14, 6)]
-    df = ss.pairwise_comparisons(pts, levels=[9.0])
-    assert len(df) == 3 * 2 + 3 * 1
+
+    def mk(k, m, g, f, source="grid"):
+        return ss.SweepPoint(k, m, _mat(g, 3, 60, rng), _mat(f, 3, 70, rng), source=source,
+                             alpha=None if source == "grid" else 0.5)
+
+    pts = [mk("lora", "lora", 10, 2), mk("lora α", "lora", 6, 0.5, "path"),
+           mk("oft", "oft", 8, 0.5), mk("oft α", "oft", 4, 0.1, "path"),
+           mk("full", "full", 14, 6), mk("full α", "full", 12, 4, "path")]
+    df = ss.pairwise_comparisons(pts, levels=[7.0, 9.0])
+    assert len(df) == 3 * 2 + 3 * 2
     g = df[df.measure == "target gain"].set_index(["a", "b"])
     assert g.loc[("lora", "oft"), "diff"] == pytest.approx(2.0, abs=1e-9)
     assert g.loc[("lora", "full"), "diff"] == pytest.approx(-4.0, abs=1e-9)
@@ -301,11 +306,18 @@ def test_pairwise_comparisons_with_holm():
         hand[i] = run
     assert g["p_holm"].to_numpy() == pytest.approx(hand, abs=1e-15)
     assert (g["p_holm"] >= g["p_value"]).all()
-    # at gain 9 full's frontier (one point at 14) does not reach: NaN and the reason, not a number
-    m = df[df.measure == "forgetting at matched gain"].set_index(["a", "b"])
-    assert m.loc[("lora", "oft"), "note"] == "" or "seed" not in m.loc[("lora", "oft"), "note"]
-    assert math.isnan(m.loc[("lora", "full"), "diff"]) and "does not reach" in m.loc[("lora", "full"), "note"] \
-        or "starts above" in m.loc[("lora", "full"), "note"]
+    m = df[df.measure == "forgetting at matched gain"].set_index(["target_gain", "a", "b"])
+    # gain 7: lora (6, .5) -> (10, 2), t = .25: 0.875; oft (4, .1) -> (8, .5), t = .75: 0.4
+    assert m.loc[(7.0, "lora", "oft"), "diff"] == pytest.approx(0.875 - 0.4, abs=1e-9)
+    assert m.loc[(7.0, "lora", "oft"), "a_point"] == "lora α~lora"
+    # full's frontier starts at gain 12, oft's ends at 8: NaN with the reason, never a number
+    lf, lo9 = m.loc[(7.0, "lora", "full")], m.loc[(9.0, "lora", "oft")]
+    assert math.isnan(lf["diff"]) and "full: frontier starts above" in lf["note"]
+    assert math.isnan(lo9["diff"]) and "oft: frontier does not reach" in lo9["note"]
+    # the matched-gain family has one comparable pair: Holm leaves its p as it is, NaNs stay NaN
+    fam = df[df.measure == "forgetting at matched gain"]
+    assert fam["p_value"].notna().sum() == 1
+    assert (fam["p_holm"].fillna(-1) == fam["p_value"].fillna(-1)).all()
     # a method with several grid points needs its representative named
     pts.append(mk("lora2", "lora", 12, 3))
     with pytest.raises(UsageError, match="representative"):
@@ -365,7 +377,8 @@ def test_cross_fit_reports_on_the_items_that_did_not_pick():
 def test_cross_fit_with_gain_and_forgetting_and_its_interval():
     rng = np.random.default_rng(21)
     gk = [("facts", i) for i in range(120)]
-    cands = [sel.Candidate(f"α={a}", {"gain": rng.normal(10 * a, 5, (3, 200)), "forgetting": rng.normal(4 * a, 5, (3, 120))})
+    cands = [sel.Candidate(f"α={a}", {"gain": rng.normal(10 * a, 5, (3, 200)),
+                                      "forgetting": rng.normal(4 * a, 5, (3, 120))})
              for a in (0.25, 0.5, 1.0)]
     res = sel.cross_fit_select(cands, {"gain": KEYS, "forgetting": gk})
     for m, keys in (("gain", KEYS), ("forgetting", gk)):

@@ -98,7 +98,8 @@ def _matrix(x) -> np.ndarray:
     return x[None, :] if x.ndim == 1 else x
 
 
-def cross_fit_select(candidates, item_keys: dict, objective=None, salt: str = "", conf: float = CONF) -> SelectionResult:
+def cross_fit_select(candidates, item_keys: dict, objective=None, salt: str = "",
+                     conf: float = CONF) -> SelectionResult:
     """Pick on one half of the items, report on the other, both ways, and average (module docstring).
 
     ``item_keys``: {measure: the item keys of that measure's columns}; every candidate has every
