@@ -30,7 +30,8 @@ the normal quantile (n − 1 and (S − 1)(n − 1) df). The two half-widths are
   S = 5 with a dominant seed variance) and overcovers (98.5 %) when it does not.
 
 The measured coverage of the chosen interval is in docs/report.md. Its price: with 2 seeds the t
-quantile is 12.7, so when the item variance dominates the interval is conservative (up to ~98.7 %).
+quantile is 12.7, so when the item variance dominates the interval is conservative (up to 99.4 %
+measured).
 
 With S = 1 the seed part cannot be estimated: the interval is the item interval (mean ± z·sd/√n of
 the per-item differences, :func:`peftarena_cli.stats.mean_normal`) and the seed spread is undefined
