@@ -14,7 +14,6 @@ A prompt set is given as:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,24 +81,26 @@ def _texts(records, key: str, path: str) -> list[str]:
 
 
 def read_prompt_file(path: Path, text_key: str | None = None) -> list[str]:
+    from peftarena_cli.artifacts.textfiles import loads_bounded, read_utf8
+
     s = str(path)
     suf = path.suffix.lower()
     if suf == ".txt":
         # stripped per line (the study's scripts do the same: padded lines tokenise as the text)
-        prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        prompts = [ln.strip() for ln in read_utf8(path, "prompt file").splitlines()]
         prompts = [p for p in prompts if p]
     elif suf == ".jsonl":
         recs = []
-        for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, ln in enumerate(read_utf8(path, "prompt file").splitlines()):
             if ln.strip():
                 try:
-                    recs.append(json.loads(ln))
+                    recs.append(loads_bounded(ln, s, "prompt file", first_line=i + 1))
                 except ValueError:
                     raise DataError(f"prompt file {s!r}: line {i + 1} is not JSON") from None
         prompts = _texts(recs, _pick_key(recs, text_key, s), s) if recs else []
     elif suf == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_bounded(read_utf8(path, "prompt file"), s, "prompt file")
         except ValueError:
             raise DataError(f"prompt file {s!r} is not valid JSON") from None
         if isinstance(data, dict):

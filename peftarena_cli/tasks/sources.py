@@ -3,7 +3,6 @@ one, from a hub dataset through ``datasets``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, InputNotFound, MissingDependency
@@ -15,12 +14,14 @@ def read_records(path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise InputNotFound(f"no such file: {str(p)!r}", hint="pass an existing JSONL/JSON/Parquet file")
+    from peftarena_cli.artifacts.textfiles import loads_bounded, read_utf8
+
     try:
         if p.suffix == ".jsonl":
-            with open(p, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
+            return [loads_bounded(line, str(p), "task file", first_line=i)
+                    for i, line in enumerate(read_utf8(p, "task file").splitlines(), 1) if line.strip()]
         if p.suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = loads_bounded(read_utf8(p, "task file"), str(p), "task file")
             if isinstance(data, dict) and "examples" in data:
                 data = data["examples"]
             if isinstance(data, dict):

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from peftarena_cli.artifacts.atomic import atomic_dir, atomic_write_text
+from peftarena_cli.errors import NumericalError
 
 LOG_COLUMNS = ["step", "loss", "lr", "grad_norm", "reward_mean", "reward_std", "frac_reward_zero_std",
                "tokens", "tokens_per_s", "elapsed_s"]
@@ -69,6 +70,41 @@ def current_adapter(model, init_tensors: dict | None = None, base_spec: str | No
     if base_spec:
         config["base_model_name_or_path"] = base_spec
     return Adapter(config=config, tensors=tensors)
+
+
+class TrainingDiverged(NumericalError):
+    """The loss or the trainable weights became NaN or Inf at ``step`` (raised from a trainer callback,
+    before anything of that step is saved)."""
+
+    def __init__(self, step: int, reason: str, hint: str | None = None):
+        super().__init__(f"training diverged at step {step}: {reason}", hint=hint)
+        self.step, self.reason = step, reason
+
+
+def nonfinite_weights(model) -> list[str]:
+    """Names of the trainable parameters holding a NaN or an Inf (empty when all are finite)."""
+    import torch
+
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and not bool(torch.isfinite(p).all()):
+                bad.append(name)
+    return bad
+
+
+def check_finite(step: int, logs: dict | None = None, model=None) -> None:
+    """Raise :class:`TrainingDiverged` when the logged loss is not finite, or the model's trainable
+    weights are not (the weights are read only when ``model`` is given)."""
+    import math
+
+    loss = (logs or {}).get("loss")
+    if isinstance(loss, (int, float)) and not math.isfinite(loss):
+        raise TrainingDiverged(step, f"the loss is {loss}")
+    if model is not None:
+        bad = nonfinite_weights(model)
+        if bad:
+            raise TrainingDiverged(step, f"{len(bad)} trainable weight tensor(s) hold NaN/Inf (first: {bad[0]})")
 
 
 def save_checkpoint(out: Path, step: int, model, tokenizer, full: bool, init_tensors: dict | None,

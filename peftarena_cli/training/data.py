@@ -5,9 +5,11 @@ Sources (``--data``):
 * ``arith`` (default): the built-in arithmetic word problems, *train* split
   (:mod:`peftarena_cli.tasks.arith`; disjoint from the test split that evaluation uses);
   ``arith-1`` ... ``arith-3``: the same generator at an easier difficulty level;
-* a local ``.jsonl`` / ``.json`` / ``.parquet`` file;
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` file, read here (UTF-8 JSON of bounded depth,
+  :mod:`peftarena_cli.artifacts.textfiles`; Parquet with pyarrow), without ``datasets``;
 * a local dataset directory or a hub dataset name (``openai/gsm8k`` with ``--data-config main``),
-  both through ``datasets.load_dataset(name, config, split=...)``; only a hub name touches the network.
+  both through ``datasets.load_dataset(name, config, split=...)`` with its download counter off;
+  only a hub name touches the network.
 
 Every prompt is rendered with :func:`peftarena_cli.tasks.prompting.render_prompt` (the model's
 chat template when it has one), the same function evaluation uses, so train and eval see the same
@@ -52,34 +54,110 @@ class TrainData:
         return Dataset.from_list(self.records)
 
 
-def _load_rows(spec: str, config: str | None, split: str) -> tuple[list[dict], dict]:
-    """Rows (list of dicts) from a file, a dataset directory or a hub name."""
-    from datasets import load_dataset
+def _json_rows(p: Path, spec: str) -> list[dict]:
+    """Records of a local ``.jsonl`` / ``.json`` file, read here rather than by ``datasets`` (whose
+    loader pings the hub's download counter even for a local file, and whose JSON reader crashes on
+    deeply nested input). JSONL: one object per line, blank lines skipped. JSON: a list of objects,
+    ``{"data"|"examples"|"records"|"rows": [...]}``, a dict of equal-length columns, or JSON lines."""
+    from peftarena_cli.artifacts.textfiles import loads_bounded, read_utf8
 
+    text = read_utf8(p, "dataset file")
+    name = str(spec)
+
+    def bad(msg: str):
+        return DataError(f"cannot read dataset {name!r}: {msg}",
+                         hint="one JSON object per line for .jsonl; a list of objects for .json")
+
+    def lines() -> list:
+        out = []
+        for i, ln in enumerate(text.splitlines(), 1):
+            if not ln.strip():
+                continue
+            try:
+                out.append((i, loads_bounded(ln, name, "dataset file", first_line=i)))
+            except ValueError as e:
+                raise bad(f"line {i} is not valid JSON ({str(e).splitlines()[0][:120]})") from None
+        return out
+
+    if p.suffix.lower() == ".jsonl":
+        numbered = lines()
+    else:
+        try:
+            data = loads_bounded(text, name, "dataset file")
+        except ValueError:
+            numbered = lines()  # JSON lines in a .json file, as `datasets` accepts them
+        else:
+            if isinstance(data, dict):
+                inner = next((data[k] for k in ("data", "examples", "records", "rows") if isinstance(data.get(k), list)),
+                             None)
+                if inner is not None:
+                    data = inner
+                elif data and all(isinstance(v, list) for v in data.values()):
+                    n = {len(v) for v in data.values()}
+                    if len(n) != 1:
+                        raise bad("its columns (a dict of lists) have different lengths")
+                    data = [dict(zip(data, vals)) for vals in zip(*data.values())]
+                else:
+                    data = [data]
+            if not isinstance(data, list):
+                raise bad(f"expected a list of records, got a JSON {type(data).__name__}")
+            numbered = [(None, r) for r in data]
+    rows = []
+    for i, (line, r) in enumerate(numbered):
+        if not isinstance(r, dict):
+            where = f"line {line}" if line is not None else f"record {i}"
+            raise bad(f"{where} is a JSON {type(r).__name__}, not an object")
+        rows.append(r)
+    return rows
+
+
+def _parquet_rows(p: Path, spec: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(p).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged or foreign file
+        raise DataError(f"cannot read dataset {spec!r}: not a readable Parquet file ({type(e).__name__})",
+                        hint="pass a Parquet file, or .jsonl/.json") from None
+
+
+def _same_columns(rows: list[dict]) -> list[dict]:
+    """Every row with every column (None where a record lacks it), as a table read would give."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return [r if len(r) == len(cols) else {c: r.get(c) for c in cols} for r in rows]
+
+
+def _load_rows(spec: str, config: str | None, split: str) -> tuple[list[dict], dict]:
+    """Rows (list of dicts) from a file, a dataset directory or a hub name. Local files are read
+    here without ``datasets``; only a hub name reaches the network."""
     p = Path(spec).expanduser()
     looks_like_path = p.suffix.lower() in FILE_FORMATS or spec.startswith((".", "/", "~"))
     if looks_like_path and not p.exists():
         raise InputNotFound(f"no such dataset file: {spec!r}", hint="check the path, or use --data arith")
-    try:
-        if p.is_file():
-            fmt = FILE_FORMATS.get(p.suffix.lower())
-            if fmt is None:
-                raise DataError(f"unsupported dataset file type {p.suffix!r} ({spec!r})",
-                                hint="use .jsonl, .json or .parquet")
-            if p.stat().st_size == 0:
-                raise DataError(f"dataset file {spec!r} is empty", hint="pass a file with at least one record")
-            ds = load_dataset(fmt, data_files=str(p), split="train")
-            source = {"kind": "file", "path": str(p.resolve()), "format": fmt}
-        else:
+    if p.is_file():
+        fmt = FILE_FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise DataError(f"unsupported dataset file type {p.suffix!r} ({spec!r})",
+                            hint="use .jsonl, .json or .parquet")
+        if p.stat().st_size == 0:
+            raise DataError(f"dataset file {spec!r} is empty", hint="pass a file with at least one record")
+        rows = _json_rows(p, spec) if fmt == "json" else _parquet_rows(p, spec)
+        rows = _same_columns(rows)
+        source = {"kind": "file", "path": str(p.resolve()), "format": fmt}
+    else:
+        import datasets
+        from datasets import load_dataset
+
+        # the loader's download counter is a request to the hub for every load, local ones included
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+        try:
             ds = load_dataset(str(p) if p.is_dir() else spec, config, split=split)
-            source = {"kind": "dir" if p.is_dir() else "hub", "name": spec, "config": config, "split": split}
-    except (DataError, InputNotFound):
-        raise
-    except Exception as e:  # datasets raises many types for unreadable data
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"cannot read dataset {spec!r}: {type(e).__name__}: {first[:200]}",
-                        hint="check the file's format (one JSON object per line for .jsonl) or the dataset name") from None
-    rows = ds.to_list()
+        except Exception as e:  # datasets raises many types for unreadable data
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise DataError(f"cannot read dataset {spec!r}: {type(e).__name__}: {first[:200]}",
+                            hint="check the dataset directory's files or the dataset name") from None
+        source = {"kind": "dir" if p.is_dir() else "hub", "name": spec, "config": config, "split": split}
+        rows = ds.to_list()
     if not rows:
         raise DataError(f"dataset {spec!r} has no records", hint="pass a dataset with at least one record")
     from peftarena_cli.artifacts.identity import path_identity

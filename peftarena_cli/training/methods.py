@@ -15,6 +15,7 @@ them from the base weight, exactly as PEFT's PiSSA init does with the largest on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod
@@ -66,9 +67,9 @@ def resolve_method(name: str, rank: int | None = None, alpha: float | None = Non
     for k, v in (("rank", rank), ("block_size", block_size)):
         if v is not None and v < 1:
             raise IncompatibleInputs(f"--{k.replace('_', '-')} must be >= 1 (got {v})", hint="pass a positive integer")
-    if alpha is not None and alpha <= 0:
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
         raise IncompatibleInputs(f"--alpha must be > 0 (got {alpha})", hint="pass a positive number")
-    if lr is not None and not lr > 0:
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise IncompatibleInputs(f"--lr must be > 0 (got {lr})", hint="pass a positive learning rate")
     rank = rank if rank is not None else m.defaults.get("rank")
     alpha = alpha if alpha is not None else (m.defaults.get("alpha") if "alpha" in m.takes else None)

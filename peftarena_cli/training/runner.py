@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from peftarena_cli.errors import DataError, IncompatibleInputs, OutputError, PeftArenaError, UsageError
+from peftarena_cli.errors import DataError, IncompatibleInputs, NumericalError, OutputError, PeftArenaError, UsageError
 from peftarena_cli.training import checkpoints as ck
 
 
@@ -101,12 +102,49 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# the transformers schedulers that need nothing but the run's steps (the others want an evaluation
+# strategy or extra scheduler arguments that `finetune` does not take)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+# sampling temperature range: below 0.01 sampling is greedy in all but name and logits / T overflow
+# float16 (|logit| > 655); above 100 it draws nearly uniformly from the vocabulary
+TEMPERATURE_RANGE = (0.01, 100.0)
+
+
+def _number(flag: str, value, low: float, *, low_open: bool = False, high: float | None = None,
+            hint: str | None = None) -> None:
+    """UsageError unless ``value`` is a finite number >= ``low`` (> with ``low_open``), <= ``high``."""
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        rng = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise UsageError(f"{flag} must be a finite number {rng} (got {value})", hint=hint)
+
+
 def validate_config(cfg: FinetuneConfig) -> None:
+    """Every setting that can be judged without the model: refused with a UsageError (exit 2)."""
     if cfg.regime not in ("sft", "rlvr"):
         raise UsageError(f"unknown regime {cfg.regime!r}", hint="use --regime sft or --regime rlvr")
     for name in ("steps", "batch_size", "grad_accum", "max_length", "save_every"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
+    for flag, v in (("--rank", cfg.rank), ("--block-size", cfg.block_size), ("--num-examples", cfg.num_examples)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} must be >= 1 (got {v})", hint="pass a positive integer, or leave it out")
+    if cfg.lr is not None:
+        _number("--lr", cfg.lr, 0, low_open=True, hint="pass a positive learning rate such as 2e-4")
+    if cfg.alpha is not None:
+        _number("--alpha", cfg.alpha, 0, low_open=True, hint="pass a positive LoRA alpha such as 16")
+    _number("--weight-decay", cfg.weight_decay, 0, hint="pass 0 (none) or a small positive value such as 0.01")
+    if cfg.warmup_steps < 0:
+        raise UsageError(f"--warmup-steps must be >= 0 (got {cfg.warmup_steps})")
+    if cfg.lr_scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown --lr-scheduler {cfg.lr_scheduler!r}", hint=f"use one of: {', '.join(SCHEDULERS)}")
+    lo, hi = TEMPERATURE_RANGE
+    _number("--temperature", cfg.temperature, lo, high=hi,
+            hint="GRPO samples its completions, so the temperature must be positive (1.0 is TRL's default)")
+    _number("--beta", cfg.beta, 0, hint="pass 0 (no KL term, no reference model) or a positive KL coefficient")
+    if not 0 <= cfg.seed < 2**32:
+        raise UsageError(f"--seed must be in 0 .. 2^32 - 1 (got {cfg.seed})")
     if cfg.resume and cfg.overwrite:
         raise UsageError("--resume and --overwrite exclude each other",
                          hint="--resume continues the run in OUT; --overwrite starts it again")
@@ -154,6 +192,12 @@ def check_output_dir(out: Path, key: str, cfg: FinetuneConfig) -> str:
         if man is None:
             raise OutputError(f"{str(out)!r} is not empty and holds no peftarena run to resume",
                               hint="choose an empty or new output directory, or pass --overwrite")
+        if man.get("status") == "diverged":
+            raise NumericalError(
+                f"the run in {str(out)!r} diverged at step {man.get('stopped_at_step')} ({man.get('stop_reason')}); "
+                "resuming it with the same settings would diverge again",
+                hint=f"its checkpoints up to {man.get('last_finite_checkpoint')} are usable as they are; "
+                     "start again with a smaller --lr and --overwrite")
         if man.get("run_key") != key:
             diff = [k for k in FinetuneConfig.RUN_KEYS if man.get("config", {}).get(k) != getattr(cfg, k)]
             what = f" (differs in: {', '.join(diff)})" if diff else " (different base model or data)"
@@ -199,6 +243,49 @@ def gradient_checkpointing(cfg: FinetuneConfig) -> bool:
     """Whether activations are recomputed in the backward pass: as asked, else on for RLVR (GRPO's
     backward over batch x (prompt + completion) tokens holds most of its peak memory) and off for SFT."""
     return cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.regime == "rlvr"
+
+
+def context_length(model) -> int | None:
+    """The number of positions the model was built for (None when its config does not say)."""
+    c = getattr(model, "config", None)
+    for k in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        v = getattr(c, k, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def check_against_context(cfg: FinetuneConfig, model) -> None:
+    """--max-length (SFT) and --max-completion-length (RLVR) may not exceed the model's context length."""
+    n = context_length(model)
+    if n is None:
+        return
+    flag, v = ("--max-length", cfg.max_length) if cfg.regime == "sft" else ("--max-completion-length",
+                                                                             cfg.max_completion_length)
+    if v > n:
+        raise UsageError(f"{flag} {v} exceeds the model's context length of {n} positions "
+                         f"(max_position_embeddings)", hint=f"pass {flag} {n} or less")
+
+
+def ensure_eos(tok, model, base: str) -> str | None:
+    """Make sure the tokenizer has an EOS token: SFT ends every completion with it and GRPO stops its
+    completions there. A tokenizer without one takes the model config's ``eos_token_id`` (returns a
+    note saying so); with neither, InvalidArtifact."""
+    if tok.eos_token is not None:
+        return None
+    from peftarena_cli.errors import InvalidArtifact
+
+    ids = []
+    for c in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        v = getattr(c, "eos_token_id", None)
+        ids += [v] if isinstance(v, int) else [i for i in (v or []) if isinstance(i, int)]
+    for i in ids:
+        if 0 <= i < len(tok):
+            tok.eos_token = tok.convert_ids_to_tokens(i)
+            return f"the tokenizer has no EOS token: using {tok.eos_token!r} (id {i}), the model config's eos_token_id"
+    raise InvalidArtifact(f"the tokenizer of {base!r} has no EOS token, and the model config names none "
+                          "(SFT ends each completion with it; GRPO stops sampling there)",
+                          hint="set eos_token in the tokenizer's tokenizer_config.json (or eos_token_id in config.json)")
 
 
 def _mixed_precision(cfg: FinetuneConfig, device: str) -> tuple[bool, bool]:
@@ -289,6 +376,10 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
 
     torch.manual_seed(cfg.seed)
     model, tok, ref = load_model(ref, dtype=cfg.dtype, device="cpu")
+    check_against_context(cfg, model)
+    note = ensure_eos(tok, model, cfg.base)
+    if note:
+        say(note)
     methods.check_against_model(choice, model)
     model, init_tensors = prepare_model(cfg, choice, model)
     model.train()
@@ -305,6 +396,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
             lock = ck.RunLock(out).acquire()
             mode = check_output_dir(out, key, cfg)  # again under the lock: another writer may have finished meanwhile
         existed = out.exists()
+        _no_telemetry()
         trainer = _build_trainer(cfg, choice, model, tok, data, out, device, reward_fn=reward_fn)
         if len(trainer.train_dataset) == 0:
             raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
@@ -384,7 +476,13 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
             def on_train_begin(self, args, st, control, **kw):
                 tlog.restart_clock()
 
-            def on_log(self, args, st, control, logs=None, **kw):
+            def on_step_end(self, args, st, control, model=None, **kw):
+                # the weights are checked before every save (trainer state and adapter alike), so no
+                # checkpoint ever holds a NaN or an Inf
+                if control.should_save:
+                    ck.check_finite(st.global_step, model=model if model is not None else trainer.model)
+
+            def on_log(self, args, st, control, logs=None, model=None, **kw):
                 row = tlog.add(st.global_step, logs or {}, st.num_input_tokens_seen)
                 if row is not None and state.is_main_process:
                     tlog.write(out, prov)  # every step (a few KB, atomic): a long run's curve can be read while it runs
@@ -393,6 +491,13 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                     if row["reward_mean"] == row["reward_mean"]:
                         lab += f" reward {row['reward_mean']:.3g}"
                     callback(st.global_step, cfg.steps, lab)
+                if row is not None:
+                    # a non-finite gradient norm is not fatal by itself (fp16 loss scaling skips such
+                    # steps), a non-finite weight after it is
+                    gn = row["grad_norm"]
+                    bad_grad = gn == gn and not math.isfinite(gn)
+                    ck.check_finite(st.global_step, logs,
+                                    model=(model if model is not None else trainer.model) if bad_grad else None)
 
             def on_save(self, args, st, control, model=None, **kw):
                 step = st.global_step
@@ -425,7 +530,18 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         if torch.cuda.is_available() and device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t_train, c_train = time.perf_counter(), time.process_time()
-        trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt is not None else None)
+        except ck.TrainingDiverged as e:
+            kept = manifest["checkpoints"][-1]["step"] if manifest["checkpoints"] else None
+            if state.is_main_process and kept is not None:
+                manifest.update({"status": "diverged", "stopped_at_step": e.step, "stop_reason": e.reason,
+                                 "last_step": kept, "last_finite_checkpoint": f"checkpoint-{kept}"})
+                ck.write_manifest(out, manifest)
+            where = (f"checkpoints up to checkpoint-{kept} are kept (all finite, no final/)" if kept is not None
+                     else "no checkpoint had been saved, so nothing is kept")
+            raise ck.TrainingDiverged(e.step, e.reason, hint=f"{where}; start again with a smaller --lr "
+                                      "(or --mixed-precision no) and --overwrite") from None
         train_s = time.perf_counter() - t_train
         train_cpu_s = time.process_time() - c_train  # CPU seconds of all threads: robust to other load
 
@@ -444,6 +560,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         final = out / "final"
         if state.is_main_process:
             if not ck.checkpoint_dir(out, final_step).is_dir():
+                ck.check_finite(final_step, model=getattr(trainer, "model", model))
                 ck.save_checkpoint(out, final_step, getattr(trainer, "model", model), tok, full, init_tensors, cfg.base,
                                    extra_meta)
                 manifest["checkpoints"].append({"step": final_step, "path": f"checkpoint-{final_step}"})
@@ -463,6 +580,14 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     finally:
         if lock is not None:
             lock.release()
+
+
+def _no_telemetry() -> None:
+    """Turn off the usage report TRL's trainers send to the hub from a background thread at start-up
+    (``huggingface_hub.send_telemetry``): a run on local data and a local model touches no network."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
 def _version(md, pkg: str) -> str | None:
@@ -493,6 +618,7 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
         fp16=fp16,
         gradient_checkpointing=gradient_checkpointing(cfg),
         report_to="none",
+        logging_nan_inf_filter=False,  # log a NaN/Inf loss as it is (the default hides it): it stops the run
         disable_tqdm=True,
         use_cpu=not device.startswith("cuda"),
         dataloader_num_workers=0,
