@@ -9,6 +9,7 @@ from peftarena_cli.artifacts.keys import select_modules
 from peftarena_cli.activations.collect import collect_pair_sums
 from peftarena_cli.activations.metrics import geometry_from_sums, gram_distortion_dense
 
+from float_bounds import act_geom_bounds
 from references import PROMPTS, dense_reference, direct_outputs
 
 
@@ -61,11 +62,14 @@ def test_truncation_is_counted_and_batching_does_not_matter(models64):
     for name in names:
         ga, gb = geometry_from_sums(a[name]), geometry_from_sums(b[name])
         assert ga["n_tokens"] == t.n_tokens == X0[name].shape[0]
+        # the same tokens' outputs summed in other batches: equal up to each metric's float64
+        # summation bound (float_bounds.act_geom_bounds), not a fixed relative tolerance
+        bound = act_geom_bounds(b[name])
         for k in ga:
-            if isinstance(ga[k], str):  # pca_reason_k
-                assert gb[k] == ga[k], k
+            if isinstance(ga[k], str) or ga[k] != ga[k]:  # pca_reason_k; NaN in both
+                assert gb[k] == ga[k] or (gb[k] != gb[k] and ga[k] != ga[k]), k
             else:
-                assert gb[k] == pytest.approx(ga[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+                assert abs(gb[k] - ga[k]) <= bound[k], (name, k, ga[k], gb[k], bound[k])
 
 
 def test_sampled_gram_subset_is_the_dense_gram_of_those_tokens(models64):

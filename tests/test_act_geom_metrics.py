@@ -8,6 +8,7 @@ import torch
 from peftarena_cli.activations.metrics import geometry_from_sums, gram_distortion_dense
 from peftarena_cli.activations.pair_sums import PairSums, load_sums, merge_sums_files, save_sums
 
+from float_bounds import act_geom_bounds
 from references import dense_reference
 
 
@@ -71,11 +72,14 @@ def test_sums_are_additive_and_survive_a_file_round_trip(tmp_path):
     save_sums(tmp_path / "b.st", {"s": {"m": b}}, {"base": "x"})
     merged, _ = merge_sums_files([tmp_path / "a.st", tmp_path / "b.st"])
     got = geometry_from_sums(merged["s"]["m"])
+    # merged shards = the same rows summed in another order: each metric within its float64
+    # summation bound (float_bounds.act_geom_bounds); the file round trip itself is lossless
+    bound = act_geom_bounds(merged["s"]["m"])
     for k, v in full.items():
         if isinstance(v, str):
             assert got[k] == v, k
         else:
-            assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+            assert abs(got[k] - v) <= bound[k], (k, got[k], v, bound[k])
     assert got["angular_drift_median"] == full["angular_drift_median"]  # one of the tokens' angles, exactly
     loaded, meta = load_sums(tmp_path / "a.st")
     assert meta == {"base": "x"} and loaded["s"]["m"].n_tokens == 120

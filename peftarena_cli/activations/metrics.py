@@ -26,8 +26,11 @@ in float64 (exact up to rounding); above, in float32 on the covariance scaled by
 diagonal entry (2–3× faster on CPU), which perturbs C by E with ‖E‖_2 ≲ c·d·2⁻²⁴‖C‖_2. Davis–Kahan
 bounds the effect: the projector moves by ‖ΔP‖_F ≤ √2‖E‖_F/δ_k with δ_k = λ_k − λ_{k+1}, so the
 reported distance is off by at most ‖E‖_F/(δ_k √k). ``pca_gap_k`` reports min over both models
-of δ_k/λ_k: with gaps ≳ 1e-3 the float32 error is below ~1e-4; tiny gaps mean the top-k subspace
-itself is ill-defined. NaN when k ≥ d (the projector is the identity) or when either covariance's
+of δ_k/λ_k; as E scales with λ_max, not λ_k, the float32 error is ~d·2⁻²⁴·(λ_max/λ_k)/(gap·√k):
+below ~1e-4 for gaps ≳ 1e-3 only where λ_k is near λ_max. Tiny gaps mean the top-k subspace itself
+is ill-defined. In float64 the same bound holds with the sums' own rounding, ‖E‖_F ≲ 3γ_n·tr(XᵀX)
+(γ_n ≈ n·2⁻⁵³) plus eigh's backward error: where λ_k ≪ λ_max, two summation orders of the same
+tokens (shards, batches, BLAS kernels) give distances that differ well before the 15th digit. NaN when k ≥ d (the projector is the identity) or when either covariance's
 numerical rank is below k (the top-k subspace is then not unique: it takes arbitrary null-space
 directions; at rank exactly k it is the covariance's range, well defined, gap 1);
 ``pca_reason_k`` says which, ``pca_rank`` gives the smaller numerical rank: the eigenvalues above
