@@ -57,6 +57,9 @@ def drift_cmd(
         raise UsageError("--limit must be at least 1")
     if max_new_tokens < 1 or batch_size < 1:
         raise UsageError("--max-new-tokens and --batch-size must be at least 1")
+    from peftarena_cli.evaluation.protocols import check_generation_options
+
+    check_generation_options(max_new_tokens)  # the continuation length, bounded like the evals'
     if output is not None and str(output) != "-":
         check_output_parent(output)
     from peftarena_cli.evaluation.api import load_general_tasks, load_target_tasks

@@ -46,8 +46,8 @@ def _check_k_option(k) -> None:
         return
     from peftarena_cli.errors import UsageError
 
-    parts = [x.strip() for x in str(k).split(",") if x.strip()]
-    if not parts or not all(x.isdigit() and int(x) >= 1 for x in parts):
+    parts = [x.strip() for x in str(k).split(",")]  # an empty entry (1,,2) is refused, not skipped
+    if not all(x.isdigit() and int(x) >= 1 for x in parts):
         raise UsageError(f"--k {k!r}: expected positive integers such as 1,2,4", hint="e.g. --k 1,4 (each k <= -n)")
 
 
@@ -105,7 +105,11 @@ def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str
     t = time.perf_counter()
     model, tok, ref = _load_for_backend(base, dtype, device, backend, seed)
     info(f"loaded {base} in {time.perf_counter() - t:.1f} s" + (" (vllm)" if backend == "vllm" else ""))
-    inputs = {"base": (base, ref.identity())}
+    from peftarena_cli.activations.moments import weights_fingerprint
+
+    # base_weights: a fingerprint of the weights themselves (the path identity is the same for two
+    # checkpoints of one architecture), so report can tell results of different bases apart
+    inputs = {"base": (base, ref.identity()), "base_weights": (base, weights_fingerprint(ref))}
     runs = (["base"] if include_base or not adapters else []) + list(adapters or [])
     for i, label in enumerate(runs):
         if backend == "vllm":
@@ -185,7 +189,27 @@ def _responses(path: Path):
         return read_table(path)[0], None
     from peftarena_cli.tasks.sources import read_records
 
-    return None, read_records(path)
+    records = read_records(path)
+    _check_response_types(path, records)
+    return None, records
+
+
+def _check_response_types(path: Path, records: list) -> None:
+    """Each record's ``response`` is a string (the completion): a number, list or null would be
+    scored as an empty completion, wrong. Refused with the line of a JSONL file (the record elsewhere)."""
+    from peftarena_cli.errors import DataError
+    from peftarena_cli.evaluation.api import json_kind
+
+    bad = next((j for j, r in enumerate(records)
+                if isinstance(r, dict) and "response" in r and not isinstance(r["response"], str)), None)
+    if bad is None:
+        return
+    where = f"record {bad}"
+    if path.suffix == ".jsonl":  # read_records skips blank lines: count them back
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        where = f"line {[i for i, line in enumerate(lines, 1) if line.strip()][bad]}"
+    raise DataError(f"{str(path)!r} {where}: 'response' is {json_kind(records[bad]['response'])}, not a string",
+                    hint="each line's response is the completion text, a JSON string")
 
 
 def _target_from_responses(task: str, path: Path, records, limit, seed):
@@ -239,9 +263,10 @@ def eval_target_cmd(
     from peftarena_cli.errors import DataError, UsageError
 
     _check_k_option(k)
-    from peftarena_cli.evaluation.protocols import get_protocol  # (evaluation/ imports pandas: not at --help)
+    from peftarena_cli.evaluation.protocols import check_generation_options, get_protocol  # (evaluation/ imports pandas: not at --help)
 
     get_protocol(protocol)  # an unknown name is a usage error listing the known ones
+    check_generation_options(max_new_tokens, n_samples, temperature)  # bounded before any allocation
     _check_outputs(output, summary, [base, *(adapter or []), responses, task])
     _check_backend(backend)
     if responses is not None:
@@ -324,9 +349,10 @@ def eval_general_cmd(
     """
     from peftarena_cli.errors import DataError, UsageError
 
-    from peftarena_cli.evaluation.protocols import get_protocol  # (evaluation/ imports pandas: not at --help)
+    from peftarena_cli.evaluation.protocols import check_generation_options, get_protocol  # (evaluation/ imports pandas: not at --help)
 
     get_protocol(protocol)  # an unknown name is a usage error listing the known ones
+    check_generation_options(max_new_tokens)  # bounded before any allocation
     _check_outputs(output, summary, [base, *(adapter or []), responses, suite])
     _check_backend(backend)
     from peftarena_cli.evaluation.api import evaluate_general, load_general_tasks, parse_limit, part_limit

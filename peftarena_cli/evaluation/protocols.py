@@ -21,6 +21,31 @@ from dataclasses import dataclass, field, replace
 from peftarena_cli.errors import IncompatibleInputs, UsageError
 
 DEFAULT_PROTOCOL = "study"
+# Bounds of the generation overrides, checked before anything is loaded or allocated:
+# * MAX_NEW_TOKENS: the context window of the largest common open models (128 Ki tokens); the
+#   longest protocol budget is 8192 (the study's math), and no model generates past its window;
+# * MAX_SAMPLES (-n, samples per item): pass@k curves in the literature stop at k = 256-1024 (the
+#   study's at 64), while the generation batch and the per-sample rows grow with n x items.
+MAX_NEW_TOKENS = 131072
+MAX_SAMPLES = 1024
+
+
+def check_generation_options(max_new_tokens=None, n=None, temperature=None) -> None:
+    """The generation overrides (``--max-new-tokens``, ``-n``, ``--temperature``) within their bounds:
+    a usage error naming the option otherwise."""
+    import math
+
+    if max_new_tokens is not None and not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} is outside 1..{MAX_NEW_TOKENS}",
+                         hint=f"at most {MAX_NEW_TOKENS} tokens (a 128 Ki context window); the protocols use 512-8192")
+    if n is not None and not 1 <= int(n) <= MAX_SAMPLES:
+        raise UsageError(f"-n {n} samples per item is outside 1..{MAX_SAMPLES}",
+                         hint=f"at most {MAX_SAMPLES} samples per item (the study's pass@k goes to 64)")
+    if temperature is not None and not (math.isfinite(float(temperature)) and float(temperature) >= 0):
+        raise UsageError(f"--temperature {temperature} is not a finite number >= 0",
+                         hint="0 = greedy; sampling temperatures are usually 0.6-1.0")
+
+
 # the benchmark family of each task name
 FAMILY = {"ifeval": "ifeval", "bbh": "bbh", "nq_open": "nq_open", "gsm8k": "gsm8k", "math500": "math",
           "aime24": "math", "amc23": "math", "medmcqa": "medical", "medqa": "medical", "pubmedqa": "medical"}
@@ -148,7 +173,9 @@ PROTOCOLS = {p.name: p for p in (STUDY, LM_EVAL)}
 
 def get_protocol(name: str | None) -> Protocol:
     """A protocol by name; unknown names are a usage error listing the known ones."""
-    name = DEFAULT_PROTOCOL if name in (None, "") else str(name)
+    if name is not None and not str(name).strip():
+        raise UsageError(f"empty protocol name {name!r}", hint="use one of: " + ", ".join(PROTOCOLS) + " (or leave --protocol out)")
+    name = DEFAULT_PROTOCOL if name is None else str(name)
     if name not in PROTOCOLS:
         raise UsageError(f"unknown protocol {name!r}", hint="use one of: " + ", ".join(PROTOCOLS))
     return PROTOCOLS[name]
@@ -182,6 +209,7 @@ def apply(task, protocol: Protocol | str | None = None, *, max_new_tokens=None, 
     recorded. Built-in tasks (no benchmark family) keep their own settings under ``builtin``."""
     from peftarena_cli.tasks.spec import Item
 
+    check_generation_options(max_new_tokens, n, temperature)
     proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
     family = FAMILY.get(task.name)
     if family is None or not task.raw:  # a built-in task, or one already under a protocol: overrides only

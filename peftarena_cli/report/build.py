@@ -76,6 +76,8 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
     from peftarena_cli.report.plots import pick_module
     from peftarena_cli.report.reference import load_reference
 
+    check_pattern(modules, "--modules")
+    check_pattern(spectrum_module, "--spectrum-module")
     ref_df, ref_title = (load_reference(reference, reference_select) if reference else (None, None))
     methods = collect_results(specs, base_name=base_name)
     lb = build_leaderboard(methods, base_name=base_name, modules=modules)
@@ -114,6 +116,22 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
                   inputs={n: [str(f) for fs in m.files.values() for f in fs] for n, m in methods.items()},
                   order=list(methods), points=points, statements=statements, path=path,
                   trajectories=trajectories(path, _base_point(lb, base_name)), regimes=regimes)
+
+
+def check_pattern(pattern: str | None, option: str) -> None:
+    """A regular expression option (``--modules``, ``--spectrum-module``) compiles, or it is a usage
+    error naming the pattern (checked before any file is read)."""
+    import re
+
+    from peftarena_cli.errors import UsageError
+
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"{option} {pattern!r} is not a valid regular expression ({e})",
+                         hint="escape special characters, e.g. 'layers\\.18\\.mlp' (docs/report.md)") from None
 
 
 def _base_point(lb, base_name: str):
@@ -222,8 +240,15 @@ def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
     from peftarena_cli.report.uncertainty import _p, compare
 
     out = []
+    base_row = pts[pts["alpha"].isna() & (pts["point"] == base_name)]
     for r in pts[pts["alpha"].isna() & (pts["point"] != base_name)].to_dict("records"):
         for col, what, kind in (("target_gain", "target gain", "target"), ("forgetting", "forgetting", "general")):
+            if not np.isfinite(r.get(col, np.nan)):  # a score is missing: say whose, never print a NaN
+                base_v = float(base_row[kind].iloc[0]) if len(base_row) else np.nan
+                who = [w for w, v in ((r["point"], r.get(kind, np.nan)), (base_name, base_v)) if not np.isfinite(v)]
+                out.append(f"{r['point']}'s {what} is unknown: no {kind} score for {' or '.join(who) or r['point']} "
+                           "(no eval summary with one).")
+                continue
             n = meas.get(r["point"], {}).get(kind)
             nn = f"n = {n.n_items} {kind} items" if n is not None else "unknown n"
             if not np.isfinite(r.get(f"{col}_low", np.nan)):
