@@ -38,6 +38,7 @@ GPU_FRACTION = 0.8  # on CUDA: of the free GPU memory once the model is loaded
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _FACTOR = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+MAX_SIZE = 1024 ** 5  # 1 PiB: beyond any machine's memory, so a larger budget is a typo
 
 
 class BudgetTooSmall(PeftArenaError):
@@ -63,6 +64,9 @@ def parse_size(text: str, option: str = "--max-memory") -> int:
         raise UsageError(f"{option} {text!r}: 'iB' needs a prefix (KiB, MiB, GiB, TiB)")
     if value < 1:
         raise UsageError(f"{option} {text!r}: the budget must be positive")
+    if value > MAX_SIZE:  # also a number too long for a float (inf)
+        raise UsageError(f"{option} {text!r} is larger than {format_size(MAX_SIZE)}",
+                         hint="give the memory the statistics may use, e.g. 12G; no machine has a PiB of RAM")
     return int(value)
 
 

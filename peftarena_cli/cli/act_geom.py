@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, NOpt,
-                                                  ShardOpt, TextKeyOpt, parse_max_memory)
+                                                  ShardOpt, TextKeyOpt, check_prompt_counts, parse_max_memory)
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, ModulesOpt, OutputOpt, SeedOpt
 
 
@@ -60,6 +60,7 @@ def act_geom_cmd(
                         batch_size=batch_size, shard=shard, device=device, dtype=dtype, seed=seed,
                         max_memory=parse_max_memory(max_memory))
     cfg.validate()
+    check_prompt_counts(n, prompts)  # before the models are loaded or a prompt generated
     check_weights_output(save_sums, "--save-sums")
     check_outputs({"-o": output, "--save-sums": save_sums}, [base, adapter, *(prompts or []), *(sums or [])],
                   tables=("-o",))

@@ -27,3 +27,27 @@ def parse_max_memory(text: str | None) -> int | None:
     from peftarena_cli.activations.budget import parse_size
 
     return parse_size(text)
+
+
+MAX_PROMPTS = 100_000
+"""The most prompts per set (``--n``, a built-in ``NAME:N``), checked before anything is loaded or
+generated: the study measures geometry on 256-1,000 prompts per set, and 100,000 prompts of 512
+tokens are 51 M tokens, hours of forward passes and 400 MB of token ids for a small model."""
+
+
+def check_prompt_counts(n: int | None, specs) -> None:
+    """``--n`` and the ``NAME:N`` counts of built-in prompt sets within 1..:data:`MAX_PROMPTS`
+    (a usage error naming the option or the spec)."""
+    from pathlib import Path
+
+    from peftarena_cli.errors import UsageError
+
+    if n is not None and not 1 <= n <= MAX_PROMPTS:
+        raise UsageError(f"--n {n} is outside 1..{MAX_PROMPTS}", hint=f"at most {MAX_PROMPTS} prompts per set")
+    for spec in specs or []:
+        if spec is None or Path(str(spec)).expanduser().exists():
+            continue  # a file: --n takes its first N, nothing is generated
+        _, _, count = str(spec).partition(":")
+        if count.strip().isdigit() and int(count) > MAX_PROMPTS:
+            raise UsageError(f"prompt set {spec!r}: {int(count)} prompts is more than {MAX_PROMPTS}",
+                             hint=f"at most {MAX_PROMPTS} prompts per set, e.g. {str(spec).partition(':')[0]}:256")

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, NOpt,
-                                                  ShardOpt, TextKeyOpt, parse_max_memory)
+                                                  ShardOpt, TextKeyOpt, check_prompt_counts, parse_max_memory)
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, ModulesOpt, OutputOpt, SeedOpt
 
 
@@ -65,6 +65,7 @@ def csd_cmd(
                     chat=chat, max_length=max_length, batch_size=batch_size, shard=shard, device=device,
                     dtype=dtype, seed=seed, max_memory=parse_max_memory(max_memory), form=form)
     cfg.validate()
+    check_prompt_counts(n, [general, target])  # before the model is loaded or a prompt generated
     check_alphas(list(alphas), allow_extrapolate, option="--alpha")
     check_weights_output(save_stats, "--save-stats")
     check_outputs({"-o": output, "--save-stats": save_stats}, [base, adapter, general, target, *(stats or [])],

@@ -49,6 +49,9 @@ def interpolate_cmd(
     from peftarena_cli.cli.common import Progress, emit_table, provenance_for
     from peftarena_cli.interpolation.interpolate import InterpolateConfig, check_interpolate, interpolate
 
+    from peftarena_cli.evaluation.protocols import check_generation_options
+
+    check_generation_options(max_new_tokens)  # bounded before anything is loaded
     kinds = [k.strip().lower() for k in (evals or "").split(",") if k.strip()]
     cfg = InterpolateConfig(
         base=base, finetuned=finetuned, alphas=alphas, path=path, generator_scale=generator_scale, layerwise=layerwise,

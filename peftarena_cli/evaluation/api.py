@@ -301,6 +301,7 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
     require_columns(df, ["task", "id", "sample", "completion", "meta"], "per-sample table")
     if df.empty:
         raise DataError("the per-sample table has no rows")
+    check_rows_kind(df, kind)
     proto = get_protocol(protocol) if protocol is not None else None
     out = df.copy()
     scorers, prots = {}, {}
@@ -329,6 +330,30 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
     for c in ("correct_strict", "correct_flexible", "prompt_strict", "prompt_loose"):
         out[c] = out[c].astype("boolean")
     return out, _summary_for(out, scorers, ks, kind, prots)
+
+
+GENERAL_SCORER_KINDS = ("ifeval", "bbh", "nq", "facts")  # scorer kinds of the general suites; the rest are target tasks
+
+
+def check_rows_kind(df, kind: str) -> None:
+    """Per-sample rows re-scored as ``kind`` ("target" or "general") must be of that kind: each row's
+    ``meta`` names its scorer, and a general suite's scorers (IFEval, BBH, NQ-open, facts) differ from
+    a target task's (math, choice). Rows of the other kind would be scored as if they were this one."""
+    from peftarena_cli.evaluation.scoring import scorer_kind
+
+    if kind not in ("target", "general"):
+        return
+    for task, meta_s in zip(df["task"], df["meta"]):
+        try:
+            scorer = str(json.loads(meta_s)["scorer"])
+        except (TypeError, ValueError, KeyError):
+            raise DataError(f"a row of task {task!r} has no readable 'meta' (its scorer)",
+                            hint="pass a per-sample table written by peftarena eval-target / eval-general") from None
+        row_kind = "general" if scorer_kind(scorer) in GENERAL_SCORER_KINDS else "target"
+        if row_kind != kind:
+            cmd = f"eval-{row_kind}"
+            raise IncompatibleInputs(f"the per-sample rows are {row_kind} rows (task {task!r}, scorer {scorer!r}), "
+                                     f"not {kind} rows", hint=f"re-score them with `peftarena {cmd} --responses FILE`")
 
 
 def _summary_for(df, scorers: dict, ks, kind, prots: dict):
@@ -367,6 +392,9 @@ def score_responses(task, records: list[dict], ks=None, kind: str = "auto", prot
     for j, r in enumerate(records):
         if "response" not in r:
             raise DataError(f"response record {j} has no 'response' field", hint="each JSONL line needs a response field")
+        if not isinstance(r["response"], str):  # a number, list or null would be scored as an empty completion
+            raise DataError(f"response record {j}: 'response' is {json_kind(r['response'])}, not a string",
+                            hint="each record's response is the completion text, a JSON string")
         idx = None
         for key, table in (("id", by_id), ("id", by_key), ("key", by_key), ("prompt", by_prompt)):
             if key in r and str(r[key]) in table:
@@ -375,7 +403,7 @@ def score_responses(task, records: list[dict], ks=None, kind: str = "auto", prot
         if idx is None:
             raise DataError(f"response record {j} matches no item of task {task.name!r}",
                             hint="give each record the item's id/key or its exact prompt text")
-        comps.setdefault(idx, []).append(r["response"] if isinstance(r["response"], str) else "")
+        comps.setdefault(idx, []).append(r["response"])
     if not comps:
         raise DataError("no responses to score")
     from dataclasses import replace
@@ -387,3 +415,18 @@ def score_responses(task, records: list[dict], ks=None, kind: str = "auto", prot
         r["meta"] = json.dumps(dict(json.loads(r["meta"]), generated_under="external"))
     df = to_frame(rows)
     return df, _summary_for(df, {task.name: sub.scorer}, ks, kind, {task.name: (sub.protocol, "", "external")})
+
+
+def json_kind(v) -> str:
+    """What a JSON value is, in words, for messages: null, a number, a list, an object, true/false."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    if isinstance(v, (int, float)):
+        return f"a number ({v!r})"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__

@@ -51,7 +51,7 @@ def parse_ks(ks, n: int) -> list[int]:
         return out
     if isinstance(ks, str):
         try:
-            ks = [int(x) for x in ks.split(",") if x.strip()]
+            ks = [int(x) for x in ks.split(",")]  # an empty entry (1,,2) is a typo, not a skipped value
         except ValueError:
             raise UsageError(f"--k must be a comma-separated list of integers, got {ks!r}") from None
     ks = sorted(set(int(k) for k in ks))

@@ -37,7 +37,7 @@ def parse_alphas(spec: str, allow_extrapolate: bool = False, option: str = "--al
         else:
             if s.count(",") + 1 > MAX_POINTS:
                 raise UsageError(f"{option} lists more than {MAX_POINTS} points", hint=f"at most {MAX_POINTS} points per sweep")
-            vals = [float(x) for x in s.split(",") if x.strip()]
+            vals = [float(x) for x in s.split(",")]  # an empty entry (0,,1) is a typo: float('') refuses it
     except ValueError:
         raise UsageError(f"bad {option} {spec!r}", hint="use start:stop:step (e.g. 0:1:0.1) or a comma list (0,0.5,1)") from None
     vals = sorted({round(v, 10) for v in vals})

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftarena_cli.errors import InputNotFound, InvalidArtifact, UsageError
+from peftarena_cli.errors import IncompatibleInputs, InputNotFound, InvalidArtifact, UsageError
 
 # kind -> columns that identify it (all must be present); checked in this order.
 KIND_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
@@ -179,6 +179,7 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
                 )
             for s in subs:
                 groups.append((s.name, s, _parquet_files(s), True))
+    check_unique_labels(groups)
 
     methods: dict[str, MethodResults] = {}
     for name, d, files, owned in groups:
@@ -187,6 +188,8 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
             kind, df, prov = _classify(f)
             if kind is None:
                 continue
+            if kind == "eval_summary":
+                check_summary_scores(df, f)
             if kind in ("eval_summary", "samples") and "model" in df.columns:
                 for label, part in split_by_model(df, name, base_name, owned=owned).items():
                     target = m if label == name else methods.setdefault(label, MethodResults(name=label))
@@ -213,7 +216,111 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
                               hint="see docs/report.md for the files report reads")
     if base_name in methods:
         methods = {base_name: methods[base_name], **{k: v for k, v in methods.items() if k != base_name}}
+    check_same_base(methods, base_name)
     return methods
+
+
+def check_unique_labels(groups: list) -> None:
+    """Each method label names one source. Two sources under one label (``base=A base=B``, two
+    ``RUNS/`` that both hold ``base/``, a directory and a file inside it) would be merged, or one of
+    them dropped, without a word: a usage error. Bare files of one directory share its label (that
+    is how several files of one method are passed); the same file given twice is refused too."""
+    by_label: dict[str, list[tuple[bool, Path]]] = {}
+    seen_files: dict[Path, str] = {}
+    for name, d, files, owned in groups:
+        single = len(files) == 1 and not owned  # a bare file: its label is its directory's name
+        by_label.setdefault(name, []).append((single, Path(d).resolve()))
+        for f in files:
+            key = Path(f).resolve()
+            if key in seen_files:
+                raise UsageError(f"{str(f)!r} is given twice (as part of {seen_files[key]!r} and {name!r})",
+                                 hint="pass each result file or directory once")
+            seen_files[key] = name
+    for name, srcs in by_label.items():
+        if len(srcs) < 2:
+            continue
+        if all(single for single, _ in srcs) and len({where for _, where in srcs}) == 1:
+            continue  # files of one directory: one method
+        raise UsageError(f"method label {name!r} is given twice ({str(srcs[0][1])!r} and {str(srcs[1][1])!r})",
+                         hint="give each method its own label, e.g. NAME=PATH with distinct names")
+
+
+# The commands whose provenance names the base model (``inputs['base']`` = "spec@identity"), by how
+# they identify it: eval, spectrum, interpolate and drift record the model path's identity
+# (``ModelRef.identity``: safetensors headers and configs, the same for two checkpoints of one
+# architecture), csd and act-geom a fingerprint of its weights (``activations.moments.weights_fingerprint``),
+# which the evals record too (``inputs['base_weights']``). Identities are compared within one scheme.
+BASE_IDENTITY_SCHEME = {"eval-target": "path", "eval-general": "path", "spectrum": "path", "interpolate": "path",
+                        "drift": "path", "csd": "weights", "act-geom": "weights"}
+EVAL_COMMANDS = ("eval-target", "eval-general")
+
+
+def base_identities(prov: dict, method: str, base_name: str = "base") -> list[tuple[str, str, str]]:
+    """``(scheme, identity, spec)`` of the base model a table was computed on, from its provenance;
+    empty when the table does not say. An eval of a model on its own (no adapter) names that model as
+    its ``base`` input: it is the base model only in the base's own results (elsewhere it is a full
+    fine-tune, evaluated as a model of its own)."""
+    prov = prov or {}
+    command = str(prov.get("command"))
+    inputs = prov.get("inputs") or {}
+    if command not in BASE_IDENTITY_SCHEME or not isinstance(inputs, dict):
+        return []
+    if command in EVAL_COMMANDS and method != base_name and not any(str(r).startswith("adapter") for r in inputs):
+        return []
+    out = []
+    for role, scheme in (("base", BASE_IDENTITY_SCHEME[command]), ("base_weights", "weights")):
+        spec, _, ident = str(inputs.get(role, "")).rpartition("@")
+        if ident:
+            out.append((scheme, ident, spec))
+    return out
+
+
+def check_same_base(methods: dict, base_name: str = "base") -> None:
+    """Every result table whose provenance names a base model names the same one: gains, forgetting
+    and the plane compare methods on one base, so results measured on different bases are refused."""
+    first: dict[str, tuple[str, str, Path]] = {}  # scheme -> (identity, spec, file)
+    for name, m in methods.items():
+        for kind, provs in m.provenance.items():
+            for prov, f in zip(provs, m.files.get(kind, [])):
+                for scheme, ident, spec in base_identities(prov, name, base_name):
+                    ref = first.setdefault(scheme, (ident, spec, f))
+                    if ref[0] != ident:
+                        raise IncompatibleInputs(
+                            f"{str(ref[2])!r} and {str(f)!r} were computed on different base models "
+                            f"({ref[1]} with identity {ref[0]}, {spec} with identity {ident})",
+                            hint="a report compares methods on one base model: re-run the results on the same base "
+                                 "(the same directory or file: a directory and its .safetensors file differ), "
+                                 "or report each base on its own")
+
+
+def check_summary_scores(df, path: Path) -> None:
+    """The headline scores of an eval summary (``target_score`` and the general aggregates) are
+    percentages: each ``value`` must be a finite number in [0, 100] and its interval bounds
+    (``ci_low``, ``ci_high``) finite where given (NaN: no interval). A hand-edited or corrupt summary
+    is refused with the file and the column, before it reaches the leaderboard."""
+    import math
+
+    import pandas as pd
+
+    from peftarena_cli.evaluation.api import GENERAL_AGGREGATES
+
+    if df.empty:
+        raise InvalidArtifact(f"eval summary {str(path)!r} has no rows",
+                              hint="re-run eval-target / eval-general, or remove the file")
+    rows = df[df["metric"].astype(str).isin(("target_score", *GENERAL_AGGREGATES))]
+    for col in ("value", "ci_low", "ci_high"):
+        if col not in rows.columns:
+            continue
+        vals = pd.to_numeric(rows[col], errors="coerce")
+        for metric, raw, v in zip(rows["metric"], rows[col], vals):
+            v = float(v)
+            if col == "value" and not (math.isfinite(v) and 0.0 <= v <= 100.0):
+                raise InvalidArtifact(
+                    f"eval summary {str(path)!r}: column 'value' of {metric!r} is {raw!r}, not a percentage in [0, 100]",
+                    hint="the file is hand-edited or corrupt: re-run the evaluation that wrote it")
+            if col != "value" and math.isinf(v):
+                raise InvalidArtifact(f"eval summary {str(path)!r}: column {col!r} of {metric!r} is {raw!r}",
+                                      hint="the file is hand-edited or corrupt: re-run the evaluation that wrote it")
 
 
 _GENERIC_PARTS = {"final", "adapter", "adapters", "train", "model", "adapter_model.safetensors", "."}
