@@ -1,0 +1,241 @@
+"""The benchmark registry: one entry per benchmark, the one place that says what a benchmark is
+(docs/tasks.md, "Where a benchmark lives"; docs/design.md, "How to add").
+
+An entry (:class:`Benchmark`) holds where the benchmark's records come from (its hub dataset, or
+a loader of its own), the format its loader turns them into (items with raw fields), its family
+(the group whose protocol settings it shares) and domain (math / medical / general), and its
+per-protocol :class:`Settings` (prompt, chat, system prompt, shots, n, temperature, max tokens,
+stops, scorer, aggregation, and where each value comes from). The built-in procedural suites
+(``arith``, ``builtin.ifeval`` / ``.bbh`` / ``.facts``) are entries too.
+
+Everything else reads this module: the target and general loaders, the protocols
+(evaluation/protocols.py builds ``study`` and ``lm-eval`` from the entries), ``--limit``'s parts
+and the CLI help. The scorer kinds the settings name are in :mod:`peftarena_cli.scorer_kinds`.
+Adding a benchmark in an existing format is one entry here (:func:`register`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+@dataclass(frozen=True)
+class Settings:
+    """How one benchmark family is run and scored under a protocol (``sources``: where each
+    value comes from in the reference code)."""
+
+    template: str | dict               # format string over the item's fields, or {task name: format string}
+    scorer: str
+    max_new_tokens: int
+    chat: bool = True
+    system: str | None = None
+    fewshot: int = 0
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    temperature: float = 0.0
+    aggregation: str = "mean over items"
+    sources: dict = field(default_factory=dict)
+    loglik: bool = False               # multiple choice by the log-likelihood of each choice (LOGLIK_CHOICES), no generation
+
+
+_OC = "PEFT-Arena eval/opencompass_configs/datasets"
+_ME = "PEFT-Arena third_party/math_eval"
+_MED = "PEFT-Arena third_party/med_eval/main.py"
+
+STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
+    "ifeval": Settings(
+        "{prompt}", "ifeval", 1025, chat=True, aggregation="instruction-level strict (primary), prompt-level, loose",
+        sources={"prompt": f"{_OC}/IFEval/IFEval_gen_3321a3.py (HUMAN: '{{prompt}}')",
+                 "chat": "eval/eval_general.sh: IFEval and NQ always VLLMwithChatTemplate",
+                 "max_new_tokens": "IFEval_gen_3321a3.py: max_out_len=1025",
+                 "scorer": "OpenCompass IFEvaluator = Google's instruction_following_eval"}),
+    "bbh": Settings(
+        "Follow the given examples and answer the question.\n{cot}\n\nQ: {input}\nA: Let's think step by step.",
+        "bbh:study", 512, chat=True, fewshot=3, aggregation="accuracy per subtask, then the mean of the 27 subtasks",
+        sources={"prompt": f"{_OC}/bbh/bbh_gen_5b92b0.py (HUMAN prompt; lib_prompt/*.txt = published CoT prompts)",
+                 "chat": "eval/eval_general.sh: instruct models -> VLLMwithChatTemplate",
+                 "max_new_tokens": "bbh_gen_5b92b0.py: max_out_len=512 (stops only at EOS)",
+                 "scorer": "OpenCompass datasets/bbh.py: bbh_mcq_postprocess (17 subtasks), bbh_freeform_postprocess, exact =="}),
+    "nq_open": Settings(
+        "Answer these questions, your answer should be as simple as possible, start your answer with the prompt "
+        "'The answer is '.\nQ: {question}?", "nq:study", 50, chat=True,
+        sources={"prompt": f"{_OC}/nq/nq_gen_c788f6.py (k=0: HUMAN prompt; the BOT 'A:' opens the generated turn)",
+                 "max_new_tokens": "nq_gen_c788f6.py: max_out_len=50",
+                 "scorer": "OpenCompass datasets/natural_question.py: NQEvaluator (reference is a substring)"}),
+    "math": Settings(
+        "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
+        stop=("\n\nQuestion:",), aggregation="mean over all samples (avg@16)",
+        sources={"prompt": f"{_ME}/utils.py PROMPT_TEMPLATES['cot'], stripped, in a user turn (math_eval.py)",
+                 "sampling": "eval/eval_math.sh: TEMPERATURE=0.6, N_SAMPLING=16, MAX_TOKENS_PER_CALL=8192, top_p=1",
+                 "stop": "math_eval.py: stop_words for prompt_type cot",
+                 "scorer": f"{_ME}/parser.py extract_answer + strip_string, grader.py math_equal"}),
+    "gsm8k": Settings(
+        "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
+        stop=("\n\nQuestion:",), aggregation="mean over all samples; not part of the math target_score",
+        sources={"prompt": f"{_ME} (same settings as the other math sets)",
+                 "aggregation": "eval/eval_math.sh: DATA_NAMES=math500,aime24,amc23"}),
+    "medical": Settings(
+        "{mc_text}\nPlease reason step by step, and put your final answer within \\boxed{{}}.", "choice:study", 8192,
+        chat=True, system="You are a helpful assistant.",
+        sources={"prompt": f"{_MED}: QWEN_PROMPT / LLAMA_PROMPT (system + instruction); the question text "
+                           "'{{question}}\\nA. ...' is peftarena's (the study's eval file is not published)",
+                 "max_new_tokens": "eval/eval_med.sh: MAX_TOKENS=8192, TEMPERATURE=0.0",
+                 "scorer": f"{_MED}: extract_overall_answer (last match, closest-option fallback)"}),
+}
+
+_LE = "lm-evaluation-harness 0.4.13 lm_eval/tasks"
+LM_EVAL_SETTINGS = {  # lm-evaluation-harness v0.4.13 task defaults
+    "ifeval": Settings(
+        "{prompt}", "ifeval", 1280, chat=False, aggregation="instruction-level strict (primary), prompt-level, loose",
+        sources={"all": f"{_LE}/ifeval/ifeval.yaml (0-shot, max_gen_toks 1280, no stops, greedy)",
+                 "chat": "lm-eval applies no chat template unless --apply_chat_template"}),
+    "bbh": Settings(
+        "{cot}\n\nQ: {input}\nA: Let's think step by step.\n", "bbh:lm-eval", 1024, chat=False, fewshot=3,
+        stop=("</s>", "Q", "\n\n"), aggregation="exact match, mean over all items (weight_by_size)",
+        sources={"prompt": f"{_LE}/bbh/cot_fewshot/*.yaml (description + 3 CoT exemplars + 'Q: ..\\nA: Let's think step by step.\\n')",
+                 "generation": "_cot_fewshot_template_yaml: max_gen_toks 1024, until ['</s>', 'Q', '\\n\\n']",
+                 "scorer": "get-answer filter: regex (?<=the answer is )(.*)(?=.), take_first; exact_match",
+                 "aggregation": "_bbh_cot_fewshot.yaml: mean, weight_by_size: true"}),
+    "nq_open": Settings(
+        "Answer these questions:\n\nQ: {question}?\nA:", "nq:lm-eval", 256, chat=False, stop=("\n", ".", ","),
+        sources={"all": f"{_LE}/nq_open/nq_open.yaml (0-shot; max_gen_toks is lm-eval's default 256)",
+                 "scorer": "remove_whitespace filter; exact_match ignore_case, ignore_punctuation, articles regex"}),
+    "gsm8k": Settings(
+        "Question: {problem}\nAnswer:", "gsm8k:lm-eval", 256, chat=False, stop=("Question:", "</s>", "<|im_end|>"),
+        sources={"all": f"{_LE}/gsm8k/gsm8k.yaml (strict-match and flexible-extract filters; max_gen_toks default 256)",
+                 "fewshot": "gsm8k.yaml uses 5 exemplars from the train split; peftarena runs 0-shot (no train split offline)"}),
+    "math": Settings(
+        "{minerva_fewshot}Problem:\n{problem}\n\nSolution:", "minerva:lm-eval", 256, chat=False, fewshot=4,
+        stop=("Problem:",),
+        sources={"all": f"{_LE}/minerva_math/minerva_math500.yaml + utils.py (4-shot Minerva prompt, until 'Problem:')",
+                 "scorer": "utils.py get_unnormalized_answer, normalize_final_answer, is_equiv; math_verify"}),
+    "medical": Settings(
+        {"pubmedqa": "Abstract: {context}\nQuestion: {question}\nAnswer:",
+         "medqa": "Question: {question}\n{options_lines}Answer:",
+         "medmcqa": "Question: {question}\nChoices:\n{options_lines}Answer:"},
+        "choice:lm-eval", 0, chat=False, aggregation="acc: argmax of the choices' summed log-likelihoods, mean",
+        loglik=True,
+        sources={"all": f"{_LE}/pubmedqa (choices yes/no/maybe), medqa (medqa_4options, choices A-D), "
+                        "medmcqa (choices A-D): output_type multiple_choice, metric acc",
+                 "prompt": "preprocess_pubmedqa.doc_to_text, preprocess_medqa.doc_to_text, utils_medmcqa.doc_to_text"}),
+}
+
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark (or built-in suite) and everything that defines it."""
+
+    name: str                            # the name users give (--task / --suite); also the task's name
+    part: str                            # "target" (plasticity) or "general" (stability)
+    domain: str                          # "math", "medical" or "general"
+    scorer: str                          # the scorer its raw task carries (a scorer kind, scorer_kinds.py)
+    family: str | None = None            # the family whose protocol settings it shares; None: built in
+    protocols: dict = field(default_factory=dict)   # protocol name -> Settings
+    hub: tuple | None = None             # (dataset, config, split) on the hub
+    items: str | None = None             # the built-in loader format of its records (loaders dispatch on it)
+    loader: Callable | None = None       # a loader of its own: target (path, limit, seed), general (path, limit) -> Task
+    loglik: str | None = None            # lm-eval multiple choice: the continuations ("options" texts or "letters")
+    study_target: bool = False           # averaged into the study protocol's target_score
+    limit_key: str | None = None         # the part name a per-part --limit gives it
+    task_name: str | None = None         # the name of the task it loads, when not ``name`` (built-in parts)
+    title: str = ""                      # one line for the CLI help and docs
+
+    @property
+    def builtin(self) -> bool:
+        return self.family is None
+
+
+REGISTRY: dict[str, Benchmark] = {}
+
+
+def register(b: Benchmark, replace: bool = False) -> Benchmark:
+    """Add a benchmark (``replace``: overwrite one of the same name)."""
+    if b.part not in ("target", "general"):
+        raise ValueError(f"benchmark {b.name!r}: part {b.part!r} is neither 'target' nor 'general'")
+    if b.name in REGISTRY and not replace:
+        raise ValueError(f"benchmark {b.name!r} exists")
+    REGISTRY[b.name] = b
+    return b
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Benchmark | None:
+    return REGISTRY.get(name)
+
+
+def by_task(task_name: str) -> Benchmark | None:
+    """The entry whose loaded task is named ``task_name``."""
+    for b in REGISTRY.values():
+        if (b.task_name or b.name) == task_name:
+            return b
+    return None
+
+
+def names(part: str | None = None, builtin: bool | None = None, domain: str | None = None) -> tuple[str, ...]:
+    """Benchmark names in registry order, optionally of one part / built in or not / one domain."""
+    return tuple(b.name for b in REGISTRY.values()
+                 if (part is None or b.part == part) and (builtin is None or b.builtin == builtin)
+                 and (domain is None or b.domain == domain))
+
+
+def family_of(task_name: str) -> str | None:
+    b = REGISTRY.get(task_name)
+    return b.family if b is not None else None
+
+
+def protocol_settings(protocol: str) -> dict:
+    """{family: Settings} of one protocol over the registered benchmarks."""
+    out: dict = {}
+    for b in REGISTRY.values():
+        if b.family is not None and protocol in b.protocols:
+            out.setdefault(b.family, b.protocols[protocol])
+    return out
+
+
+def limit_parts() -> tuple[str, ...]:
+    """The part names a per-part ``--limit`` can give (general suites)."""
+    out: list = []
+    for b in REGISTRY.values():
+        if b.limit_key and b.limit_key not in out:
+            out.append(b.limit_key)
+    return tuple(out)
+
+
+def help_list(part: str, builtin: bool | None = None) -> str:
+    """The comma-separated names for a help text."""
+    return ", ".join(names(part, builtin))
+
+
+# --- the entries -----------------------------------------------------------------------------------
+def _entries():
+    S, L = STUDY_SETTINGS, LM_EVAL_SETTINGS
+    both = lambda fam: {"study": S[fam], "lm-eval": L[fam]}  # noqa: E731
+    register(Benchmark("arith", "target", "math", "math", items="arith",
+                       title="built-in arithmetic word problems (arith-1 ... arith-3: easier levels)"))
+    register(Benchmark("gsm8k", "target", "math", "math", "gsm8k", both("gsm8k"), ("openai/gsm8k", "main", "test"),
+                       items="math", title="GSM8K grade-school math"))
+    for name, hub in (("math500", ("HuggingFaceH4/MATH-500", None, "test")),
+                      ("aime24", ("HuggingFaceH4/aime_2024", None, "train")),
+                      ("amc23", ("math-ai/amc23", None, "test"))):
+        register(Benchmark(name, "target", "math", "math", "math", both("math"), hub, items="math", study_target=True))
+    for name, hub, loglik in (("medmcqa", ("openlifescienceai/medmcqa", None, "validation"), "letters"),
+                              ("medqa", ("GBaker/MedQA-USMLE-4-options", None, "test"), "letters"),
+                              ("pubmedqa", ("qiaojin/PubMedQA", "pqa_labeled", "train"), "options")):
+        register(Benchmark(name, "target", "medical", "choice", "medical", both("medical"), hub, items=name,
+                           loglik=loglik, study_target=True))
+    for part, task_name in (("ifeval", "ifeval_builtin"), ("bbh", "bbh_builtin"), ("facts", "facts")):
+        register(Benchmark(f"builtin.{part}", "general", "general", "nq" if part == "nq_open" else part,
+                           items=f"builtin.{part}", limit_key=part, task_name=task_name))
+    register(Benchmark("ifeval", "general", "general", "ifeval", "ifeval", both("ifeval"), ("google/IFEval", None, "train"),
+                       items="ifeval", limit_key="ifeval"))
+    register(Benchmark("bbh", "general", "general", "bbh", "bbh", both("bbh"), ("lukaemon/bbh", None, "test"),
+                       items="bbh", limit_key="bbh"))
+    register(Benchmark("nq_open", "general", "general", "nq", "nq_open", both("nq_open"),
+                       ("google-research-datasets/nq_open", None, "validation"), items="nq_open", limit_key="nq_open"))
+
+
+_entries()
