@@ -51,7 +51,14 @@ def main() -> None:
     if a.ends:
         lb, base, method = curve_ends(*a.ends)
         curve = with_endpoints(curve, lb, method, base_name=base)
-    write_table(curve, a.output, Provenance(command="join_curves", extra={"parts": provs, "ends": a.ends}))
+    # the parts' inputs (base, finetuned) carry over: rewind --curve refuses a curve that does not name
+    # the fine-tune it was measured on, and parts measured on different inputs are not one curve
+    inputs: dict = {}
+    for p, prov in provs.items():
+        for role, value in (prov.get("inputs") or {}).items():
+            if inputs.setdefault(role, value) != value:
+                raise SystemExit(f"join_curves: {p} was measured on {role} {value}, another part on {inputs[role]}")
+    write_table(curve, a.output, Provenance(command="join_curves", inputs=inputs, extra={"parts": provs, "ends": a.ends}))
 
 
 if __name__ == "__main__":

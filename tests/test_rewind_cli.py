@@ -39,11 +39,14 @@ def test_rewind_alpha_directory_loads_with_peft(cli, tiny_model_dir, ads, tmp_pa
 
 
 def test_rewind_from_curve_records_choice(cli, tiny_model_dir, ads, tmp_path):
-    from peftarena_cli.artifacts.tables import write_table
+    from peftarena_cli.artifacts.identity import path_identity
+    from peftarena_cli.artifacts.tables import Provenance, write_table
 
     curve = tmp_path / "curve.parquet"
+    prov = Provenance(command="interpolate")  # rewind needs the curve to name the fine-tune it measured
+    prov.add_input("finetuned", str(ads["lora"]), path_identity(ads["lora"]))
     write_table(pd.DataFrame({"alpha": [0.0, 0.5, 1.0], "path": ["native"] * 3, "target": [0.0, 40.0, 50.0],
-                              "general": [50.0, 45.0, 30.0]}), curve)
+                              "general": [50.0, 45.0, 30.0]}), curve, prov)
     out = tmp_path / "picked.safetensors"
     r = cli("rewind", ads["lora"], "--curve", curve, "--pick", "keep-target:0.8", "-o", out)
     assert r.returncode == 0, r.stderr

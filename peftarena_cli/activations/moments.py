@@ -78,9 +78,7 @@ class InputMoments:
 def save_stats(path, sets: dict[str, InputMoments], base_identity: str = "", extra: dict | None = None) -> Path:
     """Write the statistics of one or more prompt sets atomically to one safetensors file."""
     import torch
-    from safetensors.torch import save_file
-
-    from peftarena_cli.artifacts.atomic import atomic_path
+    from peftarena_cli.artifacts.atomic import atomic_path, write_safetensors
 
     tensors, meta_sets = {}, {}
     for sname, m in sets.items():
@@ -94,7 +92,7 @@ def save_stats(path, sets: dict[str, InputMoments], base_identity: str = "", ext
             "extra": json.dumps(extra or {})}
     p = Path(path)
     with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(tensors, tmp, metadata=meta)
     return p
 
 

@@ -131,9 +131,7 @@ class PairSums:
 
 def save_sums(path, sets: dict[str, dict[str, PairSums]], meta: dict | None = None) -> Path:
     """Write ``{prompt set: {module: PairSums}}`` atomically to one safetensors file."""
-    from safetensors.torch import save_file
-
-    from peftarena_cli.artifacts.atomic import atomic_path
+    from peftarena_cli.artifacts.atomic import atomic_path, write_safetensors
 
     tensors = {}
     for sname, mods in sets.items():
@@ -145,7 +143,7 @@ def save_sums(path, sets: dict[str, dict[str, PairSums]], meta: dict | None = No
          "meta": json.dumps(meta or {})}
     p = Path(path)
     with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata=m)
+        write_safetensors(tensors, tmp, metadata=m)
     return p
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 from peftarena_cli import __version__
 from peftarena_cli.artifacts.atomic import atomic_dir, atomic_path
 from peftarena_cli.artifacts.identity import path_identity
-from peftarena_cli.artifacts.safetensors_io import WEIGHT_SUFFIXES, check_safetensors
-from peftarena_cli.errors import AdapterError, InputNotFound, InvalidArtifact, NumericalError, OutputError, UnsupportedMethod
+from peftarena_cli.artifacts.keys import ModelWeights, unmatched_keys
+from peftarena_cli.artifacts.safetensors_io import WEIGHT_SUFFIXES, check_float_dtypes, check_safetensors, weight_files_in
+from peftarena_cli.errors import (AdapterError, IncompatibleInputs, InputNotFound, InvalidArtifact, NumericalError, OutputError,
+                                  UnsupportedMethod)
 from peftarena_cli.methods import all_markers
 
 CONFIG_KEY = "peft_config"
@@ -105,6 +107,12 @@ def load_adapter(spec: str | os.PathLike, device: str = "cpu", allow_nonfinite: 
                     f"{str(p)!r} holds a pickled adapter_model.bin; peftarena reads safetensors only",
                     hint="re-save it with save_pretrained(safe_serialization=True)",
                 )
+            if _is_model_dir(p):
+                # a full fine-tune (what `finetune --method full` writes) passed where an adapter goes
+                raise AdapterError(
+                    f"{str(p)!r} is a full model (model weights, no {ADAPTER_WEIGHTS}), not a PEFT adapter",
+                    hint=f"evaluate it as the model itself, in place of the base: e.g. `peftarena eval-target {p} ...` "
+                         "(without --adapter)")
             raise AdapterError(f"{str(p)!r} has no {ADAPTER_WEIGHTS}")
         cfg_file = p / ADAPTER_CONFIG
     else:
@@ -113,6 +121,7 @@ def load_adapter(spec: str | os.PathLike, device: str = "cpu", allow_nonfinite: 
         weights = p
         cfg_file = p.parent / ADAPTER_CONFIG
     header = check_safetensors(weights)
+    check_float_dtypes(header, f"adapter {str(spec)!r}")
     meta = dict(header.get("__metadata__") or {})
     config = None
     if CONFIG_KEY in meta:
@@ -143,6 +152,33 @@ def load_adapter(spec: str | os.PathLike, device: str = "cpu", allow_nonfinite: 
     return Adapter(config=config, tensors=tensors, path=p, metadata=meta)
 
 
+def _is_model_dir(p: Path) -> bool:
+    """True for an HF model directory (``config.json`` and model weights)."""
+    if not (p / "config.json").is_file():
+        return False
+    try:
+        return bool(weight_files_in(p))
+    except InvalidArtifact:
+        return True  # a model directory with a broken index is still a model directory
+
+
+def check_adapter_fits(adapter: Adapter, base, base_spec, adapter_spec=None) -> None:
+    """Refuse an adapter whose tensors name modules the base lacks (one check for every command).
+
+    ``base`` is the base's :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource` or a live
+    model. PEFT itself would load such an adapter with those tensors dropped (a warning at most),
+    and every number computed afterwards would describe a different, partial fine-tune."""
+    names = base if hasattr(base, "find") else ModelWeights(base)
+    bad = unmatched_keys(adapter.tensors, names)
+    if bad:
+        who = adapter_spec if adapter_spec is not None else (adapter.path if adapter.path is not None else "in-memory")
+        raise IncompatibleInputs(
+            f"adapter {str(who)!r} does not fit the base "
+            f"{'model' if base_spec is None else repr(str(base_spec))}: {len(bad)} of its {len(adapter.tensors)} "
+            f"tensor(s) name modules missing from the base ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})",
+            hint="pass the base model the adapter was trained on")
+
+
 def check_finite(tensors, what: str) -> None:
     """The one NaN/Inf policy: weights holding NaN or Inf are refused (every command), naming the
     first tensors affected. ``tensors``: a dict or (name, tensor) pairs."""
@@ -169,7 +205,7 @@ def save_adapter(
     adapter: Adapter, path: str | os.PathLike, extra_metadata: dict | None = None, overwrite: bool = False
 ) -> Path:
     """Write an adapter atomically: a PEFT directory, or one file if ``path`` ends in .safetensors/.st."""
-    from safetensors.torch import save_file
+    from peftarena_cli.artifacts.atomic import write_safetensors
 
     p = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.tensors.items()}
@@ -178,10 +214,10 @@ def save_adapter(
         if p.exists() and not overwrite:
             raise OutputError(f"{str(p)!r} already exists", hint="choose another path or pass --overwrite")
         with atomic_path(p) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            write_safetensors(tensors, tmp, metadata=meta)
         return p
     with atomic_dir(p, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=meta)
+        write_safetensors(tensors, tmp / ADAPTER_WEIGHTS, metadata=meta)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter.config, indent=2, default=str))
     return p
 

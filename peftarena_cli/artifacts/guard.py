@@ -5,7 +5,8 @@ under a weights file's name, never start work whose result cannot be written.
   input directory, or contains an input is refused (:class:`~peftarena_cli.errors.OutputError`).
 * :func:`check_table_output`: a table output (Parquet or CSV) must not carry a weights/config
   suffix, and an existing file there must be a table peftarena may replace.
-* :func:`check_writable`: the directory an output goes to accepts new files.
+* :func:`check_writable`: the directory an output goes to accepts new files (a character device or
+  FIFO, written into rather than replaced, must itself be writable).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from peftarena_cli import registry
+from peftarena_cli.artifacts.atomic import is_stream, special_kind
 from peftarena_cli.errors import OutputError
 
 # suffixes a table (Parquet/CSV) is never written under: they name inputs of other kinds
@@ -59,11 +61,13 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_outputs_vs_inputs(outputs: Mapping[str, object], inputs: Iterable) -> None:
+def check_outputs_vs_inputs(outputs: Mapping[str, object], inputs: Iterable, inside_ok: bool = False) -> None:
     """Refuse before any work when an output would overwrite, land inside, or contain an input.
 
     ``outputs``: option name -> path (None entries are skipped); ``inputs``: input specs as typed.
-    Also refuses two outputs that name the same path.
+    Also refuses two outputs that name the same path. ``inside_ok``: an output inside an input
+    directory is allowed (``report`` writes RUNS/report beside the runs it reads, and skips it
+    when it reads RUNS again); the same path and an output containing an input are still refused.
     """
     ins = local_input_paths(inputs)
     seen: dict[Path, str] = {}
@@ -71,7 +75,7 @@ def check_outputs_vs_inputs(outputs: Mapping[str, object], inputs: Iterable) -> 
         o = _real(out)
         if o is None:
             continue
-        if o in seen:
+        if o in seen and special_kind(o) != "character device":  # /dev/null may take several outputs
             raise OutputError(f"{opt} and {seen[o]} name the same path {str(out)!r}",
                               hint="give each output its own path")
         seen[o] = opt
@@ -80,7 +84,7 @@ def check_outputs_vs_inputs(outputs: Mapping[str, object], inputs: Iterable) -> 
             if same:
                 raise OutputError(f"{opt} {str(out)!r} is also an input; refusing to overwrite it",
                                   hint="write the output to another path")
-            if i.is_dir() and _inside(o, i):
+            if i.is_dir() and _inside(o, i) and not inside_ok:
                 raise OutputError(f"{opt} {str(out)!r} lies inside the input directory {str(i)!r}",
                                   hint="write outputs outside the input's directory")
             if _inside(i, o):
@@ -123,6 +127,10 @@ def check_writable(path, opt: str = "-o") -> None:
     if path is None or str(path) == "-":
         return
     p = Path(os.path.expanduser(str(path)))
+    if is_stream(p):  # written into, not replaced: the file itself must take writes
+        if not os.access(p, os.W_OK):
+            raise OutputError(f"cannot write {opt} {str(path)!r}: permission denied", hint="choose a writable location")
+        return
     parent = p.parent if str(p.parent) else Path(".")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -48,6 +48,47 @@ def base_key(base, module: str) -> str | None:
     return base.find(module + ".weight")
 
 
+class ModelWeights:
+    """The weight names of a live model, answering ``in`` and ``find`` like a
+    :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource` (so :func:`base_key` works on it).
+
+    PEFT's wrapping is looked through: the ``base_model.model.`` prefix and the ``.base_layer``
+    component of a tuner layer are removed, so a model that already carries an adapter answers with
+    its base names."""
+
+    def __init__(self, model):
+        self.names = set()
+        for n, _ in model.named_parameters(remove_duplicate=False):
+            if n.startswith(PEFT_PREFIX):
+                n = n[len(PEFT_PREFIX):]
+            self.names.add(n.replace(".base_layer.", "."))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def find(self, suffix: str) -> str | None:
+        hits = [k for k in self.names if k.endswith("." + suffix) or k == suffix]
+        return hits[0] if len(hits) == 1 else None
+
+
+def unmatched_keys(keys, base) -> list[str]:
+    """The adapter keys (PEFT's saved names) whose module has no weight in ``base`` (a WeightSource or
+    :class:`ModelWeights`), sorted. Keys that name no module (VeRA's shared projections) are not
+    counted: they belong to the adapter as a whole."""
+    found: dict[str, bool] = {}
+    out = []
+    for k in keys:
+        hit = module_of_key(k)
+        if hit is None:
+            continue
+        mod = hit[0]
+        if mod not in found:
+            found[mod] = base_key(base, mod) is not None
+        if not found[mod]:
+            out.append(k)
+    return sorted(out)
+
+
 def expect_shape(t, shape: tuple, module: str, what: str) -> None:
     """Raise IncompatibleInputs when an adapter tensor does not fit the base weight (None = any size)."""
     got = tuple(t.shape)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peftarena_cli.artifacts.adapters import Adapter, check_finite, load_adapter, peft_dir_for
+from peftarena_cli.artifacts.adapters import Adapter, check_adapter_fits, check_finite, load_adapter, peft_dir_for
 from peftarena_cli.artifacts.safetensors_io import ModelRef, resolve_model
 from peftarena_cli.errors import DeviceNotAvailable, IncompatibleInputs, InvalidArtifact, UsageError
 
@@ -167,11 +167,16 @@ def load_model(spec, dtype: str = "float32", device: str = "auto"):
     return model, tok, ref
 
 
-def attach_adapter(model, adapter: Adapter | str, adapter_name: str = "default", is_trainable: bool = False):
-    """Wrap ``model`` with a PEFT adapter (PEFT's own code path, so forward passes match PEFT)."""
+def attach_adapter(model, adapter: Adapter | str, adapter_name: str = "default", is_trainable: bool = False,
+                   base_spec=None):
+    """Wrap ``model`` with a PEFT adapter (PEFT's own code path, so forward passes match PEFT).
+
+    An adapter naming modules the model lacks is refused first (PEFT would drop those tensors with a
+    warning); ``base_spec`` names the model in that error."""
     from peft import PeftModel
 
     ad = adapter if isinstance(adapter, Adapter) else load_adapter(adapter)
+    check_adapter_fits(ad, model, base_spec)
     d, keep = peft_dir_for(ad)
     try:
         if hasattr(model, "peft_config"):

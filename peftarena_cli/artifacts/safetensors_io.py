@@ -205,6 +205,23 @@ def _parse_safetensors(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+
+def check_float_dtypes(header: dict, what: str, names=None) -> None:
+    """Refuse weights stored as integers or booleans: ``header`` is a parsed safetensors header,
+    ``names`` the entries that must be floating point (default: all). Integer bytes read as weights
+    (e.g. an F32 tensor relabelled I32, which has the same size) would give numbers without meaning."""
+    bad = [(k, v.get("dtype")) for k, v in header.items()
+           if k != "__metadata__" and (names is None or k in names) and isinstance(v, dict)
+           and v.get("dtype") not in FLOAT_DTYPES]
+    if bad:
+        raise InvalidArtifact(
+            f"{what} stores {len(bad)} weight tensor(s) as integers or booleans, not floating point: "
+            + ", ".join(f"{k} ({d})" for k, d in bad[:3]) + (", ..." if len(bad) > 3 else ""),
+            hint="weights must be F32, F16, BF16 or F64; the file was damaged or its header edited")
+
+
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
              "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 

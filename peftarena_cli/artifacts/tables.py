@@ -93,11 +93,13 @@ def write_table(df, path: str | os.PathLike, provenance: Provenance | None = Non
     import pyarrow.parquet as pq
 
     p = Path(path)
-    with atomic_path(p) as tmp:
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        # an open file, not the name: pyarrow removes a path it failed to write, which for an
+        # output written into (/dev/null, a FIFO: atomic_path) would be the device node itself
         if p.suffix == ".csv":
-            (df.to_pandas() if hasattr(df, "to_pandas") else df).to_csv(tmp, index=False)
+            (df.to_pandas() if hasattr(df, "to_pandas") else df).to_csv(f, index=False)
         else:
-            pq.write_table(_to_arrow(df, provenance), tmp, compression="zstd")
+            pq.write_table(_to_arrow(df, provenance), f, compression="zstd")
     return p
 
 
@@ -114,7 +116,7 @@ def read_table(path: str | os.PathLike | io.BytesIO):
     try:
         table = pq.read_table(path)
     except Exception as e:
-        raise InvalidArtifact(f"{path!r} is not a readable Parquet file ({type(e).__name__})") from None
+        raise InvalidArtifact(f"{str(path)!r} is not a readable Parquet file ({type(e).__name__})") from None
     meta = table.schema.metadata or {}
     prov = {}
     if META_KEY in meta:

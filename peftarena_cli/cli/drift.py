@@ -43,7 +43,7 @@ def drift_cmd(
     """
     import time
 
-    from peftarena_cli.artifacts.atomic import check_output_parent
+    from peftarena_cli.artifacts.guard import check_outputs
     from peftarena_cli.cli.common import Progress, emit_table, provenance_for
     from peftarena_cli.errors import UsageError
     from peftarena_cli.interpolation.alphas import parse_alphas
@@ -60,8 +60,10 @@ def drift_cmd(
     from peftarena_cli.evaluation.protocols import check_generation_options
 
     check_generation_options(max_new_tokens)  # the continuation length, bounded like the evals'
-    if output is not None and str(output) != "-":
-        check_output_parent(output)
+    # before any model is loaded: never onto an input (the adapter's weights, the base's config),
+    # never a table under a weights/config name, never into a folder that takes no new files
+    check_outputs({"-o": output}, [base, finetuned, target_task if "target" in chosen else None,
+                                   general_suite if "general" in chosen else None], tables=("-o",))
     from peftarena_cli.evaluation.api import load_general_tasks, load_target_tasks
     from peftarena_cli.evaluation.drift import drift_summary, measure_drift
     from peftarena_cli.interpolation.sweep import open_path_model

@@ -102,6 +102,14 @@ def _run_models(base, adapters, include_base, device, dtype, evaluate, what: str
     from peftarena_cli.artifacts.loading import applied_adapter
     from peftarena_cli.cli.common import Progress, info
 
+    if adapters:
+        # every adapter must fit the base before anything is loaded or evaluated (headers only)
+        from peftarena_cli.artifacts.adapters import check_adapter_fits, load_adapter
+        from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
+
+        base_weights = WeightSource.from_ref(resolve_model(base))
+        for label in adapters:
+            check_adapter_fits(load_adapter(label), base_weights, base, label)
     t = time.perf_counter()
     model, tok, ref = _load_for_backend(base, dtype, device, backend, seed)
     info(f"loaded {base} in {time.perf_counter() - t:.1f} s" + (" (vllm)" if backend == "vllm" else ""))

@@ -39,6 +39,11 @@ def report_cmd(
     from peftarena_cli.report.reference import parse_select
 
     select = parse_select(reference_select)
+    from peftarena_cli.artifacts.guard import check_outputs_vs_inputs, check_writable
+
+    # the report directory is replaced as a whole: it must be no input and hold none
+    check_outputs_vs_inputs({"-o": output}, [*results, reference], inside_ok=True)
+    check_writable(output)
     rep = build_report(list(results), base_name=base, modules=modules, spectrum_module=spectrum_module,
                        reference=str(reference) if reference else None, reference_select=select)
     with provenance_for("report") as prov:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peftarena_cli.artifacts.keys import base_key
 from peftarena_cli.errors import IncompatibleInputs, NumericalError
 from peftarena_cli.interpolation.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
                                         native_method, scale_adapter_tensors)
 from peftarena_cli.interpolation.oft_rotation import OFT_KEY_SUFFIX
+from peftarena_cli.weights.full import check_full_finetune
 from peftarena_cli.weights.oft import cayley, oft_parts, orthogonality_error, variant_of
 
 
@@ -283,15 +285,21 @@ def dense_deltas_from_full(model, finetuned_source, callback=None):
     """(w0, delta) for every parameter of ``model`` (the base) that differs in the fine-tuned checkpoint.
 
     ``finetuned_source`` is a :class:`~peftarena_cli.artifacts.safetensors_io.WeightSource`; tensors are
-    read one at a time. Parameters missing from the checkpoint (tied heads) are left alone.
+    read one at a time. A checkpoint lacking one of the base's parameters is refused
+    (:func:`~peftarena_cli.weights.full.check_full_finetune`); a tied head is not among the
+    parameters (``named_parameters`` lists a shared tensor once, under the embedding's name).
     """
     import torch
 
     w0, delta = {}, {}
     named = list(model.named_parameters())
+    # tied=False: a head listed here is a parameter of its own, so the checkpoint must hold it
+    check_full_finetune([n for n, _ in named], finetuned_source, "the fine-tuned checkpoint", tied=False)
     for i, (name, p) in enumerate(named):
-        if name in finetuned_source:
-            w1 = finetuned_source.get(name)
+        key = name if name in finetuned_source else (
+            base_key(finetuned_source, name[: -len(".weight")]) if name.endswith(".weight") else finetuned_source.find(name))
+        if key is not None:
+            w1 = finetuned_source.get(key)
             if tuple(w1.shape) != tuple(p.shape):
                 raise IncompatibleInputs(f"{name}: fine-tuned shape {tuple(w1.shape)} != base shape {tuple(p.shape)}")
             d = w1.to(device=p.device, dtype=torch.float32) - p.detach().float()

@@ -16,8 +16,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftarena_cli.artifacts.adapters import Adapter, save_adapter
-from peftarena_cli.artifacts.atomic import atomic_dir
+from peftarena_cli.artifacts.adapters import Adapter, check_adapter_fits, save_adapter
+from peftarena_cli.artifacts.atomic import atomic_dir, is_stream, special_kind
 from peftarena_cli.artifacts.guard import check_outputs
 from peftarena_cli.artifacts.identity import path_identity
 from peftarena_cli.artifacts.keys import base_key
@@ -30,7 +30,9 @@ from peftarena_cli.interpolation.criteria import pick_alpha
 from peftarena_cli.interpolation.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
                                         native_method, scale_adapter_tensors)
 from peftarena_cli.interpolation.oft_rotation import layerwise_scales, rotation_strengths
+from peftarena_cli.weights.deltas import iter_module_deltas
 from peftarena_cli.weights.finetuned import open_finetuned
+from peftarena_cli.weights.full import check_full_finetune
 
 
 def dora_row_norms_from_base(adapter: Adapter, base_source) -> dict:
@@ -91,12 +93,14 @@ def rewind_full(base_source, finetuned_source, alpha: float, out_dir, copy_from:
                 extra_metadata: dict | None = None, overwrite: bool = False, callback=None) -> Path:
     """Write a full checkpoint W0 + α(W1 − W0) (every tensor of the fine-tune) atomically to ``out_dir``.
 
-    Tensors the base lacks are copied from the fine-tune unchanged. Non-weight files (config.json,
+    Tensors the base lacks are copied from the fine-tune unchanged; a fine-tune lacking one of the
+    base's tensors (a tied head excepted) is refused before anything is written. Non-weight files (config.json,
     tokenizer files) are copied from ``copy_from`` (the fine-tuned model's directory).
     """
     import torch
     from safetensors.torch import save_file
 
+    check_full_finetune(base_source.keys(), finetuned_source, "the fine-tune", copy_from)
     keys = finetuned_source.keys()
     out = {}
     for i, k in enumerate(keys):
@@ -166,6 +170,10 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         raise UsageError("give exactly one of --alpha A or --curve FILE",
                          hint="e.g. --alpha 0.5, or --curve curve.parquet --pick weighted:0.5")
     output = Path(cfg.output)
+    kind = special_kind(output) or ("open file" if is_stream(output) else None)
+    if kind is not None:  # --overwrite or not: a device node or pipe is never replaced by an artifact
+        raise OutputError(f"-o {str(output)!r} is a {kind}; a rewound fine-tune is written as a new directory or file",
+                          hint="give a path that does not exist yet")
     if output.exists() and not cfg.overwrite:
         raise OutputError(f"{str(output)!r} already exists", hint="choose another path or pass --overwrite")
     if not (output.parent if str(output.parent) else Path(".")).is_dir():
@@ -184,20 +192,22 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         if generator_scale is None and curve_gs in ("linear", "sqrt"):
             generator_scale = curve_gs
         record["curve_path"] = str(df["path"].iloc[0]) if "path" in df.columns and len(df) else ""
-        log(f"picked α = {alpha:g} ({chosen.criterion}): {chosen.reason}")
     if not math.isfinite(alpha):
         raise UsageError(f"alpha {alpha} is not a finite number")
     check_alphas([alpha], cfg.allow_extrapolate)
     generator_scale = generator_scale or "linear"
 
     ft = open_finetuned(cfg.finetuned)
-    check_curve_source(curve_prov, cfg.curve, cfg.finetuned, ft.identity())
+    bref = resolve_model(cfg.base) if cfg.base is not None else None
+    if cfg.curve is not None:
+        check_curve_source(curve_prov, cfg.curve, cfg.finetuned, ft.identity(), cfg.base,
+                           bref.identity() if bref is not None else None)
+        log(f"picked α = {alpha:g} ({record['criterion']}): {record['reason']}")
     if ft.kind == "full":
         if cfg.layerwise:
             raise UsageError("--layerwise applies to OFT adapters, not full fine-tunes")
         if cfg.base is None:
             raise UsageError("rewinding a full fine-tune needs the base model", hint="pass --base BASE")
-        bref = resolve_model(cfg.base)
         record.update(alpha=alpha, method="full", path="dense", base=f"{cfg.base}@{bref.identity()}",
                       source=f"{cfg.finetuned}@{ft.identity()}")
         rewind_full(WeightSource.from_ref(bref), ft.source, alpha, output, copy_from=ft.ref.directory,
@@ -212,12 +222,16 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
     if record.get("curve_path") == "dense" and entry.native in ("rotation", "dora"):
         warn(f"the curve was measured on the dense path; a rewound {method} adapter follows the native path, "
              "which differs between the end points")
-    base_source = None
+    base_source, spec = None, cfg.base
     if entry.native == "dora" and alpha != 1.0:
         spec = cfg.base or ft.adapter.base_model_name
         if not spec:
             raise UsageError("rewinding a DoRA adapter needs the base model (m0 = ‖W0‖ per row)", hint="pass --base BASE")
-        base_source = WeightSource.from_ref(resolve_model(spec))
+        base_source = WeightSource.from_ref(bref if bref is not None else resolve_model(spec))
+    elif bref is not None:
+        base_source = WeightSource.from_ref(bref)
+    if base_source is not None:
+        check_fits_base(ft, base_source, spec)
     new, rinfo = rewind_adapter(ft.adapter, alpha, scale_mode=generator_scale, layerwise=cfg.layerwise,
                                 base_source=base_source)
     record.update(rinfo)
@@ -230,12 +244,35 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
     return RewindResult(output=output, alpha=alpha, method=method, kind="adapter", record=record)
 
 
-def check_curve_source(prov: dict, curve, finetuned: str, identity: str) -> None:
-    """The curve's provenance names the fine-tune it was measured on; it must be this one."""
-    src = (prov.get("inputs") or {}).get("finetuned") if isinstance(prov, dict) else None
+def check_fits_base(ft, base_source, base_spec) -> None:
+    """An adapter rewound with ``--base`` must fit that base: no module the base lacks, every tensor of
+    the shape the base's weight needs (the method's own ΔW former checks them), before anything is
+    written."""
+    check_adapter_fits(ft.adapter, base_source, base_spec, ft.spec)
+    for _ in iter_module_deltas(base_source, ft):
+        pass
+
+
+def check_curve_source(prov: dict, curve, finetuned: str, identity: str, base: str | None = None,
+                       base_identity: str | None = None) -> None:
+    """The curve's provenance must name the fine-tune it was measured on, and it must be this one; with
+    ``--base``, a base the provenance names must be that one too. A curve without provenance (a table
+    re-saved by pandas drops Parquet's key-value metadata) is refused: nothing would say what it
+    measured."""
+    inputs = prov.get("inputs") if isinstance(prov, dict) else None
+    src = inputs.get("finetuned") if isinstance(inputs, dict) else None
     if not src or "@" not in str(src):
-        return
+        raise IncompatibleInputs(
+            f"the curve {str(curve)!r} carries no provenance naming the fine-tune it was measured on "
+            "(re-saving a table with pandas drops it)",
+            hint="pass the curve `peftarena interpolate` wrote, or read α off it and pass --alpha A")
     spec, _, ident = str(src).rpartition("@")
-    if ident and ident != identity:
+    if ident != identity:
         raise IncompatibleInputs(f"the curve {str(curve)!r} was measured on another fine-tune ({spec!r}) than {finetuned!r}",
                                  hint="pass the adapter the curve was measured on, or run `peftarena interpolate` on this one")
+    bsrc = inputs.get("base")
+    if base_identity is not None and bsrc and "@" in str(bsrc):
+        bspec, _, bident = str(bsrc).rpartition("@")
+        if bident != base_identity:
+            raise IncompatibleInputs(f"the curve {str(curve)!r} was measured on another base ({bspec!r}) than {base!r}",
+                                     hint="pass the base the curve was measured on (--base), or run `peftarena interpolate` on this one")

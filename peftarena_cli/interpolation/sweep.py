@@ -16,16 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from peftarena_cli.artifacts.adapters import Adapter, save_adapter
+from peftarena_cli.artifacts.adapters import Adapter, check_adapter_fits, save_adapter
 from peftarena_cli.artifacts.atomic import atomic_dir
 from peftarena_cli.artifacts.loading import attach_adapter, load_model, pick_device
-from peftarena_cli.artifacts.safetensors_io import WeightSource
+from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
 from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod, UsageError
 from peftarena_cli.methods import get_method, native_methods
 from peftarena_cli.interpolation.inplace import DensePathModel, NativePathModel, dense_deltas_from_full
 from peftarena_cli.interpolation.native import check_relative_to_base
 from peftarena_cli.interpolation.oft_rotation import layerwise_scales
 from peftarena_cli.weights import iter_module_deltas, open_finetuned
+from peftarena_cli.weights.full import check_full_finetune
 
 Evaluator = Callable[[object, object], tuple]  # (model, tokenizer) -> (per_sample_df, summary_df)
 
@@ -94,14 +95,20 @@ def open_path_model(base: str, finetuned_spec: str, path: str | None = None, sca
     if chosen == "dense" and rotation and scale_mode != "linear":
         notes.append("--generator-scale applies to the native OFT path only; ignored on the dense path")
     dev = pick_device(device)
-    model, tok, ref = load_model(base, dtype=dtype, device=dev)
+    bref = resolve_model(base)
+    # the fine-tune must fit the base before the model is loaded (headers only: no tensor is read)
+    if is_full:
+        check_full_finetune(WeightSource.from_ref(bref).keys(), ft.source, finetuned_spec, ft.ref.directory)
+    else:
+        check_adapter_fits(ft.adapter, WeightSource.from_ref(bref), base, finetuned_spec)
+    model, tok, ref = load_model(bref, dtype=dtype, device=dev)
     layer_scales = None
     if layerwise:
         if not rotation or chosen != "native":
             raise UnsupportedMethod("--layerwise applies to the native path of OFT adapters")
         layer_scales, _, _ = layerwise_scales(ft.adapter.tensors, ft.config, layerwise)
     if chosen == "native":
-        pm = attach_adapter(model, ft.adapter)
+        pm = attach_adapter(model, ft.adapter, base_spec=base)
         pm.eval()
         path_model = NativePathModel(pm, ft.config, scale_mode=scale_mode, layer_scales=layer_scales, merge=merge)
     elif is_full:

@@ -281,9 +281,15 @@ def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
     return out
 
 
+def _foreign_entries(d: Path) -> list[str]:
+    """Names in ``d`` that a report does not write (hidden temporary entries aside)."""
+    return sorted(p.name for p in d.iterdir() if not p.name.startswith(".") and p.name not in REPORT_FILES)
+
+
 def _looks_like_report(d: Path) -> bool:
+    """Empty, or a previous report and nothing else: replacing it loses nothing but that report."""
     entries = [p for p in d.iterdir() if not p.name.startswith(".")]
-    return not entries or (d / "leaderboard.parquet").exists()
+    return not entries or ((d / "leaderboard.parquet").exists() and not _foreign_entries(d))
 
 
 def _default_permissions(d: Path) -> None:
@@ -301,7 +307,8 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
     """Write the report files into ``out_dir`` (replaced as a whole). Returns the written paths.
 
     An existing ``out_dir`` is replaced only when it is empty or a previous report (it holds
-    ``leaderboard.parquet``), so a typo can never wipe an unrelated directory.
+    ``leaderboard.parquet`` and only files a report writes), so a typo can never wipe an unrelated
+    directory, nor result tables kept beside a report.
     """
     from peftarena_cli.artifacts.atomic import atomic_dir, atomic_write_text
     from peftarena_cli.artifacts.tables import write_table
@@ -312,7 +319,10 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_report(out_dir)):
-        raise OutputError(f"{str(out_dir)!r} exists and is not a previous report directory",
+        extra = _foreign_entries(out_dir) if out_dir.is_dir() and (out_dir / "leaderboard.parquet").exists() else []
+        what = (f"holds files a report does not write ({', '.join(map(repr, extra[:3]))}{', ...' if len(extra) > 3 else ''})"
+                if extra else "is not a previous report directory")
+        raise OutputError(f"{str(out_dir)!r} exists and {what}; refusing to replace it",
                           hint="choose a new directory name for the report")
     if provenance is not None:
         provenance.extra.setdefault("report_inputs", report.inputs)

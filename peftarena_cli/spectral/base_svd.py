@@ -82,9 +82,8 @@ class BaseSvdCache:
         return u, s, vh
 
     def _store(self, path: Path, u, s, vh) -> None:
-        from safetensors.torch import save_file
-
-        from peftarena_cli.artifacts.atomic import atomic_path
+        from peftarena_cli.artifacts.atomic import atomic_path, write_safetensors
+        from peftarena_cli.errors import OutputError
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,11 +91,11 @@ class BaseSvdCache:
                 parts = {"S": s.contiguous().cpu(), "Vh": vh.contiguous().cpu()}
                 if u is not None:
                     parts["U"] = u.contiguous().cpu()
-                save_file(parts, str(tmp), metadata={"format": "pt", "peftarena_svd": VERSION})
+                write_safetensors(parts, tmp, metadata={"format": "pt", "peftarena_svd": VERSION})
             for old in path.parent.glob(path.name.replace(f"-{VERSION}.", "-v*.")):
                 if old != path:  # the same tensor's entry in an earlier layout: never read again
                     old.unlink(missing_ok=True)
-        except OSError:
+        except (OSError, OutputError):
             pass  # a read-only or full cache directory only costs speed
 
 

@@ -154,7 +154,7 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
         if path:
             recs = _pubmedqa_local(Path(path)) if (name == "pubmedqa" or not name) and Path(path).suffix == ".json" else read_records(path)
             if not recs:
-                raise DataError(f"{path!r} has no records", hint="pass a non-empty file")
+                raise DataError(f"{str(path)!r} has no records", hint="pass a non-empty file")
             name = name or guess_task(recs)
         else:
             repo, cfg, split = HUB[name]

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peftarena_cli.artifacts.adapters import check_adapter_fits
 from peftarena_cli.artifacts.keys import base_key, canonical_order, module_kind, module_layer, select_modules
 from peftarena_cli.artifacts.safetensors_io import WeightSource
 from peftarena_cli.errors import IncompatibleInputs, NumericalError, UsageError
 from peftarena_cli.methods import METHODS, get_method, load_former
 from peftarena_cli.weights.finetuned import Finetuned
+from peftarena_cli.weights.full import check_full_finetune
 
 # (name, W0) -> (U, S, Vh) of W0 in float32; lets PiSSA/MiLoRA reuse the cached base SVD.
 SvdFn = Callable[[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -161,10 +163,16 @@ def iter_module_deltas(
 ) -> Iterator[ModuleDelta]:
     """Yield one :class:`ModuleDelta` per selected module, in layer order.
 
-    Every selected module is checked against the base (present, 2-D) before the first yield, so a
-    misfit fails before any work. ``svd`` supplies the base SVD for PiSSA/MiLoRA residual
+    The fine-tune is checked against the base before the first yield, so a misfit fails before any
+    work: an adapter may name no module the base lacks (:func:`check_adapter_fits`), a full fine-tune
+    may lack no tensor of the base (:func:`check_full_finetune`), and every selected module must be a
+    2-D weight of the base. ``svd`` supplies the base SVD for PiSSA/MiLoRA residual
     adapters (default: computed on the spot).
     """
+    if ft.kind == "adapter":
+        check_adapter_fits(ft.adapter, base, None, ft.spec)  # every module, not only the selected ones
+    else:
+        check_full_finetune(base.keys(), ft.source, ft.spec, ft.ref.directory)
     names = ft.module_names()
     if not names:
         raise UsageError(f"{ft.spec!r} changes no linear module", hint="check the adapter's target_modules")

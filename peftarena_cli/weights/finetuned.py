@@ -15,6 +15,7 @@ from peftarena_cli.artifacts.keys import module_of_key
 from peftarena_cli.artifacts.safetensors_io import ModelRef, WeightSource, linear_weight_names, module_name, resolve_model
 from peftarena_cli.errors import UnsupportedMethod
 from peftarena_cli.methods import method_name, peft_types
+from peftarena_cli.weights.full import check_full_dtypes
 
 
 @dataclass
@@ -83,7 +84,9 @@ def open_finetuned(spec: str | os.PathLike, device: str = "cpu") -> Finetuned:
             modules.setdefault(mod, {})[suffix] = v
         return Finetuned(spec=s, kind="adapter", adapter=ad, modules=modules, shared=shared)
     ref = resolve_model(s)
-    return Finetuned(spec=s, kind="full", ref=ref, source=WeightSource.from_ref(ref, device="cpu"))
+    source = WeightSource.from_ref(ref, device="cpu")
+    check_full_dtypes(source, s)
+    return Finetuned(spec=s, kind="full", ref=ref, source=source)
 
 
 def unsupported(ft: Finetuned, why: str):
