@@ -281,3 +281,17 @@ def test_non_utf8_prompt_and_task_files(tmp_path, encoding, says):
     for raw in (text.encode("utf-8"), text.encode("utf-8-sig")):
         f.write_bytes(raw)
         assert read_prompt_file(f) == ["café"]
+
+
+def test_arith_level_asked_for_more_problems_than_it_has_stops_with_an_error(monkeypatch):
+    """arith-1 has ~61,000 distinct train questions: asking for more used to loop forever. The exact
+    limit stays the module's; a smaller stall limit here keeps the test short, and the problems
+    found before it are the same ones (generation is deterministic)."""
+    from peftarena_cli.errors import DataError
+    from peftarena_cli.tasks import arith
+
+    first = arith.generate("train", 50, 0, level=1)
+    monkeypatch.setattr(arith, "_stall_limit", lambda found: 100_000 + found)
+    with pytest.raises(DataError, match=r"arith-1 has only about \d+ distinct train problems; 70000 were asked for"):
+        arith.generate("train", 70_000, 0, level=1)
+    assert arith.generate("train", 50, 0, level=1) == first

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+from peftarena_cli.errors import DataError
+
 NAMES = ["Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Ivy", "Jack", "Lena", "Max",
          "Nora", "Omar", "Pia", "Raj", "Sara", "Tom", "Uma", "Zoe"]
 ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cookies", "stamps", "shells", "cards"]
@@ -90,6 +92,19 @@ def _problem(rng: random.Random, level: int | None = None) -> tuple[str, int, st
     return " ".join(text), value, " ".join(steps)
 
 
+def _stall_limit(found: int) -> int:
+    """Draws in a row without a new problem after which a level counts as exhausted.
+
+    At levels 1 and 2 every question text has a chance of at least p = 1 / 1,185,600 per draw
+    (20 names x 10 items x 38 starts x 2 operations x 39 amounts x 2 phrasings at most). A level is
+    only near exhaustion once most of its texts are found (level 1: ~61,000 train texts, level 2:
+    ~600,000), where this limit is 1M + 20 x found (2.2M, 13M); the chance that a text still left is
+    missed that many times in a row is at most (1 - p)^limit (e^-1.9 at level 1's end, where p is in
+    fact 1/76,000 so e^-29; e^-11 at level 2's). The harder levels have many millions of texts.
+    """
+    return 1_000_000 + 20 * found
+
+
 def generate(split: str = "test", n: int = 100, seed: int = 0, level: int | None = None) -> list[dict]:
     """``n`` problems of ``split`` at difficulty ``level`` (None: the default mix); deterministic in
     ``(split, n, seed, level)``."""
@@ -101,10 +116,17 @@ def generate(split: str = "test", n: int = 100, seed: int = 0, level: int | None
     prefix = f"arith-{split}" if level is None else f"arith{level}-{split}"
     out: list[dict] = []
     seen: set[str] = set()
+    misses = 0  # draws in a row that gave no new problem of this split
     while len(out) < n:
         q, a, sol = _problem(rng, level)
         if q in seen or _bucket(q) != split:
+            misses += 1
+            if misses > _stall_limit(len(seen)):
+                raise DataError(
+                    f"arith{'' if level is None else f'-{level}'} has only about {len(out)} distinct {split} problems; "
+                    f"{n} were asked for", hint="ask for fewer examples (--num-examples / --limit) or use a harder level")
             continue
+        misses = 0
         seen.add(q)
         out.append({"id": f"{prefix}-{seed}-{len(out)}", "question": q, "answer": str(a), "solution": sol})
     return out
