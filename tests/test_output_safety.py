@@ -194,6 +194,27 @@ def test_a_table_into_a_fifo_is_written_into_it(tiny_model_dir, tiny_lora_dir, t
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.parametrize("cmd", ["eval-target", "interpolate"])
+def test_no_sibling_files_beside_a_fifo_output(cmd, tiny_model_dir, tiny_lora_dir, tmp_path, cli):
+    """eval's derived summary and interpolate's per-sample rows go beside -o FILE; beside a pipe
+    (or /dev/null) there is no such place: only the main table is written, into the pipe."""
+    d = tmp_path / "out"
+    d.mkdir()
+    fifo = d / "pipe"
+    os.mkfifo(fifo)
+    args = {"eval-target": ["eval-target", tiny_model_dir, "--adapter", tiny_lora_dir],
+            "interpolate": ["interpolate", tiny_model_dir, tiny_lora_dir, "--alphas", "0,1", "--eval", "target"]}[cmd]
+    reader = _FifoReader(fifo)
+    try:
+        r = cli(*args, "--limit", "1", "--max-new-tokens", "4", "-o", fifo)
+    finally:
+        data = reader.finish()
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in d.iterdir()] == ["pipe"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    df = _frame(data)
+    assert (len(df) == 1 and "correct" in df.columns) if cmd == "eval-target" else sorted(df["alpha"]) == [0.0, 1.0]
+
+
 @ROOT_ONLY
 def test_a_table_into_a_character_device_keeps_the_node(tiny_model_dir, tiny_lora_dir, tmp_path, cli):
     null = _node(tmp_path / "null", 3)

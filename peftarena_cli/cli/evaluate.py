@@ -28,7 +28,9 @@ SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task
 def _summary_path(output: Optional[Path], summary: Optional[Path]) -> Optional[Path]:
     if summary is not None:
         return summary
-    if output is not None and str(output) != "-":
+    from peftarena_cli.artifacts.atomic import is_stream
+
+    if output is not None and str(output) != "-" and not is_stream(output):  # nothing beside /dev/null or a pipe
         return output.with_name(output.stem + ".summary" + (".csv" if output.suffix.lower() == ".csv" else ".parquet"))
     return None
 

@@ -44,7 +44,7 @@ def interpolate_cmd(
 
         peftarena interpolate smollm2-135m runs/oft --path native --generator-scale sqrt --alphas 0,0.5,1 -o oft.parquet
     """
-    from peftarena_cli.artifacts.atomic import check_output_parent
+    from peftarena_cli.artifacts.atomic import check_output_parent, is_stream
     from peftarena_cli.artifacts.guard import check_outputs
     from peftarena_cli.cli.common import Progress, emit_table, provenance_for
     from peftarena_cli.interpolation.interpolate import InterpolateConfig, check_interpolate, interpolate
@@ -63,8 +63,10 @@ def interpolate_cmd(
     to_file = output is not None and str(output) != "-"
     if to_file:
         check_output_parent(output)
+    # the per-sample and CSD rows go beside -o: not beside /dev/null or a pipe, which is written into
+    beside = to_file and not is_stream(output)
     outs: dict = {"-o": output, "--save-checkpoints": save_checkpoints}
-    if to_file:
+    if beside:
         op = Path(output)
         for kind in kinds:
             outs[f"-o ({kind} samples)"] = op.with_name(f"{op.stem}.{kind}-samples.parquet")
@@ -88,7 +90,7 @@ def interpolate_cmd(
                           layerwise=layerwise or "", alphas=res.grid, evals=kinds, target_task=target_task,
                           general_suite=general_suite, limit=limit, protocol=protocol or "study",
                           max_new_tokens=max_new_tokens)
-        if to_file:
+        if beside:
             from peftarena_cli.artifacts.tables import write_table
 
             p = Path(output)
