@@ -18,7 +18,7 @@ _peftarena() {
         'drift') COMPREPLY=( $(compgen -W "--alphas --sets --target-task --general-suite --limit --max-new-tokens --reference --no-reference --path --batch-size --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --protocol --backend --merge --no-merge --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --protocol --k --limit --include-base --batch-size --max-new-tokens --backend --merge --no-merge --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
-        'finetune') COMPREPLY=( $(compgen -W "--output -o --method -m --regime --data --data-config --split --prompt-column --response-column --answer-column --num-examples --no-chat-template --rank -r --alpha --block-size --target-modules --lr --steps --batch-size --grad-accum --max-length --warmup-steps --lr-scheduler --weight-decay --save-every --num-generations --max-completion-length --temperature --beta --steps-per-generation --mixed-precision --gradient-checkpointing --no-gradient-checkpointing --resume --overwrite --seed --device --dtype --quiet -q --help" -- "$cur") ) ;;
+        'finetune') COMPREPLY=( $(compgen -W "--output -o --method --regime --data --data-config --split --prompt-column --response-column --answer-column --num-examples --no-chat-template --rank -r --alpha --block-size --target-modules --lr --steps --batch-size --grad-accum --max-length --warmup-steps --lr-scheduler --weight-decay --save-every --num-generations --max-completion-length --temperature --beta --steps-per-generation --mixed-precision --gradient-checkpointing --no-gradient-checkpointing --resume --overwrite --seed --device --dtype --quiet -q --help" -- "$cur") ) ;;
         'interpolate') COMPREPLY=( $(compgen -W "--alphas --path --generator-scale --layerwise --eval --target-task --general-suite --limit --max-new-tokens --protocol --stats --save-checkpoints --allow-extrapolate --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'models') COMPREPLY=( $(compgen -W "list path pull --help" -- "$cur") ) ;;
         'models list') COMPREPLY=( $(compgen -W "--parquet --output -o --quiet -q --help" -- "$cur") ) ;;
@@ -26,7 +26,7 @@ _peftarena() {
         'models pull') COMPREPLY=( $(compgen -W "--force --quiet -q --help" -- "$cur") ) ;;
         'report') COMPREPLY=( $(compgen -W "--output -o --base --modules --spectrum-module --reference --reference-select --quiet -q --help" -- "$cur") ) ;;
         'rewind') COMPREPLY=( $(compgen -W "--output -o --alpha --curve --pick --layerwise --generator-scale --base --allow-extrapolate --overwrite --quiet -q --help" -- "$cur") ) ;;
-        'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary -s --table --modules -m --layers -l --sva --no-sva --cache --no-cache --cache-dir --device --quiet -q --help" -- "$cur") ) ;;
+        'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary --table --modules -m --layers -l --sva --no-sva --cache --no-cache --cache-dir --device --quiet -q --help" -- "$cur") ) ;;
     esac
     [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=( $(compgen -f -- "$cur") )
     return 0

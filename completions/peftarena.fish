@@ -126,7 +126,6 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l method
-complete -c peftarena -n '__fish_seen_subcommand_from finetune' -s m
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l regime
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l data
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l data-config
@@ -228,7 +227,6 @@ complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l help
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l summary
-complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -s s
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l table
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -l modules
 complete -c peftarena -n '__fish_seen_subcommand_from spectrum' -s m

@@ -44,6 +44,19 @@ def warn(msg: str) -> None:
         err_console().print(f"[yellow]warning:[/yellow] {msg}")
 
 
+def deprecated_short(old_value, old: str, new: str, value, default, becomes: str):
+    """A short flag that changed meaning: ``old`` (hidden, kept for one release) gives ``old_value``;
+    it still works, with a deprecation warning naming ``new``. Both spellings at once: usage error."""
+    if old_value is None:
+        return value
+    if value != default:
+        from peftarena_cli.errors import UsageError
+
+        raise UsageError(f"{old} and {new} both given", hint=f"use {new} only")
+    warn(f"{old} is deprecated here: use {new} (from the next release {old} means {becomes}, as in every other command)")
+    return old_value
+
+
 def progress_enabled() -> bool:
     return not STATE["quiet"] and sys.stderr.isatty()
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.common import DeviceOpt, ModulesOpt, OutputOpt
+from peftarena_cli.cli.common import DeviceOpt, ModulesOpt, OutputOpt, deprecated_short
 
 
 MAX_LAYERS = 100_000  # a range is expanded into a set: bound it before it fills memory
@@ -45,7 +45,8 @@ def spectrum_cmd(
     finetuned: str = typer.Argument(..., metavar="FINETUNED", help="PEFT adapter (directory or single .safetensors with embedded config) "
                                               "or a full fine-tuned model (directory or .safetensors)."),
     output: OutputOpt = None,
-    summary: Optional[Path] = typer.Option(None, "--summary", "-s", help="Also write the per-module summary table here (Parquet)."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Also write the per-module summary table here (Parquet)."),
+    summary_short: Optional[Path] = typer.Option(None, "-s", hidden=True, help="Deprecated spelling of --summary."),
     table: str = typer.Option("index", "--table", help="Which table goes to -o/stdout: index (one row per module and singular index) or summary (one row per module)."),
     modules: ModulesOpt = None,
     layers: Optional[List[str]] = typer.Option(None, "--layers", "-l", help="Layers to analyse: 18, 0-5, 3,7 (repeatable). Default: all."),
@@ -76,6 +77,7 @@ def spectrum_cmd(
     from peftarena_cli.spectral.base_svd import BaseSvdCache
     from peftarena_cli.spectral.spectrum import compute_spectrum
 
+    summary = deprecated_short(summary_short, "-s", "--summary", summary, None, "--suite")
     if table not in ("index", "summary"):
         raise UsageError(f"--table {table!r}: expected index or summary")
     if cache_dir is not None and not cache:
