@@ -1,22 +1,22 @@
 """Uncertainty of scores and of differences between models (docs/eval.md, "Intervals").
 
-Items are the unit of resampling everywhere: a sample of an item, or an instruction of an IFEval
-prompt, is never treated as independent of its item's other samples or instructions.
+Items are the unit of resampling everywhere: a sample of an item, or an instruction of an
+instruction-following prompt, is never treated as independent of its item's other samples or instructions.
 
 One score (a summary row):
 
-* :func:`wilson` — binary per-item scores (accuracy with one sample, exact match, IFEval
-  prompt-level, maj@k): the Wilson score interval; ``se`` is its half-width / z, so a score of
+* :func:`wilson` — binary per-item scores (accuracy with one sample, exact match,
+  prompt-level instruction following, maj@k): the Wilson score interval; ``se`` is its half-width / z, so a score of
   0 % or 100 % still carries uncertainty;
 * :func:`mean_normal` — continuous per-item scores (avg@n and pass@k over n > 1 samples: each
   item's mean or unbiased pass@k, so items and not samples are resampled): mean ± z·sd/√n;
-* :func:`ratio_cluster` — IFEval instruction-level accuracy Σ followed / Σ instructions, with
+* :func:`ratio_cluster` — instruction-level accuracy Σ followed / Σ instructions, with
   instructions clustered in their prompts: the ratio estimator's linearised (cluster-robust) SE;
-* :func:`combine_mean` — a mean of independent parts (BBH's subtask average, the general score
+* :func:`combine_mean` — a mean of independent parts (a subtask average, the general score
   over its parts, the target score over tasks): se = √(Σ se_p²) / P.
 
 Two models on the same items (:func:`paired_difference`): a stratified paired bootstrap
-(strata = tasks / parts / BBH subtasks; items resampled within their stratum, the same
+(strata = tasks / parts / subtasks; items resampled within their stratum, the same
 resample for both models) for the interval, and a test for the p-value: McNemar's exact test
 when the measure is one stratum of binary items, else a stratified sign-flip permutation test of
 the composite statistic (which reduces to McNemar's conditional test for binary items).
@@ -33,13 +33,13 @@ from statistics import NormalDist
 
 import numpy as np
 
+from peftarena_cli import scorer_kinds
 from peftarena_cli.errors import IncompatibleInputs
 
 CONF = 0.95
 UNDEFINED_NOTE = "n < 2: interval undefined"
 B_DEFAULT = 2000
 R_DEFAULT = 10000
-GENERAL_SCORERS = ("ifeval", "bbh", "nq", "facts")
 
 
 def z_of(conf: float = CONF) -> float:
@@ -103,7 +103,7 @@ def mean_normal(x, conf: float = CONF, estimator: str = "item-mean normal", boun
 
 
 def ratio_cluster(y, m, conf: float = CONF) -> Interval:
-    """Ratio Σy / Σm over clusters (IFEval: y = instructions followed, m = instructions of a prompt),
+    """Ratio Σy / Σm over clusters (instruction following: y = instructions followed, m = instructions of a prompt),
     with the linearised cluster-robust SE √(n/(n−1) Σ (y_i − r m_i)²) / Σm."""
     y = np.asarray(y, dtype=float)
     m = np.asarray(m, dtype=float)
@@ -199,8 +199,8 @@ def sign_test(d) -> float:
 # ---------------------------------------------------------------- paired per-item scores
 @dataclass
 class Stratum:
-    """Items of one stratum (a task, a general part, or one BBH subtask): per-item numerator ``y``
-    and denominator ``m`` (1, or an IFEval prompt's instruction count); the stratum's value is
+    """Items of one stratum (a task, a general part, or one subtask): per-item numerator ``y``
+    and denominator ``m`` (1, or a prompt's instruction count); the stratum's value is
     Σy / Σm. ``part`` names the part it averages into."""
 
     part: str
@@ -253,12 +253,17 @@ def _composite(strata, ysum, msum) -> np.ndarray | float:
 
 
 def _item_scores_of_task(name: str, scorer: str, g) -> list[Stratum]:
-    if scorer == "ifeval":
+    """The strata of one task's per-sample rows, shaped by the ``strata`` of the scorer kind that
+    ``scorer`` names (:mod:`peftarena_cli.scorer_kinds`); any other scorer (a target task's):
+    each item's mean over its samples."""
+    kind = scorer_kinds.named_kind(scorer)
+    shape = kind.strata if kind is not None else "item_mean"
+    if shape == "instruction_clusters":
         d = g[g["sample"] == 0].sort_values("id", kind="stable")
         y = np.array([float(sum(bool(b) for b in x)) for x in d["inst_strict"]])
         m = np.array([float(len(x)) for x in d["inst_strict"]])
         return [Stratum(name, name, [(name, i) for i in d["id"]], y, m)]
-    if scorer == "bbh":
+    if shape == "subtasks":
         d = g[g["sample"] == 0]
         out = []
         for sub, s in d.groupby("subtask", sort=True):
@@ -266,13 +271,30 @@ def _item_scores_of_task(name: str, scorer: str, g) -> list[Stratum]:
             out.append(Stratum(name, f"{name}/{sub}", [(name, str(sub), i) for i in s["id"]],
                                s["correct"].astype(float).to_numpy(), np.ones(len(s)), True))
         return out
-    if scorer in ("nq", "facts"):
+    if shape == "first_sample":
         d = g[g["sample"] == 0].sort_values("id", kind="stable")
         return [Stratum(name, name, [(name, i) for i in d["id"]], d["correct"].astype(float).to_numpy(), np.ones(len(d)), True)]
-    # math / choice / unknown: avg@n per item (items, not samples, are the unit)
+    # item_mean: avg@n per item (items, not samples, are the unit)
     per = g.groupby("id", sort=True)["correct"].agg(lambda s: float(np.mean(s.astype(bool))))
     binary = int(g["sample"].max()) == 0
     return [Stratum(name, name, [(name, i) for i in per.index], per.to_numpy(float), np.ones(len(per)), binary)]
+
+
+def _guess_scorer(g) -> str:
+    """The scorer of rows without a readable ``meta``: the first kind whose strata the columns
+    support (instruction lists, then subtasks), else a target task's item mean."""
+    for shape, col in (("instruction_clusters", "inst_strict"), ("subtasks", "subtask")):
+        if col in g.columns and g[col].notna().any():
+            for k in scorer_kinds.KINDS.values():
+                if k.strata == shape:
+                    return k.name
+    return next(k.name for k in scorer_kinds.KINDS.values() if k.strata == "item_mean")
+
+
+def is_general_scorer(scorer: str) -> bool:
+    """Whether a per-sample table's scorer name is a built-in general kind's (by exact name)."""
+    kind = scorer_kinds.named_kind(scorer)
+    return kind is not None and kind.general
 
 
 def task_scorers(df) -> dict[str, str]:
@@ -288,23 +310,18 @@ def task_scorers(df) -> dict[str, str]:
             except (TypeError, ValueError, AttributeError):
                 sc = None
         if sc is None:
-            if "inst_strict" in g.columns and g["inst_strict"].notna().any():
-                sc = "ifeval"
-            elif "subtask" in g.columns and g["subtask"].notna().any():
-                sc = "bbh"
-            else:
-                sc = "math"
+            sc = _guess_scorer(g)
         out[str(task)] = sc
     return out
 
 
 def measure_of(df, kind: str | None = None) -> Measure:
     """The per-item scores of a per-sample table as a :class:`Measure` (target: the mean over tasks of
-    avg@n; general: the mean over parts of IFEval instruction-level strict, BBH subtask-averaged
-    accuracy, exact match). ``kind`` None: general when every task has a general scorer."""
+    avg@n; general: the mean over parts of each general kind's strata, e.g. instruction-level strict,
+    subtask-averaged accuracy, exact match). ``kind`` None: general when every task has a general scorer."""
     scorers = task_scorers(df)
     if kind is None:
-        kind = "general" if scorers and all(s in GENERAL_SCORERS for s in scorers.values()) else "target"
+        kind = "general" if scorers and all(is_general_scorer(s) for s in scorers.values()) else "target"
     strata = []
     for task, sc in scorers.items():
         strata += _item_scores_of_task(task, sc, df[df["task"].astype(str) == task])

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
+from peftarena_cli.tasks import benchmarks  # the help lists its names (light: no pandas)
 
 BaseArg = typer.Argument(None, metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory or .safetensors); repeat it to evaluate several on one loaded base.")
@@ -241,7 +242,7 @@ def _target_from_responses(task: str, path: Path, records, limit, seed):
 def eval_target_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
-    task: str = typer.Option("arith", "--task", "-t", help="arith (built in; arith-1, arith-2, arith-3: easier levels), gsm8k, math500, aime24, amc23, medmcqa, medqa, pubmedqa (hub), NAME=PATH, or a file."),
+    task: str = typer.Option("arith", "--task", "-t", help=benchmarks.task_help()),
     n_samples: Optional[int] = typer.Option(None, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n). Default: the protocol's (study: 16 on math, else 1)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; > 0 samples. Default: the protocol's (study: 0.6 on math, else 0)."),
     protocol: Optional[str] = ProtocolOpt,
@@ -329,7 +330,7 @@ def eval_target_cmd(
 def eval_general_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
-    suite: str = typer.Option("builtin", "--suite", "-s", help="builtin (offline), builtin.ifeval/.bbh/.facts, or ifeval,bbh,nq_open (hub); NAME=PATH for local files."),
+    suite: str = typer.Option("builtin", "--suite", "-s", help=benchmarks.suite_help()),
     limit: Optional[str] = GeneralLimitOpt,
     include_base: bool = IncludeBaseOpt,
     batch_size: Optional[int] = BatchOpt,

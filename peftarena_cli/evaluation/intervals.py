@@ -1,12 +1,13 @@
 """Standard errors and 95 % intervals of the summary rows, recomputed from the per-sample rows
-(so re-scoring keeps them). Estimators per metric (docs/eval.md, "Intervals"):
+(so re-scoring keeps them). Estimators per metric, chosen by the ``summary`` of the scorer's kind
+(docs/eval.md, "Intervals"; :mod:`peftarena_cli.scorer_kinds`):
 
-* one binary value per item (accuracy with one sample, exact match, IFEval prompt-level, a BBH
-  subtask, maj@k): Wilson;
+* one binary value per item (accuracy with one sample, exact match, prompt-level instruction
+  following, one subtask, maj@k): Wilson;
 * avg@n and pass@k over n > 1 samples, strict/flexible accuracy: the per-item value's mean ± z·SE
   (items, not samples, are resampled);
-* IFEval instruction-level: the cluster-robust ratio estimator (instructions within prompts);
-* BBH's subtask average, target_score, the general score: the mean of independent parts,
+* instruction-level accuracy: the cluster-robust ratio estimator (instructions within prompts);
+* a subtask average, target_score, the general score: the mean of independent parts,
   se = √(Σ se²) / P.
 
 Columns added to each row: ``se``, ``ci_low``, ``ci_high`` (percent, like ``value``),
@@ -19,7 +20,7 @@ import math
 
 import numpy as np
 
-from peftarena_cli import stats
+from peftarena_cli import scorer_kinds, stats
 from peftarena_cli.evaluation import metrics
 
 INTERVAL_COLUMNS = ["se", "ci_low", "ci_high", "estimator", "note"]
@@ -40,8 +41,13 @@ def _interval_from_row(row: dict) -> stats.Interval:
 
 
 def add_intervals(rows: list[dict], df, scorer: str, task_name: str) -> list[dict]:
-    """Add interval columns to the summary rows of one task (in place; returns ``rows``)."""
-    if scorer in ("math", "choice"):
+    """Add interval columns to the summary rows of one task (in place; returns ``rows``). The
+    estimators follow the ``summary`` of the scorer's kind (:mod:`peftarena_cli.scorer_kinds`)."""
+    try:
+        summary = scorer_kinds.kind_of(scorer).summary
+    except ValueError:
+        return rows
+    if summary == "samples":
         for r in rows:
             if r["task"] != task_name:
                 continue
@@ -54,7 +60,7 @@ def add_intervals(rows: list[dict], df, scorer: str, task_name: str) -> list[dic
             else:
                 continue
             _put(r, stats.binary_or_mean(vals))
-    elif scorer == "ifeval":
+    elif summary == "instructions":
         d = df[df["sample"] == 0]
         for r in rows:
             m = r["metric"]
@@ -65,7 +71,7 @@ def add_intervals(rows: list[dict], df, scorer: str, task_name: str) -> list[dic
                 y = [float(sum(bool(b) for b in x)) for x in d[m]]
                 n = [float(len(x)) for x in d[m]]
                 _put(r, stats.ratio_cluster(y, n))
-    elif scorer == "bbh":
+    elif summary == "subtasks":
         d = df[df["sample"] == 0]
         parts = []
         for sub, g in d.groupby("subtask", sort=True):
@@ -77,7 +83,7 @@ def add_intervals(rows: list[dict], df, scorer: str, task_name: str) -> list[dic
         for r in rows:
             if r["task"] == task_name:
                 _put(r, stats.combine_mean(parts, estimator="mean of subtasks", n=len(d)))
-    elif scorer in ("nq", "facts"):
+    elif summary == "exact_match":
         d = df[df["sample"] == 0]
         for r in rows:
             if r["task"] == task_name:

@@ -16,9 +16,12 @@ protocol, with explicit overrides recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from peftarena_cli.errors import IncompatibleInputs, UsageError
+from peftarena_cli.tasks import benchmarks
+from peftarena_cli.tasks.benchmarks import Settings
 
 DEFAULT_PROTOCOL = "study"
 # Bounds of the generation overrides, checked before anything is loaded or allocated:
@@ -46,28 +49,39 @@ def check_generation_options(max_new_tokens=None, n=None, temperature=None) -> N
                          hint="0 = greedy; sampling temperatures are usually 0.6-1.0")
 
 
-# the benchmark family of each task name
-FAMILY = {"ifeval": "ifeval", "bbh": "bbh", "nq_open": "nq_open", "gsm8k": "gsm8k", "math500": "math",
-          "aime24": "math", "amc23": "math", "medmcqa": "medical", "medqa": "medical", "pubmedqa": "medical"}
+class _Families(Mapping):
+    """{task name: benchmark family} of the registered benchmarks (tasks/benchmarks.py), read live."""
+
+    def _items(self) -> dict:
+        return {b.name: b.family for b in benchmarks.REGISTRY.values() if b.family is not None}
+
+    def __getitem__(self, name):
+        return self._items()[name]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self):
+        return len(self._items())
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How one benchmark family is run and scored under a protocol (``sources``: where each
-    value comes from in the reference code)."""
+class _ProtocolSettings(Mapping):
+    """{family: Settings} of one protocol over the registered benchmarks, read live."""
 
-    template: str | dict               # format string over the item's fields, or {task name: format string}
-    scorer: str
-    max_new_tokens: int
-    chat: bool = True
-    system: str | None = None
-    fewshot: int = 0
-    stop: tuple[str, ...] = ()
-    n: int = 1
-    temperature: float = 0.0
-    aggregation: str = "mean over items"
-    sources: dict = field(default_factory=dict)
-    loglik: bool = False               # multiple choice by the log-likelihood of each choice (LOGLIK_CHOICES), no generation
+    def __init__(self, protocol: str):
+        self.protocol = protocol
+
+    def __getitem__(self, family):
+        return benchmarks.protocol_settings(self.protocol)[family]
+
+    def __iter__(self):
+        return iter(benchmarks.protocol_settings(self.protocol))
+
+    def __len__(self):
+        return len(benchmarks.protocol_settings(self.protocol))
+
+
+FAMILY = _Families()  # the benchmark family of each task name
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class Protocol:
     name: str
     version: int
     title: str
-    settings: dict                     # family -> Settings
+    settings: Mapping                  # family -> Settings (from the benchmark registry)
     target_mean: tuple[str, ...] = ()  # tasks averaged into target_score (empty: every target task)
 
     @property
@@ -83,90 +97,9 @@ class Protocol:
         return f"{self.name}@{self.version}"
 
 
-_OC = "PEFT-Arena eval/opencompass_configs/datasets"
-_ME = "PEFT-Arena third_party/math_eval"
-_MED = "PEFT-Arena third_party/med_eval/main.py"
-
-STUDY = Protocol("study", 1, "the PEFT-Arena study (OpenCompass, math_eval, med_eval)", {
-    "ifeval": Settings(
-        "{prompt}", "ifeval", 1025, chat=True, aggregation="instruction-level strict (primary), prompt-level, loose",
-        sources={"prompt": f"{_OC}/IFEval/IFEval_gen_3321a3.py (HUMAN: '{{prompt}}')",
-                 "chat": "eval/eval_general.sh: IFEval and NQ always VLLMwithChatTemplate",
-                 "max_new_tokens": "IFEval_gen_3321a3.py: max_out_len=1025",
-                 "scorer": "OpenCompass IFEvaluator = Google's instruction_following_eval"}),
-    "bbh": Settings(
-        "Follow the given examples and answer the question.\n{cot}\n\nQ: {input}\nA: Let's think step by step.",
-        "bbh:study", 512, chat=True, fewshot=3, aggregation="accuracy per subtask, then the mean of the 27 subtasks",
-        sources={"prompt": f"{_OC}/bbh/bbh_gen_5b92b0.py (HUMAN prompt; lib_prompt/*.txt = published CoT prompts)",
-                 "chat": "eval/eval_general.sh: instruct models -> VLLMwithChatTemplate",
-                 "max_new_tokens": "bbh_gen_5b92b0.py: max_out_len=512 (stops only at EOS)",
-                 "scorer": "OpenCompass datasets/bbh.py: bbh_mcq_postprocess (17 subtasks), bbh_freeform_postprocess, exact =="}),
-    "nq_open": Settings(
-        "Answer these questions, your answer should be as simple as possible, start your answer with the prompt "
-        "'The answer is '.\nQ: {question}?", "nq:study", 50, chat=True,
-        sources={"prompt": f"{_OC}/nq/nq_gen_c788f6.py (k=0: HUMAN prompt; the BOT 'A:' opens the generated turn)",
-                 "max_new_tokens": "nq_gen_c788f6.py: max_out_len=50",
-                 "scorer": "OpenCompass datasets/natural_question.py: NQEvaluator (reference is a substring)"}),
-    "math": Settings(
-        "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
-        stop=("\n\nQuestion:",), aggregation="mean over all samples (avg@16)",
-        sources={"prompt": f"{_ME}/utils.py PROMPT_TEMPLATES['cot'], stripped, in a user turn (math_eval.py)",
-                 "sampling": "eval/eval_math.sh: TEMPERATURE=0.6, N_SAMPLING=16, MAX_TOKENS_PER_CALL=8192, top_p=1",
-                 "stop": "math_eval.py: stop_words for prompt_type cot",
-                 "scorer": f"{_ME}/parser.py extract_answer + strip_string, grader.py math_equal"}),
-    "gsm8k": Settings(
-        "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
-        stop=("\n\nQuestion:",), aggregation="mean over all samples; not part of the math target_score",
-        sources={"prompt": f"{_ME} (same settings as the other math sets)",
-                 "aggregation": "eval/eval_math.sh: DATA_NAMES=math500,aime24,amc23"}),
-    "medical": Settings(
-        "{mc_text}\nPlease reason step by step, and put your final answer within \\boxed{{}}.", "choice:study", 8192,
-        chat=True, system="You are a helpful assistant.",
-        sources={"prompt": f"{_MED}: QWEN_PROMPT / LLAMA_PROMPT (system + instruction); the question text "
-                           "'{{question}}\\nA. ...' is peftarena's (the study's eval file is not published)",
-                 "max_new_tokens": "eval/eval_med.sh: MAX_TOKENS=8192, TEMPERATURE=0.0",
-                 "scorer": f"{_MED}: extract_overall_answer (last match, closest-option fallback)"}),
-}, target_mean=("aime24", "amc23", "math500", "medmcqa", "medqa", "pubmedqa"))
-
-_LE = "lm-evaluation-harness 0.4.13 lm_eval/tasks"
-LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", {
-    "ifeval": Settings(
-        "{prompt}", "ifeval", 1280, chat=False, aggregation="instruction-level strict (primary), prompt-level, loose",
-        sources={"all": f"{_LE}/ifeval/ifeval.yaml (0-shot, max_gen_toks 1280, no stops, greedy)",
-                 "chat": "lm-eval applies no chat template unless --apply_chat_template"}),
-    "bbh": Settings(
-        "{cot}\n\nQ: {input}\nA: Let's think step by step.\n", "bbh:lm-eval", 1024, chat=False, fewshot=3,
-        stop=("</s>", "Q", "\n\n"), aggregation="exact match, mean over all items (weight_by_size)",
-        sources={"prompt": f"{_LE}/bbh/cot_fewshot/*.yaml (description + 3 CoT exemplars + 'Q: ..\\nA: Let's think step by step.\\n')",
-                 "generation": "_cot_fewshot_template_yaml: max_gen_toks 1024, until ['</s>', 'Q', '\\n\\n']",
-                 "scorer": "get-answer filter: regex (?<=the answer is )(.*)(?=.), take_first; exact_match",
-                 "aggregation": "_bbh_cot_fewshot.yaml: mean, weight_by_size: true"}),
-    "nq_open": Settings(
-        "Answer these questions:\n\nQ: {question}?\nA:", "nq:lm-eval", 256, chat=False, stop=("\n", ".", ","),
-        sources={"all": f"{_LE}/nq_open/nq_open.yaml (0-shot; max_gen_toks is lm-eval's default 256)",
-                 "scorer": "remove_whitespace filter; exact_match ignore_case, ignore_punctuation, articles regex"}),
-    "gsm8k": Settings(
-        "Question: {problem}\nAnswer:", "gsm8k:lm-eval", 256, chat=False, stop=("Question:", "</s>", "<|im_end|>"),
-        sources={"all": f"{_LE}/gsm8k/gsm8k.yaml (strict-match and flexible-extract filters; max_gen_toks default 256)",
-                 "fewshot": "gsm8k.yaml uses 5 exemplars from the train split; peftarena runs 0-shot (no train split offline)"}),
-    "math": Settings(
-        "{minerva_fewshot}Problem:\n{problem}\n\nSolution:", "minerva:lm-eval", 256, chat=False, fewshot=4,
-        stop=("Problem:",),
-        sources={"all": f"{_LE}/minerva_math/minerva_math500.yaml + utils.py (4-shot Minerva prompt, until 'Problem:')",
-                 "scorer": "utils.py get_unnormalized_answer, normalize_final_answer, is_equiv; math_verify"}),
-    "medical": Settings(
-        {"pubmedqa": "Abstract: {context}\nQuestion: {question}\nAnswer:",
-         "medqa": "Question: {question}\n{options_lines}Answer:",
-         "medmcqa": "Question: {question}\nChoices:\n{options_lines}Answer:"},
-        "choice:lm-eval", 0, chat=False, aggregation="acc: argmax of the choices' summed log-likelihoods, mean",
-        loglik=True,
-        sources={"all": f"{_LE}/pubmedqa (choices yes/no/maybe), medqa (medqa_4options, choices A-D), "
-                        "medmcqa (choices A-D): output_type multiple_choice, metric acc",
-                 "prompt": "preprocess_pubmedqa.doc_to_text, preprocess_medqa.doc_to_text, utils_medmcqa.doc_to_text"}),
-})
-# lm-eval's multiple-choice continuations: PubMedQA's option texts, the letters elsewhere
-LOGLIK_CHOICES = {"pubmedqa": "options", "medqa": "letters", "medmcqa": "letters"}
-
+STUDY = Protocol("study", 1, "the PEFT-Arena study (OpenCompass, math_eval, med_eval)", _ProtocolSettings("study"),
+                 target_mean=tuple(sorted(b.name for b in benchmarks.REGISTRY.values() if b.study_target)))
+LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", _ProtocolSettings("lm-eval"))
 BUILTIN = Protocol("builtin", 1, "the built-in procedural suites' own settings", {})
 PROTOCOLS = {p.name: p for p in (STUDY, LM_EVAL)}
 
@@ -243,4 +176,4 @@ def apply(task, protocol: Protocol | str | None = None, *, max_new_tokens=None, 
     return replace(task, items=items, scorer=s.scorer, max_new_tokens=ov.get("max_new_tokens", s.max_new_tokens),
                    stop=s.stop, chat=s.chat, system=s.system, n_samples=ov.get("n", s.n),
                    temperature=ov.get("temperature", s.temperature), protocol=proto.label,
-                   overrides=format_overrides(ov), raw=False, loglik=LOGLIK_CHOICES.get(task.name) if s.loglik else None)
+                   overrides=format_overrides(ov), raw=False, loglik=benchmarks.get(task.name).loglik if s.loglik else None)

@@ -10,53 +10,56 @@ from __future__ import annotations
 
 import json
 
+from peftarena_cli import scorer_kinds
 from peftarena_cli.evaluation import metrics
-from peftarena_cli.evaluation.scorers import bbh as bbh_s
-from peftarena_cli.evaluation.scorers import choice as choice_s
-from peftarena_cli.evaluation.scorers import ifeval as ifeval_s
-from peftarena_cli.evaluation.scorers import math as math_s
-from peftarena_cli.evaluation.scorers import nq as nq_s
 
 COLUMNS = ["task", "subtask", "id", "sample", "prompt", "completion", "extracted", "reference", "correct",
            "correct_strict", "correct_flexible", "prompt_strict", "prompt_loose", "instruction_id_list",
            "inst_strict", "inst_loose", "n_tokens", "meta"]
-PRIMARY = {"math": "avg@n", "choice": "avg@n", "ifeval": "inst_strict", "bbh": "accuracy", "nq": "exact_match",
-           "facts": "exact_match"}
+
+
+def resolve(fn):
+    """The scoring function of a :class:`~peftarena_cli.scorer_kinds.Scorer`: a callable as it is, or
+    ``"MODULE:FUNCTION"`` inside ``peftarena_cli.evaluation.scorers``."""
+    if callable(fn):
+        return fn
+    import importlib
+
+    module, _, name = str(fn).partition(":")
+    return getattr(importlib.import_module(f"peftarena_cli.evaluation.scorers.{module}"), name)
+
+
+def _arguments(args: str, reference, meta: dict) -> tuple:
+    """A scoring function's arguments after the completion (:data:`peftarena_cli.scorer_kinds.ARGS`)."""
+    if args == "text":
+        return (str(reference),)
+    if args == "list":
+        return (list(reference),)
+    if args == "options":
+        return (str(reference), list(meta.get("options") or []))
+    if args == "subtask":
+        return (str(reference), str(meta.get("subtask")))
+    if args == "instructions":
+        return (list(meta["instruction_id_list"]), list(meta.get("kwargs") or []))
+    return (reference, meta)  # "item"
 
 
 def score_one(scorer: str, completion: str, reference, meta: dict) -> dict:
-    """Score one completion. ``scorer`` is a built-in suite's scorer (``math``, ``choice``,
-    ``ifeval``, ``bbh``, ``nq``, ``facts``) or a protocol's, ``KIND:PROTOCOL`` (docs/eval.md)."""
-    from peftarena_cli.evaluation.scorers import math_lmeval, math_study
-
+    """Score one completion. ``scorer`` is a built-in suite's scorer (a kind's name) or a
+    protocol's, ``KIND:PROTOCOL`` (docs/eval.md); its scoring function and the way it takes the item
+    come from its kind (:mod:`peftarena_cli.scorer_kinds`)."""
     completion = completion if isinstance(completion, str) else ""
-    options = list(meta.get("options") or [])
-    fns = {
-        "math": lambda: math_s.score_math(completion, str(reference)),
-        "choice": lambda: choice_s.score_choice(completion, str(reference), options),
-        "ifeval": lambda: ifeval_s.score_ifeval(completion, list(meta["instruction_id_list"]), list(meta.get("kwargs") or [])),
-        "bbh": lambda: bbh_s.score_bbh(completion, str(reference)),
-        "nq": lambda: nq_s.score_nq(completion, list(reference)),
-        "facts": lambda: nq_s.score_facts(completion, list(reference)),
-        "bbh:study": lambda: bbh_s.score_bbh_study(completion, str(reference), str(meta.get("subtask"))),
-        "bbh:lm-eval": lambda: bbh_s.score_bbh_lmeval(completion, str(reference)),
-        "nq:study": lambda: nq_s.score_nq_study(completion, list(reference)),
-        "nq:lm-eval": lambda: nq_s.score_nq_lmeval(completion, list(reference)),
-        "math:study": lambda: math_study.score_math_study(completion, str(reference)),
-        "gsm8k:lm-eval": lambda: math_lmeval.score_gsm8k_lmeval(completion, str(reference)),
-        "minerva:lm-eval": lambda: math_lmeval.score_minerva_lmeval(completion, str(reference)),
-        "choice:study": lambda: choice_s.score_choice_study(completion, str(reference), options),
-        "choice:lm-eval": lambda: choice_s.score_choice_loglik(completion, str(reference), options),
-    }
-    if scorer not in fns:
-        raise ValueError(f"unknown scorer {scorer!r}")
-    return fns[scorer]()
+    entry = scorer_kinds.scorer_of(scorer)
+    return resolve(entry.fn)(completion, *_arguments(entry.args, reference, meta))
 
 
 def scorer_kind(scorer: str) -> str:
-    """The summary kind of a scorer: math, choice, ifeval, bbh, nq or facts."""
-    kind = scorer.split(":", 1)[0]
-    return "math" if kind in ("gsm8k", "minerva") else kind
+    """The name of a scorer's kind (:data:`peftarena_cli.scorer_kinds.KINDS`); a scorer no kind
+    knows gives its prefix."""
+    try:
+        return scorer_kinds.kind_of(scorer).name
+    except ValueError:
+        return str(scorer).split(":", 1)[0]
 
 
 def _ref_text(ref) -> str:
@@ -102,13 +105,14 @@ def to_frame(rows: list[dict]):
 
 def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], float]:
     """Summary rows of one task's per-sample rows, and the task's primary score (percent).
-    ``scorer`` may be a protocol's (``KIND:PROTOCOL``); BBH under lm-eval averages over all items
-    (its ``weight_by_size``), elsewhere over subtasks."""
-    by_item = scorer == "bbh:lm-eval"
-    scorer = scorer_kind(scorer)
+    ``scorer`` may be a protocol's (``KIND:PROTOCOL``); its kind's ``summary`` says how the rows
+    summarise (a ``subtasks`` summary averages over subtasks, or over all items where the scorer
+    has ``weight_by_size``, as lm-eval's subtask suites do)."""
+    kind = scorer_kinds.kind_of(scorer)
+    entry = kind.scorers.get(scorer)
     rows = []
     n_items = df["id"].nunique()
-    if scorer in ("math", "choice"):
+    if kind.summary == "samples":
         n = int(df["sample"].max()) + 1
         ks = metrics.parse_ks(ks, n)
         for r in metrics.sample_metrics(df, ks):
@@ -119,7 +123,7 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
             if df[col].isna().all():  # a scorer with one grading only (the study's)
                 continue
             rows.append({"task": task_name, "metric": name, "value": 100.0 * float(df[col].astype(bool).mean()), "n": n_items})
-    elif scorer == "ifeval":
+    elif kind.summary == "instructions":
         d = df[df["sample"] == 0]
         inst_s = [b for x in d["inst_strict"] for b in x]
         inst_l = [b for x in d["inst_loose"] for b in x]
@@ -129,8 +133,9 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
             {"task": task_name, "metric": "inst_strict", "value": 100.0 * sum(inst_s) / max(len(inst_s), 1), "n": len(inst_s)},
             {"task": task_name, "metric": "inst_loose", "value": 100.0 * sum(inst_l) / max(len(inst_l), 1), "n": len(inst_l)},
         ]
-        primary = rows[2]["value"]
-    elif scorer == "bbh":
+        primary = next(r["value"] for r in rows if r["metric"] == kind.primary)
+    elif kind.summary == "subtasks":
+        by_item = bool(entry and entry.weight_by_size)
         d = df[df["sample"] == 0]
         accs = []
         for sub, g in d.groupby("subtask", sort=True):
@@ -139,21 +144,22 @@ def summarize(df, scorer: str, task_name: str, ks=None) -> tuple[list[dict], flo
             rows.append({"task": f"{task_name}/{sub}", "metric": "accuracy", "value": a, "n": len(g)})
         primary = 100.0 * float(d["correct"].mean()) if by_item else (sum(accs) / len(accs) if accs else 0.0)
         rows.append({"task": task_name, "metric": "accuracy", "value": primary, "n": len(d)})
-    elif scorer in ("nq", "facts"):
+    else:  # exact_match
         d = df[df["sample"] == 0]
         primary = 100.0 * float(d["correct"].mean())
         rows.append({"task": task_name, "metric": "exact_match", "value": primary, "n": len(d)})
-    else:  # pragma: no cover
-        raise ValueError(scorer)
     from peftarena_cli.evaluation.intervals import add_intervals
 
-    add_intervals(rows, df, scorer, task_name)  # se, ci_low, ci_high, estimator, note (docs/eval.md)
+    add_intervals(rows, df, kind.name, task_name)  # se, ci_low, ci_high, estimator, note (docs/eval.md)
     return rows, primary
 
 
 def primary_row(rows: list[dict], scorer: str, task_name: str) -> dict | None:
-    """The summary row of a task's primary metric (:data:`PRIMARY`) among ``rows``."""
-    want = PRIMARY.get(scorer_kind(scorer))
+    """The summary row of a task's primary metric (its scorer kind's ``primary``) among ``rows``."""
+    try:
+        want = scorer_kinds.kind_of(scorer).primary
+    except ValueError:
+        return None
     for r in rows:
         if r["task"] == task_name and (r["metric"] == want or (want == "avg@n" and str(r["metric"]).startswith("avg@"))):
             return r

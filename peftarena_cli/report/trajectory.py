@@ -80,7 +80,7 @@ def _split(df):
     from peftarena_cli import stats
 
     scorers = stats.task_scorers(df)
-    general = [t for t, sc in scorers.items() if sc in stats.GENERAL_SCORERS]
+    general = [t for t, sc in scorers.items() if stats.is_general_scorer(sc)]
     return df[~df["task"].astype(str).isin(general)], split_measures(df).get("general")
 
 

@@ -24,7 +24,7 @@ def split_measures(df) -> dict:
     scorers = stats.task_scorers(df)
     out = {}
     for kind in ("target", "general"):
-        tasks = [t for t, sc in scorers.items() if (sc in stats.GENERAL_SCORERS) == (kind == "general")]
+        tasks = [t for t, sc in scorers.items() if stats.is_general_scorer(sc) == (kind == "general")]
         if tasks:
             sub = df[df["task"].astype(str).isin(tasks)]
             out[kind] = stats.measure_of(sub, kind)

@@ -205,9 +205,17 @@ def limit_parts() -> tuple[str, ...]:
     return tuple(out)
 
 
-def help_list(part: str, builtin: bool | None = None) -> str:
-    """The comma-separated names for a help text."""
-    return ", ".join(names(part, builtin))
+def task_help() -> str:
+    """``eval-target --task``'s help: the built-in target suites, then the benchmarks."""
+    built = [f"{b.name} ({b.title})" if b.title else b.name for b in REGISTRY.values() if b.part == "target" and b.builtin]
+    return ", ".join(built + list(names("target", builtin=False))) + " (hub), NAME=PATH, or a file."
+
+
+def suite_help() -> str:
+    """``eval-general --suite``'s help: the built-in suite and its parts, then the benchmarks."""
+    parts = names("general", builtin=True)
+    short = (parts[0] + "".join("/." + p.split(".", 1)[1] for p in parts[1:])) if parts else ""
+    return f"builtin (offline), {short}, or {','.join(names('general', builtin=False))} (hub); NAME=PATH for local files."
 
 
 # --- the entries -----------------------------------------------------------------------------------
@@ -215,7 +223,7 @@ def _entries():
     S, L = STUDY_SETTINGS, LM_EVAL_SETTINGS
     both = lambda fam: {"study": S[fam], "lm-eval": L[fam]}  # noqa: E731
     register(Benchmark("arith", "target", "math", "math", items="arith",
-                       title="built-in arithmetic word problems (arith-1 ... arith-3: easier levels)"))
+                       title="built in; arith-1, arith-2, arith-3: easier levels"))
     register(Benchmark("gsm8k", "target", "math", "math", "gsm8k", both("gsm8k"), ("openai/gsm8k", "main", "test"),
                        items="math", title="GSM8K grade-school math"))
     for name, hub in (("math500", ("HuggingFaceH4/MATH-500", None, "test")),
@@ -228,7 +236,7 @@ def _entries():
         register(Benchmark(name, "target", "medical", "choice", "medical", both("medical"), hub, items=name,
                            loglik=loglik, study_target=True))
     for part, task_name in (("ifeval", "ifeval_builtin"), ("bbh", "bbh_builtin"), ("facts", "facts")):
-        register(Benchmark(f"builtin.{part}", "general", "general", "nq" if part == "nq_open" else part,
+        register(Benchmark(f"builtin.{part}", "general", "general", part,
                            items=f"builtin.{part}", limit_key=part, task_name=task_name))
     register(Benchmark("ifeval", "general", "general", "ifeval", "ifeval", both("ifeval"), ("google/IFEval", None, "train"),
                        items="ifeval", limit_key="ifeval"))

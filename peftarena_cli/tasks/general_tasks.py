@@ -6,9 +6,11 @@ published prompts) and NQ-open, from the hub by name or from local files in the 
 from __future__ import annotations
 
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, InputNotFound
+from peftarena_cli.tasks import benchmarks
 from peftarena_cli.tasks.sources import load_hub, read_records, require_fields
 from peftarena_cli.tasks.spec import Item, Task
 
@@ -29,7 +31,7 @@ NQ_STOP = ("\n", ".", ",")
 
 
 def ifeval_task(path=None, limit=None) -> Task:
-    recs = read_records(path) if path else load_hub("google/IFEval", None, "train")
+    recs = read_records(path) if path else load_hub(*benchmarks.get("ifeval").hub)
     require_fields(recs, ["prompt", "instruction_id_list", "kwargs"], "IFEval data", path)
     if limit is not None:
         recs = recs[: int(limit)]
@@ -79,7 +81,7 @@ def bbh_task(path=None, limit=None, subtasks=None, prompts_dir=None) -> Task:
         if not pfile.is_file():
             raise DataError(f"missing CoT prompt {str(pfile)!r}", hint="the cot-prompts folder needs one .txt per subtask")
         fewshot[s] = read_cot_prompt(pfile.read_text(encoding="utf-8"))
-        recs = read_records(data_dir / f"{s}.json") if path else load_hub("lukaemon/bbh", s, "test")
+        recs = read_records(data_dir / f"{s}.json") if path else load_hub(benchmarks.get("bbh").hub[0], s, benchmarks.get("bbh").hub[2])
         require_fields(recs, ["input", "target"], f"BBH {s}", path)
         if limit is not None:
             recs = recs[: int(limit)]
@@ -89,7 +91,7 @@ def bbh_task(path=None, limit=None, subtasks=None, prompts_dir=None) -> Task:
 
 
 def nq_open_task(path=None, limit=None) -> Task:
-    recs = read_records(path) if path else load_hub("google-research-datasets/nq_open", None, "validation")
+    recs = read_records(path) if path else load_hub(*benchmarks.get("nq_open").hub)
     require_fields(recs, ["question", "answer"], "NQ-open data", path)
     if limit is not None:
         recs = recs[: int(limit)]
@@ -99,6 +101,27 @@ def nq_open_task(path=None, limit=None) -> Task:
     return Task("nq_open", items, "nq", raw=True)
 
 
-GENERAL_LOADERS = {"ifeval": ifeval_task, "bbh": bbh_task, "nq_open": nq_open_task}
+_FORMATS = {"ifeval": ifeval_task, "bbh": bbh_task, "nq_open": nq_open_task}  # loader of each records format
+
+
+class _Loaders(Mapping):
+    """{name: loader(path=None, limit=None) -> Task} of the registered general benchmarks that are
+    not built in (tasks/benchmarks.py), read live: a benchmark's own loader, else its format's."""
+
+    def _items(self) -> dict:
+        return {b.name: b.loader or _FORMATS[b.items] for b in benchmarks.REGISTRY.values()
+                if b.part == "general" and not b.builtin}
+
+    def __getitem__(self, name):
+        return self._items()[name]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self):
+        return len(self._items())
+
+
+GENERAL_LOADERS = _Loaders()
 
 

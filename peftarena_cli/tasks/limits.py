@@ -6,8 +6,9 @@ Light on purpose (no pandas): the CLI and interpolate's checks parse it before a
 from __future__ import annotations
 
 from peftarena_cli.errors import UsageError
+from peftarena_cli.tasks import benchmarks
 
-LIMIT_PARTS = ("ifeval", "bbh", "facts", "nq_open")  # the parts a per-part --limit can name
+LIMIT_PARTS = benchmarks.limit_parts()  # the parts a per-part --limit can name (tasks/benchmarks.py)
 
 
 def parse_limit(text) -> int | dict | None:
@@ -20,8 +21,9 @@ def parse_limit(text) -> int | dict | None:
     for entry in [e.strip() for e in str(text).split(",") if e.strip()]:
         name, eq, num = entry.rpartition("=") if "=" in entry else ("*", "", entry)
         name = name.strip()
-        if name != "*" and name not in LIMIT_PARTS:
-            raise UsageError(f"--limit: unknown part {name!r} in {text!r}", hint=f"parts: {', '.join(LIMIT_PARTS)}")
+        parts = benchmarks.limit_parts()
+        if name != "*" and name not in parts:
+            raise UsageError(f"--limit: unknown part {name!r} in {text!r}", hint=f"parts: {', '.join(parts)}")
         if name in out:
             raise UsageError(f"--limit: part {name!r} given twice in {text!r}")
         try:
@@ -37,8 +39,8 @@ def parse_limit(text) -> int | dict | None:
 
 
 def part_limit(limit, part: str) -> int | None:
-    """The limit of one part (``"ifeval"``, ``"bbh"``, ``"facts"``, ``"nq_open"``, or a target task:
-    those take the bare N only)."""
+    """The limit of one part (a name of :data:`LIMIT_PARTS`, or a target task: those take the bare N
+    only)."""
     if isinstance(limit, dict):
         return limit.get(part, limit.get("*"))
     return limit

@@ -8,20 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, UsageError
+from peftarena_cli.tasks import benchmarks
 from peftarena_cli.tasks.sources import load_hub, read_records, require_fields, split_spec
 from peftarena_cli.tasks.spec import Item, Task
 
 
-TARGET_TASKS = ("arith", "gsm8k", "math500", "aime24", "amc23", "medmcqa", "medqa", "pubmedqa")
-HUB = {
-    "gsm8k": ("openai/gsm8k", "main", "test"),
-    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
-    "aime24": ("HuggingFaceH4/aime_2024", None, "train"),
-    "amc23": ("math-ai/amc23", None, "test"),
-    "medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
-    "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
-    "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train"),
-}
+TARGET_TASKS = benchmarks.names("target")  # as registered at import (tasks/benchmarks.py)
 ARITH_MAX_NEW = 96
 
 
@@ -68,6 +60,7 @@ def _mc_item(iid: str, question: str, options: list[str], ref: str, context: str
 
 
 def _mc_items(name, recs, path) -> list[Item]:
+    """Items of a multiple-choice benchmark; ``name`` is its records' format (tasks/benchmarks.py ``items``)."""
     L = "ABCDEFGHIJ"
     items = []
     if name == "medmcqa":
@@ -136,7 +129,7 @@ def guess_task(recs: list[dict]) -> str:
     if ("question" in r or "problem" in r) and "answer" in r:
         return "gsm8k" if "####" in str(r["answer"]) else "math500"
     raise DataError(f"cannot tell the task of a file with fields {', '.join(map(str, list(r)[:8]))}",
-                    hint="use NAME=PATH with NAME one of " + ", ".join(TARGET_TASKS[1:]) + " (docs/tasks.md)")
+                    hint="use NAME=PATH with NAME one of " + ", ".join(benchmarks.names("target", builtin=False)) + " (docs/tasks.md)")
 
 
 def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 0) -> Task:
@@ -144,25 +137,31 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
     from peftarena_cli.tasks.arith import is_task_name
 
     name, path = split_spec(spec)
-    if name and name not in TARGET_TASKS and not is_task_name(name):
-        raise DataError(f"unknown target task {name!r}", hint="use one of " + ", ".join(TARGET_TASKS) + ", NAME=PATH or a file")
+    entry = benchmarks.get(name) if name else None
+    if entry is not None and entry.part != "target":
+        entry = None
+    if name and entry is None and not is_task_name(name):
+        raise DataError(f"unknown target task {name!r}",
+                        hint="use one of " + ", ".join(benchmarks.names("target")) + ", NAME=PATH or a file")
     if is_task_name(name):  # arith, or an easier level arith-1 ... arith-3 (tasks/arith.py)
         if path:
             raise UsageError(f"the {name} task is built in and takes no file")
         task = _arith(limit, seed, name)
+    elif entry is not None and entry.loader is not None:  # a registered benchmark with a loader of its own
+        task = entry.loader(path=path, limit=limit, seed=seed)
     else:
         if path:
             recs = _pubmedqa_local(Path(path)) if (name == "pubmedqa" or not name) and Path(path).suffix == ".json" else read_records(path)
             if not recs:
                 raise DataError(f"{str(path)!r} has no records", hint="pass a non-empty file")
             name = name or guess_task(recs)
+            entry = benchmarks.get(name)
         else:
-            repo, cfg, split = HUB[name]
-            recs = load_hub(repo, cfg, split)
+            recs = load_hub(*entry.hub)
         if limit is not None:
             recs = recs[: int(limit)]
-        if name in ("medmcqa", "medqa", "pubmedqa"):
-            task = Task(name, _mc_items(name, recs, path), "choice", raw=True)
+        if entry.scorer == "choice":
+            task = Task(name, _mc_items(entry.items, recs, path), "choice", raw=True)
         else:
             task = Task(name, _math_items(name, recs, path), "math", raw=True)
     if not task.items:
