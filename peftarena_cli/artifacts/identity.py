@@ -15,15 +15,29 @@ from pathlib import Path
 _CHUNK = 65536
 
 
-def safetensors_header(path: str | os.PathLike) -> bytes:
+HEADER_MAX = 100 * 1024 * 1024  # a safetensors JSON header larger than this is refused
+
+
+def read_header_bytes(path: str | os.PathLike) -> bytes:
+    """The JSON header bytes of a safetensors file: the one reader of its 8-byte length prefix.
+    Raises ValueError ("too short" / "bad header length") when the file cannot hold a header."""
+    size = os.stat(path).st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            return b""
+            raise ValueError("too short")
         (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 1024 * 1024:
-            return b""
+        if n <= 0 or n > min(size - 8, HEADER_MAX):
+            raise ValueError("bad header length")
         return f.read(n)
+
+
+def safetensors_header(path: str | os.PathLike) -> bytes:
+    """The header bytes, or b"" for a file that has none (an identity never fails)."""
+    try:
+        return read_header_bytes(path)
+    except ValueError:
+        return b""
 
 
 def file_identity(path: str | os.PathLike) -> str:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftarena_cli import registry
 from peftarena_cli.artifacts.convert import ensure_model
-from peftarena_cli.artifacts.identity import file_identity, path_identity, tensor_identity
+from peftarena_cli.artifacts.identity import file_identity, path_identity, read_header_bytes, tensor_identity
 from peftarena_cli.errors import InputNotFound, InvalidArtifact, ModelNotAvailable
 
 WEIGHT_SUFFIXES = (".safetensors", ".st")
@@ -163,17 +162,15 @@ def check_safetensors(path: Path) -> dict:
 def _parse_safetensors(path: Path) -> tuple[dict, int]:
     """(header, offset of the tensor data) of a checked safetensors file (see check_safetensors)."""
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", raw)
-        if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
-            raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (bad header length)")
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (unreadable header)") from None
+    try:
+        raw = read_header_bytes(path)
+    except ValueError as e:
+        raise InvalidArtifact(f"{str(path)!r} is not a safetensors file ({e})") from None
+    n = len(raw)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise InvalidArtifact(f"{str(path)!r} is not a safetensors file (header is not a table)")
     end = 0

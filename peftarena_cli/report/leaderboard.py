@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import re
-import struct
-import json
 from pathlib import Path
 
 import numpy as np
 
-from peftarena_cli.errors import InvalidArtifact
+from peftarena_cli.artifacts.safetensors_io import check_safetensors
+from peftarena_cli.errors import InvalidArtifact, PeftArenaError
+from peftarena_cli.methods import frozen_keys
 
 TARGET_METRIC = "target_score"
 GENERAL_METRIC = "general_score"
@@ -31,7 +31,8 @@ ACT_GEOM_METRICS = (
     "cos_drift", "log_norm_ratio", "pca_dist_32", "pca_dist_64",
 )
 SET_COLUMNS = ("prompt_set", "prompts", "distribution", "dist", "set", "split", "dataset", "suite")
-_FROZEN_ADAPTER_KEYS = ("vera_A", "vera_B", "base_layer")
+# saved tensors that are not trained: the registry's frozen shared tensors (VeRA's projections) and base layers
+_FROZEN_ADAPTER_KEYS = (*frozen_keys(), "base_layer")
 
 
 def pareto_mask(target, general) -> np.ndarray:
@@ -94,10 +95,8 @@ def count_trainable_params(path: Path | None) -> float:
     total = 0
     for f in files:
         try:
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
-        except Exception:
+            header = check_safetensors(f)
+        except (PeftArenaError, OSError):
             return math.nan
         for k, v in header.items():
             if k == "__metadata__" or any(s in k for s in _FROZEN_ADAPTER_KEYS):
