@@ -256,7 +256,7 @@ def _item_scores_of_task(name: str, scorer: str, g) -> list[Stratum]:
     """The strata of one task's per-sample rows, shaped by the ``strata`` of the scorer kind that
     ``scorer`` names (:mod:`peftarena_cli.scorer_kinds`); any other scorer (a target task's):
     each item's mean over its samples."""
-    kind = scorer_kinds.named_kind(scorer)
+    kind = _kind_of(scorer)
     shape = kind.strata if kind is not None else "item_mean"
     if shape == "instruction_clusters":
         d = g[g["sample"] == 0].sort_values("id", kind="stable")
@@ -291,9 +291,18 @@ def _guess_scorer(g) -> str:
     return next(k.name for k in scorer_kinds.KINDS.values() if k.strata == "item_mean")
 
 
+def _kind_of(scorer: str):
+    """The scorer kind of a per-sample table's scorer name: a built-in suite's (``bbh``) or one scored
+    under a protocol (``bbh:study``, ``nq:lm-eval``); None for a name no kind claims."""
+    try:
+        return scorer_kinds.kind_of(scorer)
+    except ValueError:
+        return None
+
+
 def is_general_scorer(scorer: str) -> bool:
-    """Whether a per-sample table's scorer name is a built-in general kind's (by exact name)."""
-    kind = scorer_kinds.named_kind(scorer)
+    """Whether a per-sample table's scorer name belongs to a general kind."""
+    kind = _kind_of(scorer)
     return kind is not None and kind.general
 
 

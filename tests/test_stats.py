@@ -145,6 +145,23 @@ def test_paired_composite_general_measure():
     assert same.diff == 0.0 and same.low == 0.0 and same.high == 0.0 and same.p_value == 1.0 and not same.significant
 
 
+def test_general_parts_scored_under_a_protocol_keep_their_strata():
+    """Rows scored under a protocol carry ``bbh:study`` / ``nq:lm-eval`` as their scorer: they are
+    general parts with their kinds' strata, as the built-in ``bbh`` / ``nq`` rows are. By hand: BBH
+    subtask a has 2 items (both right, 1.0), subtask b 4 (one right, 0.25): the subtask average is
+    0.625, the item mean 0.5; NQ counts each item's first sample (2 of 4 right, 0.5)."""
+    bbh = _per_sample("bbh", "bbh:study", ["a1", "a2", "b1", "b2", "b3", "b4"], [1, 1, 0, 0, 0, 1],
+                      subtasks=["a", "a", "b", "b", "b", "b"])
+    m = stats.measure_of(bbh)
+    assert m.kind == "general"
+    assert m.value() == pytest.approx(0.625)
+    assert sorted(s.name for s in m.strata) == ["bbh/a", "bbh/b"]
+    nq = _per_sample("nq_open", "nq:lm-eval", ["q1", "q2", "q3", "q4"], [1, 0, 1, 0])
+    both = stats.measure_of(pd.concat([bbh, nq]))
+    assert both.kind == "general" and both.value() == pytest.approx((0.625 + 0.5) / 2)
+    assert stats.measure_of(_per_sample("gsm8k", "math:study", ["x", "y"], [1, 0])).kind == "target"
+
+
 def test_paired_refuses_different_items():
     ids = [f"arith-test-0-{k}" for k in range(10)]
     ma = stats.measure_of(_per_sample("arith", "math", ids, [1] * 10))
