@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, Progress, SeedOpt, deprecated_short, info
-from peftarena_cli.methods import METHODS  # the registry imports nothing heavy
+from peftarena_cli.methods import DEFAULT_METHOD, METHODS  # the registry imports nothing heavy
 
 METHOD_NAMES = ", ".join(METHODS)
 
@@ -31,7 +31,7 @@ Example:
 def finetune_cmd(
     base: str = typer.Argument(..., metavar="BASE", help="Base model: HF dir, .safetensors with config, alias (smollm2-135m) or hub id."),
     output: Path = typer.Option(..., "--output", "-o", help="Run directory to create (refused if it holds another run)."),
-    method: str = typer.Option("lora", "--method", help=f"One of: {METHOD_NAMES}."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help=f"One of: {METHOD_NAMES}."),
     method_short: Optional[str] = typer.Option(None, "-m", hidden=True, help="Deprecated spelling of --method."),
     regime: str = typer.Option("sft", "--regime", help="sft (completion-only loss) or rlvr (GRPO, verifiable reward)."),
     data: str = typer.Option("arith", "--data", help="arith (built-in, train split; arith-1, arith-2, arith-3: easier levels), a .jsonl/.json/.parquet file, a dataset dir, or a hub dataset name."),
@@ -90,7 +90,7 @@ def finetune_cmd(
     warnings.filterwarnings("ignore", category=UserWarning, message=".*CUDA extension.*")
     warnings.filterwarnings("ignore", category=UserWarning, message=".*butterfly_factor.*")
 
-    method = deprecated_short(method_short, "-m", "--method", method, "lora", "--modules")
+    method = deprecated_short(method_short, "-m", "--method", method, DEFAULT_METHOD, "--modules")
     cfg = FinetuneConfig(
         base=base, output=str(output), method=method, regime=regime, data=data, data_config=data_config, split=split,
         prompt_column=prompt_column, response_column=response_column, answer_column=answer_column,

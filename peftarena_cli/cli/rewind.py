@@ -45,7 +45,7 @@ def rewind_cmd(
                        allow_extrapolate=allow_extrapolate, overwrite=overwrite)
     with Progress("rewinding") as bar:
         res = rewind(cfg, callback=bar.callback, log=info, warn=warn)
-    if res.kind == "full":
+    if res.is_full:
         info(f"wrote the full checkpoint at α = {res.alpha:g} to {res.output}")
     else:
         info(f"wrote the {res.method} adapter at α = {res.alpha:g} to {res.output}")

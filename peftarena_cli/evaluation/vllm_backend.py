@@ -24,8 +24,7 @@ from pathlib import Path
 
 from peftarena_cli.errors import InvalidArtifact, MissingDependency, UnsupportedMethod
 from peftarena_cli.evaluation.backend import Generation, GenerationBackend, encode_prompts, first_stop
-
-LORA_TYPES = {"LORA"}
+from peftarena_cli.methods import METHODS, method_name
 
 
 def import_vllm():
@@ -70,8 +69,10 @@ class VllmModel(GenerationBackend):
         from peftarena_cli.artifacts.adapters import peft_dir_for
 
         cfg = adapter.config or {}
-        if adapter.peft_type not in LORA_TYPES or cfg.get("use_dora"):
-            what = "DoRA" if cfg.get("use_dora") else adapter.peft_type
+        entry = METHODS.get(method_name(cfg) or "")  # from the config: what vLLM will be asked to load
+        if entry is None or not entry.serves(self.name):
+            # a variant of a PEFT type (DoRA) is named as such, a plain one by its PEFT type
+            what = entry.label if entry is not None and entry.detect is not None else adapter.peft_type
             raise UnsupportedMethod(f"the vllm backend serves LoRA adapters only, not {what} ({adapter.path})",
                                     hint="evaluate this adapter with --backend hf")
         rank = int(cfg.get("r") or 0)

@@ -53,7 +53,7 @@ class NativePathModel:
         self.tensors = {k: v.detach().clone() for k, v in
                         get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items()}
         self.base_row_norms = None
-        if self.entry.native == "dora":
+        if self.entry.moves_magnitude:
             mods = magnitude_modules(self.tensors)
             self.base_row_norms = base_row_norms_from_weights(lambda m: _tuner_base_weight(peft_model, m).detach(), mods)
         self.alpha = 1.0
@@ -84,7 +84,7 @@ class NativePathModel:
         self._oft_keys: list | None = None
         if merge and self.entry.linear and not layer_scales and self._live is not None and self._tuners:
             self._delta1 = self._linear_deltas()  # part of the setup; leaves the model merged at α = 1
-        elif merge and self.entry.native == "rotation" and self._live is not None and self._tuners:
+        elif merge and self.entry.rotates and self._live is not None and self._tuners:
             # OFT: W(α) = W0 Rᵀ(α) formed here, all blocks of a module at once (the rotation code
             # spectrum uses, tested against PEFT's merge), checked once against PEFT's merge at
             # α = 1/2; PEFT's per-module merge is the fallback
@@ -211,7 +211,7 @@ class NativePathModel:
 
     def orthogonality_error(self) -> float | None:
         """max ‖RᵀR − I‖_F over the OFT blocks at the current α (None for non-OFT methods)."""
-        if self.entry.native != "rotation":
+        if not self.entry.rotates:
             return None
         neumann, terms = variant_of(self.config)
         errs = [orthogonality_error(cayley(v, neumann, terms)) for k, v in self.current.items() if k.endswith(OFT_KEY_SUFFIX)]

@@ -50,8 +50,10 @@ def check_relative_to_base(config: dict) -> None:
 
     Such an adapter sits on a residual base W_res ≠ W0, so neither path would start at the base.
     """
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().split("_")[0] in ("pissa", "olora", "corda"):
+    from peftarena_cli.weights.lora import residual_init
+
+    init = residual_init(config)
+    if init is not None:
         raise UnsupportedMethod(
             f"this LoRA adapter was saved unconverted from init {init!r}: it needs its residual base, not W0",
             hint="re-save it with save_pretrained(path_initial_model_for_weight_conversion=...) to get a plain LoRA",
@@ -99,7 +101,7 @@ def scale_adapter_tensors(
     import torch
 
     entry = native_method(config)
-    method, rotation = entry.name, entry.native == "rotation"
+    method, rotation = entry.name, entry.rotates
     if not rotation and scale_mode != "linear":
         raise UsageError(f"--generator-scale {scale_mode} applies to OFT only, not {method}")
     if layer_scales and not rotation:
@@ -115,7 +117,7 @@ def scale_adapter_tensors(
             if layer_scales:
                 f = s * float(layer_scales.get(layer_of_key(k), 1.0))
             out[k] = v if f == 1.0 else (v.float() * f).to(v.dtype)
-        elif entry.native == "dora" and k.endswith(MAGNITUDE_SUFFIX):
+        elif entry.moves_magnitude and k.endswith(MAGNITUDE_SUFFIX):
             if alpha == 1.0:
                 out[k] = v
                 continue

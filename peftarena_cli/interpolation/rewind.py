@@ -31,7 +31,7 @@ from peftarena_cli.interpolation.native import (base_row_norms_from_weights, che
                                         native_method, scale_adapter_tensors)
 from peftarena_cli.interpolation.oft_rotation import layerwise_scales, rotation_strengths
 from peftarena_cli.weights.deltas import iter_module_deltas
-from peftarena_cli.weights.finetuned import open_finetuned
+from peftarena_cli.weights.finetuned import FULL, open_finetuned
 from peftarena_cli.weights.full import check_full_finetune
 
 
@@ -66,17 +66,17 @@ def rewind_adapter(
     info: dict = {"alpha": float(alpha), "method": method, "path": "native"}
     layer_scales = None
     if layerwise:
-        if entry.native != "rotation":
+        if not entry.rotates:
             raise UnsupportedMethod(f"--layerwise applies to OFT adapters, this one is {method}",
                                     hint="drop --layerwise, or pass an OFT adapter")
         layer_scales, rho, target = layerwise_scales(adapter.tensors, config, layerwise)
         info.update(layerwise=layerwise, rho_target=target,
                     rho_before={str(k): v for k, v in rho.items()},
                     layer_scales={str(k): v for k, v in layer_scales.items()})
-    if entry.native == "rotation":
+    if entry.rotates:
         info["generator_scale"] = scale_mode
     norms = None
-    if entry.native == "dora" and alpha != 1.0:
+    if entry.moves_magnitude and alpha != 1.0:
         if base_source is None:
             raise UsageError("rewinding a DoRA adapter needs the base model (its magnitude m0 = ‖W0‖ per row)",
                              hint="pass --base BASE")
@@ -151,8 +151,13 @@ class RewindResult:
     output: Path
     alpha: float
     method: str
-    kind: str                      # "adapter" or "full"
+    kind: str                      # the fine-tune's kind (weights.finetuned: ADAPTER or FULL)
     record: dict = field(default_factory=dict)  # what the output's metadata records (key peftarena_rewind)
+
+    @property
+    def is_full(self) -> bool:
+        """A full checkpoint was written (the fine-tune was a full model), not an adapter."""
+        return self.kind == FULL
 
 
 def _no_log(msg: str) -> None:
@@ -203,27 +208,27 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         check_curve_source(curve_prov, cfg.curve, cfg.finetuned, ft.identity(), cfg.base,
                            bref.identity() if bref is not None else None)
         log(f"picked α = {alpha:g} ({record['criterion']}): {record['reason']}")
-    if ft.kind == "full":
+    if ft.is_full:
         if cfg.layerwise:
             raise UsageError("--layerwise applies to OFT adapters, not full fine-tunes")
         if cfg.base is None:
             raise UsageError("rewinding a full fine-tune needs the base model", hint="pass --base BASE")
-        record.update(alpha=alpha, method="full", path="dense", base=f"{cfg.base}@{bref.identity()}",
+        record.update(alpha=alpha, method=ft.method, path="dense", base=f"{cfg.base}@{bref.identity()}",
                       source=f"{cfg.finetuned}@{ft.identity()}")
         rewind_full(WeightSource.from_ref(bref), ft.source, alpha, output, copy_from=ft.ref.directory,
                     extra_metadata={"peftarena_rewind": record}, overwrite=cfg.overwrite, callback=callback)
-        return RewindResult(output=output, alpha=alpha, method="full", kind="full", record=record)
+        return RewindResult(output=output, alpha=alpha, method=ft.method, kind=ft.kind, record=record)
 
     method = ft.method
     entry = get_method(method)
     if not entry.native:
         raise UnsupportedMethod(f"{method} adapters cannot be rewound in their own format (no native path)",
                                 hint="use `peftarena interpolate --path dense --save-checkpoints DIR` for a full-model checkpoint")
-    if record.get("curve_path") == "dense" and entry.native in ("rotation", "dora"):
+    if record.get("curve_path") == "dense" and (entry.rotates or entry.moves_magnitude):
         warn(f"the curve was measured on the dense path; a rewound {method} adapter follows the native path, "
              "which differs between the end points")
     base_source, spec = None, cfg.base
-    if entry.native == "dora" and alpha != 1.0:
+    if entry.moves_magnitude and alpha != 1.0:
         spec = cfg.base or ft.adapter.base_model_name
         if not spec:
             raise UsageError("rewinding a DoRA adapter needs the base model (m0 = ‖W0‖ per row)", hint="pass --base BASE")
@@ -241,7 +246,7 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         scales = rinfo["layer_scales"]
         log(f"{cfg.layerwise}: target ρ* = {rinfo['rho_target']:.4g}; generator scale per layer: "
             + ", ".join(f"{k}:{v:.3f}" for k, v in scales.items()))
-    return RewindResult(output=output, alpha=alpha, method=method, kind="adapter", record=record)
+    return RewindResult(output=output, alpha=alpha, method=method, kind=ft.kind, record=record)
 
 
 def check_fits_base(ft, base_source, base_spec) -> None:

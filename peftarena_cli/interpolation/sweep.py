@@ -83,9 +83,9 @@ def open_path_model(base: str, finetuned_spec: str, path: str | None = None, sca
                     callback=None, merge: bool = False) -> PathSetup:
     """Load the base once and build the path model for ``finetuned_spec`` (adapter or full model)."""
     ft = open_finetuned(finetuned_spec)
-    is_full = ft.kind == "full"
+    is_full = ft.is_full
     method = ft.method  # the canonical name (a converted PiSSA adapter is pissa, not lora)
-    rotation = get_method(method).native == "rotation"
+    rotation = get_method(method).rotates
     if not is_full:
         check_relative_to_base(ft.config)
     if scale_mode != "linear" and not rotation:

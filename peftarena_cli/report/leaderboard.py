@@ -31,8 +31,12 @@ ACT_GEOM_METRICS = (
     "cos_drift", "log_norm_ratio", "pca_dist_32", "pca_dist_64",
 )
 SET_COLUMNS = ("prompt_set", "prompts", "distribution", "dist", "set", "split", "dataset", "suite")
-# saved tensors that are not trained: the registry's frozen shared tensors (VeRA's projections) and base layers
-_FROZEN_ADAPTER_KEYS = (*frozen_keys(), "base_layer")
+
+
+def _frozen_adapter_keys() -> tuple[str, ...]:
+    """Saved tensors that are not trained: the registry's frozen shared tensors (VeRA's projections)
+    and base layers."""
+    return (*frozen_keys(), "base_layer")
 
 
 def pareto_mask(target, general) -> np.ndarray:
@@ -93,13 +97,14 @@ def count_trainable_params(path: Path | None) -> float:
     if not files:
         return math.nan
     total = 0
+    frozen = _frozen_adapter_keys()
     for f in files:
         try:
             header = check_safetensors(f)
         except (PeftArenaError, OSError):
             return math.nan
         for k, v in header.items():
-            if k == "__metadata__" or any(s in k for s in _FROZEN_ADAPTER_KEYS):
+            if k == "__metadata__" or any(s in k for s in frozen):
                 continue
             total += int(np.prod(v.get("shape", [0]))) if v.get("shape") else 1
     return float(total)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, IncompatibleInputs, NumericalError, OutputError, PeftArenaError, UsageError
+from peftarena_cli.methods import DEFAULT_METHOD, resolve
 from peftarena_cli.training import checkpoints as ck
 
 
@@ -28,7 +29,7 @@ from peftarena_cli.training import checkpoints as ck
 class FinetuneConfig:
     base: str = "smollm2-135m"
     output: str = "run"
-    method: str = "lora"
+    method: str = DEFAULT_METHOD
     regime: str = "sft"
     data: str = "arith"
     data_config: str | None = None
@@ -306,7 +307,7 @@ def prepare_model(cfg: FinetuneConfig, choice, model):
     """Wrap ``model`` for ``choice``; return (model, init tensors for PiSSA/MiLoRA conversion or None)."""
     from peftarena_cli.training import methods
 
-    if choice.method.name == "full":
+    if choice.method.is_full:
         for p in model.parameters():
             p.requires_grad_(True)
         return model, None
@@ -319,8 +320,7 @@ def prepare_model(cfg: FinetuneConfig, choice, model):
         raise IncompatibleInputs(f"cannot apply {choice.method.name} to this model: {_unwrap_error(e)}",
                                  hint="change --target-modules/--rank/--block-size (docs/finetune.md)") from None
     init = None
-    if choice.method.name == "milora":
-        methods.milora_init(pm)
+    methods.post_wrap(choice, pm)  # work done once PEFT has wrapped the model (MiLoRA's initialisation)
     if choice.method.mutates_base:
         init = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(pm).items()}
     return pm, init
@@ -466,7 +466,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
 
         from transformers import TrainerCallback
 
-        full = choice.method.name == "full"
+        full = choice.method.is_full
         extra_meta = {"method": choice.method.name, "run_key": key}
 
         class _Trajectory(TrainerCallback):
@@ -516,17 +516,21 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                 if _interrupt_after is not None and step >= _interrupt_after:
                     raise KeyboardInterrupt(f"test interruption after step {step}")
 
-        class _AdaLora(TrainerCallback):
+        class _StepHook(TrainerCallback):
+            """The method's ``on_optimizer_step`` hook (AdaLoRA's rank allocation) after every optimizer step."""
+
+            def __init__(self, hook):
+                self.hook = hook
+
             def on_optimizer_step(self, args, st, control, **kw):
-                m = getattr(model, "module", model)
-                m.base_model.update_and_allocate(st.global_step)
+                self.hook(getattr(model, "module", model), st.global_step)
 
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries data only
         trainer.add_callback(_Trajectory())
-        if choice.method.name == "adalora":
-            trainer.add_callback(_AdaLora())
+        if choice.method.on_optimizer_step:
+            trainer.add_callback(_StepHook(resolve(choice.method.on_optimizer_step)))
         if torch.cuda.is_available() and device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t_train, c_train = time.perf_counter(), time.process_time()

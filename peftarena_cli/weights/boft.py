@@ -45,3 +45,26 @@ def boft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
         m = f if m is None else f @ m
     return {"rotation": m.T.contiguous(), "row_scale": s.to(device, torch.float32).reshape(-1),
             "form": f"butterfly factors {nf}, block size {b}"}
+
+
+def boft_config(choice, total_steps: int, model, common: dict):
+    """BOFT's PEFT config: blocks of ``choice.block_size``, the entry's butterfly factor."""
+    from peft import BOFTConfig
+
+    return BOFTConfig(boft_block_size=choice.block_size, boft_block_num=0,
+                      boft_n_butterfly_factor=choice.method.defaults["butterfly_factor"], boft_dropout=0.0,
+                      **common)
+
+
+def check_butterfly(choice, modules) -> None:
+    """OFT's block-size check, then: the block count of every module divisible by 2^(factor - 1)."""
+    from peftarena_cli.weights.oft import check_block_size
+
+    check_block_size(choice, modules)
+    b = choice.block_size
+    f = choice.method.defaults["butterfly_factor"]
+    nb = sorted({m.in_features // b for _, m in modules if (m.in_features // b) % (2 ** (f - 1))})
+    if nb:
+        raise IncompatibleInputs(
+            f"--block-size {b} gives {nb[0]} blocks, not divisible by 2^(butterfly factor - 1) = {2 ** (f - 1)}",
+            hint="choose a block size giving an even number of blocks per layer")

@@ -14,13 +14,15 @@ from peftarena_cli.artifacts.adapters import Adapter, is_adapter_path, load_adap
 from peftarena_cli.artifacts.keys import module_of_key
 from peftarena_cli.artifacts.safetensors_io import ModelRef, WeightSource, linear_weight_names, module_name, resolve_model
 from peftarena_cli.errors import UnsupportedMethod
-from peftarena_cli.methods import method_name, peft_types
+from peftarena_cli.methods import full_method, method_name, peft_types
 from peftarena_cli.weights.full import check_full_dtypes
+
+ADAPTER, FULL = "adapter", "full"  # the two kinds of fine-tuned artifact
 
 
 @dataclass
 class Finetuned:
-    """A fine-tuned artifact: ``kind`` is ``"adapter"`` or ``"full"``."""
+    """A fine-tuned artifact: ``kind`` is ``ADAPTER`` (``"adapter"``) or ``FULL`` (``"full"``)."""
 
     spec: str
     kind: str
@@ -34,6 +36,11 @@ class Finetuned:
     cache: dict = field(default_factory=dict)  # per-fine-tune scratch (e.g. VeRA's shared projections)
 
     @property
+    def is_full(self) -> bool:
+        """A full fine-tuned model (every weight), not a PEFT adapter."""
+        return self.kind == FULL
+
+    @property
     def peft_type(self) -> str:
         return self.adapter.peft_type if self.adapter is not None else "FULL"
 
@@ -44,8 +51,8 @@ class Finetuned:
     @property
     def method(self) -> str:
         """The canonical method name (the registry's, :mod:`peftarena_cli.methods`) used in every table."""
-        if self.kind == "full":
-            return "full"
+        if self.is_full:
+            return full_method().name
         name = method_name(self.config, self.adapter.metadata)
         if name is None:
             raise UnsupportedMethod(f"unsupported PEFT type {self.peft_type!r} in {self.spec!r}")
@@ -58,7 +65,7 @@ class Finetuned:
 
     def module_names(self) -> list[str]:
         """Module names (base naming, without ``.weight``) this fine-tune changes."""
-        if self.kind == "adapter":
+        if not self.is_full:
             return list(self.modules)
         return [module_name(k) for k in linear_weight_names(self.source)]
 
@@ -82,11 +89,11 @@ def open_finetuned(spec: str | os.PathLike, device: str = "cpu") -> Finetuned:
                 continue
             mod, suffix = hit
             modules.setdefault(mod, {})[suffix] = v
-        return Finetuned(spec=s, kind="adapter", adapter=ad, modules=modules, shared=shared)
+        return Finetuned(spec=s, kind=ADAPTER, adapter=ad, modules=modules, shared=shared)
     ref = resolve_model(s)
     source = WeightSource.from_ref(ref, device="cpu")
     check_full_dtypes(source, s)
-    return Finetuned(spec=s, kind="full", ref=ref, source=source)
+    return Finetuned(spec=s, kind=FULL, ref=ref, source=source)
 
 
 def unsupported(ft: Finetuned, why: str):

@@ -12,6 +12,8 @@ from peftarena_cli.errors import IncompatibleInputs
 from peftarena_cli.weights.finetuned import unsupported
 from peftarena_cli.artifacts.keys import raise_missing
 
+FEEDFORWARD = ("down_proj", "fc2", "dense_4h_to_h", "w2", "c_proj")  # modules IA3 scales on the input side
+
 
 def ia3_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     lvec = ft.modules[module].get("ia3_l")
@@ -31,3 +33,18 @@ def ia3_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     if ft.config.get("fan_in_fan_out"):
         unsupported(ft, "fan_in_fan_out (Conv1D/GPT-2 style) layers are not supported")
     return {"delta_t": w0 * (lvec - 1.0), "form": form}
+
+
+def ia3_config(choice, total_steps: int, model, common: dict):
+    """IA3's PEFT config; ``all-linear`` is resolved to the model's module names (the feedforward list
+    must be a subset of the targets when the saved config is read back)."""
+    from peft import IA3Config
+
+    from peftarena_cli.weights.targets import linear_modules
+
+    tm = common["target_modules"]
+    if tm == "all-linear" and model is not None:
+        tm = sorted({n.rsplit(".", 1)[-1] for n, _ in linear_modules(model, "all-linear")})
+        common = {**common, "target_modules": tm}
+    ff = list(FEEDFORWARD) if tm == "all-linear" else [t for t in tm if t in FEEDFORWARD]
+    return IA3Config(feedforward_modules=ff, **common)

@@ -14,6 +14,12 @@ All from PEFT's saved tensors, matching PEFT's own ``merge_and_unload``:
   top/bottom right singular vectors of W0) and reported as ``pissa converted``.
 * DoRA: W1 = diag(m / ‖W0 + s B A‖_row) (W0 + s B A), the magnitude included.
 * AdaLoRA: ΔW = B (A ⊙ E) · s / (r_init + 1e-5) with s = α (or r when α ≤ 0).
+
+The same file says how ``peftarena finetune`` trains them (the registry names each function): the
+PEFT configs (:func:`lora_config`, :func:`pissa_config`, :func:`dora_config`, :func:`adalora_config`),
+the rank check before training (:func:`check_rank`), MiLoRA's initialisation after PEFT wraps the
+model (:func:`milora_init`: MiLoRA is not a PEFT init option) and AdaLoRA's rank allocation after
+each optimizer step (:func:`adalora_allocate`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import re
 import torch
 
 from peftarena_cli.artifacts.keys import expect_shape, raise_missing
+from peftarena_cli.errors import IncompatibleInputs
 from peftarena_cli.weights.finetuned import unsupported
 
 
@@ -57,6 +64,18 @@ def _factors(module: str, w0: torch.Tensor, params: dict, device: str):
     expect_shape(a, (r, in_f), module, "lora_A")
     expect_shape(b, (out_f, r), module, "lora_B")
     return b.to(device=device, dtype=torch.float32), a.to(device=device, dtype=torch.float32)
+
+
+RESIDUAL_INITS = ("pissa", "olora", "corda")  # PEFT inits that train on a residual base W_res ≠ W0
+
+
+def residual_init(config: dict) -> str | None:
+    """The config's ``init_lora_weights`` when it trained the adapter on a residual base (PiSSA, OLoRA,
+    CorDA saved unconverted), else None."""
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().split("_")[0] in RESIDUAL_INITS:
+        return init
+    return None
 
 
 def lora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
@@ -156,3 +175,78 @@ def adalora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     a = a.to(device=device, dtype=torch.float32) * e.to(device=device, dtype=torch.float32)
     b = b.to(device=device, dtype=torch.float32) * f
     return {"factors": (b, a), "form": f"rank {r} of init_r {init_r}"}
+
+
+# ---- training (named by the registry entries of lora, pissa, milora, dora, adalora)
+
+def _lora(choice, common: dict, init=True, use_dora: bool = False):
+    from peft import LoraConfig
+
+    return LoraConfig(r=choice.rank, lora_alpha=choice.alpha, lora_dropout=0.0, init_lora_weights=init,
+                      use_dora=use_dora, **common)
+
+
+def lora_config(choice, total_steps: int, model, common: dict):
+    """LoRA (B initialised to zero); MiLoRA too, re-initialised by :func:`milora_init` after wrapping."""
+    return _lora(choice, common)
+
+
+def pissa_config(choice, total_steps: int, model, common: dict):
+    """PiSSA: PEFT's own ``pissa`` init (the r largest singular triplets, residual base)."""
+    return _lora(choice, common, init="pissa")
+
+
+def dora_config(choice, total_steps: int, model, common: dict):
+    """DoRA: LoRA with a magnitude vector (``use_dora``)."""
+    return _lora(choice, common, use_dora=True)
+
+
+def adalora_config(choice, total_steps: int, model, common: dict):
+    """AdaLoRA: start at rank ⌈1.5 r⌉ (at least r + 1) and prune to r between 10 % and 80 % of the steps."""
+    from peft import AdaLoraConfig
+
+    t = max(int(total_steps), 1)
+    tinit, tfinal = int(0.1 * t), int(0.2 * t)
+    if t - tinit - tfinal <= 0:
+        tinit, tfinal = 0, 0
+    init_r = max(choice.rank + 1, (3 * choice.rank + 1) // 2)
+    return AdaLoraConfig(target_r=choice.rank, init_r=init_r, lora_alpha=choice.alpha, lora_dropout=0.0,
+                         tinit=tinit, tfinal=tfinal, deltaT=1, total_step=t, **common)
+
+
+def check_rank(choice, modules) -> None:
+    """The rank must not exceed the smallest width of any targeted module."""
+    small = min(min(m.in_features, m.out_features) for _, m in modules)
+    if choice.rank > small:
+        raise IncompatibleInputs(f"--rank {choice.rank} exceeds the smallest targeted width {small}",
+                                 hint="pass a smaller --rank")
+
+
+def milora_init(peft_model, adapter_name: str = "default") -> None:
+    """MiLoRA: set A, B from the r *smallest* singular triplets of each base weight, W_res = W - s B A.
+
+    Mirrors PEFT's ``pissa_init`` (same factor split A = sqrt(S/s) Vh, B = U sqrt(S/s)).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for mod in peft_model.modules():
+            if not isinstance(mod, LoraLayer) or adapter_name not in mod.lora_A:
+                continue
+            base = mod.get_base_layer()
+            w = base.weight
+            dtype = w.dtype
+            r = mod.r[adapter_name]
+            s = mod.scaling[adapter_name]
+            U, S, Vh = torch.linalg.svd(w.data.to(torch.float32), full_matrices=False)
+            Sr = S[-r:] / s
+            A = torch.diag(torch.sqrt(Sr)) @ Vh[-r:]
+            B = U[:, -r:] @ torch.diag(torch.sqrt(Sr))
+            mod.lora_A[adapter_name].weight.data = A.contiguous()
+            mod.lora_B[adapter_name].weight.data = B.contiguous()
+            base.weight.data = (w.data.to(torch.float32) - s * B @ A).to(dtype)
+
+
+def adalora_allocate(peft_model, step: int) -> None:
+    """AdaLoRA's budgeted rank reallocation, run by the trainer after every optimizer step."""
+    peft_model.base_model.update_and_allocate(step)

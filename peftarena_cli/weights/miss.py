@@ -45,3 +45,18 @@ def miss_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     s = torch.zeros(r, in_f, device=device)
     s[cols % r, cols] = 1.0
     return {"factors": (m.T.contiguous(), s), "form": form}
+
+
+def miss_config(choice, total_steps: int, model, common: dict):
+    """MiSS's PEFT config (the default shard form, rank ``choice.rank``)."""
+    from peft import MissConfig
+
+    return MissConfig(r=choice.rank, miss_dropout=0.0, **common)
+
+
+def check_rank(choice, modules) -> None:
+    """The rank must divide the output width of every targeted module."""
+    bad = sorted({m.out_features for _, m in modules if m.out_features % choice.rank})
+    if bad:
+        raise IncompatibleInputs(f"--rank {choice.rank} does not divide the output width {bad[0]} of the targeted modules",
+                                 hint="MiSS needs a rank that divides every targeted layer's output width")

@@ -119,3 +119,19 @@ def oft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     if cfg.get("coft"):
         form += ", coft"
     return {"rot_blocks": rot, "form": form}
+
+
+def oft_config(choice, total_steps: int, model, common: dict):
+    """OFT's PEFT config: blocks of ``choice.block_size`` (PEFT's ``r`` then follows from the width)."""
+    from peft import OFTConfig
+
+    return OFTConfig(r=0, oft_block_size=choice.block_size, module_dropout=0.0, **common)
+
+
+def check_block_size(choice, modules) -> None:
+    """The block size must divide the input width of every targeted module (OFT and BOFT)."""
+    b = choice.block_size
+    bad = sorted({m.in_features for _, m in modules if m.in_features % b})
+    if bad:
+        raise IncompatibleInputs(f"--block-size {b} does not divide the input width {bad[0]} of the targeted modules",
+                                 hint="choose a block size that divides every targeted layer's input width")

@@ -55,3 +55,10 @@ def vera_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     af = ld.to(device, torch.float32)[:, None] * a[:, :in_f].to(device)
     saved = any(k.endswith("vera_A") for k in ft.shared)
     return {"factors": (bf, af), "form": "saved projections" if saved else "projections regenerated from projection_prng_key"}
+
+
+def vera_config(choice, total_steps: int, model, common: dict):
+    """The PEFT config ``peftarena finetune`` trains VeRA with (projections saved with the adapter)."""
+    from peft import VeraConfig
+
+    return VeraConfig(r=choice.rank, vera_dropout=0.0, save_projection=True, **common)
