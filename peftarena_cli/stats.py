@@ -292,8 +292,8 @@ def _guess_scorer(g) -> str:
 
 
 def _kind_of(scorer: str):
-    """The scorer kind of a per-sample table's scorer name: a built-in suite's (``bbh``) or one scored
-    under a protocol (``bbh:study``, ``nq:lm-eval``); None for a name no kind claims."""
+    """The scorer kind of a per-sample table's scorer name: a built-in suite's (the kind's own name) or
+    one scored under a protocol (``KIND:PROTOCOL``); None for a name no kind claims."""
     try:
         return scorer_kinds.kind_of(scorer)
     except ValueError:
