@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftarena_cli.artifacts.identity import weights_fingerprint  # noqa: F401 (its name here too)
 from peftarena_cli.errors import IncompatibleInputs, InvalidArtifact
 
 FORMAT = "peftarena.csd-stats/1"
@@ -145,26 +146,6 @@ def merge_stats_files(paths) -> tuple[dict[str, InputMoments], str]:
             else:
                 merged[sname] = m
     return merged, base or ""
-
-
-def weights_fingerprint(ref) -> str:
-    """Identity of a model's weights for stats files: the cheap header identity plus the first and
-    last 64 KiB of tensor data of every weight file (two checkpoints of one architecture share
-    headers, so the header alone cannot tell them apart)."""
-    import hashlib
-
-    from peftarena_cli.artifacts.identity import safetensors_header
-
-    h = hashlib.sha256(ref.identity().encode())
-    for f in ref.weight_files:
-        start = 8 + len(safetensors_header(f))
-        size = f.stat().st_size
-        with open(f, "rb") as fh:
-            fh.seek(start)
-            h.update(fh.read(65536))
-            fh.seek(max(start, size - 65536))
-            h.update(fh.read(65536))
-    return h.hexdigest()[:16]
 
 
 def check_stats_base(stats_base: str, base_fingerprint: str, base_spec: str) -> None:

@@ -76,3 +76,20 @@ def tensor_identity(header_entry: dict, file_id: str, name: str) -> str:
     h.update(name.encode())
     h.update(repr(sorted(header_entry.items())).encode())
     return h.hexdigest()[:24]
+
+
+def weights_fingerprint(ref) -> str:
+    """Identity of a model's weights (a :class:`~peftarena_cli.artifacts.safetensors_io.ModelRef`),
+    for stats files and evaluation provenance: the cheap header identity plus the first and last
+    64 KiB of tensor data of every weight file (two checkpoints of one architecture share headers,
+    so the header alone cannot tell them apart)."""
+    h = hashlib.sha256(ref.identity().encode())
+    for f in ref.weight_files:
+        start = 8 + len(safetensors_header(f))
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            fh.seek(start)
+            h.update(fh.read(65536))
+            fh.seek(max(start, size - 65536))
+            h.update(fh.read(65536))
+    return h.hexdigest()[:16]

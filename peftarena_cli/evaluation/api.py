@@ -3,7 +3,9 @@
 * :func:`evaluate_target` — the target (plasticity) score on one loaded model;
 * :func:`evaluate_general` — the general (stability) score;
 * :func:`builtin_prompts` — prompt texts of the built-in suites, as prompt sets;
-* :func:`score_responses` / :func:`rescore_table` — scoring completions made elsewhere.
+* :func:`score_responses` / :func:`rescore_table` — scoring completions made elsewhere;
+  :func:`read_responses` reads a responses file and :func:`responses_task` finds the task its
+  records answer.
 
 They take an already-loaded model (a transformers model or a PeftModel whose weights may change in
 place between calls) and never reload it. Each returns ``(per_sample, summary)`` DataFrames;
@@ -79,7 +81,9 @@ def _device_type(model) -> str:
         return "cpu"
 
 
-def _check_ks(ks, n_samples):
+def check_ks(ks, n_samples):
+    """``ks`` (pass@k / maj@k values, "1,2,4" or a list) parsed against ``n_samples`` samples per item:
+    a k larger than n is an incompatible input (exit 1). None stays None."""
     from peftarena_cli.evaluation.metrics import parse_ks
 
     if ks is None:
@@ -172,7 +176,7 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, 
     if n_samples is not None and int(n_samples) < 1:
         raise IncompatibleInputs(f"-n must be at least 1, got {n_samples}")
     tasks = load_target_tasks(task, limit, seed, protocol, n_samples, temperature, max_new_tokens)
-    ks = _check_ks(ks, min(t.n_samples for t in tasks))
+    ks = check_ks(ks, min(t.n_samples for t in tasks))
     total = sum(len(t.items) * _runs(t) for t in tasks)
     frames, summary, primaries, off = [], [], {}, 0
     tokens, secs = 0, 0.0
@@ -365,7 +369,7 @@ def _summary_for(df, scorers: dict, ks, kind, prots: dict):
         return general_summary({t: (scorers[t], df[df["task"] == t]) for t in scorers}, prots)
     summary, primaries = [], {}
     n = int(df["sample"].max()) + 1
-    ks = _check_ks(ks, n)
+    ks = check_ks(ks, n)
     for t, sc in scorers.items():
         rows, primaries[t] = summarize(df[df["task"] == t], sc, t, ks)
         summary += _stamp(rows, *prots[t])
@@ -415,6 +419,96 @@ def score_responses(task, records: list[dict], ks=None, kind: str = "auto", prot
         r["meta"] = json.dumps(dict(json.loads(r["meta"]), generated_under="external"))
     df = to_frame(rows)
     return df, _summary_for(df, {task.name: sub.scorer}, ks, kind, {task.name: (sub.protocol, "", "external")})
+
+
+def read_responses(path) -> tuple:
+    """A ``--responses`` file: ``(per_sample, None)`` for a per-sample Parquet of an earlier run,
+    ``(None, records)`` for JSONL (or another records file) whose records carry a ``response``."""
+    from pathlib import Path
+
+    from peftarena_cli.errors import InputNotFound
+
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFound(f"no such responses file: {str(path)!r}", hint="pass a per-sample .parquet or a .jsonl with a response field")
+    if path.suffix == ".parquet":
+        from peftarena_cli.artifacts.tables import read_table
+
+        return read_table(path)[0], None
+    from peftarena_cli.tasks.sources import read_records
+
+    records = read_records(path)
+    check_response_types(path, records)
+    return None, records
+
+
+def check_response_types(path, records: list) -> None:
+    """Each record's ``response`` is a string (the completion): a number, list or null would be
+    scored as an empty completion, wrong. Refused with the line of a JSONL file (the record elsewhere)."""
+    from pathlib import Path
+
+    path = Path(path)
+    bad = next((j for j, r in enumerate(records)
+                if isinstance(r, dict) and "response" in r and not isinstance(r["response"], str)), None)
+    if bad is None:
+        return
+    where = f"record {bad}"
+    if path.suffix == ".jsonl":  # read_records skips blank lines: count them back
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        where = f"line {[i for i, line in enumerate(lines, 1) if line.strip()][bad]}"
+    raise DataError(f"{str(path)!r} {where}: 'response' is {json_kind(records[bad]['response'])}, not a string",
+                    hint="each line's response is the completion text, a JSON string")
+
+
+RESPONSE_KEYS = {"id", "key", "prompt", "response"}  # what identifies an item and its completion, no task field
+
+
+def responses_task(kind: str, spec: str, path, records: list, *, limit=None, seed: int = 0, protocol=None) -> tuple:
+    """The task whose items the responses ``records`` (read from ``path``) answer, and whether the
+    records are the task's own records in order (``aligned``: the i-th record answers the i-th item).
+
+    ``kind="target"``: a built-in target task is regenerated (enough items for every record); a
+    ``NAME=PATH`` spec is loaded from PATH; records with no task field (only id / key / prompt /
+    response) are matched against the named benchmark; other records are read as the task itself.
+
+    ``kind="general"``: one suite part. A hub benchmark without a path is read from the records
+    when they carry the fields its records hold (its registry entry's ``fields``), else matched
+    against the hub task by prompt; a benchmark whose local form is a folder needs it. Built-in
+    parts are regenerated, ``NAME=PATH`` parts loaded. The general task comes under ``protocol``."""
+    from peftarena_cli.errors import UsageError
+    from peftarena_cli.tasks import benchmarks
+
+    if kind == "target":
+        from peftarena_cli.tasks.sources import split_spec
+        from peftarena_cli.tasks.target_tasks import load_target_task
+
+        name, p = split_spec(spec)
+        entry = benchmarks.get(name)
+        if entry is not None and entry.part == "target" and entry.builtin:  # procedural: regenerate the items
+            return load_target_task(name, limit=max(limit or 0, len(records), 100), seed=seed), False
+        if p:
+            return load_target_task(spec, limit=None, seed=seed), False
+        if records and set(records[0]) <= RESPONSE_KEYS:  # no task fields: match the hub task
+            return load_target_task(name, limit=None, seed=seed), False
+        return load_target_task(f"{name}={path}", limit=None, seed=seed), True
+    parts = [s for s in spec.split(",") if s.strip()]
+    if len(parts) != 1:
+        raise UsageError("--responses JSONL scores one suite part at a time", hint="pass e.g. --suite ifeval=input_data.jsonl")
+    name, _, p = parts[0].partition("=")
+    entry = benchmarks.get(name)
+    if entry is not None and entry.part == "general" and not entry.builtin and not p:
+        if entry.local == "folder":
+            label = name.upper()
+            raise DataError(f"{label} responses need the {label} folder for targets", hint=f"pass --suite {name}=DIR")
+        if records and all(f in records[0] for f in entry.fields):
+            # the records carry the task's fields: they are the task file
+            return load_general_tasks(f"{name}={path}", protocol=protocol)[0], True
+        # e.g. IFEval's input_response_data.jsonl (prompt, response): match the hub task by prompt
+        return load_general_tasks(name, protocol=protocol)[0], False
+    lim = part_limit(parse_limit(limit), name.partition(".")[2] or "*")
+    # built-in parts are regenerated with an item for every record; NAME=PATH parts are read whole
+    return load_general_tasks(parts[0], limit=max(lim or 0, len(records)) if name.startswith("builtin") else None,
+                              seed=seed, protocol=protocol)[0], False
 
 
 def json_kind(v) -> str:

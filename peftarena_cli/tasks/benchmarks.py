@@ -140,6 +140,8 @@ class Benchmark:
     limit_key: str | None = None         # the part name a per-part --limit gives it
     task_name: str | None = None         # the name of the task it loads, when not ``name`` (built-in parts)
     title: str = ""                      # one line for the CLI help and docs
+    fields: tuple[str, ...] = ()         # fields its records hold; a --responses file carrying them is read as the task
+    local: str = "file"                  # what NAME=PATH names: a records "file" or a "folder" of them
 
     @property
     def builtin(self) -> bool:
@@ -147,6 +149,8 @@ class Benchmark:
 
 
 REGISTRY: dict[str, Benchmark] = {}
+# What eval-target --task, eval-general --suite and drift's prompt sets default to, per part.
+DEFAULT_SPECS = {"target": "arith", "general": "builtin"}
 
 
 def register(b: Benchmark, replace: bool = False) -> Benchmark:
@@ -239,11 +243,12 @@ def _entries():
         register(Benchmark(f"builtin.{part}", "general", "general", part,
                            items=f"builtin.{part}", limit_key=part, task_name=task_name))
     register(Benchmark("ifeval", "general", "general", "ifeval", "ifeval", both("ifeval"), ("google/IFEval", None, "train"),
-                       items="ifeval", limit_key="ifeval"))
+                       items="ifeval", limit_key="ifeval", fields=("instruction_id_list", "kwargs")))
     register(Benchmark("bbh", "general", "general", "bbh", "bbh", both("bbh"), ("lukaemon/bbh", None, "test"),
-                       items="bbh", limit_key="bbh"))
+                       items="bbh", limit_key="bbh", local="folder"))
     register(Benchmark("nq_open", "general", "general", "nq", "nq_open", both("nq_open"),
-                       ("google-research-datasets/nq_open", None, "validation"), items="nq_open", limit_key="nq_open"))
+                       ("google-research-datasets/nq_open", None, "validation"), items="nq_open", limit_key="nq_open",
+                       fields=("question", "answer")))
 
 
 _entries()

@@ -1,0 +1,150 @@
+"""Core entry point of ``peftarena drift``: :func:`run_drift` (docs/drift.md).
+
+It takes a :class:`DriftConfig` and returns the drift rows, their summary and what the provenance
+records; nothing here prints or writes a table. The CLI (``peftarena_cli/cli/drift.py``) parses
+its options into a config, calls :func:`check_drift`, checks its output, calls :func:`run_drift`,
+shows progress and the summary and writes the table. ``progress(description)`` returns a context
+manager whose value has a ``callback(done, total, label)`` (one per phase: forming ΔW, drift);
+``log``/``warn`` receive one-line messages. The measurement itself is
+:func:`peftarena_cli.evaluation.drift.measure_drift` on a path model of this package.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from peftarena_cli.errors import UsageError
+
+DRIFT_SETS = ("target", "general")
+
+
+def _no_log(msg: str) -> None:
+    return None
+
+
+def _no_progress(description: str):
+    return nullcontext(type("NoBar", (), {"callback": staticmethod(lambda *a, **k: None)})())
+
+
+def _spec(given: str | None, part: str) -> str:
+    """A task or suite spec as given, else the default of its part (target or general)."""
+    from peftarena_cli.tasks.benchmarks import DEFAULT_SPECS
+
+    return DEFAULT_SPECS[part] if given is None else given
+
+
+@dataclass
+class DriftConfig:
+    """What ``peftarena drift`` asks for (docs/drift.md). ``sets``: "target", "general" or both
+    (a comma list or a sequence); ``target_task`` / ``general_suite``: None takes the default."""
+
+    base: str
+    finetuned: str
+    alphas: str = "1"                          # start:stop:step or a comma list
+    sets: str | Sequence[str] = "target,general"
+    target_task: str | None = None
+    general_suite: str | None = None
+    limit: int | None = 64
+    max_new_tokens: int = 32
+    reference: bool = True
+    path: str | None = None                    # dense or native for α < 1; None: native when the method has one
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+
+    def chosen_sets(self) -> list[str]:
+        """The prompt sets asked for, in the order given (lower case)."""
+        parts = self.sets.split(",") if isinstance(self.sets, str) else list(self.sets)
+        return [s.strip().lower() for s in parts if s.strip()]
+
+    def specs(self) -> dict:
+        """{prompt set: task or suite spec} of the chosen sets (the defaults where none was given)."""
+        given = {"target": self.target_task, "general": self.general_suite}
+        return {s: _spec(given[s], s) for s in self.chosen_sets() if s in given}
+
+
+@dataclass
+class DriftResult:
+    """Drift rows (one per prompt × α × source), their summary (per α, prompt set and source) and
+    what the provenance records (``inputs`` {role: (spec, identity)}, ``extra``)."""
+
+    table: object
+    summary: object
+    grid: list
+    sets: list
+    method: str
+    path: str
+    device: str
+    inputs: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    n_prompts: int = 0
+    load_seconds: float = 0.0
+    measure_seconds: float = 0.0
+
+
+def check_drift(cfg: DriftConfig) -> tuple[list[float], list[str]]:
+    """The option checks that read no file (usage errors): returns the α grid and the chosen sets."""
+    from peftarena_cli.evaluation.protocols import check_generation_options
+    from peftarena_cli.interpolation.alphas import parse_alphas
+
+    grid = parse_alphas(cfg.alphas, False)
+    chosen = cfg.chosen_sets()
+    bad = [s for s in chosen if s not in DRIFT_SETS]
+    if bad or not chosen:
+        raise UsageError(f"unknown --sets entry {bad[0] if bad else cfg.sets!r}", hint="use target, general or target,general")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
+        raise UsageError("--max-new-tokens and --batch-size must be at least 1")
+    check_generation_options(cfg.max_new_tokens)  # the continuation length, bounded like the evals'
+    return grid, chosen
+
+
+def run_drift(cfg: DriftConfig, *, progress: Callable | None = None, log: Callable[[str], None] | None = None,
+              warn: Callable[[str], None] | None = None) -> DriftResult:
+    """Output drift of ``cfg.finetuned`` against ``cfg.base`` at each α (docs/drift.md): one path
+    model, the base's greedy continuations teacher-forced at α = 0 and at each α."""
+    progress, log, warn = progress or _no_progress, log or _no_log, warn or _no_log
+    grid, chosen = check_drift(cfg)
+    from peftarena_cli.evaluation.api import load_general_tasks, load_target_tasks
+    from peftarena_cli.evaluation.drift import drift_summary, measure_drift
+    from peftarena_cli.interpolation import sweep
+
+    specs = cfg.specs()
+    prompt_sets = {}
+    if "target" in chosen:
+        prompt_sets["target"] = load_target_tasks(specs["target"], cfg.limit, cfg.seed)
+    if "general" in chosen:
+        prompt_sets["general"] = load_general_tasks(specs["general"], cfg.limit, cfg.seed)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    with progress("forming ΔW") as bar:
+        # merge=True: each α is merged into the weights (PEFT's merge), so forwards cost the base model's
+        # (unmerged, DoRA re-forms its norms and OFT its rotations at every forward)
+        setup = sweep.open_path_model(cfg.base, cfg.finetuned, path=cfg.path, dtype=cfg.dtype, device=cfg.device,
+                                      callback=bar.callback, merge=True)
+    for note in setup.notes:
+        warn(note)
+    load_s = time.perf_counter() - t0
+    log(f"loaded {cfg.base} + {cfg.finetuned} ({setup.method}, {setup.path} path) in {load_s:.1f} s")
+    t1 = time.perf_counter()
+    with progress("drift") as bar:
+        df = measure_drift(setup.path_model, setup.tokenizer, prompt_sets, grid, max_new_tokens=cfg.max_new_tokens,
+                           batch_size=cfg.batch_size, reference=cfg.reference, callback=bar.callback)
+    measure_s = time.perf_counter() - t1
+    n_prompts = df.groupby(["prompt_set", "task", "id"]).ngroups if len(df) else 0
+    log(f"{n_prompts} prompts × {len(grid)} α in {measure_s:.1f} s")
+    extra = dict(path=setup.path, method=setup.method, alphas=grid, sets=chosen,
+                 target_task=_spec(cfg.target_task, "target"), general_suite=_spec(cfg.general_suite, "general"),
+                 limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, reference=cfg.reference)
+    return DriftResult(
+        table=df, summary=drift_summary(df), grid=grid, sets=chosen, method=setup.method, path=setup.path,
+        device=str(next(setup.path_model.model.parameters()).device),
+        inputs={"base": (cfg.base, setup.ref.identity()), "finetuned": (cfg.finetuned, setup.finetuned.identity())},
+        extra=extra, n_prompts=n_prompts, load_seconds=load_s, measure_seconds=measure_s)
