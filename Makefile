@@ -2,6 +2,7 @@
 #
 #   make demo    set up everything, then run the main job on the embedded default model
 #   make test    run the whole test suite
+#   make sweep   methods x learning rates x seeds on the arithmetic task, with the sweep report
 #
 # GPU users: `make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"`
 # (any CUDA build of torch >= 2.4); the default pins the CPU wheel this machine kind has on disk.
@@ -58,3 +59,5 @@ clean-venv:
 
 # The reproduction pipeline (demo / arena stages over artifacts).
 include scripts/arena.mk
+# `make sweep`: the methods over learning rates and seeds (scripts/sweep.mk; SWEEP_METHODS=, SEEDS=, LR_MULTS=).
+include scripts/sweep.mk
