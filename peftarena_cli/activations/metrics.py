@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from peftarena_cli.activations.pair_sums import PairSums
 
@@ -176,39 +178,125 @@ def geometry_from_sums(ps: PairSums, ks=PCA_KS) -> dict:
         return _geometry(ps, ks)
 
 
-def _geometry(ps: PairSums, ks) -> dict:
+class Sums:
+    """One module's streamed sums with the quantities several metrics share, each computed once on
+    first use: ``n``, the centred cross-products ``C00``/``C11``/``C01`` (float64) and their traces
+    ``t00``/``t11``, the PCA orders ``ks``. A metric reads what it needs from here."""
+
+    def __init__(self, ps: PairSums, ks=PCA_KS):
+        self.ps = ps
+        self.ks = tuple(ks)
+        self.n = ps.n_tokens
+        self._c = None
+
+    def _centred(self):
+        if self._c is None:
+            self._c = _centred(self.ps)
+        return self._c
+
+    @property
+    def C00(self):
+        return self._centred()[0]
+
+    @property
+    def C11(self):
+        return self._centred()[1]
+
+    @property
+    def C01(self):
+        return self._centred()[2]
+
+    @property
+    def t00(self) -> float:
+        import torch
+
+        return float(torch.trace(self.C00))
+
+    @property
+    def t11(self) -> float:
+        import torch
+
+        return float(torch.trace(self.C11))
+
+
+@dataclass(frozen=True)
+class GeomMetric:
+    """One entry of the act-geom metric list: ``compute(Sums) -> {column: value}`` gives its columns
+    (in order); ``leaderboard`` names the columns `peftarena report` averages per prompt set (ag_*)."""
+
+    name: str
+    compute: Callable[[Sums], dict]
+    leaderboard: tuple[str, ...] = ()
+
+
+def _residuals(m: Sums) -> dict:
     import torch
 
-    n = ps.n_tokens
-    C00, C11, C01 = _centred(ps)
-    t00 = float(torch.trace(C00))
-    t11 = float(torch.trace(C11))
+    ps = m.ps
     sd = (ps.s1.to(torch.float64) - ps.s0.to(torch.float64))
-    raw2 = max(float(ps.dd) - float(sd @ sd) / max(n, 1), 0.0)
-    nuc = nuclear_norm(C01)
-    proc2 = max(t11 + t00 - 2.0 * nuc, 0.0)
-    denom = math.sqrt(t00) if t00 > 0 else float("nan")
-    raw = math.sqrt(raw2) / denom
-    proc = math.sqrt(proc2) / denom
+    raw2 = max(float(ps.dd) - float(sd @ sd) / max(m.n, 1), 0.0)
+    proc2 = max(m.t11 + m.t00 - 2.0 * nuclear_norm(m.C01), 0.0)
+    denom = math.sqrt(m.t00) if m.t00 > 0 else float("nan")
+    raw, proc = math.sqrt(raw2) / denom, math.sqrt(proc2) / denom
+    return {"raw_residual": raw, "procrustes_residual": proc, "procrustes_improvement": raw - proc}
+
+
+def _gram(m: Sums) -> dict:
+    import torch
+
     f = lambda t: t.to(torch.float64)  # noqa: E731
-    g00 = float(f(ps.G00).pow(2).sum())
-    g11 = float(f(ps.G11).pow(2).sum())
-    g01 = float(f(ps.G01).pow(2).sum())
-    gram = math.sqrt(max(g11 + g00 - 2.0 * g01, 0.0)) / math.sqrt(g00) if g00 > 0 else float("nan")
-    cka_den = float(C00.norm()) * float(C11.norm())
-    cka = float(C01.pow(2).sum()) / cka_den if cka_den > 0 else float("nan")
-    out = {
-        "n_tokens": n,
-        "raw_residual": raw,
-        "procrustes_residual": proc,
-        "procrustes_improvement": raw - proc,
-        "gram_distortion": gram,
-        "cka": cka,
-        "cos_drift": 1.0 - float(torch.trace(f(ps.G01))) / max(n, 1),
-        "log_norm_ratio": float(ps.lnr) / max(n, 1),
-        **drift_statistics(ps),
-    }
-    out.update(pca_distances(C00, C11, ks, n))
+    ps = m.ps
+    g00, g11, g01 = (float(f(g).pow(2).sum()) for g in (ps.G00, ps.G11, ps.G01))
+    return {"gram_distortion": math.sqrt(max(g11 + g00 - 2.0 * g01, 0.0)) / math.sqrt(g00) if g00 > 0 else float("nan")}
+
+
+def _cka(m: Sums) -> dict:
+    den = float(m.C00.norm()) * float(m.C11.norm())
+    return {"cka": float(m.C01.pow(2).sum()) / den if den > 0 else float("nan")}
+
+
+def _token_drift(m: Sums) -> dict:
+    import torch
+
+    return {"cos_drift": 1.0 - float(torch.trace(m.ps.G01.to(torch.float64))) / max(m.n, 1),
+            "log_norm_ratio": float(m.ps.lnr) / max(m.n, 1), **drift_statistics(m.ps)}
+
+
+def _pca(m: Sums) -> dict:
+    return pca_distances(m.C00, m.C11, m.ks, m.n)
+
+
+# The metric list: every act-geom column comes from one entry, in this order (docs/act-geom.md).
+METRICS: list[GeomMetric] = [
+    GeomMetric("tokens", lambda m: {"n_tokens": m.n}),
+    GeomMetric("residuals", _residuals, ("raw_residual", "procrustes_residual", "procrustes_improvement")),
+    GeomMetric("gram_distortion", _gram, ("gram_distortion",)),
+    GeomMetric("cka", _cka, ("cka",)),
+    GeomMetric("token_drift", _token_drift, ("cos_drift", "log_norm_ratio")),
+    GeomMetric("pca", _pca, tuple(f"pca_dist_{k}" for k in PCA_KS)),
+]
+
+
+def register_metric(metric: GeomMetric) -> GeomMetric:
+    """Add (or, under the same name, replace) an act-geom metric; its columns follow the others'."""
+    for i, m in enumerate(METRICS):
+        if m.name == metric.name:
+            METRICS[i] = metric
+            return metric
+    METRICS.append(metric)
+    return metric
+
+
+def leaderboard_columns() -> tuple[str, ...]:
+    """The act-geom columns `peftarena report` puts in the leaderboard (per prompt set)."""
+    return tuple(c for m in METRICS for c in m.leaderboard)
+
+
+def _geometry(ps: PairSums, ks) -> dict:
+    sums = Sums(ps, ks)
+    out: dict = {}
+    for m in METRICS:
+        out.update(m.compute(sums))
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftarena_cli.activations.metrics import leaderboard_columns
 from peftarena_cli.artifacts.safetensors_io import check_safetensors
 from peftarena_cli.errors import InvalidArtifact, PeftArenaError
 from peftarena_cli.methods import frozen_keys
@@ -26,10 +27,6 @@ TARGET_METRIC = "target_score"
 GENERAL_METRIC = "general_score"
 
 SPECTRUM_MEAN = ("effective_rank", "fluct_retention", "fluct_energy", "sva_mean")
-ACT_GEOM_METRICS = (
-    "raw_residual", "procrustes_residual", "procrustes_improvement", "gram_distortion", "cka",
-    "cos_drift", "log_norm_ratio", "pca_dist_32", "pca_dist_64",
-)
 SET_COLUMNS = ("prompt_set", "prompts", "distribution", "dist", "set", "split", "dataset", "suite")
 
 
@@ -205,7 +202,7 @@ def geometry_columns(tables: dict, modules: str | None = None) -> dict[str, floa
     ag = tables.get("act_geom")
     if ag is not None:
         a = _select_modules(ag, modules)
-        out.update(_per_set_means(a, ACT_GEOM_METRICS, "ag_"))
+        out.update(_per_set_means(a, leaderboard_columns(), "ag_"))
     drift = tables.get("drift")
     if drift is not None and len(drift):
         out.update(drift_columns(drift))
