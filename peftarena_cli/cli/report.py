@@ -85,9 +85,9 @@ def _sweep_report(root: Path, output: Path, base: str, **unused) -> None:
         warn(note)
     import sys
 
-    cols = ["method", "lr", "steps", "seeds", "target", "general", "gain", "gain_low", "gain_high", "forgetting",
-            "forgetting_low", "forgetting_high", "frontier"]
-    print_table(rep.configs[cols], title="sweep: seed means (95 % seed-and-item intervals)", file=sys.stderr)
+    from peftarena_cli.report.sweep import summary_frame
+
+    print_table(summary_frame(rep.configs), title="sweep: seed means [95 % seed-and-item interval]", file=sys.stderr)
     info(f"sweep report written to {output}/ ({', '.join(p.name for p in written)})")
 
 

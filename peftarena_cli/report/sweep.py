@@ -488,6 +488,20 @@ def sweep_markdown(rep: SweepReport) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary_frame(configs):
+    """A narrow view of the configurations for a terminal: name, seeds, gain and forgetting with
+    their intervals, frontier."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "configuration": configs["key"], "seeds": configs["seeds"],
+        "gain [95% CI]": [f"{_f(v, True)} {_ci(lo, hi)}" for v, lo, hi in
+                          zip(configs["gain"], configs["gain_low"], configs["gain_high"])],
+        "forgetting [95% CI]": [f"{_f(v, True)} {_ci(lo, hi)}" for v, lo, hi in
+                                zip(configs["forgetting"], configs["forgetting_low"], configs["forgetting_high"])],
+        "frontier": ["✓" if f else "" for f in configs["frontier"]]})
+
+
 # ---------------------------------------------------------------- the plane
 def plot_sweep_plane(rep: SweepReport):
     """General score (x) against target score (y): every configuration's seed means with their
