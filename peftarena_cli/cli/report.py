@@ -26,10 +26,12 @@ def report_cmd(
     """Collect eval, spectrum, csd, act-geom and interpolation results into a report directory.
 
     Writes plane.png/.svg (target vs general score, base, Pareto frontier, interpolation paths),
-    spectrum.png (when per-index spectrum tables are given), leaderboard.md/.parquet and
-    correlations.parquet. A short summary goes to stderr. On a `make sweep` folder it writes the sweep
-    report instead: seed means with seed-and-item intervals per (method, lr, steps), per-method
-    frontiers, forgetting at matched gain and Holm-adjusted method pairs (docs/report.md, "Sweeps").
+    spectrum.png (when per-index spectrum tables are given), leaderboard.md/.parquet,
+    correlations.parquet and pairwise.parquet (every pair of fine-tuned methods, paired on the same
+    items, Holm-adjusted within each measure). A short summary goes to stderr. On a `make sweep`
+    folder it writes the sweep report instead: seed means with seed-and-item intervals per (method,
+    lr, steps), per-method frontiers, forgetting at matched gain and Holm-adjusted method pairs
+    (docs/report.md, "Sweeps").
 
     Example:
 
@@ -66,6 +68,10 @@ def report_cmd(
     from peftarena_cli.report.leaderboard import summary_frame
 
     print_table(summary_frame(rep.leaderboard), title="stability–plasticity leaderboard", file=sys.stderr)
+    from peftarena_cli.report.pairwise import pairs_summary
+
+    for line in pairs_summary(rep.pairs):
+        info(f"method against method, {line}")
     info(f"report written to {output}/ ({', '.join(p.name for p in written)})")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from peftarena_cli.errors import OutputError
 
 REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "points.parquet", "plane.png", "plane.svg",
-                "spectrum.png", "path.parquet", "passk.png", "regimes.parquet")
+                "spectrum.png", "path.parquet", "passk.png", "regimes.parquet", "pairwise.parquet")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Report:
     path: object = None  # DataFrame: pass@k and general score per method and training step (trajectory.path_table)
     trajectories: dict = field(default_factory=dict)  # method -> DataFrame(step, target, general, ...) for the plane
     regimes: object = None  # DataFrame: SFT vs RLVR per training method (trajectory.regime_comparison)
+    pairs: object = None  # DataFrame: every pair of fine-tuned methods, Holm-adjusted (pairwise.method_pairs)
 
 
 def combine_curve(curve):
@@ -102,6 +103,11 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
     path = path_table(methods, base_name, infos)
     regimes, rnotes = regime_comparison(methods, lb, base_name)
     notes += rnotes
+    from peftarena_cli.report.pairwise import method_pairs
+    from peftarena_cli.report.uncertainty import method_measures
+
+    tuned = [n for n in lb["method"] if n != base_name]
+    pairs = method_pairs({n: method_measures(methods[n]) for n in tuned}, tuned)
     spectra = {n: m.tables["spectrum_index"] for n, m in methods.items() if "spectrum_index" in m.tables}
     mod = None
     if spectra:
@@ -115,7 +121,7 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
                   reference=ref_df, reference_title=ref_title, notes=notes,
                   inputs={n: [str(f) for fs in m.files.values() for f in fs] for n, m in methods.items()},
                   order=list(methods), points=points, statements=statements, path=path,
-                  trajectories=trajectories(path, _base_point(lb, base_name)), regimes=regimes)
+                  trajectories=trajectories(path, _base_point(lb, base_name)), regimes=regimes, pairs=pairs)
 
 
 def check_pattern(pattern: str | None, option: str) -> None:
@@ -313,6 +319,7 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
     from peftarena_cli.artifacts.atomic import atomic_dir, atomic_write_text
     from peftarena_cli.artifacts.tables import write_table
     from peftarena_cli.report.leaderboard import leaderboard_markdown
+    from peftarena_cli.report.pairwise import pairs_markdown
     from peftarena_cli.report.plots import (REGIME_LINES, REGIME_MARKERS, close, plot_passk, plot_plane, plot_spectrum,
                                             point_styles, save_figure)
     from peftarena_cli.report.trajectory import regime_markdown
@@ -335,8 +342,11 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
             write_table(report.path, tmp / "path.parquet", provenance)
         if report.regimes is not None and len(report.regimes):
             write_table(report.regimes, tmp / "regimes.parquet", provenance)
+        if report.pairs is not None and len(report.pairs):
+            write_table(report.pairs, tmp / "pairwise.parquet", provenance)
         md = leaderboard_markdown(report.leaderboard, report.correlations, statements=report.statements,
-                                  points=report.points, extra=regime_markdown(report.regimes, report.path))
+                                  points=report.points,
+                                  extra=pairs_markdown(report.pairs) + regime_markdown(report.regimes, report.path))
         if report.notes:
             md += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in report.notes) + "\n"
         atomic_write_text(tmp / "leaderboard.md", md)

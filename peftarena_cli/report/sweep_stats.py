@@ -579,8 +579,7 @@ def pairwise_comparisons(points, representative: dict | None = None, levels=None
     """
     import pandas as pd
 
-    if family not in ("measure", "all"):
-        raise UsageError(f"family must be 'measure' or 'all', not {family!r}")
+    check_family(family)
     by = _check_points(points)
     methods = list(dict.fromkeys(p.method for p in points))
     rep = dict(representative or {})
@@ -621,9 +620,28 @@ def pairwise_comparisons(points, representative: dict | None = None, levels=None
                          "a_point": pa, "b_point": pb, "diff": iv.value, "se": iv.se, "ci_low": iv.low,
                          "ci_high": iv.high, "p_value": res.p_value, "note": res.note})
     df = pd.DataFrame(rows, columns=[c for c in PAIR_COLUMNS if c not in ("family", "p_holm", "significant")])
+    return adjust_pairs(df, family)[PAIR_COLUMNS]
+
+
+def check_family(family: str) -> None:
+    if family not in ("measure", "all"):
+        raise UsageError(f"family must be 'measure' or 'all', not {family!r}")
+
+
+def adjust_pairs(df, family: str = "measure"):
+    """Add ``family``, ``p_holm`` and ``significant`` to a table of pairwise comparisons (columns
+    ``measure``, ``p_value``, ``ci_low``, ``ci_high``) and return it; the sweep's pairs and the arena
+    report's method pairs (:mod:`peftarena_cli.report.pairwise`) both go through here.
+
+    ``family`` "measure": Holm's adjustment (:func:`peftarena_cli.stats.holm`) within the rows of each
+    measure; "all": over every row. Rows with a NaN p-value (pairs that could not be compared) keep a
+    NaN ``p_holm`` and are not counted in their family. ``significant``: p_holm < 0.05 and the
+    interval excludes 0.
+    """
+    check_family(family)
     df["family"] = df["measure"] if family == "measure" else "all"
     df["p_holm"] = math.nan
     for _, idx in df.groupby("family", sort=False).groups.items():
         df.loc[idx, "p_holm"] = stats.holm(df.loc[idx, "p_value"].to_numpy(float))
-    df["significant"] = (df["p_holm"] < 0.05) & ((df["ci_low"] > 0) | (df["ci_high"] < 0))
-    return df[PAIR_COLUMNS]
+    df["significant"] = ((df["p_holm"] < 0.05) & ((df["ci_low"] > 0) | (df["ci_high"] < 0))).astype(bool)
+    return df
