@@ -67,6 +67,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from drift' -l reference
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l no-reference
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l path
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l batch-size
+complete -c peftarena -n '__fish_seen_subcommand_from drift' -l chat-template
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l device
@@ -84,6 +85,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l include-b
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l batch-size
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l max-new-tokens
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l protocol
+complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l chat-template
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l backend
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l merge
 complete -c peftarena -n '__fish_seen_subcommand_from eval-general' -l no-merge
@@ -105,6 +107,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -s n
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l samples
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l temperature
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l protocol
+complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l chat-template
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l k
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l limit
 complete -c peftarena -n '__fish_seen_subcommand_from eval-target' -l include-base
@@ -134,7 +137,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l prompt-column
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l response-column
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l answer-column
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l num-examples
-complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l no-chat-template
+complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l chat-template
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l rank
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -s r
 complete -c peftarena -n '__fish_seen_subcommand_from finetune' -l alpha
@@ -175,6 +178,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l general-su
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l limit
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l max-new-tokens
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l protocol
+complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l chat-template
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l stats
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l save-checkpoints
 complete -c peftarena -n '__fish_seen_subcommand_from interpolate' -l allow-extrapolate

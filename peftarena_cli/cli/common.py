@@ -19,6 +19,11 @@ OutputOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when present).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Model dtype for forward passes: float32, bfloat16, float16.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+ChatTemplateOpt = Annotated[str, typer.Option(
+    "--chat-template", metavar="auto|on|off",
+    help="Chat template around the prompts: auto follows the protocol (study: the study's own choice per benchmark, "
+         "by the model's name where the study decides so; lm-eval: off; built-in suites: when the tokenizer has one); "
+         "on / off force it. The summary's chat_template column records the choice (docs/eval.md).")]
 # -m/--modules: one syntax in every command (artifacts.keys.select_modules; docs/design.md)
 ModulesOpt = Annotated[Optional[list[str]], typer.Option(
     "--modules", "-m", help="Modules to analyse (repeatable or comma-separated): kinds (down_proj), full names "

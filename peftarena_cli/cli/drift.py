@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
+from peftarena_cli.cli.common import ChatTemplateOpt, DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
 
 def drift_cmd(
     base: str = typer.Argument(..., metavar="BASE", help="Base model: alias (smollm2-135m), HF directory or .safetensors."),
@@ -23,6 +23,7 @@ def drift_cmd(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also teacher-force on items' text references (source = reference)."),
     path: Optional[str] = typer.Option(None, "--path", help="dense or native path for α < 1 (as interpolate). Default: native when the method has one."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass."),
+    chat_template: ChatTemplateOpt = "auto",
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -47,7 +48,7 @@ def drift_cmd(
 
     cfg = DriftConfig(base=base, finetuned=finetuned, alphas=alphas, sets=sets, target_task=target_task,
                       general_suite=general_suite, limit=limit, max_new_tokens=max_new_tokens, reference=reference,
-                      path=path, batch_size=batch_size, device=device, dtype=dtype, seed=seed)
+                      path=path, batch_size=batch_size, chat_template=chat_template, device=device, dtype=dtype, seed=seed)
     _, chosen = check_drift(cfg)  # the α grid, --sets, --limit and the lengths: usage errors first
     # before any model is loaded: never onto an input (the adapter's weights, the base's config),
     # never a table under a weights/config name, never into a folder that takes no new files

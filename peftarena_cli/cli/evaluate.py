@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
+from peftarena_cli.cli.common import ChatTemplateOpt, DeviceOpt, DtypeOpt, OutputOpt, SeedOpt
 from peftarena_cli.tasks import benchmarks  # the help lists its names (light: no pandas)
 
 BaseArg = typer.Argument(None, metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
@@ -97,6 +97,7 @@ def eval_target_cmd(
     n_samples: Optional[int] = typer.Option(None, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n). Default: the protocol's (study: 16 on math, else 1)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; > 0 samples. Default: the protocol's (study: 0.6 on math, else 0)."),
     protocol: Optional[str] = ProtocolOpt,
+    chat_template: ChatTemplateOpt = "auto",
     k: Optional[str] = typer.Option(None, "--k", help="pass@k / maj@k values, e.g. 1,2,4 (default: powers of 2 up to n)."),
     limit: Optional[int] = LimitOpt,
     include_base: bool = IncludeBaseOpt,
@@ -126,7 +127,7 @@ def eval_target_cmd(
 
     _run(EvalConfig(kind="target", base=base, adapters=list(adapter or []), include_base=include_base, task=task,
                     limit=limit, n_samples=n_samples, temperature=temperature, ks=k, protocol=protocol,
-                    batch_size=batch_size, max_new_tokens=max_new_tokens, backend=backend, merge=merge,
+                    chat_template=chat_template, batch_size=batch_size, max_new_tokens=max_new_tokens, backend=backend, merge=merge,
                     responses=responses, device=device, dtype=dtype, seed=seed), output, summary)
 
 
@@ -139,6 +140,7 @@ def eval_general_cmd(
     batch_size: Optional[int] = BatchOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
     protocol: Optional[str] = ProtocolOpt,
+    chat_template: ChatTemplateOpt = "auto",
     backend: str = BackendOpt,
     merge: bool = MergeOpt,
     responses: Optional[Path] = ResponsesOpt,
@@ -164,7 +166,7 @@ def eval_general_cmd(
     from peftarena_cli.evaluation.run import EvalConfig
 
     _run(EvalConfig(kind="general", base=base, adapters=list(adapter or []), include_base=include_base, suite=suite,
-                    limit=limit, protocol=protocol, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                    limit=limit, protocol=protocol, chat_template=chat_template, batch_size=batch_size, max_new_tokens=max_new_tokens,
                     backend=backend, merge=merge, responses=responses, device=device, dtype=dtype, seed=seed),
          output, summary)
 

@@ -28,6 +28,23 @@ Example:
 """
 
 
+def _chat_template_mode(chat_template: str, no_chat_template: bool) -> str:
+    """--chat-template's mode; the old --no-chat-template still means off, with a deprecation warning
+    (both at once: a usage error)."""
+    from peftarena_cli.cli.common import warn
+    from peftarena_cli.tasks.prompting import check_chat_template_mode
+
+    mode = check_chat_template_mode(chat_template)
+    if not no_chat_template:
+        return mode
+    if mode != "auto":
+        from peftarena_cli.errors import UsageError
+
+        raise UsageError("--no-chat-template and --chat-template both given", hint="use --chat-template off only")
+    warn("--no-chat-template is deprecated: use --chat-template off")
+    return "off"
+
+
 def finetune_cmd(
     base: str = typer.Argument(..., metavar="BASE", help="Base model: HF dir, .safetensors with config, alias (smollm2-135m) or hub id."),
     output: Path = typer.Option(..., "--output", "-o", help="Run directory to create (refused if it holds another run)."),
@@ -41,7 +58,8 @@ def finetune_cmd(
     response_column: Optional[str] = typer.Option(None, "--response-column", help="SFT response column (default: response, completion, solution, ...)."),
     answer_column: Optional[str] = typer.Option(None, "--answer-column", help="RLVR reference answer column (default: answer, final_answer, ...)."),
     num_examples: Optional[int] = typer.Option(None, "--num-examples", help="Examples to use (arith: generated; files: the first N). Default: enough for the run."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain 'Question: ... Answer:' prompts even if the model has a chat template."),
+    chat_template: str = typer.Option("auto", "--chat-template", metavar="auto|on|off", help="Chat template around the training prompts: auto (when the tokenizer has one), on (required: a tokenizer without one is an error), off (plain 'Question: ... Answer:' prompts)."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", hidden=True, help="Deprecated spelling of --chat-template off."),
     rank: Optional[int] = typer.Option(None, "--rank", "-r", help="Rank (LoRA family 8, VeRA 256, MiSS 8)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (lora/dora/adalora 16, pissa/milora 8; scales with --rank)."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="OFT/BOFT block size (32); must divide every targeted input width."),
@@ -91,10 +109,11 @@ def finetune_cmd(
     warnings.filterwarnings("ignore", category=UserWarning, message=".*butterfly_factor.*")
 
     method = deprecated_short(method_short, "-m", "--method", method, DEFAULT_METHOD, "--modules")
+    mode = _chat_template_mode(chat_template, no_chat_template)
     cfg = FinetuneConfig(
         base=base, output=str(output), method=method, regime=regime, data=data, data_config=data_config, split=split,
         prompt_column=prompt_column, response_column=response_column, answer_column=answer_column,
-        num_examples=num_examples, chat_template=not no_chat_template, rank=rank, alpha=alpha, block_size=block_size,
+        num_examples=num_examples, chat_template=mode != "off", chat_template_required=mode == "on", rank=rank, alpha=alpha, block_size=block_size,
         target_modules=target_modules, lr=lr, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
         max_length=max_length, warmup_steps=warmup_steps, lr_scheduler=lr_scheduler, weight_decay=weight_decay,
         save_every=save_every, seed=seed, device=device, dtype=dtype, mixed_precision=mixed_precision,

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
+from peftarena_cli.cli.common import ChatTemplateOpt, DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
 
 
 def interpolate_cmd(
@@ -23,6 +23,7 @@ def interpolate_cmd(
     limit: Optional[str] = typer.Option(None, "--limit", help="At most this many examples per evaluation task (BBH: per subtask); per general part: 432,ifeval=280,bbh=200,facts=357 (the bare N: the rest and the target)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Evaluation protocol of real benchmarks for --eval: study (default) or lm-eval (docs/eval.md)."),
+    chat_template: ChatTemplateOpt = "auto",
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),
     save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
     allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
@@ -56,7 +57,7 @@ def interpolate_cmd(
     cfg = InterpolateConfig(
         base=base, finetuned=finetuned, alphas=alphas, path=path, generator_scale=generator_scale, layerwise=layerwise,
         evals=kinds, target_task=target_task, general_suite=general_suite, limit=limit, max_new_tokens=max_new_tokens,
-        protocol=protocol, stats=[str(p) for p in stats or []],
+        protocol=protocol, chat_template=chat_template, stats=[str(p) for p in stats or []],
         save_checkpoints=None if save_checkpoints is None else str(save_checkpoints),
         allow_extrapolate=allow_extrapolate, device=device, dtype=dtype, seed=seed)
     check_interpolate(cfg)
@@ -89,6 +90,7 @@ def interpolate_cmd(
         prov.extra.update(path=res.path, method=res.method, generator_scale=res.scale_mode,
                           layerwise=layerwise or "", alphas=res.grid, evals=kinds, target_task=target_task,
                           general_suite=general_suite, limit=limit, protocol=protocol or "study",
+                          chat_template=cfg.chat_template,
                           max_new_tokens=max_new_tokens)
         if beside:
             from peftarena_cli.artifacts.tables import write_table

@@ -28,7 +28,7 @@ from peftarena_cli.evaluation.scoring import score_rows, summarize, to_frame
 from peftarena_cli.tasks.limits import parse_limit, part_limit
 
 SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "estimator", "note", "protocol",
-                   "overrides", "generated_under"]
+                   "overrides", "generated_under", "chat_template"]
 # The general aggregate's name says which measure it is: the study's mean(IFEval, BBH, NQ-open),
 # the built-in procedural suite's mean, or the mean of some other set of parts.
 GENERAL_AGGREGATES = ("general_score", "builtin_general_score", "general_mean")
@@ -105,13 +105,44 @@ def _aggregate(summary: list[dict], row: dict, parts: list[tuple[str, str]]) -> 
     labels = sorted({str(p.get("protocol")) for p in prims if p and p.get("protocol")})
     out["protocol"] = out["generated_under"] = "+".join(labels)
     out["overrides"] = "+".join(sorted({str(p.get("overrides") or "") for p in prims if p} - {""}))
+    used = {p.get("chat_template") for p in prims if p}
+    out["chat_template"] = used.pop() if len(used) == 1 else None  # mixed parts: no single value
     return out
 
 
-def _stamp(rows: list[dict], protocol: str, overrides: str, generated_under: str | None = None) -> list[dict]:
+def _stamp(rows: list[dict], protocol: str, overrides: str, generated_under: str | None = None,
+           chat_template: bool | None = None) -> list[dict]:
     for r in rows:
-        r.update(protocol=protocol, overrides=overrides, generated_under=generated_under or protocol)
+        r.update(protocol=protocol, overrides=overrides, generated_under=generated_under or protocol,
+                 chat_template=chat_template)
     return rows
+
+
+def tasks_for_model(tasks, tokenizer, chat_template="auto", model=None, names=None) -> list:
+    """``tasks`` with their chat-template use decided for one model (docs/eval.md, "Chat
+    template"): ``chat_template`` auto / on / off; the model's names for the study's name rule are
+    ``names``, else those of the spec ``model``, else of the loaded model's config path."""
+    from peftarena_cli.tasks.prompting import check_chat_template_mode, model_names, require_chat_template
+
+    mode = check_chat_template_mode(chat_template)
+    if names is None:
+        names = model_names(model) if model is not None else []
+    require_chat_template(tokenizer, mode, str(model or (names[0] if names else "the model")))
+    return [t.for_model(mode, tokenizer, names) for t in tasks]
+
+
+def _loaded_names(model) -> list[str]:
+    """The names of an already-loaded model when no spec was given: its config's ``name_or_path``."""
+    from peftarena_cli.tasks.prompting import model_names
+
+    cfg = getattr(getattr(model, "model", model), "config", None)
+    path = getattr(cfg, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
+    return model_names(path) if path else []
+
+
+def chat_rules(tasks) -> dict:
+    """{task: the rule that decided its chat-template use}, for the provenance."""
+    return {t.name: t.chat_rule for t in tasks if t.chat_rule}
 
 
 def _protocol_tasks(tasks, protocol=None, n_samples=None, temperature=None, max_new_tokens=None):
@@ -163,7 +194,8 @@ def _runs(t) -> int:
 
 
 def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, temperature=None, ks=None, seed=0,
-                    batch_size=None, progress=None, stats=None, max_new_tokens=None, protocol=None):
+                    batch_size=None, progress=None, stats=None, max_new_tokens=None, protocol=None,
+                    chat_template="auto", model_name=None):
     """Target score: per-sample rows and summary (avg@n, pass@k, maj@k, strict/flexible accuracy per
     task; ``task="target", metric="target_score"`` = the mean of the tasks' avg@n, in percent;
     :func:`target_score_parts` says which tasks).
@@ -171,11 +203,16 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, 
     ``task``: "arith" (built in), a benchmark name, ``NAME=PATH``, a file, a comma-separated list
     of those, or a :class:`Task`. ``protocol`` (docs/eval.md) sets prompts, budgets, sampling and
     scoring of the benchmarks; ``n_samples``, ``temperature`` and ``max_new_tokens``, when given,
-    override it (recorded in the ``overrides`` column). ``stats`` (a dict) receives throughput.
+    override it (recorded in the ``overrides`` column). ``stats`` (a dict) receives throughput
+    and ``chat_rules`` ({task: the rule that decided its chat template}). ``chat_template`` (auto,
+    on, off) and ``model_name`` (the model's spec, for the study's name rule; default: the loaded
+    model's config path) decide the chat template (the summary's ``chat_template`` column).
     """
     if n_samples is not None and int(n_samples) < 1:
         raise IncompatibleInputs(f"-n must be at least 1, got {n_samples}")
     tasks = load_target_tasks(task, limit, seed, protocol, n_samples, temperature, max_new_tokens)
+    tasks = tasks_for_model(tasks, tokenizer, chat_template, model_name,
+                            None if model_name is not None else _loaded_names(model))
     ks = check_ks(ks, min(t.n_samples for t in tasks))
     total = sum(len(t.items) * _runs(t) for t in tasks)
     frames, summary, primaries, off = [], [], {}, 0
@@ -188,13 +225,14 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, 
         df = to_frame(rows)
         frames.append(df)
         srows, primaries[t.name] = summarize(df, t.scorer, t.name, ks)
-        summary += _stamp(srows, t.protocol, t.overrides)
+        summary += _stamp(srows, t.protocol, t.overrides, chat_template=t.chat_template)
     parts = target_score_parts(tasks)
     summary.append(_aggregate(summary, {"task": "target", "metric": "target_score",
                                         "value": sum(primaries[t.name] for t in parts) / len(parts),
                                         "n": sum(len(t.items) for t in parts)}, [(t.scorer, t.name) for t in parts]))
     if stats is not None:
-        stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0)
+        stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0,
+                     chat_rules=chat_rules(tasks))
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
@@ -249,11 +287,14 @@ def general_summary(frames_by_task, protocols=None) -> pd.DataFrame:
 
 
 def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batch_size=None, progress=None, stats=None,
-                     max_new_tokens=None, protocol=None):
+                     max_new_tokens=None, protocol=None, chat_template="auto", model_name=None):
     """General score: per-sample rows of every part and the summary (``task="general"``, metric
     :func:`general_metric_name`, in percent). ``limit`` caps each part (BBH: items per subtask);
-    ``protocol`` runs the real benchmarks (docs/eval.md)."""
+    ``protocol`` runs the real benchmarks (docs/eval.md); ``chat_template`` and ``model_name`` as in
+    :func:`evaluate_target`."""
     tasks = load_general_tasks(suite, limit, seed, protocol, max_new_tokens)
+    tasks = tasks_for_model(tasks, tokenizer, chat_template, model_name,
+                            None if model_name is not None else _loaded_names(model))
     total = sum(len(t.items) for t in tasks)
     frames, parts, prots, off, tokens, secs = [], {}, {}, 0, 0, 0.0
     for t in tasks:
@@ -264,9 +305,10 @@ def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batc
         df = to_frame(rows)
         frames.append(df)
         parts[t.name] = (t.scorer, df)
-        prots[t.name] = (t.protocol, t.overrides, t.protocol)
+        prots[t.name] = (t.protocol, t.overrides, t.protocol, t.chat_template)
     if stats is not None:
-        stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0)
+        stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0,
+                     chat_rules=chat_rules(tasks))
     return pd.concat(frames, ignore_index=True), general_summary(parts, prots)
 
 
@@ -325,7 +367,7 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
                                          hint="re-run eval-target with --protocol " + proto.name)
             scorer, label = settings.scorer, proto.label
         scorers[task] = scorer
-        prots[task] = (label, meta.get("overrides") or "", gen_under)
+        prots[task] = (label, meta.get("overrides") or "", gen_under, meta.get("chat_template"))
         r = score_one(scorer, comp if isinstance(comp, str) else "", meta["reference"], meta["item"])
         for k in updates:
             updates[k].append(r.get(k) if k != "extracted" else str(r.get(k, "")))

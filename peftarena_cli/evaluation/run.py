@@ -66,6 +66,7 @@ class EvalConfig:
     temperature: float | None = None            # target only; None: the protocol's
     ks: str | None = None                       # target only: pass@k / maj@k values, "1,2,4"
     protocol: str | None = None
+    chat_template: str = "auto"                 # auto (by the protocol), on, off (docs/eval.md, "Chat template")
     batch_size: int | None = None
     max_new_tokens: int | None = None
     backend: str = "hf"
@@ -137,15 +138,17 @@ def check_k_option(k) -> None:
 
 
 def check_eval(cfg: EvalConfig) -> None:
-    """The option checks that read no file: the kind, ``ks``, the protocol's name and the generation
-    overrides' bounds (usage errors, before any allocation)."""
+    """The option checks that read no file: the kind, ``ks``, the protocol's name, the chat-template
+    mode and the generation overrides' bounds (usage errors, before any allocation)."""
     from peftarena_cli.evaluation.protocols import check_generation_options, get_protocol
+    from peftarena_cli.tasks.prompting import check_chat_template_mode
 
     if cfg.kind not in EVAL_KINDS:
         raise UsageError(f"unknown evaluation kind {cfg.kind!r}", hint="use target or general")
     if cfg.kind == "target":
         check_k_option(cfg.ks)
     get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones
+    check_chat_template_mode(cfg.chat_template)
     if cfg.kind == "target":
         check_generation_options(cfg.max_new_tokens, cfg.n_samples, cfg.temperature)
     else:
@@ -297,8 +300,16 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
         raise UsageError("missing BASE model", hint="pass a base model, or --responses FILE to score completions")
     from peftarena_cli.artifacts.loading import pick_device
     from peftarena_cli.evaluation.distributed import setup_device
+    from peftarena_cli.tasks.prompting import check_chat_template_mode, require_chat_template
 
     spec = cfg.spec
+    mode = check_chat_template_mode(cfg.chat_template)
+    if mode == "on":  # a tokenizer without a chat template is refused before any model is loaded
+        from peftarena_cli.artifacts.loading import load_tokenizer
+        from peftarena_cli.artifacts.safetensors_io import resolve_model
+
+        require_chat_template(load_tokenizer(resolve_model(cfg.base)), mode, cfg.base)
+    rules: dict = {}  # the rule that decided each task's chat template (the same for every adapter of the base)
     if cfg.kind == "target":
         # validate before loading the model: the tasks, the protocol's reach and the overrides
         tasks = load_target_tasks(spec, cfg.limit, cfg.seed, cfg.protocol, cfg.n_samples, cfg.temperature,
@@ -311,9 +322,12 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
         one = tasks[0] if len(tasks) == 1 else spec
 
         def evaluate(m, tok, cb, stats):
-            return evaluate_target(m, tok, task=one, limit=cfg.limit, n_samples=cfg.n_samples,
-                                   temperature=cfg.temperature, ks=cfg.ks, seed=cfg.seed, batch_size=cfg.batch_size,
-                                   progress=cb, stats=stats, max_new_tokens=cfg.max_new_tokens, protocol=cfg.protocol)
+            out = evaluate_target(m, tok, task=one, limit=cfg.limit, n_samples=cfg.n_samples,
+                                  temperature=cfg.temperature, ks=cfg.ks, seed=cfg.seed, batch_size=cfg.batch_size,
+                                  progress=cb, stats=stats, max_new_tokens=cfg.max_new_tokens, protocol=cfg.protocol,
+                                  chat_template=mode, model_name=cfg.base)
+            rules.update(stats.get("chat_rules") or {})
+            return out
 
         extra = {"task": spec, "n_samples": cfg.n_samples, "temperature": cfg.temperature, "limit": cfg.limit,
                  "protocol": cfg.protocol}
@@ -321,8 +335,11 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
         load_general_tasks(spec, cfg.limit, cfg.seed, cfg.protocol, cfg.max_new_tokens)  # validate before loading
 
         def evaluate(m, tok, cb, stats):
-            return evaluate_general(m, tok, suite=spec, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
-                                    progress=cb, stats=stats, max_new_tokens=cfg.max_new_tokens, protocol=cfg.protocol)
+            out = evaluate_general(m, tok, suite=spec, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
+                                   progress=cb, stats=stats, max_new_tokens=cfg.max_new_tokens, protocol=cfg.protocol,
+                                   chat_template=mode, model_name=cfg.base)
+            rules.update(stats.get("chat_rules") or {})
+            return out
 
         extra = {"suite": spec, "limit": cfg.limit, "protocol": cfg.protocol}
     dev = setup_device(pick_device(cfg.device))  # under torchrun: cuda:LOCAL_RANK
@@ -333,6 +350,7 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
         summ.insert(0, "model", label)
         frames.append(ps)
         summaries.append(summ)
+    extra.update(chat_template=mode, chat_template_rules=dict(rules))
     return _finish(res, frames, summaries, extra, warn)
 
 

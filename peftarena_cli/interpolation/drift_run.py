@@ -52,6 +52,7 @@ class DriftConfig:
     reference: bool = True
     path: str | None = None                    # dense or native for α < 1; None: native when the method has one
     batch_size: int = 8
+    chat_template: str = "auto"                # auto (by the protocol), on, off (docs/eval.md, "Chat template")
     device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
@@ -101,6 +102,9 @@ def check_drift(cfg: DriftConfig) -> tuple[list[float], list[str]]:
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise UsageError("--max-new-tokens and --batch-size must be at least 1")
     check_generation_options(cfg.max_new_tokens)  # the continuation length, bounded like the evals'
+    from peftarena_cli.tasks.prompting import check_chat_template_mode
+
+    check_chat_template_mode(cfg.chat_template)
     return grid, chosen
 
 
@@ -110,7 +114,8 @@ def run_drift(cfg: DriftConfig, *, progress: Callable | None = None, log: Callab
     model, the base's greedy continuations teacher-forced at α = 0 and at each α."""
     progress, log, warn = progress or _no_progress, log or _no_log, warn or _no_log
     grid, chosen = check_drift(cfg)
-    from peftarena_cli.evaluation.api import load_general_tasks, load_target_tasks
+    from peftarena_cli.evaluation.api import chat_rules, load_general_tasks, load_target_tasks, tasks_for_model
+    from peftarena_cli.tasks.prompting import check_chat_template_mode, require_chat_template
     from peftarena_cli.evaluation.drift import drift_summary, measure_drift
     from peftarena_cli.interpolation import sweep
 
@@ -120,6 +125,12 @@ def run_drift(cfg: DriftConfig, *, progress: Callable | None = None, log: Callab
         prompt_sets["target"] = load_target_tasks(specs["target"], cfg.limit, cfg.seed)
     if "general" in chosen:
         prompt_sets["general"] = load_general_tasks(specs["general"], cfg.limit, cfg.seed)
+    mode = check_chat_template_mode(cfg.chat_template)
+    if mode == "on":  # a tokenizer without a template: refused before any model work
+        from peftarena_cli.artifacts.loading import load_tokenizer
+        from peftarena_cli.artifacts.safetensors_io import resolve_model
+
+        require_chat_template(load_tokenizer(resolve_model(cfg.base)), mode, cfg.base)
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -133,6 +144,7 @@ def run_drift(cfg: DriftConfig, *, progress: Callable | None = None, log: Callab
         warn(note)
     load_s = time.perf_counter() - t0
     log(f"loaded {cfg.base} + {cfg.finetuned} ({setup.method}, {setup.path} path) in {load_s:.1f} s")
+    prompt_sets = {k: tasks_for_model(v, setup.tokenizer, mode, cfg.base) for k, v in prompt_sets.items()}
     t1 = time.perf_counter()
     with progress("drift") as bar:
         df = measure_drift(setup.path_model, setup.tokenizer, prompt_sets, grid, max_new_tokens=cfg.max_new_tokens,
@@ -142,7 +154,9 @@ def run_drift(cfg: DriftConfig, *, progress: Callable | None = None, log: Callab
     log(f"{n_prompts} prompts × {len(grid)} α in {measure_s:.1f} s")
     extra = dict(path=setup.path, method=setup.method, alphas=grid, sets=chosen,
                  target_task=_spec(cfg.target_task, "target"), general_suite=_spec(cfg.general_suite, "general"),
-                 limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, reference=cfg.reference)
+                 limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, reference=cfg.reference,
+                 chat_template=mode, chat_template_rules={f"{k}/{n}": r for k, v in prompt_sets.items()
+                                                          for n, r in chat_rules(v).items()})
     return DriftResult(
         table=df, summary=drift_summary(df), grid=grid, sets=chosen, method=setup.method, path=setup.path,
         device=str(next(setup.path_model.model.parameters()).device),

@@ -42,6 +42,7 @@ class InterpolateConfig:
     limit: int | dict | str | None = None  # N, or per general part (tasks.limits.parse_limit)
     max_new_tokens: int | None = None
     protocol: str | None = None
+    chat_template: str = "auto"        # auto (by the protocol), on, off (docs/eval.md, "Chat template")
     stats: Sequence[str] = ()          # second-moment files of `peftarena csd --save-stats`
     save_checkpoints: str | None = None
     allow_extrapolate: bool = False
@@ -75,7 +76,9 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
     if bad:
         raise UsageError(f"unknown --eval kind {bad[0]!r}", hint="use target, general or target,general")
     from peftarena_cli.tasks.limits import parse_limit
+    from peftarena_cli.tasks.prompting import check_chat_template_mode
 
+    cfg.chat_template = check_chat_template_mode(cfg.chat_template)
     cfg.limit = parse_limit(cfg.limit)
     if isinstance(cfg.limit, int) and cfg.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -92,7 +95,8 @@ def _evaluators(cfg: InterpolateConfig) -> dict:
     out = {}
     from peftarena_cli.tasks.limits import part_limit
 
-    kw = {"seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol}
+    kw = {"seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "protocol": cfg.protocol,
+          "chat_template": cfg.chat_template, "model_name": cfg.base}
     if "target" in cfg.evals:  # a per-part limit's bare N (``"*"``) is the target task's
         out["target"] = lambda m, t: evaluate_target(m, t, task=cfg.target_task, limit=part_limit(cfg.limit, "*"), **kw)
     if "general" in cfg.evals:
@@ -122,6 +126,12 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
 
     get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones, before any work
     evaluators = _evaluators(cfg) if cfg.evals else {}
+    if evaluators and cfg.chat_template == "on":  # a tokenizer without a template: refused before any model work
+        from peftarena_cli.artifacts.loading import load_tokenizer
+        from peftarena_cli.artifacts.safetensors_io import resolve_model
+        from peftarena_cli.tasks.prompting import require_chat_template
+
+        require_chat_template(load_tokenizer(resolve_model(cfg.base)), cfg.chat_template, cfg.base)
     sets = None
     if cfg.stats:
         sets, stats_base = merge_stats_files(cfg.stats)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from peftarena_cli.tasks.prompting import BY_NAME
+
 @dataclass(frozen=True)
 class Settings:
     """How one benchmark family is run and scored under a protocol (``sources``: where each
@@ -27,7 +29,8 @@ class Settings:
     template: str | dict               # format string over the item's fields, or {task name: format string}
     scorer: str
     max_new_tokens: int
-    chat: bool = True
+    chat: bool | str = True            # chat template under --chat-template auto: True, False, or "name" (the
+                                       # study's model-name rule, tasks/prompting.py study_name_rule)
     system: str | None = None
     fewshot: int = 0
     stop: tuple[str, ...] = ()
@@ -46,14 +49,17 @@ STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
     "ifeval": Settings(
         "{prompt}", "ifeval", 1025, chat=True, aggregation="instruction-level strict (primary), prompt-level, loose",
         sources={"prompt": f"{_OC}/IFEval/IFEval_gen_3321a3.py (HUMAN: '{{prompt}}')",
-                 "chat": "eval/eval_general.sh: IFEval and NQ always VLLMwithChatTemplate",
+                 "chat": "eval/eval_general.sh, generate_opencompass_config.py _chat_only_model_class: IFEval and "
+                         "NQ always VLLMwithChatTemplate, whatever the model's name",
                  "max_new_tokens": "IFEval_gen_3321a3.py: max_out_len=1025",
                  "scorer": "OpenCompass IFEvaluator = Google's instruction_following_eval"}),
     "bbh": Settings(
         "Follow the given examples and answer the question.\n{cot}\n\nQ: {input}\nA: Let's think step by step.",
-        "bbh:study", 512, chat=True, fewshot=3, aggregation="accuracy per subtask, then the mean of the 27 subtasks",
+        "bbh:study", 512, chat=BY_NAME, fewshot=3, aggregation="accuracy per subtask, then the mean of the 27 subtasks",
         sources={"prompt": f"{_OC}/bbh/bbh_gen_5b92b0.py (HUMAN prompt; lib_prompt/*.txt = published CoT prompts)",
-                 "chat": "eval/eval_general.sh: instruct models -> VLLMwithChatTemplate",
+                 "chat": "eval/generate_opencompass_config.py: _base_or_chat_model_class; is_instruct_model (a "
+                         "case-insensitive substring instruct, -ins, ins-, chat or it- in the model's name) -> "
+                         "VLLMwithChatTemplate, else VLLM (plain prompt)",
                  "max_new_tokens": "bbh_gen_5b92b0.py: max_out_len=512 (stops only at EOS)",
                  "scorer": "OpenCompass datasets/bbh.py: bbh_mcq_postprocess (17 subtasks), bbh_freeform_postprocess, exact =="}),
     "nq_open": Settings(
@@ -61,12 +67,14 @@ STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
         "'The answer is '.\nQ: {question}?", "nq:study", 50, chat=True,
         sources={"prompt": f"{_OC}/nq/nq_gen_c788f6.py (k=0: HUMAN prompt; the BOT 'A:' opens the generated turn)",
                  "max_new_tokens": "nq_gen_c788f6.py: max_out_len=50",
+                 "chat": "generate_opencompass_config.py _chat_only_model_class (ifeval_nq): always VLLMwithChatTemplate",
                  "scorer": "OpenCompass datasets/natural_question.py: NQEvaluator (reference is a substring)"}),
     "math": Settings(
         "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
         stop=("\n\nQuestion:",), aggregation="mean over all samples (avg@16)",
         sources={"prompt": f"{_ME}/utils.py PROMPT_TEMPLATES['cot'], stripped, in a user turn (math_eval.py)",
                  "sampling": "eval/eval_math.sh: TEMPERATURE=0.6, N_SAMPLING=16, MAX_TOKENS_PER_CALL=8192, top_p=1",
+                 "chat": "eval/eval_math.sh: APPLY_CHAT_TEMPLATE=true by default (math_eval.py --apply_chat_template)",
                  "stop": "math_eval.py: stop_words for prompt_type cot",
                  "scorer": f"{_ME}/parser.py extract_answer + strip_string, grader.py math_equal"}),
     "gsm8k": Settings(
@@ -80,7 +88,10 @@ STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
         sources={"prompt": f"{_MED}: QWEN_PROMPT / LLAMA_PROMPT (system + instruction); the question text "
                            "'{{question}}\\nA. ...' is peftarena's (the study's eval file is not published)",
                  "max_new_tokens": "eval/eval_med.sh: MAX_TOKENS=8192, TEMPERATURE=0.0",
-                 "scorer": f"{_MED}: extract_overall_answer (last match, closest-option fallback)"}),
+                 "chat": f"{_MED}: the prompt is always the chat format (QWEN_PROMPT / LLAMA_PROMPT written out)",
+                 "scorer": "PEFT-Arena third_party/med_eval/utils/extract_answer.py: extract_overall_answer -> "
+                           "match_choice, the last answer (last 'answer is' A-N, else last standalone option "
+                           "letter, else option text occurring last, else the most similar option; no boxed step)"}),
 }
 
 _LE = "lm-evaluation-harness 0.4.13 lm_eval/tasks"

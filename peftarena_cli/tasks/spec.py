@@ -24,7 +24,7 @@ class Task:
     scorer: str
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
-    chat: bool = True           # render through the tokenizer's chat template (when it has one)
+    chat: bool | str = True     # the protocol's chat setting: True, False or "name" (tasks/prompting.py)
     subtask_key: str | None = None   # meta key holding the subtask (BBH), averaged per subtask
     system: str | None = None   # system message of the chat template
     n_samples: int = 1          # samples per item, and their temperature (0 = greedy)
@@ -34,19 +34,33 @@ class Task:
     raw: bool = False           # items hold a benchmark's raw fields (meta["fields"]): apply a protocol first
     fewshot: dict = field(default_factory=dict)  # subtask -> few-shot block (BBH's published CoT prompts)
     loglik: str | None = None   # scored by log-likelihood of each choice ("options" texts or "letters"), not generated
+    chat_template: bool | None = None  # decided for the model (tasks/prompting.py decide_chat_template); None: by ``chat``
+    chat_rule: str = ""         # the rule that decided ``chat_template``
 
     def render(self, tokenizer, item: Item) -> str:
-        """The text the model continues: the chat template around the prompt (with the system
-        message) when the task uses it and the tokenizer has one. Without a chat template, a
-        benchmark protocol's prompt goes in as it is (as the references do for base models); the
-        built-in tasks use the "Question: ...\nAnswer:" form that training uses too."""
-        if not self.chat:
-            return item.prompt
-        from peftarena_cli.tasks.prompting import render_prompt
+        """The text the model continues. With the chat template (``chat_template`` as decided for
+        the model, or, undecided, ``chat`` and the tokenizer having one): the template around the
+        prompt, with the system message. Without it: a benchmark protocol's prompt goes in as it is
+        (as the references do for base models); the built-in tasks that use the template otherwise
+        take the "Question: ...\nAnswer:" form that training uses too."""
+        from peftarena_cli.tasks.prompting import has_chat_template, render_prompt
 
-        if self.protocol.startswith("builtin") or getattr(tokenizer, "chat_template", None):
+        use = self.chat_template
+        if use is None:
+            use = bool(self.chat) and has_chat_template(tokenizer)
+        if use:
             return render_prompt(tokenizer, item.prompt, instruction=None, use_chat=True, system=self.system)
+        if self.chat and self.protocol.startswith("builtin"):
+            return render_prompt(tokenizer, item.prompt, instruction=None, use_chat=False)
         return item.prompt
+
+    def for_model(self, mode: str, tokenizer, names=()) -> "Task":
+        """This task with its chat-template use decided for one model (``mode``: auto, on, off;
+        ``names``: the model's names, :func:`peftarena_cli.tasks.prompting.model_names`)."""
+        from peftarena_cli.tasks.prompting import decide_chat_template, has_chat_template
+
+        use, why = decide_chat_template(mode, self.chat, self.protocol, has_chat_template(tokenizer), names)
+        return replace(self, chat_template=use, chat_rule=why)
 
     def limited(self, limit: int | None) -> "Task":
         if limit is None:

@@ -38,7 +38,8 @@ class FinetuneConfig:
     response_column: str | None = None
     answer_column: str | None = None
     num_examples: int | None = None
-    chat_template: bool = True
+    chat_template: bool = True               # prompts through the tokenizer's chat template when it has one
+    chat_template_required: bool = False     # --chat-template on: a tokenizer without one is refused
     rank: int | None = None
     alpha: float | None = None
     block_size: int | None = None
@@ -362,6 +363,10 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     from peftarena_cli.artifacts.loading import load_tokenizer
 
     tok = load_tokenizer(ref)
+    if cfg.chat_template_required:  # before the model is loaded
+        from peftarena_cli.tasks.prompting import require_chat_template
+
+        require_chat_template(tok, "on", cfg.base)
     n_needed = cfg.steps * cfg.batch_size * cfg.grad_accum * world
     if cfg.regime == "rlvr":
         n_needed = max(1, n_needed // cfg.num_generations)
