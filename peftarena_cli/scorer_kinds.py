@@ -126,7 +126,7 @@ register_kind(ScorerKind(
 register_kind(ScorerKind(
     "choice", summary="samples", strata="item_mean", primary="avg@n", general=False,
     scorers={"choice": Scorer("choice:score_choice", "options"),
-             "choice:study": Scorer("choice:score_choice_study", "options"),
+             "choice:study": Scorer("choice_study:score_choice_study", "options"),
              "choice:lm-eval": Scorer("choice:score_choice_loglik", "options")}))
 register_kind(ScorerKind(
     "ifeval", summary="instructions", strata="instruction_clusters", primary="inst_strict", general=True,

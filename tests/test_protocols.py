@@ -129,14 +129,16 @@ def test_minerva_lmeval():
 
 # --- medical -----------------------------------------------------------------------------------
 def test_medical_study_matcher_last_and_never_empty():
+    from peftarena_cli.evaluation.scorers.choice_study import extract_study
+
     opts = ["aspirin", "heparin", "warfarin", "insulin"]
-    assert choice.extract_study("Option A is unlikely and B is unlikely; C fits best.", opts) == "C"
-    assert choice.extract_study("**C**", opts) == "C"
-    assert choice.extract_study("so \\boxed{B}", opts) == "B"
-    assert choice.extract_study("the answer is (D) not A", opts) == "D"
-    assert choice.extract_study("A patient like this needs warfarin.", opts) == "C"   # option text
-    assert choice.extract_study("heparn", opts) == "B"                                # closest option
-    assert choice.extract_study("", opts) in "ABCD"
+    assert extract_study("Option A is unlikely and B is unlikely; C fits best.", opts) == "C"
+    assert extract_study("**C**", opts) == "C"
+    assert extract_study("so \\boxed{B}", opts) == "B"
+    assert extract_study("the answer is (D) not A", opts) == "A"   # "(D)" is no "answer is"; the last letter is A
+    assert extract_study("A patient like this needs warfarin.", opts) == "C"   # option text
+    assert extract_study("heparn", opts) == "B"                                # closest option
+    assert extract_study("", opts) == "D"                                      # all ratios 0: the last option
     # the first-letter scorer of the built-in suite reads the same text differently
     assert choice.extract_flexible("Option A is unlikely and B is unlikely; C fits best.", opts) == "A"
 

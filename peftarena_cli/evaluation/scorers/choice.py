@@ -5,6 +5,7 @@
 * flexible: strict, else the first standalone option letter in the completion, else the option
   whose text appears in the completion (the longest match), e.g. "yes" for PubMedQA.
 ``correct`` is the flexible result (the strict one is reported as ``correct_strict``).
+The ``study`` protocol's matcher (``choice:study``) is the study's own, in choice_study.py.
 """
 
 from __future__ import annotations
@@ -53,38 +54,6 @@ def score_choice(completion: str, reference: str, options: list[str]) -> dict:
     flex = extract_flexible(completion, options)
     return {"extracted": flex or "", "correct": flex == reference, "correct_strict": strict == reference,
             "correct_flexible": flex == reference}
-
-
-# --- the study's medical protocol (docs/eval.md, "Protocols") --------------------------------------
-def extract_study(text: str, options: list[str]) -> str:
-    """The study's option matcher, which always names an option. In ``\\boxed{}`` content when
-    there is one (else the whole completion): the *last* "answer is X"; else the last standalone
-    option letter (a capital "A " reads as the article and is skipped); else the option whose text
-    occurs last; else the option text most similar to the completion."""
-    import difflib
-
-    from peftarena_cli.evaluation.scorers.math import extract_boxed
-
-    L = _letters(len(options) or 4)
-    boxed = extract_boxed(text)
-    t = boxed if boxed is not None else text
-    m = re.findall(rf"answer is\s*?\**\s*\(?([{L}])\b", t)
-    if m:
-        return m[-1]
-    m = re.findall(rf"(?:^|\W)(?!A )([{L}])(?=\W|$)", t)
-    if m:
-        return m[-1]
-    low = t.lower()
-    hits = [(low.rindex(o.lower()), i) for i, o in enumerate(options) if o and o.lower() in low]
-    if hits:
-        return L[max(hits)[1]]
-    close = difflib.get_close_matches(low, [o.lower() for o in options], n=1, cutoff=0.0)
-    return L[[o.lower() for o in options].index(close[0])] if close else L[0]
-
-
-def score_choice_study(completion: str, reference: str, options: list[str]) -> dict:
-    ex = extract_study(completion, options)
-    return {"extracted": ex, "correct": ex == reference}
 
 
 def score_choice_loglik(chosen: str, reference: str, options: list[str]) -> dict:
