@@ -79,9 +79,24 @@ def test_registry_holds_the_study_setting():
     from peftarena_cli.tasks import benchmarks
 
     study = benchmarks.protocol_settings("study")
-    assert study["bbh"].chat == BY_NAME
-    assert all(study[f].chat is True for f in ("ifeval", "nq_open", "math", "gsm8k", "medical"))
+    assert study["bbh"].chat is True and study["bbh"].chat_by_name is True
+    assert all(study[f].chat is True and not study[f].chat_by_name for f in ("ifeval", "nq_open", "math", "gsm8k", "medical"))
     assert all(s.chat is False for s in benchmarks.protocol_settings("lm-eval").values())
+
+
+def test_study_bbh_keeps_the_name_rule_through_the_protocol(tiny_model_dir):
+    from peftarena_cli.evaluation.protocols import apply
+
+    raw = Task("bbh", [Item("bbh-0", "", "(A)", {"subtask": "navigate", "fields": {"input": "Go left?"}})], "bbh",
+               raw=True, subtask_key="subtask", fewshot={"navigate": "Q: x\nA: y"})
+    tok = _tok(tiny_model_dir)
+    study, lme = apply(raw, "study"), apply(raw, "lm-eval")
+    assert study.chat_by_name and not lme.chat_by_name
+    it = study.items[0]
+    assert study.for_model("auto", tok, ["Qwen/Qwen2.5-7B"]).render(tok, it) == it.prompt
+    assert study.for_model("auto", tok, ["Qwen/Qwen2.5-7B-Instruct"]).render(tok, it) == tok.apply_chat_template(
+        [{"role": "user", "content": it.prompt}], tokenize=False, add_generation_prompt=True)
+    assert lme.for_model("auto", tok, ["Qwen/Qwen2.5-7B-Instruct"]).render(tok, lme.items[0]) == lme.items[0].prompt
 
 
 def test_mode_values():
@@ -102,7 +117,7 @@ def test_prompt_rendered_with_and_without(tiny_model_dir):
     tok = _tok(tiny_model_dir)
     assert tok.chat_template  # the fixture ships a template
     item = Item("x-0", "Q: is 2 > 1?\nA: Let's think step by step.", None)
-    task = Task("bbh", [item], "bbh:study", chat=BY_NAME, protocol="study@1")
+    task = Task("bbh", [item], "bbh:study", chat=True, chat_by_name=True, protocol="study@1")
     expected_chat = tok.apply_chat_template([{"role": "user", "content": item.prompt}], tokenize=False,
                                             add_generation_prompt=True)
     assert expected_chat != item.prompt

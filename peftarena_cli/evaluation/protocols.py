@@ -174,6 +174,6 @@ def apply(task, protocol: Protocol | str | None = None, *, max_new_tokens=None, 
                                      hint="load the benchmark from its published format (docs/tasks.md)") from None
         items.append(Item(it.id, text, it.reference, it.meta))
     return replace(task, items=items, scorer=s.scorer, max_new_tokens=ov.get("max_new_tokens", s.max_new_tokens),
-                   stop=s.stop, chat=s.chat, system=s.system, n_samples=ov.get("n", s.n),
+                   stop=s.stop, chat=s.chat, chat_by_name=s.chat_by_name, system=s.system, n_samples=ov.get("n", s.n),
                    temperature=ov.get("temperature", s.temperature), protocol=proto.label,
                    overrides=format_overrides(ov), raw=False, loglik=benchmarks.get(task.name).loglik if s.loglik else None)

@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from peftarena_cli.tasks.prompting import BY_NAME
-
 @dataclass(frozen=True)
 class Settings:
     """How one benchmark family is run and scored under a protocol (``sources``: where each
@@ -29,8 +27,8 @@ class Settings:
     template: str | dict               # format string over the item's fields, or {task name: format string}
     scorer: str
     max_new_tokens: int
-    chat: bool | str = True            # chat template under --chat-template auto: True, False, or "name" (the
-                                       # study's model-name rule, tasks/prompting.py study_name_rule)
+    chat: bool = True                  # the chat template under --chat-template auto (when the tokenizer has one)
+    chat_by_name: bool = False         # ... only for an instruct model by the study's name rule (tasks/prompting.py)
     system: str | None = None
     fewshot: int = 0
     stop: tuple[str, ...] = ()
@@ -55,7 +53,7 @@ STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
                  "scorer": "OpenCompass IFEvaluator = Google's instruction_following_eval"}),
     "bbh": Settings(
         "Follow the given examples and answer the question.\n{cot}\n\nQ: {input}\nA: Let's think step by step.",
-        "bbh:study", 512, chat=BY_NAME, fewshot=3, aggregation="accuracy per subtask, then the mean of the 27 subtasks",
+        "bbh:study", 512, chat=True, chat_by_name=True, fewshot=3, aggregation="accuracy per subtask, then the mean of the 27 subtasks",
         sources={"prompt": f"{_OC}/bbh/bbh_gen_5b92b0.py (HUMAN prompt; lib_prompt/*.txt = published CoT prompts)",
                  "chat": "eval/generate_opencompass_config.py: _base_or_chat_model_class; is_instruct_model (a "
                          "case-insensitive substring instruct, -ins, ins-, chat or it- in the model's name) -> "

@@ -17,7 +17,8 @@ CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 # is_instruct_model). Plain substrings: "it-" also matches inside "commit-7b", and "-ins" inside
 # "-insight"; "gemma-2-2b-it" (no hyphen after "it") does not match.
 STUDY_INSTRUCT_MARKERS = ("instruct", "-ins", "ins-", "chat", "it-")
-# Settings.chat value of a benchmark whose template use the study decides from the model's name.
+# The setting of a benchmark whose template use the study decides from the model's name
+# (tasks/benchmarks.py Settings.chat_by_name), as decide_chat_template takes it.
 BY_NAME = "name"
 
 
@@ -103,7 +104,8 @@ def study_name_rule(names) -> tuple[bool, str]:
 def decide_chat_template(mode: str, setting, protocol: str, has_template: bool, names=()) -> tuple[bool, str]:
     """Whether a task's prompts go through the chat template, and which rule decided.
 
-    ``setting`` is the task's protocol value (``Settings.chat``: True, False or :data:`BY_NAME`),
+    ``setting`` is the task's protocol value (``Settings.chat``: True or False; :data:`BY_NAME` where
+    ``Settings.chat_by_name``),
     ``protocol`` its label (``study@1``, ``lm-eval@1``, ``builtin@1``). ``on`` / ``off`` force it
     (``on`` is checked against the tokenizer first: :func:`require_chat_template`). ``auto``:
 

@@ -24,7 +24,8 @@ class Task:
     scorer: str
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
-    chat: bool | str = True     # the protocol's chat setting: True, False or "name" (tasks/prompting.py)
+    chat: bool = True           # render through the tokenizer's chat template (when it has one)
+    chat_by_name: bool = False  # ... only for an instruct model by the study's name rule (tasks/prompting.py)
     subtask_key: str | None = None   # meta key holding the subtask (BBH), averaged per subtask
     system: str | None = None   # system message of the chat template
     n_samples: int = 1          # samples per item, and their temperature (0 = greedy)
@@ -57,9 +58,10 @@ class Task:
     def for_model(self, mode: str, tokenizer, names=()) -> "Task":
         """This task with its chat-template use decided for one model (``mode``: auto, on, off;
         ``names``: the model's names, :func:`peftarena_cli.tasks.prompting.model_names`)."""
-        from peftarena_cli.tasks.prompting import decide_chat_template, has_chat_template
+        from peftarena_cli.tasks.prompting import BY_NAME, decide_chat_template, has_chat_template
 
-        use, why = decide_chat_template(mode, self.chat, self.protocol, has_chat_template(tokenizer), names)
+        setting = BY_NAME if self.chat and self.chat_by_name else self.chat
+        use, why = decide_chat_template(mode, setting, self.protocol, has_chat_template(tokenizer), names)
         return replace(self, chat_template=use, chat_rule=why)
 
     def limited(self, limit: int | None) -> "Task":
