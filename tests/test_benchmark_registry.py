@@ -161,12 +161,13 @@ def toy():
 
 def test_a_toy_benchmark_with_both_protocols_needs_the_registry_only(toy):
     from peftarena_cli.evaluation.api import load_target_tasks, rescore_table, score_responses
+    from peftarena_cli.evaluation.protocols import get_protocol
     from peftarena_cli.tasks.target_tasks import load_target_task
 
     for proto, prompt0, chat, budget in (("study", "Compute 2+2.", True, 16), ("lm-eval", "Q: 2+2\nA:", False, 8)):
         (t,) = load_target_tasks("toy", protocol=proto)
         assert t.items[0].prompt == prompt0 and t.chat is chat and t.max_new_tokens == budget
-        assert t.scorer == f"toykind:{proto}" and t.protocol == f"{proto}@1"
+        assert t.scorer == f"toykind:{proto}" and t.protocol == get_protocol(proto).label
     raw = load_target_task("toy")
     # 3 of 5 right: items 0, 1 and 4
     records = [{"id": "toy-0", "response": "it is 4"}, {"id": "toy-1", "response": "9"},
@@ -188,7 +189,7 @@ def test_a_toy_benchmark_with_both_protocols_needs_the_registry_only(toy):
     # re-scored under the other protocol through the registry as well
     df2, summ2 = rescore_table(df, protocol="study")
     assert df2["correct"].tolist() == df["correct"].tolist()
-    assert summ2[summ2["metric"] == "exact_match"].iloc[0]["protocol"] == "study@1"
+    assert summ2[summ2["metric"] == "exact_match"].iloc[0]["protocol"] == "study@2"
 
 
 def test_toy_strata_come_from_its_kind(toy):

@@ -61,18 +61,18 @@ def test_names_of_an_alias_and_a_directory(tmp_path):
 def test_decision_per_protocol_setting():
     base, inst = ["Qwen/Qwen2.5-7B"], ["Qwen/Qwen2.5-7B-Instruct"]
     # study BBH: the name rule (a base model that ships a template gets plain prompts)
-    assert decide_chat_template("auto", BY_NAME, "study@1", True, base)[0] is False
-    assert decide_chat_template("auto", BY_NAME, "study@1", True, inst)[0] is True
-    assert decide_chat_template("auto", BY_NAME, "study@1", False, inst)[0] is False  # nothing to apply
+    assert decide_chat_template("auto", BY_NAME, "study@2", True, base)[0] is False
+    assert decide_chat_template("auto", BY_NAME, "study@2", True, inst)[0] is True
+    assert decide_chat_template("auto", BY_NAME, "study@2", False, inst)[0] is False  # nothing to apply
     # study IFEval / NQ / math / medical: always the template (the study's scripts), whatever the name
-    assert decide_chat_template("auto", True, "study@1", True, base)[0] is True
+    assert decide_chat_template("auto", True, "study@2", True, base)[0] is True
     # lm-eval: off unless asked
     assert decide_chat_template("auto", False, "lm-eval@1", True, inst) == (False, "lm-eval protocol: no chat template")
     # built-in suites: today's behaviour, the template when the tokenizer has one
     assert decide_chat_template("auto", True, "builtin@1", True, [])[0] is True
     assert decide_chat_template("auto", True, "builtin@1", False, [])[0] is False
     assert decide_chat_template("on", False, "lm-eval@1", True, base) == (True, "--chat-template on")
-    assert decide_chat_template("off", BY_NAME, "study@1", True, inst) == (False, "--chat-template off")
+    assert decide_chat_template("off", BY_NAME, "study@2", True, inst) == (False, "--chat-template off")
 
 
 def test_registry_holds_the_study_setting():
@@ -117,7 +117,7 @@ def test_prompt_rendered_with_and_without(tiny_model_dir):
     tok = _tok(tiny_model_dir)
     assert tok.chat_template  # the fixture ships a template
     item = Item("x-0", "Q: is 2 > 1?\nA: Let's think step by step.", None)
-    task = Task("bbh", [item], "bbh:study", chat=True, chat_by_name=True, protocol="study@1")
+    task = Task("bbh", [item], "bbh:study", chat=True, chat_by_name=True, protocol="study@2")
     expected_chat = tok.apply_chat_template([{"role": "user", "content": item.prompt}], tokenize=False,
                                             add_generation_prompt=True)
     assert expected_chat != item.prompt

@@ -154,7 +154,7 @@ def test_protocol_settings_and_overrides(shared_data):
     q = raw.items[0].prompt
     assert st.items[0].prompt == ("Answer these questions, your answer should be as simple as possible, start your answer "
                                   f"with the prompt 'The answer is '.\nQ: {q}?")
-    assert (st.chat, st.max_new_tokens, st.stop, st.scorer, st.protocol) == (True, 50, (), "nq:study", "study@1")
+    assert (st.chat, st.max_new_tokens, st.stop, st.scorer, st.protocol) == (True, 50, (), "nq:study", "study@2")
     assert le.items[0].prompt == f"Answer these questions:\n\nQ: {q}?\nA:"
     assert (le.chat, le.stop, le.scorer) == (False, ("\n", ".", ","), "nq:lm-eval")
     m = load_target_task(f"math500={shared_data / 'math' / 'math500_test.jsonl'}", limit=2)
@@ -225,7 +225,7 @@ def test_study_target_score_leaves_gsm8k_out():
     from peftarena_cli.evaluation.api import general_metric_name, target_score_parts
     from peftarena_cli.tasks.spec import Task
 
-    ts = [Task(n, [], "math:study", protocol="study@1") for n in ("gsm8k", "math500", "aime24")]
+    ts = [Task(n, [], "math:study", protocol="study@2") for n in ("gsm8k", "math500", "aime24")]
     assert [t.name for t in target_score_parts(ts)] == ["math500", "aime24"]
     assert [t.name for t in target_score_parts(ts[:1])] == ["gsm8k"]
     assert general_metric_name(["ifeval", "bbh", "nq_open"]) == "general_score"
@@ -242,7 +242,7 @@ def test_rescore_under_another_protocol_says_so(tmp_path, shared_data):
     raw = nq_open_task(shared_data / "nq_open" / "NQ-open.dev.jsonl", limit=1)
     ref = raw.items[0].reference[0]
     per, summ = score_responses(raw, [{"id": raw.items[0].id, "response": f" The answer is {ref}"}], kind="general")
-    assert per["correct"].tolist() == [True] and json.loads(per["meta"][0])["protocol"] == "study@1"
+    assert per["correct"].tolist() == [True] and json.loads(per["meta"][0])["protocol"] == "study@2"
     per2, summ2 = rescore_table(per, kind="general", protocol="lm-eval")
     assert per2["correct"].tolist() == [False]  # lm-eval's exact match
     row = summ2[summ2["task"] == "nq_open"].iloc[0]
@@ -283,11 +283,11 @@ def test_report_warns_when_an_axis_mixes_protocols():
         def __init__(self, gen_protocol):
             self.tables = {"eval_summary": pd.DataFrame({
                 "task": ["target", "general"], "metric": ["target_score", "general_score"], "value": [1.0, 2.0],
-                "protocol": ["study@1", gen_protocol]})}
+                "protocol": ["study@2", gen_protocol]})}
 
-    same = {"base": M("study@1"), "lora": M("study@1")}
+    same = {"base": M("study@2"), "lora": M("study@2")}
     assert protocol_notes(same) == []
-    assert axis_measures(same)["general"] == (["general_score"], ["study@1"])
-    mixed = {"base": M("study@1"), "lora": M("lm-eval@1")}
+    assert axis_measures(same)["general"] == (["general_score"], ["study@2"])
+    mixed = {"base": M("study@2"), "lora": M("lm-eval@1")}
     notes = protocol_notes(mixed)
     assert len(notes) == 1 and "general axis mixes" in notes[0] and "lm-eval@1" in notes[0]

@@ -97,7 +97,9 @@ class Protocol:
         return f"{self.name}@{self.version}"
 
 
-STUDY = Protocol("study", 1, "the PEFT-Arena study (OpenCompass, math_eval, med_eval)", _ProtocolSettings("study"),
+# study@2: the medical matcher follows med_eval's extract_answer.py (last standalone letter) and BBH's
+# chat template the study's name rule; study@1 read \boxed{} first and always used the template.
+STUDY = Protocol("study", 2, "the PEFT-Arena study (OpenCompass, math_eval, med_eval)", _ProtocolSettings("study"),
                  target_mean=tuple(sorted(b.name for b in benchmarks.REGISTRY.values() if b.study_target)))
 LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", _ProtocolSettings("lm-eval"))
 BUILTIN = Protocol("builtin", 1, "the built-in procedural suites' own settings", {})

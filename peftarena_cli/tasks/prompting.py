@@ -106,7 +106,7 @@ def decide_chat_template(mode: str, setting, protocol: str, has_template: bool, 
 
     ``setting`` is the task's protocol value (``Settings.chat``: True or False; :data:`BY_NAME` where
     ``Settings.chat_by_name``),
-    ``protocol`` its label (``study@1``, ``lm-eval@1``, ``builtin@1``). ``on`` / ``off`` force it
+    ``protocol`` its label (``study@2``, ``lm-eval@1``, ``builtin@1``). ``on`` / ``off`` force it
     (``on`` is checked against the tokenizer first: :func:`require_chat_template`). ``auto``:
 
     * the setting :data:`BY_NAME` (the study's BBH): the study's name rule, when the tokenizer has a template;

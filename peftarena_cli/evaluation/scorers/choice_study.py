@@ -1,4 +1,4 @@
-"""The PEFT-Arena study's medical answer matcher (``choice:study``; docs/eval.md, ``study@1``).
+"""The PEFT-Arena study's medical answer matcher (``choice:study``; docs/eval.md, ``study@2``).
 
 The study scores MedMCQA, MedQA and PubMedQA with ``third_party/med_eval/utils/extract_answer.py``
 (``extract_overall_answer``, which keeps the *last* answer of ``match_choice``; its ``\\boxed{}``
