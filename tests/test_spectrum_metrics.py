@@ -132,6 +132,78 @@ def test_top_eigenvalues_match_eigvalsh_with_multiplicity_and_low_rank():
     assert top_eigenvalues(torch.eye(3, dtype=torch.float64)).tolist() == [1.0, 1.0, 1.0]
 
 
+def test_top_eigenvalues_lanczos_path_matches_eigvalsh():
+    """Above DENSE_EIG_MAX the block Lanczos iteration runs: same values as eigvalsh, within the
+    stopping bound (1e-10·θ₁ in float64; 1e-6·θ₁ in float32 plus the matrix's own float32
+    rounding, hence 1e-5), also for an exhausted Krylov space (rank 3, 7) and repeated eigenvalues."""
+    from peftarena_cli.spectral.spectrum import DENSE_EIG_MAX, top_eigenvalues
+
+    g = torch.Generator().manual_seed(2)
+    n = 400
+    assert n > DENSE_EIG_MAX
+    for rows in (600, 3, 7):
+        x = torch.randn(rows, n, generator=g, dtype=torch.float64)
+        a = x.T @ x
+        want = torch.linalg.eigvalsh(a).flip(0)[:5].clamp_min(0)
+        torch.testing.assert_close(top_eigenvalues(a), want, rtol=0, atol=1e-9 * float(want[0]))
+        torch.testing.assert_close(top_eigenvalues(a.float()), want, rtol=0, atol=1e-5 * float(want[0]))
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([5.0, 5, 5, 4, 4], dtype=torch.float64), torch.linspace(3.9, 0, n - 5, dtype=torch.float64)])
+    torch.testing.assert_close(top_eigenvalues(q @ torch.diag(lam) @ q.T), lam[:5], rtol=0, atol=1e-9)
+    # the same matrices as the dense-path test above, forced through the iteration
+    g = torch.Generator().manual_seed(1)
+    for rows in (300, 3, 7):
+        x = torch.randn(rows, 200, generator=g, dtype=torch.float64)
+        a = x.T @ x
+        want = torch.linalg.eigvalsh(a).flip(0)[:5].clamp_min(0)
+        torch.testing.assert_close(top_eigenvalues(a, dense_max=0), want, rtol=0, atol=1e-9 * float(want[0]))
+
+
+def test_top_eigenvalues_start_does_not_hide_the_top_eigenvector():
+    """The iteration starts at the largest diagonal entries. Here those (about 0.5, at indices
+    0–119) belong to a decoupled block with eigenvalues spread over [0.1, 1], while the top
+    eigenvalue, 5, belongs to a vector spread thinly over the other indices (diagonal entries
+    5/280): from the unit vectors alone the iteration converges inside the block and reports 1.0
+    as the largest. The random part of the start must find 5."""
+    from peftarena_cli.spectral.spectrum import top_eigenvalues
+
+    g = torch.Generator().manual_seed(3)
+    n, lead = 400, 120
+    a = torch.zeros(n, n, dtype=torch.float64)
+    qb, _ = torch.linalg.qr(torch.randn(lead, lead, generator=g, dtype=torch.float64))
+    a[:lead, :lead] = qb @ torch.diag(torch.linspace(1.0, 0.1, lead, dtype=torch.float64)) @ qb.T
+    u = torch.zeros(n, dtype=torch.float64)
+    u[lead:] = 1.0
+    a += 5.0 * torch.outer(u, u) / float(u @ u)
+    assert float(torch.diagonal(a)[:lead].min()) > 10 * float(a[lead, lead])  # the start sits in the block
+    want = torch.linalg.eigvalsh(a).flip(0)[:5]
+    assert float(want[0]) == pytest.approx(5.0) and float(want[1]) == pytest.approx(1.0)
+    torch.testing.assert_close(top_eigenvalues(a), want, rtol=0, atol=1e-9 * float(want[0]))
+    torch.testing.assert_close(top_eigenvalues(a.float()), want, rtol=0, atol=1e-5 * float(want[0]))
+
+
+@pytest.mark.parametrize("case", ["oft_neumann", "dora"])
+def test_delta_sv_through_the_lanczos_path_match_dense(case, tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny model's modules are below DENSE_EIG_MAX; with the threshold at 0 the top singular
+    values of ΔW (OFT's Σ D Σ, a dense update's Gram matrix) come from the iteration and still
+    match a dense float64 SVD of PEFT's merge."""
+    from peftarena_cli.spectral import spectrum
+    from peftarena_cli.spectral.base_svd import BaseSvdCache
+
+    monkeypatch.setattr(spectrum, "DENSE_EIG_MAX", 0)
+    make_cfg, _, _ = METHOD_CASES[case]
+    ad = make_adapter(tiny_model_dir, make_cfg(), tmp_path / case)
+    merged = peft_merged(tiny_model_dir, ad)
+    w0s = base_weights(tiny_model_dir)
+    res = spectrum.compute_spectrum(str(tiny_model_dir), str(ad), cache=BaseSvdCache(enabled=False))
+    summ = res.summary.set_index("module")
+    assert len(summ) > 0
+    for mod, row in summ.iterrows():
+        sd = torch.linalg.svdvals(merged[mod + ".weight"].double() - w0s[mod + ".weight"].double()).numpy()
+        for i in range(5):
+            assert row[f"delta_sv_{i + 1}"] == pytest.approx(sd[i], rel=1e-4, abs=1e-5 * sd[0]), (mod, i)
+
+
 def test_fluct_retention_is_the_study_formula_on_raw_delta_p(tiny_model_dir, tiny_lora_dir, tmp_path):
     """fluct_retention = mean |x − MA5(x)| of x = |ΔP_diag(i)| (reflect padding), from a dense float64
     computation; fluct_base_retention the same on P_diag/σ₁."""

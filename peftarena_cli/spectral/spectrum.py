@@ -18,7 +18,8 @@ Structure used instead of dense work (exact, not approximations):
 * low-rank ΔW = B A: u_iᵀΔW v_i = Σ_j (UᵀB)_{ij} (A V)ᵀ_{ij} and ‖ΔW v_i‖² = (A v_i)ᵀ (BᵀB) (A v_i), so
   no out×k matrix is formed; ‖ΔW‖_F² from the r×r Grams and ‖ΔW‖₂ from an r×r core (QR of factors);
 * dense ΔW: ‖ΔW‖₂² and the next four squared singular values are the top eigenvalues of the
-  smaller Gram matrix (block Lanczos, see :func:`top_eigenvalues`);
+  smaller Gram matrix (float64 eigvalsh up to order 256, block Lanczos above, see
+  :func:`top_eigenvalues`);
 * OFT, W1 = W0 M with block-diagonal M: ΔW = U Σ Vᵀ(M − I), so with C = Vᵀ(M − I)V and
   D = Vᵀ(M − I)(Mᵀ − I)V (k × k) u_iᵀΔW v_i = σ_i C_ii, ‖ΔW v_i‖ = ‖Σ C e_i‖ and ‖ΔW‖ = ‖Σ D Σ‖^½
   (F: trace, 2-norm: top eigenvalue); M is applied block by block and ΔW is never formed;
@@ -32,6 +33,7 @@ Structure used instead of dense work (exact, not approximations):
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,23 +115,38 @@ def top_eigenvalue(a: torch.Tensor, tol: float | None = None, max_steps: int = 3
     return float(torch.linalg.eigvalsh(a.double())[-1].clamp_min(0.0))
 
 
+DENSE_EIG_MAX = 256  # up to this order a float64 eigvalsh is cheaper than the Lanczos iteration
+START_NOISE = 0.3  # norm of the random part of each starting vector of top_eigenvalues
+
+
 def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = None, max_dim: int = 320,
-                    check_every: int = 2, extra: int = 3) -> torch.Tensor:
+                    extra: int = 3, dense_max: int | None = None) -> torch.Tensor:
     """The ``count`` largest eigenvalues (descending, float64, clamped at 0) of a symmetric PSD matrix.
 
-    Block Lanczos with full reorthogonalisation and a block of ``count + 3`` vectors, so an
-    eigenvalue repeated up to that many times is found with its multiplicity (single-vector
-    Lanczos finds each distinct eigenvalue once). T = QᵀAQ is taken from the projections
-    themselves, not assumed block-tridiagonal, and a block that loses rank (an exhausted Krylov
-    space, e.g. a rank-deficient ΔW) is completed with random directions, so the Rayleigh–Ritz
-    values stay exact for the space spanned. Stops when every wanted Ritz value's error bound
-    min(ρ_i, ρ_i²/gap_i) (ρ_i = ‖R s_i‖ the residual, gap_i the distance to the nearest other Ritz
-    value) is below ``tol`` × θ_1 (default 1e-6 in float32, 1e-10 in float64); ``eigvalsh`` for small matrices or when ``max_dim``
-    vectors do not settle it. Runs on the host in ``a``'s dtype, the small problems in float64.
+    Up to order ``dense_max`` (default ``DENSE_EIG_MAX``), all eigenvalues in float64 (``eigvalsh``:
+    exact to rounding, and cheaper there than the iteration). Above it, block Lanczos with full
+    reorthogonalisation and a block of ``count + 3`` vectors, so an eigenvalue repeated up to that
+    many times is found with its multiplicity (single-vector Lanczos finds each distinct eigenvalue
+    once). T = QᵀAQ is taken from the projections themselves, not assumed block-tridiagonal, and a
+    block that loses rank (an exhausted Krylov space, e.g. a rank-deficient ΔW) is completed with
+    random directions, so the Rayleigh–Ritz values stay exact for the space spanned. Stops when
+    every wanted Ritz value's error bound min(ρ_i, ρ_i²/gap_i) (ρ_i = ‖R s_i‖ the residual, gap_i
+    the distance to the nearest other Ritz value) is below ``tol`` × θ_1 (default 1e-6 in float32,
+    1e-10 in float64); ``eigvalsh`` when ``max_dim`` vectors do not settle it. Runs on the host in
+    ``a``'s dtype, the eigenproblems of T in float64.
+
+    The iteration starts from the unit vectors of A's ``count + 3`` largest diagonal entries, each
+    plus a random vector of norm ``START_NOISE`` (so that no eigenvector is orthogonal to the start
+    whatever A is): for OFT's Σ D Σ, whose largest diagonal entries sit at W0's largest σ_i, that
+    saves one or two blocks (docs/spectrum.md). Each new block is orthogonalised against the basis
+    once, normalised (QR), and orthogonalised once more (a column that loses more than half its norm in that second
+    pass is noise from an exhausted Krylov space). The bound is checked after two blocks, then where
+    the decay of the worst bound since the previous check predicts convergence (at most four blocks
+    on): the eigenproblem of T is the dominant cost besides the products with A.
     """
     n = a.shape[0]
     want = min(count, n)
-    if n <= max(32, 6 * count):
+    if n <= max(DENSE_EIG_MAX if dense_max is None else dense_max, 32, 6 * count):
         ev = torch.linalg.eigvalsh(a.double().cpu()).flip(0)[:want]
         return ev.clamp_min(0.0)
     a = a.cpu()
@@ -140,71 +157,59 @@ def top_eigenvalues(a: torch.Tensor, count: int = TOP_SV, tol: float | None = No
     m = min(n, max_dim)
     g = torch.Generator(device="cpu").manual_seed(0)
     basis = torch.empty(m + p, n, dtype=dt)  # orthonormal rows
-    t = torch.zeros(m + p, m + p, dtype=torch.float64)
-
-    def orthonormal_block(x, j):
-        for _ in range(2):  # classical Gram–Schmidt against the basis, twice, then QR inside the block
-            if j:
-                x -= (x @ basis[:j].T) @ basis[:j]
-        q, r = torch.linalg.qr(x.T)
-        return q.T, r
-
-    def _next_block(q, j):
-        # q spans the residual block; where the block lost rank (exhausted Krylov space) q's columns
-        # are noise that need not be orthogonal to the basis: reorthogonalise, and replace a column
-        # that loses more than half its norm doing so by a random direction
-        nxt = q.T.contiguous()
-        for _ in range(3):
-            nxt, r2 = orthonormal_block(nxt, j)
-            bad = r2.diagonal().abs() < 0.5
-            if not bool(bad.any()):
-                break
-            nxt[bad] = torch.randn(int(bad.sum()), n, generator=g, dtype=torch.float64).to(dt)
-        return nxt
-
-    q0, _ = orthonormal_block(torch.randn(p, n, generator=g, dtype=torch.float64).to(dt), 0)
-    basis[:p] = q0
-    j = p  # rows filled
-    steps = 0
-    b0 = 0  # first row of the block being expanded
+    t = torch.zeros(m + p, m + p, dtype=dt)  # lower triangle of T = QᵀAQ (what eigh reads)
+    x = torch.randn(p, n, generator=g, dtype=torch.float64)
+    x *= START_NOISE / math.sqrt(n)
+    x[torch.arange(p), torch.topk(torch.diagonal(a), p).indices] += 1.0
+    q, _ = torch.linalg.qr(x.to(dt).T)
+    basis[:p] = q.T
+    j, b0 = p, 0  # rows filled; first row of the block being expanded
+    next_check, last = 2 * p, None
     while True:
-        blk = basis[b0:b0 + p]
-        w = blk @ a  # rows (A q_l)ᵀ, a symmetric
         done = basis[:j]
+        w = basis[b0:j] @ a  # rows (A q_l)ᵀ, a symmetric
         h = w @ done.T
         w -= h @ done
-        h2 = w @ done.T
-        w -= h2 @ done
-        h = (h + h2).double()  # the block's rows of T = QᵀAQ (and, by symmetry, its columns)
-        t[b0:b0 + p, :j] = h
-        t[:j, b0:b0 + p] = h.T
-        q, r = torch.linalg.qr(w.T)  # w = rᵀ qᵀ: the residual block and its coupling r
-        steps += 1
-        if steps % check_every and j + p <= m and j < n:
-            basis[j:j + p] = _next_block(q, j)
-            b0 = j
-            j += p
-            continue
-        ts = t[:j, :j]
-        ev, vec = torch.linalg.eigh((ts + ts.T) / 2)
-        ev, vec = ev.flip(0), vec.flip(1)
-        theta = ev[:want]
-        res = torch.linalg.vector_norm(r.double() @ vec[b0:b0 + p, :want], dim=0)
-        top = max(float(theta[0]), 1e-300)
-        # error bound per Ritz value: min(ρ, ρ²/gap), the gap to the nearest other Ritz value
-        ritz_gap = torch.full((want,), float("inf"), dtype=torch.float64)
-        if ev.numel() > 1:
-            diffs = (ev[:-1] - ev[1:]).abs()
-            ritz_gap[: min(want, diffs.numel())] = diffs[:want]
-            ritz_gap[1:want] = torch.minimum(ritz_gap[1:want], diffs[: want - 1])
-        bound = torch.minimum(res, res * res / ritz_gap.clamp_min(1e-300))
-        if bool((bound <= tol * top).all()) or j >= n:
-            return theta.clamp_min(0.0)
-        if j + p > m:
-            break
-        basis[j:j + p] = _next_block(q, j)
-        b0 = j
-        j += p
+        q, r = torch.linalg.qr(w.T)  # w = rᵀ qᵀ
+        u = q.T
+        h2 = u @ done.T  # second pass on the normalised block: qᵀ = r2ᵀ q2ᵀ + h2 Q
+        u = u - h2 @ done
+        q, r2 = torch.linalg.qr(u.T)
+        t[b0:j, :j] = h + r.T @ h2  # so A q_block = Q (h + rᵀh2)ᵀ + q2 (r2 r): the block's rows of T
+        r = r2 @ r  # and its coupling to the next block
+        if j >= next_check or j + p > m or j >= n:
+            ev, vec = torch.linalg.eigh(t[:j, :j].double())  # ascending
+            top_ev = ev[-min(want + 1, j):].flip(0)  # the wanted Ritz values and the next one
+            theta = top_ev[:want]
+            res = torch.linalg.vector_norm(r.double() @ vec[b0:j, j - want:].flip(1), dim=0)
+            top = max(float(theta[0]), 1e-300)
+            # error bound per Ritz value: min(ρ, ρ²/gap), the gap to the nearest other Ritz value
+            diffs = top_ev[:-1] - top_ev[1:]
+            ritz_gap = torch.full((want,), float("inf"), dtype=torch.float64)
+            ritz_gap[: diffs.numel()] = diffs
+            ritz_gap[1:] = torch.minimum(ritz_gap[1:], diffs[: want - 1])
+            worst = float(torch.minimum(res, res * res / ritz_gap.clamp_min(1e-300)).max()) / (tol * top)
+            if worst <= 1.0 or j >= n:
+                return theta.clamp_min(0.0)
+            if j + p > m:
+                break
+            step = 2 * p
+            if last is not None and worst < last[1]:  # vectors to go, from the decay per vector so far
+                rate = math.log(last[1] / worst) / (j - last[0])
+                step = max(p, min(int(0.8 * math.log(worst) / rate) // p * p, 4 * p))
+            last, next_check = (j, worst), j + step
+        bad = r2.diagonal().abs() < 0.5
+        for _ in range(3):  # an exhausted Krylov space: the noise columns become random directions
+            if not bool(bad.any()):
+                break
+            u = q.T.clone()
+            u[bad] = torch.randn(int(bad.sum()), n, generator=g, dtype=torch.float64).to(dt)
+            for _ in range(2):
+                u -= (u @ done.T) @ done
+            q, r3 = torch.linalg.qr(u.T)
+            bad = r3.diagonal().abs() < 0.5
+        basis[j:j + p] = q.T
+        b0, j = j, j + p
     ev = torch.linalg.eigvalsh(a.double()).flip(0)[:want]
     return ev.clamp_min(0.0)
 
