@@ -26,17 +26,7 @@ HOMES = {
 }
 # Files that still name benchmarks outside their homes, and why. This list may only shrink: a file
 # that newly names a benchmark fails the test (read the registry instead).
-KNOWN = {
-    "evaluation/api.py": "general_metric_name, builtin_prompts, the suite specs (being moved by another change)",
-    "tasks/limits.py": "usage examples in --limit's messages",
-    "activations/prompts.py": "the built-in prompt-set names",
-    "cli/evaluate.py": "help texts and option checks",
-    "cli/csd.py": "prompt-set help texts", "cli/act_geom.py": "prompt-set help texts",
-    "cli/interpolate.py": "help texts", "cli/drift.py": "prompt-set help texts",
-    "cli/finetune.py": "the training task's help", "training/data.py": "the training tasks",
-    "training/runner.py": "the built-in training task",
-    "interpolation/interpolate.py": "default target task and suite",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _code_words(src: str) -> str:

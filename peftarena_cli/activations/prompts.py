@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, InputNotFound, UsageError
+from peftarena_cli.tasks import benchmarks
 
 TEXT_KEYS = ("prompt", "input", "question", "query", "problem", "instruction", "text")
 DEFAULT_N = 256
-BUILTIN_LOCAL = ("arith",)
-BUILTIN_EVAL = ("general", "ifeval", "bbh", "facts")
+BUILTIN_LOCAL = benchmarks.names("target", builtin=True)  # generated here: the built-in target tasks' questions
+BUILTIN_EVAL = (benchmarks.GENERAL_PROMPT_SET,) + benchmarks.builtin_parts()  # from the evaluation package
 
 
 @dataclass
@@ -33,7 +34,7 @@ class PromptSet:
 
 
 def _builtin(name: str, n: int, seed: int) -> list[str]:
-    if name == "arith":
+    if name in BUILTIN_LOCAL:
         from peftarena_cli.tasks.arith import generate
 
         return [r["question"] for r in generate("test", n, seed)]
@@ -45,7 +46,7 @@ def _builtin(name: str, n: int, seed: int) -> list[str]:
         except ImportError:
             raise UsageError(
                 f"built-in prompt set {name!r} is not available in this version",
-                hint="use `arith` or pass a .txt/.jsonl/.json/.parquet prompt file",
+                hint=f"use {' or '.join(f'`{b}`' for b in BUILTIN_LOCAL)} or pass a .txt/.jsonl/.json/.parquet prompt file",
             ) from None
     out = builtin_prompts(name, n, seed)
     return [p if isinstance(p, str) else str(p.get("prompt") or p.get("question") or p) for p in out]
@@ -157,7 +158,7 @@ def load_prompts(spec: str, n: int | None = None, seed: int = 0, text_key: str |
             try:
                 k = int(count)
             except ValueError:
-                raise UsageError(f"bad prompt-set count in {spec!r}", hint="write NAME:N, e.g. arith:256") from None
+                raise UsageError(f"bad prompt-set count in {spec!r}", hint=f"write NAME:N, e.g. {BUILTIN_LOCAL[0]}:{DEFAULT_N}") from None
         if k <= 0:
             raise UsageError(f"prompt-set size must be positive in {spec!r}")
         return PromptSet(name, _builtin(name, k, seed), f"builtin:{name}")

@@ -10,12 +10,14 @@ import typer
 from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, NOpt,
                                                   ShardOpt, TextKeyOpt, check_prompt_counts, parse_max_memory)
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, ModulesOpt, OutputOpt, SeedOpt
+from peftarena_cli.tasks import benchmarks  # the help lists the built-in prompt sets (light: no pandas)
 
 
 def act_geom_cmd(
     base: Optional[str] = typer.Argument(None, metavar="BASE", help="Base model: HF directory or alias (smollm2-135m). Optional with --sums."),
     adapter: Optional[str] = typer.Argument(None, metavar="ADAPTER", help="PEFT adapter (directory or .safetensors) or full fine-tuned model. Optional with --sums."),
-    prompts: Optional[List[str]] = typer.Option(None, "--prompts", "-p", help="Prompt set (repeatable): a file (.txt/.jsonl/.json/.parquet) or a built-in name (arith, general, ifeval, bbh, facts; NAME:N)."),
+    prompts: Optional[List[str]] = typer.Option(None, "--prompts", "-p", help="Prompt set (repeatable): a file (.txt/.jsonl/.json/.parquet) "
+                                       f"or a built-in name ({', '.join(benchmarks.prompt_sets())}; NAME:N)."),
     sums: Optional[List[Path]] = typer.Option(None, "--sums", help="Merge saved sums files (shards) and compute the metrics; no forward pass."),
     save_sums: Optional[Path] = typer.Option(None, "--save-sums", help="Write the streamed sums here (safetensors; needed with --shard)."),
     gram_sample: int = typer.Option(0, "--gram-sample", min=0, help="Also compute the study-style Gram distortion on N sampled tokens (column gram_distortion_sampled)."),

@@ -10,13 +10,15 @@ import typer
 from peftarena_cli.cli.activation_options import (BatchOpt, ChatOpt, MaxLenOpt, MaxMemoryOpt, NOpt,
                                                   ShardOpt, TextKeyOpt, check_prompt_counts, parse_max_memory)
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, ModulesOpt, OutputOpt, SeedOpt
+from peftarena_cli.tasks import benchmarks  # the help lists the built-in prompt sets (light: no pandas)
 
 
 def csd_cmd(
     base: str = typer.Argument(..., metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m)."),
     adapter: Optional[str] = typer.Argument(None, metavar="ADAPTER", help="PEFT adapter (directory or .safetensors) or full fine-tuned model. "
                                                       "Omit it to only collect statistics (--save-stats)."),
-    general: Optional[str] = typer.Option(None, "--general", "-g", help="General prompt set: a file (.txt/.jsonl/.json/.parquet) or a built-in name (arith, general, ifeval, bbh, facts; NAME:N)."),
+    general: Optional[str] = typer.Option(None, "--general", "-g", help="General prompt set: a file (.txt/.jsonl/.json/.parquet) "
+                                       f"or a built-in name ({', '.join(benchmarks.prompt_sets())}; NAME:N)."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target prompt set (same forms as --general)."),
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Reuse saved statistics instead of running the base model (repeatable: shards are merged)."),
     save_stats: Optional[Path] = typer.Option(None, "--save-stats", help="Write the collected (or merged) statistics here (safetensors)."),

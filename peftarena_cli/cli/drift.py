@@ -10,14 +10,15 @@ from typing import Optional
 import typer
 
 from peftarena_cli.cli.common import ChatTemplateOpt, DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
+from peftarena_cli.tasks import benchmarks  # defaults from the registry (light: no pandas)
 
 def drift_cmd(
     base: str = typer.Argument(..., metavar="BASE", help="Base model: alias (smollm2-135m), HF directory or .safetensors."),
     finetuned: str = typer.Argument(..., metavar="ADAPTER", help="PEFT adapter (directory or single .safetensors) or a full fine-tuned model."),
     alphas: str = typer.Option("1", "--alphas", help="Path positions to measure: start:stop:step or a comma list (1 = the fine-tune; 0 = the base, drift 0)."),
     sets: str = typer.Option("target,general", "--sets", help="Prompt sets: target, general or target,general."),
-    target_task: str = typer.Option("arith", "--target-task", help="Target task whose prompts (and references) are used."),
-    general_suite: str = typer.Option("builtin", "--general-suite", help="General suite whose prompts (and references) are used."),
+    target_task: str = typer.Option(benchmarks.DEFAULT_TARGET, "--target-task", help="Target task whose prompts (and references) are used."),
+    general_suite: str = typer.Option(benchmarks.DEFAULT_GENERAL, "--general-suite", help="General suite whose prompts (and references) are used."),
     limit: Optional[int] = typer.Option(64, "--limit", help="Items per target task / general part (the eval's --limit semantics)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Length of the base's greedy continuation (tokens)."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also teacher-force on items' text references (source = reference)."),

@@ -16,8 +16,8 @@ from peftarena_cli.tasks import benchmarks  # the help lists its names (light: n
 BaseArg = typer.Argument(None, metavar="BASE", help="Base model: HF directory, .safetensors file or alias (smollm2-135m). Not needed with --responses.")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="PEFT adapter (directory or .safetensors); repeat it to evaluate several on one loaded base.")
 IncludeBaseOpt = typer.Option(False, "--include-base", help="With --adapter: also evaluate the base model itself (model=base rows).")
-LimitOpt = typer.Option(None, "--limit", min=1, help="Evaluate the first N items (BBH: per subtask; built-in parts: N prompts).")
-GeneralLimitOpt = typer.Option(None, "--limit", help="The first N items of every part (BBH: per subtask), or per part: ifeval=280,bbh=200,facts=357 (a bare N for the rest).")
+LimitOpt = typer.Option(None, "--limit", min=1, help=f"Evaluate the first N items ({benchmarks.per_subtask_label()}: per subtask; built-in parts: N prompts).")
+GeneralLimitOpt = typer.Option(None, "--limit", help=f"The first N items of every part ({benchmarks.per_subtask_label()}: per subtask), or per part: {benchmarks.limit_example()} (a bare N for the rest).")
 BatchOpt = typer.Option(None, "--batch-size", min=1, help="Generation batch size (default 64 on CPU, 128 on CUDA).")
 MergeOpt = typer.Option(True, "--merge/--no-merge", help="Merge each adapter into the loaded weights (PEFT's merge, restored afterwards) for speed; --no-merge runs PEFT's unmerged forward.")
 BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
@@ -93,7 +93,7 @@ def _write(res, output: Optional[Path], summary: Optional[Path]) -> None:
 def eval_target_cmd(
     base: Optional[str] = BaseArg,
     adapter: Optional[List[str]] = AdapterOpt,
-    task: str = typer.Option("arith", "--task", "-t", help=benchmarks.task_help()),
+    task: str = typer.Option(benchmarks.DEFAULT_TARGET, "--task", "-t", help=benchmarks.task_help()),
     n_samples: Optional[int] = typer.Option(None, "-n", "--samples", min=1, help="Samples per problem (avg@n; pass@k and maj@k for k <= n). Default: the protocol's (study: 16 on math, else 1)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; > 0 samples. Default: the protocol's (study: 0.6 on math, else 0)."),
     protocol: Optional[str] = ProtocolOpt,

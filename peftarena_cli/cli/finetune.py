@@ -10,6 +10,10 @@ import typer
 
 from peftarena_cli.cli.common import DeviceOpt, DtypeOpt, Progress, SeedOpt, deprecated_short, info
 from peftarena_cli.methods import DEFAULT_METHOD, METHODS  # the registry imports nothing heavy
+from peftarena_cli.tasks import benchmarks  # the built-in training task and the help's examples (light)
+
+_TRAIN = benchmarks.get(benchmarks.DEFAULT_TRAIN)
+_CONFIG_EXAMPLE = benchmarks.config_example()
 
 METHOD_NAMES = ", ".join(METHODS)
 
@@ -51,13 +55,13 @@ def finetune_cmd(
     method: str = typer.Option(DEFAULT_METHOD, "--method", help=f"One of: {METHOD_NAMES}."),
     method_short: Optional[str] = typer.Option(None, "-m", hidden=True, help="Deprecated spelling of --method."),
     regime: str = typer.Option("sft", "--regime", help="sft (completion-only loss) or rlvr (GRPO, verifiable reward)."),
-    data: str = typer.Option("arith", "--data", help="arith (built-in, train split; arith-1, arith-2, arith-3: easier levels), a .jsonl/.json/.parquet file, a dataset dir, or a hub dataset name."),
-    data_config: Optional[str] = typer.Option(None, "--data-config", help="Dataset config name (hub/dir datasets), e.g. main for openai/gsm8k."),
+    data: str = typer.Option(_TRAIN.name, "--data", help=f"{_TRAIN.name} (built-in, train split; {', '.join(_TRAIN.variants)}: easier levels), a .jsonl/.json/.parquet file, a dataset dir, or a hub dataset name."),
+    data_config: Optional[str] = typer.Option(None, "--data-config", help=f"Dataset config name (hub/dir datasets), e.g. {_CONFIG_EXAMPLE[1]} for {_CONFIG_EXAMPLE[0]}."),
     split: str = typer.Option("train", "--split", help="Dataset split (hub/dir datasets)."),
     prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="Prompt column (default: prompt, question, problem, ...)."),
     response_column: Optional[str] = typer.Option(None, "--response-column", help="SFT response column (default: response, completion, solution, ...)."),
     answer_column: Optional[str] = typer.Option(None, "--answer-column", help="RLVR reference answer column (default: answer, final_answer, ...)."),
-    num_examples: Optional[int] = typer.Option(None, "--num-examples", help="Examples to use (arith: generated; files: the first N). Default: enough for the run."),
+    num_examples: Optional[int] = typer.Option(None, "--num-examples", help=f"Examples to use ({_TRAIN.name}: generated; files: the first N). Default: enough for the run."),
     chat_template: str = typer.Option("auto", "--chat-template", metavar="auto|on|off", help="Chat template around the training prompts: auto (when the tokenizer has one), on (required: a tokenizer without one is an error), off (plain 'Question: ... Answer:' prompts)."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", hidden=True, help="Deprecated spelling of --chat-template off."),
     rank: Optional[int] = typer.Option(None, "--rank", "-r", help="Rank (LoRA family 8, VeRA 256, MiSS 8)."),

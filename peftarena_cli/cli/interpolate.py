@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from peftarena_cli.cli.common import ChatTemplateOpt, DeviceOpt, DtypeOpt, OutputOpt, SeedOpt, info, warn
+from peftarena_cli.tasks import benchmarks  # defaults and help from the registry (light: no pandas)
 
 
 def interpolate_cmd(
@@ -18,9 +19,9 @@ def interpolate_cmd(
     generator_scale: str = typer.Option("linear", "--generator-scale", help="OFT native path: the generator is scaled by α (linear) or √α (sqrt)."),
     layerwise: Optional[str] = typer.Option(None, "--layerwise", help="OFT native path: sweep the layer-wise rewound adapter (safescale or minscale), see docs/rewind.md."),
     evals: Optional[str] = typer.Option(None, "--eval", help="Evaluate at each α: target, general or target,general."),
-    target_task: str = typer.Option("arith", "--target-task", help="Target task for --eval target."),
-    general_suite: str = typer.Option("builtin", "--general-suite", help="General suite for --eval general."),
-    limit: Optional[str] = typer.Option(None, "--limit", help="At most this many examples per evaluation task (BBH: per subtask); per general part: 432,ifeval=280,bbh=200,facts=357 (the bare N: the rest and the target)."),
+    target_task: str = typer.Option(benchmarks.DEFAULT_TARGET, "--target-task", help="Target task for --eval target."),
+    general_suite: str = typer.Option(benchmarks.DEFAULT_GENERAL, "--general-suite", help="General suite for --eval general."),
+    limit: Optional[str] = typer.Option(None, "--limit", help=f"At most this many examples per evaluation task ({benchmarks.per_subtask_label()}: per subtask); per general part: {benchmarks.limit_example(bare=True)} (the bare N: the rest and the target)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Evaluation protocol of real benchmarks for --eval: study (default) or lm-eval (docs/eval.md)."),
     chat_template: ChatTemplateOpt = "auto",

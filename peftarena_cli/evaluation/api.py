@@ -23,8 +23,10 @@ import json
 
 import pandas as pd
 
+from peftarena_cli import scorer_kinds
 from peftarena_cli.errors import DataError, IncompatibleInputs
 from peftarena_cli.evaluation.scoring import score_rows, summarize, to_frame
+from peftarena_cli.tasks import benchmarks
 from peftarena_cli.tasks.limits import parse_limit, part_limit
 
 SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "estimator", "note", "protocol",
@@ -32,7 +34,7 @@ SUMMARY_COLUMNS = ["task", "metric", "value", "n", "se", "ci_low", "ci_high", "e
 # The general aggregate's name says which measure it is: the study's mean(IFEval, BBH, NQ-open),
 # the built-in procedural suite's mean, or the mean of some other set of parts.
 GENERAL_AGGREGATES = ("general_score", "builtin_general_score", "general_mean")
-BUILTIN_NAMES = ("arith", "general", "ifeval", "bbh", "facts")
+BUILTIN_NAMES = benchmarks.prompt_sets()  # the built-in prompt sets of builtin_prompts
 
 
 def _offset_progress(progress, offset: int, total: int):
@@ -151,7 +153,7 @@ def _protocol_tasks(tasks, protocol=None, n_samples=None, temperature=None, max_
     return [apply(t, protocol, max_new_tokens=max_new_tokens, n=n_samples, temperature=temperature) for t in tasks]
 
 
-def load_target_tasks(task="arith", limit=None, seed=0, protocol=None, n_samples=None, temperature=None,
+def load_target_tasks(task=benchmarks.DEFAULT_TARGET, limit=None, seed=0, protocol=None, n_samples=None, temperature=None,
                       max_new_tokens=None):
     """The runnable target tasks of a spec under ``protocol`` (default: the study's), with the
     explicit overrides applied and recorded."""
@@ -163,7 +165,7 @@ def load_target_tasks(task="arith", limit=None, seed=0, protocol=None, n_samples
     else:
         specs = [s.strip() for s in str(task).split(",") if s.strip()]
         if not specs:
-            raise DataError("no target task given", hint="pass --task arith (or a benchmark name / file)")
+            raise DataError("no target task given", hint=f"pass --task {benchmarks.DEFAULT_TARGET} (or a benchmark name / file)")
         raw = [load_target_task(s, limit=limit, seed=seed) for s in specs]
     return _protocol_tasks(raw, protocol, n_samples, temperature, max_new_tokens)
 
@@ -182,9 +184,9 @@ def general_metric_name(task_names) -> str:
     """``general_score`` for exactly IFEval, BBH and NQ-open (the study's measure),
     ``builtin_general_score`` for built-in parts only, else ``general_mean``."""
     names = set(task_names)
-    if names == {"ifeval", "bbh", "nq_open"}:
+    if names and names == set(benchmarks.study_general()):
         return "general_score"
-    if names and names <= {"ifeval_builtin", "bbh_builtin", "facts"}:
+    if names and names <= set(benchmarks.task_names("general", builtin=True)):
         return "builtin_general_score"
     return "general_mean"
 
@@ -193,7 +195,7 @@ def _runs(t) -> int:
     return t.n_samples if t.temperature > 0 else 1
 
 
-def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, temperature=None, ks=None, seed=0,
+def evaluate_target(model, tokenizer, task=benchmarks.DEFAULT_TARGET, limit=None, n_samples=None, temperature=None, ks=None, seed=0,
                     batch_size=None, progress=None, stats=None, max_new_tokens=None, protocol=None,
                     chat_template="auto", model_name=None):
     """Target score: per-sample rows and summary (avg@n, pass@k, maj@k, strict/flexible accuracy per
@@ -236,10 +238,10 @@ def evaluate_target(model, tokenizer, task="arith", limit=None, n_samples=None, 
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
-GENERAL_PARTS = ("ifeval", "bbh", "nq_open", "builtin", "builtin.ifeval", "builtin.bbh", "builtin.facts")
+GENERAL_PARTS = benchmarks.general_specs()  # what --suite accepts by name
 
 
-def load_general_tasks(suite="builtin", limit=None, seed=0, protocol=None, max_new_tokens=None):
+def load_general_tasks(suite=benchmarks.DEFAULT_GENERAL, limit=None, seed=0, protocol=None, max_new_tokens=None):
     """Tasks of a general suite spec: ``builtin`` (its 3 parts), ``builtin.ifeval`` / ``.bbh`` /
     ``.facts``, ``ifeval``, ``bbh``, ``nq_open`` (hub), each optionally ``=PATH`` (local files).
     ``limit``: None, N, or per part (:func:`parse_limit`)."""
@@ -251,7 +253,8 @@ def load_general_tasks(suite="builtin", limit=None, seed=0, protocol=None, max_n
     tasks = []
     specs = [s.strip() for s in str(suite).split(",") if s.strip()]
     if not specs:
-        raise DataError("no general suite given", hint="pass --suite builtin or ifeval,bbh,nq_open")
+        raise DataError("no general suite given", hint=f"pass --suite {benchmarks.DEFAULT_GENERAL} or "
+                                                       f"{','.join(benchmarks.names('general', builtin=False))}")
     for spec in specs:
         name, _, path = spec.partition("=")
         name, path = name.strip(), (path.strip() or None)
@@ -262,8 +265,10 @@ def load_general_tasks(suite="builtin", limit=None, seed=0, protocol=None, max_n
         elif name in GENERAL_LOADERS:
             tasks.append(GENERAL_LOADERS[name](path=path, limit=part_limit(limit, name)))
         else:
+            known = ((benchmarks.DEFAULT_GENERAL,) + benchmarks.names("general", builtin=True)
+                     + benchmarks.names("general", builtin=False))
             raise DataError(f"unknown general suite {name!r}",
-                            hint="use builtin, builtin.ifeval, builtin.bbh, builtin.facts, ifeval, bbh or nq_open (NAME=PATH for local files)")
+                            hint=f"use {', '.join(known[:-1])} or {known[-1]} (NAME=PATH for local files)")
     for t in tasks:
         if not t.items:
             raise DataError(f"suite {t.name!r} has no items", hint="check --limit and the data files")
@@ -286,7 +291,7 @@ def general_summary(frames_by_task, protocols=None) -> pd.DataFrame:
     return pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 
-def evaluate_general(model, tokenizer, suite="builtin", limit=None, seed=0, batch_size=None, progress=None, stats=None,
+def evaluate_general(model, tokenizer, suite=benchmarks.DEFAULT_GENERAL, limit=None, seed=0, batch_size=None, progress=None, stats=None,
                      max_new_tokens=None, protocol=None, chat_template="auto", model_name=None):
     """General score: per-sample rows of every part and the summary (``task="general"``, metric
     :func:`general_metric_name`, in percent). ``limit`` caps each part (BBH: items per subtask);
@@ -317,14 +322,14 @@ def builtin_prompts(name: str, n: int, seed: int = 0) -> list[str]:
     (the three general parts interleaved), "ifeval", "bbh" or "facts"."""
     from peftarena_cli.tasks.builtin_general import builtin_task
 
-    if name == "arith":
+    if name in benchmarks.names("target", builtin=True):
         from peftarena_cli.tasks.target_tasks import load_target_task
 
-        return [it.prompt for it in load_target_task("arith", limit=n, seed=seed).items]
-    if name in ("ifeval", "bbh", "facts"):
+        return [it.prompt for it in load_target_task(name, limit=n, seed=seed).items]
+    if name in benchmarks.builtin_parts():
         return [it.prompt for it in builtin_task(name, n, seed).items]
-    if name == "general":
-        per = [builtin_task(p, n, seed).items for p in ("ifeval", "bbh", "facts")]
+    if name == benchmarks.GENERAL_PROMPT_SET:
+        per = [builtin_task(p, n, seed).items for p in benchmarks.builtin_parts()]
         out = []
         for j in range(n):
             for items in per:
@@ -378,7 +383,7 @@ def rescore_table(df: pd.DataFrame, ks=None, kind: str = "auto", protocol=None):
     return out, _summary_for(out, scorers, ks, kind, prots)
 
 
-GENERAL_SCORER_KINDS = ("ifeval", "bbh", "nq", "facts")  # scorer kinds of the general suites; the rest are target tasks
+GENERAL_SCORER_KINDS = scorer_kinds.general_kinds()  # scorer kinds of the general suites; the rest are target tasks
 
 
 def check_rows_kind(df, kind: str) -> None:
@@ -406,7 +411,7 @@ def _summary_for(df, scorers: dict, ks, kind, prots: dict):
     from peftarena_cli.evaluation.protocols import STUDY
     from peftarena_cli.evaluation.scoring import scorer_kind
 
-    general = {"ifeval", "bbh", "nq", "facts"}
+    general = set(scorer_kinds.general_kinds())
     if kind == "general" or (kind == "auto" and {scorer_kind(s) for s in scorers.values()} <= general):
         return general_summary({t: (scorers[t], df[df["task"] == t]) for t in scorers}, prots)
     summary, primaries = [], {}
@@ -518,7 +523,6 @@ def responses_task(kind: str, spec: str, path, records: list, *, limit=None, see
     against the hub task by prompt; a benchmark whose local form is a folder needs it. Built-in
     parts are regenerated, ``NAME=PATH`` parts loaded. The general task comes under ``protocol``."""
     from peftarena_cli.errors import UsageError
-    from peftarena_cli.tasks import benchmarks
 
     if kind == "target":
         from peftarena_cli.tasks.sources import split_spec
@@ -535,7 +539,7 @@ def responses_task(kind: str, spec: str, path, records: list, *, limit=None, see
         return load_target_task(f"{name}={path}", limit=None, seed=seed), True
     parts = [s for s in spec.split(",") if s.strip()]
     if len(parts) != 1:
-        raise UsageError("--responses JSONL scores one suite part at a time", hint="pass e.g. --suite ifeval=input_data.jsonl")
+        raise UsageError("--responses JSONL scores one suite part at a time", hint=f"pass e.g. --suite {benchmarks.names('general', builtin=False)[0]}=input_data.jsonl")
     name, _, p = parts[0].partition("=")
     entry = benchmarks.get(name)
     if entry is not None and entry.part == "general" and not entry.builtin and not p:

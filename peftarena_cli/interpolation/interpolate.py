@@ -21,6 +21,7 @@ from peftarena_cli.interpolation.alphas import parse_alphas
 from peftarena_cli.interpolation.csd_path import path_csd
 from peftarena_cli.interpolation.native import check_generator_scale
 from peftarena_cli.interpolation.sweep import open_path_model, run_sweep, save_checkpoint
+from peftarena_cli.tasks import benchmarks
 
 EVAL_KINDS = ("target", "general")
 SWEEP_MANIFEST = "sweep.json"
@@ -37,8 +38,8 @@ class InterpolateConfig:
     generator_scale: str = "linear"    # OFT native path: linear or sqrt
     layerwise: str | None = None       # OFT native path: safescale or minscale
     evals: Sequence[str] = ()          # target and/or general
-    target_task: str = "arith"
-    general_suite: str = "builtin"
+    target_task: str = benchmarks.DEFAULT_TARGET
+    general_suite: str = benchmarks.DEFAULT_GENERAL
     limit: int | dict | str | None = None  # N, or per general part (tasks.limits.parse_limit)
     max_new_tokens: int | None = None
     protocol: str | None = None
@@ -84,7 +85,7 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
         raise UsageError("--limit must be at least 1")
     if isinstance(cfg.limit, dict) and "target" in cfg.evals and "*" not in cfg.limit:
         raise UsageError("--limit per general part leaves the target task without a limit",
-                         hint="add a bare N for it, e.g. --limit 432,ifeval=280,bbh=200")
+                         hint=f"add a bare N for it, e.g. --limit {benchmarks.limit_example(2, bare=True)}")
     return grid
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from peftarena_cli import scorer_kinds
+
 @dataclass(frozen=True)
 class Settings:
     """How one benchmark family is run and scored under a protocol (``sources``: where each
@@ -146,11 +148,13 @@ class Benchmark:
     loader: Callable | None = None       # a loader of its own: target (path, limit, seed), general (path, limit) -> Task
     loglik: str | None = None            # lm-eval multiple choice: the continuations ("options" texts or "letters")
     study_target: bool = False           # averaged into the study protocol's target_score
+    study_general: bool = False          # one of the parts of the study's general_score (all of them, exactly)
     limit_key: str | None = None         # the part name a per-part --limit gives it
     task_name: str | None = None         # the name of the task it loads, when not ``name`` (built-in parts)
     title: str = ""                      # one line for the CLI help and docs
     fields: tuple[str, ...] = ()         # fields its records hold; a --responses file carrying them is read as the task
     local: str = "file"                  # what NAME=PATH names: a records "file" or a "folder" of them
+    variants: tuple[str, ...] = ()       # other names it loads under (a built-in task's easier levels)
 
     @property
     def builtin(self) -> bool:
@@ -160,6 +164,16 @@ class Benchmark:
 REGISTRY: dict[str, Benchmark] = {}
 # What eval-target --task, eval-general --suite and drift's prompt sets default to, per part.
 DEFAULT_SPECS = {"target": "arith", "general": "builtin"}
+DEFAULT_TARGET = DEFAULT_SPECS["target"]     # the built-in procedural target task
+DEFAULT_GENERAL = DEFAULT_SPECS["general"]   # the built-in general suite: every built-in general part
+# finetune --data's default: the built-in target task, on its train split (evaluation reads its test split)
+DEFAULT_TRAIN = DEFAULT_TARGET
+# The prompt set of the built-in general parts interleaved (csd, act-geom and drift prompt sets).
+GENERAL_PROMPT_SET = "general"
+# The per-part --limit that help texts and hints show (the arena's general sizes; docs/report.md),
+# and the bare N that interpolate's example gives its target task.
+LIMIT_EXAMPLE = {"ifeval": 280, "bbh": 200, "facts": 357}
+LIMIT_EXAMPLE_BARE = 432
 
 
 def register(b: Benchmark, replace: bool = False) -> Benchmark:
@@ -218,6 +232,57 @@ def limit_parts() -> tuple[str, ...]:
     return tuple(out)
 
 
+def builtin_parts() -> tuple[str, ...]:
+    """The parts of the built-in general suite (``builtin.PART``), in registry order."""
+    return tuple(b.name.split(".", 1)[1] for b in REGISTRY.values() if b.part == "general" and b.builtin)
+
+
+def task_names(part: str, builtin: bool | None = None) -> tuple[str, ...]:
+    """The names of the tasks the entries of ``part`` load (``task_name``, else the entry's name)."""
+    return tuple(b.task_name or b.name for b in REGISTRY.values()
+                 if b.part == part and (builtin is None or b.builtin == builtin))
+
+
+def study_general() -> tuple[str, ...]:
+    """The task names whose mean, all of them and nothing else, is the study's ``general_score``."""
+    return tuple(b.task_name or b.name for b in REGISTRY.values() if b.part == "general" and b.study_general)
+
+
+def general_specs() -> tuple[str, ...]:
+    """What ``--suite`` accepts by name: the hub benchmarks, the built-in suite, then its parts."""
+    return names("general", builtin=False) + (DEFAULT_GENERAL,) + names("general", builtin=True)
+
+
+def prompt_sets() -> tuple[str, ...]:
+    """The built-in prompt-set names: the built-in target tasks, the built-in general parts
+    interleaved (:data:`GENERAL_PROMPT_SET`), then each built-in general part."""
+    return names("target", builtin=True) + (GENERAL_PROMPT_SET,) + builtin_parts()
+
+
+def per_subtask() -> tuple[str, ...]:
+    """The benchmarks whose ``--limit`` counts items per subtask: those scored per subtask (their
+    kind's summary is ``subtasks``) and read from records (a built-in part counts prompts)."""
+    return tuple(b.name for b in REGISTRY.values()
+                 if not b.builtin and scorer_kinds.KINDS[b.scorer].summary == "subtasks")
+
+
+def per_subtask_label() -> str:
+    """How help texts name the :func:`per_subtask` benchmarks (upper case, as their folders' labels)."""
+    return "/".join(n.upper() for n in per_subtask())
+
+
+def limit_example(parts: int | None = None, bare: bool = False) -> str:
+    """A per-part ``--limit`` for help texts and hints: the first ``parts`` entries of
+    :data:`LIMIT_EXAMPLE` (all by default), after :data:`LIMIT_EXAMPLE_BARE` when ``bare``."""
+    text = ",".join(f"{k}={v}" for k, v in list(LIMIT_EXAMPLE.items())[:parts])
+    return f"{LIMIT_EXAMPLE_BARE},{text}" if bare else text
+
+
+def config_example() -> tuple[str, str]:
+    """(dataset, config) of the first registered hub benchmark that names a dataset config."""
+    return next((b.hub[0], b.hub[1]) for b in REGISTRY.values() if b.hub and b.hub[1])
+
+
 def task_help() -> str:
     """``eval-target --task``'s help: the built-in target suites, then the benchmarks."""
     built = [f"{b.name} ({b.title})" if b.title else b.name for b in REGISTRY.values() if b.part == "target" and b.builtin]
@@ -235,8 +300,11 @@ def suite_help() -> str:
 def _entries():
     S, L = STUDY_SETTINGS, LM_EVAL_SETTINGS
     both = lambda fam: {"study": S[fam], "lm-eval": L[fam]}  # noqa: E731
-    register(Benchmark("arith", "target", "math", "math", items="arith",
-                       title="built in; arith-1, arith-2, arith-3: easier levels"))
+    from peftarena_cli.tasks.arith import LEVELS
+
+    levels = tuple(f"arith-{i}" for i in LEVELS)
+    register(Benchmark("arith", "target", "math", "math", items="arith", variants=levels,
+                       title=f"built in; {', '.join(levels)}: easier levels"))
     register(Benchmark("gsm8k", "target", "math", "math", "gsm8k", both("gsm8k"), ("openai/gsm8k", "main", "test"),
                        items="math", title="GSM8K grade-school math"))
     for name, hub in (("math500", ("HuggingFaceH4/MATH-500", None, "test")),
@@ -252,12 +320,12 @@ def _entries():
         register(Benchmark(f"builtin.{part}", "general", "general", part,
                            items=f"builtin.{part}", limit_key=part, task_name=task_name))
     register(Benchmark("ifeval", "general", "general", "ifeval", "ifeval", both("ifeval"), ("google/IFEval", None, "train"),
-                       items="ifeval", limit_key="ifeval", fields=("instruction_id_list", "kwargs")))
+                       items="ifeval", limit_key="ifeval", study_general=True, fields=("instruction_id_list", "kwargs")))
     register(Benchmark("bbh", "general", "general", "bbh", "bbh", both("bbh"), ("lukaemon/bbh", None, "test"),
-                       items="bbh", limit_key="bbh", local="folder"))
+                       items="bbh", limit_key="bbh", local="folder", study_general=True))
     register(Benchmark("nq_open", "general", "general", "nq", "nq_open", both("nq_open"),
                        ("google-research-datasets/nq_open", None, "validation"), items="nq_open", limit_key="nq_open",
-                       fields=("question", "answer")))
+                       study_general=True, fields=("question", "answer")))
 
 
 _entries()

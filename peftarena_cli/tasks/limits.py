@@ -29,7 +29,7 @@ def parse_limit(text) -> int | dict | None:
         try:
             n = int(num)
         except ValueError:
-            raise UsageError(f"--limit: {entry!r} is not a whole number", hint="e.g. --limit 300 or --limit ifeval=280,bbh=200") from None
+            raise UsageError(f"--limit: {entry!r} is not a whole number", hint=f"e.g. --limit 300 or --limit {benchmarks.limit_example(2)}") from None
         if n < 1:
             raise UsageError(f"--limit: {entry!r} must be at least 1")
         out[name] = n

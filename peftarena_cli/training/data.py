@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, InputNotFound, UsageError
+from peftarena_cli.tasks import benchmarks
 from peftarena_cli.tasks.prompting import MATH_INSTRUCTION, render_prompt
 
-BUILTIN = ("arith",)
+BUILTIN = benchmarks.names("target", builtin=True)  # the built-in tasks, generated on their train split
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 PROMPT_COLUMNS = ("prompt", "question", "problem", "input", "instruction", "query")
 RESPONSE_COLUMNS = ("response", "completion", "solution", "output", "answer", "target")
@@ -37,7 +38,7 @@ ANSWER_COLUMNS = ("answer", "final_answer", "target", "label", "solution")
 CHOICE_ANSWER_COLUMNS = ("answer_idx", "cop", "label", "answer", "target")
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option. End with: The answer is X."
 LETTERS = "ABCDEFGHIJ"
-_GSM8K_FINAL = re.compile(r"\n?####\s*([^\n]+)\s*$")
+_HASH_FINAL = re.compile(r"\n?####\s*([^\n]+)\s*$")  # a solution's last line "#### N"
 
 
 @dataclass
@@ -133,7 +134,7 @@ def _load_rows(spec: str, config: str | None, split: str) -> tuple[list[dict], d
     p = Path(spec).expanduser()
     looks_like_path = p.suffix.lower() in FILE_FORMATS or spec.startswith((".", "/", "~"))
     if looks_like_path and not p.exists():
-        raise InputNotFound(f"no such dataset file: {spec!r}", hint="check the path, or use --data arith")
+        raise InputNotFound(f"no such dataset file: {spec!r}", hint=f"check the path, or use --data {benchmarks.DEFAULT_TRAIN}")
     if p.is_file():
         fmt = FILE_FORMATS.get(p.suffix.lower())
         if fmt is None:
@@ -212,9 +213,9 @@ def _letter(value, options: list[str]) -> str | None:
     return None
 
 
-def _gsm8k_response(text: str) -> str:
+def _hash_final_response(text: str) -> str:
     """GSM8K-style solutions end in ``#### N``; rewrite that as "The answer is N." (the format eval extracts)."""
-    m = _GSM8K_FINAL.search(text)
+    m = _HASH_FINAL.search(text)
     if not m:
         return text
     return text[: m.start()].rstrip() + f"\nThe answer is {m.group(1).strip()}."
@@ -227,12 +228,14 @@ def is_builtin(spec: str) -> bool:
     return is_task_name(spec)
 
 
-def arith_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = True, name: str = "arith") -> TrainData:
-    from peftarena_cli.tasks import arith
+def builtin_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = True,
+                    name: str = benchmarks.DEFAULT_TRAIN) -> TrainData:
+    """``n`` records of a built-in task (or one of its easier levels), generated on the train split."""
+    from peftarena_cli.tasks.arith import generate, parse_task_name
 
-    level = arith.parse_task_name(name)
+    level = parse_task_name(name)
     recs = []
-    for r in arith.generate("train", n, seed, level=level):
+    for r in generate("train", n, seed, level=level):
         prompt = render_prompt(tokenizer, r["question"], MATH_INSTRUCTION, use_chat=use_chat)
         rec = {"prompt": prompt, "kind": "math"}
         if regime == "sft":
@@ -254,7 +257,7 @@ def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, see
     if regime not in ("sft", "rlvr"):
         raise UsageError(f"unknown regime {regime!r}", hint="use sft or rlvr")
     if is_builtin(spec):
-        return arith_records(tokenizer, regime, n or 1000, seed, use_chat=use_chat, name=spec)
+        return builtin_records(tokenizer, regime, n or 1000, seed, use_chat=use_chat, name=spec)
     rows, source = _load_rows(spec, config, split)
     cols = set().union(*(r.keys() for r in rows[:50]))
     pcol = _pick(cols, prompt_column, PROMPT_COLUMNS, "prompt", spec, "--prompt-column")
@@ -291,7 +294,7 @@ def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, see
         else:
             prompt = render_prompt(tokenizer, str(q), MATH_INSTRUCTION, use_chat=use_chat)
             if regime == "sft":
-                recs.append({"prompt": prompt, "completion": _gsm8k_response(str(t)), "kind": "math"})
+                recs.append({"prompt": prompt, "completion": _hash_final_response(str(t)), "kind": "math"})
             else:
                 recs.append({"prompt": prompt, "answer": str(t), "kind": "math"})
     if not recs:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from peftarena_cli.errors import DataError, IncompatibleInputs, NumericalError, OutputError, PeftArenaError, UsageError
 from peftarena_cli.methods import DEFAULT_METHOD, resolve
+from peftarena_cli.tasks import benchmarks
 from peftarena_cli.training import checkpoints as ck
 
 
@@ -31,7 +32,7 @@ class FinetuneConfig:
     output: str = "run"
     method: str = DEFAULT_METHOD
     regime: str = "sft"
-    data: str = "arith"
+    data: str = benchmarks.DEFAULT_TRAIN
     data_config: str | None = None
     split: str = "train"
     prompt_column: str | None = None
