@@ -49,39 +49,13 @@ def check_generation_options(max_new_tokens=None, n=None, temperature=None) -> N
                          hint="0 = greedy; sampling temperatures are usually 0.6-1.0")
 
 
-class _Families(Mapping):
-    """{task name: benchmark family} of the registered benchmarks (tasks/benchmarks.py), read live."""
-
-    def _items(self) -> dict:
-        return {b.name: b.family for b in benchmarks.REGISTRY.values() if b.family is not None}
-
-    def __getitem__(self, name):
-        return self._items()[name]
-
-    def __iter__(self):
-        return iter(self._items())
-
-    def __len__(self):
-        return len(self._items())
-
-
-class _ProtocolSettings(Mapping):
+def _protocol_settings(protocol: str) -> benchmarks.LiveView:
     """{family: Settings} of one protocol over the registered benchmarks, read live."""
-
-    def __init__(self, protocol: str):
-        self.protocol = protocol
-
-    def __getitem__(self, family):
-        return benchmarks.protocol_settings(self.protocol)[family]
-
-    def __iter__(self):
-        return iter(benchmarks.protocol_settings(self.protocol))
-
-    def __len__(self):
-        return len(benchmarks.protocol_settings(self.protocol))
+    return benchmarks.LiveView(lambda: benchmarks.protocol_settings(protocol))
 
 
-FAMILY = _Families()  # the benchmark family of each task name
+# the benchmark family of each task name, read live from the registry
+FAMILY = benchmarks.LiveView(lambda: {b.name: b.family for b in benchmarks.REGISTRY.values() if b.family is not None})
 
 
 @dataclass(frozen=True)
@@ -99,9 +73,9 @@ class Protocol:
 
 # study@2: the medical matcher follows med_eval's extract_answer.py (last standalone letter) and BBH's
 # chat template the study's name rule; study@1 read \boxed{} first and always used the template.
-STUDY = Protocol("study", 2, "the PEFT-Arena study (OpenCompass, math_eval, med_eval)", _ProtocolSettings("study"),
+STUDY = Protocol("study", 2, "the PEFT-Arena study (OpenCompass, math_eval, med_eval)", _protocol_settings("study"),
                  target_mean=tuple(sorted(b.name for b in benchmarks.REGISTRY.values() if b.study_target)))
-LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", _ProtocolSettings("lm-eval"))
+LM_EVAL = Protocol("lm-eval", 1, "lm-evaluation-harness v0.4.13 task defaults", _protocol_settings("lm-eval"))
 BUILTIN = Protocol("builtin", 1, "the built-in procedural suites' own settings", {})
 PROTOCOLS = {p.name: p for p in (STUDY, LM_EVAL)}
 

@@ -16,6 +16,7 @@ Adding a benchmark in an existing format is one entry here (:func:`register`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -174,6 +175,23 @@ GENERAL_PROMPT_SET = "general"
 # and the bare N that interpolate's example gives its target task.
 LIMIT_EXAMPLE = {"ifeval": 280, "bbh": 200, "facts": 357}
 LIMIT_EXAMPLE_BARE = 432
+
+
+class LiveView(Mapping):
+    """A read-only mapping rebuilt from the registry on every access, so that benchmarks registered
+    later (a user's, a test's) show in every view: ``LiveView(lambda: {...})``."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build = build
+
+    def __getitem__(self, key):
+        return self._build()[key]
+
+    def __iter__(self):
+        return iter(self._build())
+
+    def __len__(self):
+        return len(self._build())
 
 
 def register(b: Benchmark, replace: bool = False) -> Benchmark:

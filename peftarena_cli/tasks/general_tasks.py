@@ -6,7 +6,6 @@ published prompts) and NQ-open, from the hub by name or from local files in the 
 from __future__ import annotations
 
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, InputNotFound
@@ -104,24 +103,9 @@ def nq_open_task(path=None, limit=None) -> Task:
 _FORMATS = {"ifeval": ifeval_task, "bbh": bbh_task, "nq_open": nq_open_task}  # loader of each records format
 
 
-class _Loaders(Mapping):
-    """{name: loader(path=None, limit=None) -> Task} of the registered general benchmarks that are
-    not built in (tasks/benchmarks.py), read live: a benchmark's own loader, else its format's."""
-
-    def _items(self) -> dict:
-        return {b.name: b.loader or _FORMATS[b.items] for b in benchmarks.REGISTRY.values()
-                if b.part == "general" and not b.builtin}
-
-    def __getitem__(self, name):
-        return self._items()[name]
-
-    def __iter__(self):
-        return iter(self._items())
-
-    def __len__(self):
-        return len(self._items())
-
-
-GENERAL_LOADERS = _Loaders()
+# {name: loader(path=None, limit=None) -> Task} of the registered general benchmarks that are not
+# built in, read live: a benchmark's own loader, else its records format's
+GENERAL_LOADERS = benchmarks.LiveView(lambda: {b.name: b.loader or _FORMATS[b.items] for b in benchmarks.REGISTRY.values()
+                                               if b.part == "general" and not b.builtin})
 
 
