@@ -13,8 +13,11 @@ import numpy as np
 
 from peftarena_cli.errors import OutputError
 
+# what a report directory holds (an arena report's files, then a sweep report's): anything else in an
+# existing -o directory makes it not replaceable
 REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "points.parquet", "plane.png", "plane.svg",
-                "spectrum.png", "path.parquet", "passk.png", "regimes.parquet", "pairwise.parquet")
+                "spectrum.png", "path.parquet", "passk.png", "regimes.parquet", "pairwise.parquet",
+                "sweep_runs.parquet", "sweep_frontiers.parquet", "sweep_matched_gain.parquet", "sweep_pairs.parquet")
 
 
 @dataclass
@@ -298,6 +301,17 @@ def _looks_like_report(d: Path) -> bool:
     return not entries or ((d / "leaderboard.parquet").exists() and not _foreign_entries(d))
 
 
+def check_report_dir(out_dir: Path) -> None:
+    """Refuse an existing ``out_dir`` that is not empty or a previous report (of either kind) and
+    nothing else: the report replaces the directory as a whole."""
+    if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_report(out_dir)):
+        extra = _foreign_entries(out_dir) if out_dir.is_dir() and (out_dir / "leaderboard.parquet").exists() else []
+        what = (f"holds files a report does not write ({', '.join(map(repr, extra[:3]))}{', ...' if len(extra) > 3 else ''})"
+                if extra else "is not a previous report directory")
+        raise OutputError(f"{str(out_dir)!r} exists and {what}; refusing to replace it",
+                          hint="choose a new directory name for the report")
+
+
 def _default_permissions(d: Path) -> None:
     """Temp files are created 0600; give the report the usual umask-based permissions."""
     import os
@@ -325,12 +339,7 @@ def write_report(report: Report, out_dir: Path, provenance=None, base_name: str 
     from peftarena_cli.report.trajectory import regime_markdown
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_report(out_dir)):
-        extra = _foreign_entries(out_dir) if out_dir.is_dir() and (out_dir / "leaderboard.parquet").exists() else []
-        what = (f"holds files a report does not write ({', '.join(map(repr, extra[:3]))}{', ...' if len(extra) > 3 else ''})"
-                if extra else "is not a previous report directory")
-        raise OutputError(f"{str(out_dir)!r} exists and {what}; refusing to replace it",
-                          hint="choose a new directory name for the report")
+    check_report_dir(out_dir)
     if provenance is not None:
         provenance.extra.setdefault("report_inputs", report.inputs)
     with atomic_dir(out_dir, overwrite=True) as tmp:

@@ -39,15 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from peftarena_cli import stats
-from peftarena_cli.errors import IncompatibleInputs, InvalidArtifact, OutputError
+from peftarena_cli.errors import IncompatibleInputs, InvalidArtifact
 from peftarena_cli.report import sweep_stats as ss
 
 LR_DIR = re.compile(r"lr(.+)")
 SEED_DIR = re.compile(r"s(\d+)")
 EVAL_FILES = {"target": "eval_target.parquet", "general": "eval_general.parquet"}
 DIVERGED_MARKER = "diverged.json"
-SWEEP_FILES = ("leaderboard.md", "leaderboard.parquet", "sweep_runs.parquet", "sweep_frontiers.parquet",
-               "sweep_matched_gain.parquet", "sweep_pairs.parquet", "plane.png", "plane.svg")
 MEASURES = (("target", "target score"), ("general", "general score"), ("gain", "target gain"),
             ("forgetting", "forgetting"))
 
@@ -543,26 +541,16 @@ def plot_sweep_plane(rep: SweepReport):
 
 
 # ---------------------------------------------------------------- writing
-def _replaceable(d: Path) -> bool:
-    from peftarena_cli.report.build import REPORT_FILES
-
-    entries = [p.name for p in d.iterdir() if not p.name.startswith(".")]
-    ok = set(SWEEP_FILES) | set(REPORT_FILES)
-    return not entries or ((d / "leaderboard.parquet").exists() and all(e in ok for e in entries))
-
-
 def write_sweep_report(rep: SweepReport, out_dir, provenance=None) -> list[Path]:
     """Write the sweep report into ``out_dir`` (replaced as a whole, only when it is empty or a previous
     report), atomically."""
     from peftarena_cli.artifacts.atomic import atomic_dir, atomic_write_text
     from peftarena_cli.artifacts.tables import write_table
-    from peftarena_cli.report.build import _default_permissions
+    from peftarena_cli.report.build import _default_permissions, check_report_dir
     from peftarena_cli.report.plots import close, save_figure
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or not _replaceable(out_dir)):
-        raise OutputError(f"{str(out_dir)!r} exists and is not a previous report directory; refusing to replace it",
-                          hint="choose a new directory name for the report")
+    check_report_dir(out_dir)
     if provenance is not None:
         provenance.extra.setdefault("report_inputs", rep.inputs)
     with atomic_dir(out_dir, overwrite=True) as tmp:
