@@ -94,11 +94,13 @@ def test_milora_init_uses_minor_components(tiny_model_dir):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from peftarena_cli.weights.lora import milora_init
+
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     w0 = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
     ch = methods.resolve_method("milora", rank=4)
     pm = get_peft_model(base, methods.peft_config(ch, 10))
-    methods.milora_init(pm)
+    milora_init(pm)
     layer = pm.base_model.model.model.layers[0].self_attn.q_proj
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     s = layer.scaling["default"]

@@ -140,7 +140,7 @@ def test_milora_residual_and_converted(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from peftarena_cli.artifacts.safetensors_io import WeightSource
-    from peftarena_cli.training.methods import milora_init
+    from peftarena_cli.weights.lora import milora_init
     from peftarena_cli.weights import iter_module_deltas, open_finetuned
 
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32),

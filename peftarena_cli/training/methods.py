@@ -20,21 +20,7 @@ from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod
 from peftarena_cli.methods import METHODS, Method, get_method, resolve
 
 __all__ = ["METHODS", "Method", "get_method", "MethodChoice", "resolve_method", "parse_target_modules",
-           "check_against_model", "peft_config", "post_wrap", "milora_init", "method_table", "FEEDFORWARD",
-           "lora_config", "adalora_config", "vera_config", "ia3_config", "oft_config", "boft_config", "miss_config"]
-
-# Names that used to be defined here, now in their method's own file (still importable from here).
-_MOVED = {"milora_init": "peftarena_cli.weights.lora", "lora_config": "peftarena_cli.weights.lora",
-          "adalora_config": "peftarena_cli.weights.lora", "vera_config": "peftarena_cli.weights.vera",
-          "ia3_config": "peftarena_cli.weights.ia3", "FEEDFORWARD": "peftarena_cli.weights.ia3",
-          "oft_config": "peftarena_cli.weights.oft", "boft_config": "peftarena_cli.weights.boft",
-          "miss_config": "peftarena_cli.weights.miss"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return resolve(f"{_MOVED[name]}:{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+           "check_against_model", "peft_config", "post_wrap", "method_table"]
 
 
 def parse_target_modules(spec: str | None):
