@@ -98,11 +98,6 @@ def kind_of(scorer: str) -> ScorerKind:
     raise ValueError(f"unknown scorer {scorer!r}")
 
 
-def named_kind(scorer: str) -> ScorerKind | None:
-    """The kind whose name is exactly ``scorer`` (a built-in suite's scorer), else None."""
-    return KINDS.get(str(scorer))
-
-
 def scorer_of(scorer: str) -> Scorer:
     """The :class:`Scorer` entry of a scorer name (ValueError when no kind lists it)."""
     k = kind_of(scorer)

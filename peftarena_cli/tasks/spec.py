@@ -6,9 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-SCORERS = ("math", "choice", "ifeval", "bbh", "nq", "facts")
-
-
 @dataclass
 class Item:
     id: str
