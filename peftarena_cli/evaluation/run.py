@@ -193,13 +193,15 @@ def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: E
     from peftarena_cli.artifacts.loading import applied_adapter
 
     base, adapters, backend = cfg.base, list(cfg.adapters or []), cfg.backend
+    loaded = {}  # adapters are small beside the base: each is read once, here, and used below
     if adapters:
-        # every adapter must fit the base before anything is loaded or evaluated (headers only)
+        # every adapter must fit the base before the base is loaded (its headers only)
         from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
 
         base_weights = WeightSource.from_ref(resolve_model(base))
         for label in adapters:
-            check_adapter_fits(load_adapter(label), base_weights, base, label)
+            loaded[label] = load_adapter(label)
+            check_adapter_fits(loaded[label], base_weights, base, label)
     t = time.perf_counter()
     model, tok, ref = _load_for_backend(base, cfg.dtype, device, backend, cfg.seed)
     result.load_seconds = time.perf_counter() - t
@@ -212,7 +214,7 @@ def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: E
     inputs.update(base=(base, ref.identity()), base_weights=(base, weights_fingerprint(ref)))
     runs = (["base"] if cfg.include_base or not adapters else []) + adapters
     for i, label in enumerate(runs):
-        ad = None if label == "base" else load_adapter(label)
+        ad = None if label == "base" else loaded[label]
         if ad is not None:
             inputs[f"adapter{i}"] = (label, ad.identity())
         m = model
