@@ -50,9 +50,17 @@ demo: install
 	@$(MAKE) --no-print-directory demo-run
 
 # `make arena`: the comparison over several methods (scripts/arena.mk; ARENA_METHODS="..." to choose).
+# PRESET=study: the PEFT-Arena study's setting on MODEL and DOMAIN (scripts/study.mk; docs/report.md).
 arena: install
+ifeq ($(PRESET),study)
+	$(if $(filter smollm2-135m,$(MODEL)),$(PEFTARENA) models pull smollm2-135m)
+	@$(MAKE) --no-print-directory study-run
+else ifneq ($(strip $(PRESET)),)
+	@echo "error: unknown PRESET '$(PRESET)' (known: study)" >&2; exit 2
+else
 	$(PEFTARENA) models pull smollm2-135m
 	@$(MAKE) --no-print-directory arena-run
+endif
 
 clean-venv:
 	rm -rf $(VENV)
@@ -61,3 +69,5 @@ clean-venv:
 include scripts/arena.mk
 # `make sweep`: the methods over learning rates and seeds (scripts/sweep.mk; SWEEP_METHODS=, SEEDS=, LR_MULTS=).
 include scripts/sweep.mk
+# `make arena PRESET=study`: the study's setting (scripts/study.mk; MODEL=, DOMAIN=, REGIME=, SERVE=).
+include scripts/study.mk

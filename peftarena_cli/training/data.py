@@ -18,6 +18,15 @@ options lettered A, B, ... in the prompt and a letter as the answer.
 
 Output rows: ``prompt`` (rendered text), ``completion`` (SFT: the response) or ``answer`` (RLVR:
 the reference), and ``kind`` (``math`` or ``choice``, which picks the reward's scorer).
+
+Record formats (``data_format``): ``columns`` picks a prompt and a response/answer column by name (the
+lists below, or the ``--*-column`` options); ``peft-arena`` reads the PEFT-Arena study's training files
+(its OpenR1-Math and MedThink parquet files, the layout its verl trainers read): SFT takes
+``extra_info.question`` as the user turn, as is, and ``extra_info.answer`` as the response, and drops a
+record whose chat-rendered prompt plus response and EOS exceed ``max_length`` tokens (the study filters
+overlong examples instead of truncating them); RLVR takes the ``prompt`` chat messages and
+``reward_model.ground_truth``, and drops a prompt longer than the study's 1024 tokens. ``auto`` (the
+default) reads a file in the study's layout as ``peft-arena`` and anything else as ``columns``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,11 @@ ANSWER_COLUMNS = ("answer", "final_answer", "target", "label", "solution")
 CHOICE_ANSWER_COLUMNS = ("answer_idx", "cop", "label", "answer", "target")
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option. End with: The answer is X."
 LETTERS = "ABCDEFGHIJ"
+DATA_FORMATS = ("auto", "columns", "peft-arena")
+STUDY_FORMAT = "peft-arena"
+# The study's RLVR prompt budget: train/train_rl.sh PROMPT_MAX_LENGTH="1024", passed as data.max_prompt_length
+# with data.filter_overlong_prompts=True (its rl_dataset.py drops longer prompts).
+STUDY_PROMPT_MAX_LENGTH = 1024
 _HASH_FINAL = re.compile(r"\n?####\s*([^\n]+)\s*$")  # a solution's last line "#### N"
 
 
@@ -249,16 +263,108 @@ def builtin_records(tokenizer, regime: str, n: int, seed: int, use_chat: bool = 
     return TrainData(recs, src)
 
 
+def _study_messages(row: dict) -> list[dict] | None:
+    """The chat messages of a study RLVR record (its ``prompt`` column), or None."""
+    msgs = row.get("prompt")
+    if isinstance(msgs, (list, tuple)) and msgs and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in msgs):
+        return [{"role": str(m["role"]), "content": m["content"]} for m in msgs]
+    return None
+
+
+def is_study_layout(rows: list[dict], regime: str) -> bool:
+    """True when the first record has the study's fields for ``regime``: ``extra_info`` holding
+    ``question`` and ``answer`` (SFT); ``prompt`` chat messages and ``reward_model.ground_truth`` (RLVR)."""
+    r = rows[0] if rows else {}
+    if regime == "sft":
+        info = r.get("extra_info")
+        return isinstance(info, dict) and "question" in info and "answer" in info
+    rm = r.get("reward_model")
+    return _study_messages(r) is not None and isinstance(rm, dict) and "ground_truth" in rm
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def study_records(rows: list[dict], tokenizer, regime: str, use_chat: bool = True,
+                  max_length: int | None = None) -> tuple[list[dict], int, int]:
+    """Training records from rows in the study's layout: (records, records lacking a field, records
+    dropped as overlong). SFT: the user turn is ``extra_info.question`` with no instruction added, the
+    response ``extra_info.answer``; a record is dropped when the tokens of its rendered prompt plus
+    those of response + EOS exceed ``max_length`` (PEFT-Arena train/peft_arena_verl/utils/dataset/
+    sft_dataset.py, ``filter_overlong_examples``). RLVR: the ``prompt`` messages rendered with the chat
+    template, the answer ``reward_model.ground_truth``; a prompt over 1024 tokens is dropped (rl_dataset.py,
+    ``filter_overlong_prompts``). Both are scored as math (the study's shared_reward.py scores OpenR1 and
+    MedThink with the same boxed-answer rule)."""
+    from peftarena_cli.tasks.prompting import has_chat_template
+
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    chat = use_chat and has_chat_template(tokenizer)
+    recs, bad, overlong = [], 0, 0
+    for row in rows:
+        if regime == "sft":
+            info = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
+            q, t = info.get("question"), info.get("answer")
+            if not isinstance(q, str) or not isinstance(t, str) or not q.strip() or not t.strip():
+                bad += 1
+                continue
+            prompt = render_prompt(tokenizer, q, None, use_chat=use_chat)
+            if max_length and _n_tokens(tokenizer, prompt) + _n_tokens(tokenizer, t + eos) > max_length:
+                overlong += 1
+                continue
+            recs.append({"prompt": prompt, "completion": t, "kind": "math"})
+            continue
+        msgs = _study_messages(row)
+        rm = row.get("reward_model")
+        t = rm.get("ground_truth") if isinstance(rm, dict) else None
+        if msgs is None or t is None or not str(t).strip():
+            bad += 1
+            continue
+        if chat:
+            prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:
+            user = [m["content"] for m in msgs if m["role"] == "user"]
+            prompt = render_prompt(tokenizer, user[-1] if user else msgs[-1]["content"], None, use_chat=False)
+        if _n_tokens(tokenizer, prompt) > STUDY_PROMPT_MAX_LENGTH:
+            overlong += 1
+            continue
+        recs.append({"prompt": prompt, "answer": str(t), "kind": "math"})
+    return recs, bad, overlong
+
+
 def load_train_data(spec: str, tokenizer, regime: str, n: int | None = None, seed: int = 0,
                     config: str | None = None, split: str = "train", prompt_column: str | None = None,
                     response_column: str | None = None, answer_column: str | None = None,
-                    use_chat: bool = True) -> TrainData:
-    """Records for ``regime`` ('sft' or 'rlvr') from ``spec``; ``n`` caps (file) or sets (arith) the count."""
+                    use_chat: bool = True, data_format: str = "auto", max_length: int | None = None) -> TrainData:
+    """Records for ``regime`` ('sft' or 'rlvr') from ``spec``; ``n`` caps (file) or sets (arith) the count.
+    ``data_format``: auto, columns or peft-arena (the module's docstring); ``max_length``: the SFT token
+    budget the peft-arena format filters by."""
     if regime not in ("sft", "rlvr"):
         raise UsageError(f"unknown regime {regime!r}", hint="use sft or rlvr")
+    if data_format not in DATA_FORMATS:
+        raise UsageError(f"unknown data format {data_format!r}", hint=f"use one of: {', '.join(DATA_FORMATS)}")
     if is_builtin(spec):
         return builtin_records(tokenizer, regime, n or 1000, seed, use_chat=use_chat, name=spec)
     rows, source = _load_rows(spec, config, split)
+    explicit = bool(prompt_column or response_column or answer_column)
+    if data_format == STUDY_FORMAT or (data_format == "auto" and not explicit and is_study_layout(rows, regime)):
+        if not is_study_layout(rows, regime):
+            want = ("extra_info.question and extra_info.answer" if regime == "sft"
+                    else "prompt (chat messages) and reward_model.ground_truth")
+            raise DataError(f"dataset {spec!r} is not in the peft-arena layout: its first record lacks {want}",
+                            hint="pass a file of the study's training data, or use the columns format")
+        recs, bad, overlong = study_records(rows, tokenizer, regime, use_chat=use_chat,
+                                            max_length=max_length if regime == "sft" else None)
+        if not recs:
+            raise DataError(f"dataset {spec!r}: none of its {len(rows)} records is usable in the peft-arena layout "
+                            f"({overlong} over the length limit, {bad} lacking a field)",
+                            hint="raise --max-length, or check the records' fields")
+        if n:
+            recs = recs[:n]
+        source.update({"record_format": STUDY_FORMAT, "records": len(recs), "skipped": bad, "overlong_dropped": overlong,
+                       "multiple_choice": False})
+        return TrainData(recs, source)
     cols = set().union(*(r.keys() for r in rows[:50]))
     pcol = _pick(cols, prompt_column, PROMPT_COLUMNS, "prompt", spec, "--prompt-column")
     is_choice = _choices(rows[0]) is not None

@@ -376,7 +376,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     data = load_train_data(cfg.data, tok, cfg.regime, n=cfg.num_examples or (n_needed if is_builtin(cfg.data) else None),
                            seed=cfg.seed, config=cfg.data_config, split=cfg.split, prompt_column=cfg.prompt_column,
                            response_column=cfg.response_column, answer_column=cfg.answer_column,
-                           use_chat=cfg.chat_template)
+                           use_chat=cfg.chat_template, max_length=cfg.max_length)
     key = run_key(cfg, base_identity, data.source)
     mode = check_output_dir(out, key, cfg)
 
@@ -642,7 +642,7 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
         ds = ds.remove_columns([c for c in ds.column_names if c not in ("prompt", "completion")])
         args = SFTConfig(max_length=cfg.max_length, completion_only_loss=True, packing=False,
                          dataset_num_proc=None, **common)
-        return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+        return _method_optimizer(SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok), choice)
     from trl import GRPOConfig, GRPOTrainer
 
     from peftarena_cli.training.rewards import SafeReward, verifiable_reward
@@ -653,4 +653,25 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
     reward = SafeReward(reward_fn or verifiable_reward)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok)
     trainer._peftarena_reward = reward  # read after training: completions a failing reward scored 0
+    return _method_optimizer(trainer, choice)
+
+
+def _method_optimizer(trainer, choice):
+    """Give ``trainer`` the method's own optimizer when its registry entry names one (``Method.optimizer``,
+    LoRA+'s per-factor learning rates): built when the trainer builds its own, from the trainer's optimizer
+    class and settings, so the scheduler, resuming and device placement work as usual."""
+    if not choice.method.optimizer:
+        return trainer
+    import types
+
+    build = resolve(choice.method.optimizer)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = build(choice, opt_model, cls, kwargs, self.args.weight_decay)
+        return self.optimizer
+
+    trainer.create_optimizer = types.MethodType(create_optimizer, trainer)
     return trainer
