@@ -84,3 +84,9 @@ class ProcessGroupError(PeftArenaError):
     """A data-parallel run (torchrun) whose ranks cannot work together, e.g. one of them died."""
 
     default_hint = "see the failing rank's own error above; nothing was written, rerun when it is fixed"
+
+
+class ServerError(PeftArenaError):
+    """A served model (``--backend openai``) that cannot be reached or answers wrongly."""
+
+    default_hint = "check that the server is up at --base-url and serves --served-model; nothing was written"

@@ -20,10 +20,16 @@ LimitOpt = typer.Option(None, "--limit", min=1, help=f"Evaluate the first N item
 GeneralLimitOpt = typer.Option(None, "--limit", help=f"The first N items of every part ({benchmarks.per_subtask_label()}: per subtask), or per part: {benchmarks.limit_example()} (a bare N for the rest).")
 BatchOpt = typer.Option(None, "--batch-size", min=1, help="Generation batch size (default 64 on CPU, 128 on CUDA).")
 MergeOpt = typer.Option(True, "--merge/--no-merge", help="Merge each adapter into the loaded weights (PEFT's merge, restored afterwards) for speed; --no-merge runs PEFT's unmerged forward.")
-BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine) or vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only).")
+BackendOpt = typer.Option("hf", "--backend", help="hf (the built-in batched engine), vllm (optional extra peftarena[vllm], CUDA; LoRA adapters only) or openai (a served model behind an OpenAI-compatible /v1/completions: --base-url; BASE gives the tokenizer and chat template).")
+BaseUrlOpt = typer.Option(None, "--base-url", help="--backend openai: the server's address, e.g. http://localhost:8000 (nothing is sent anywhere else).")
+ServedModelOpt = typer.Option(None, "--served-model", help="--backend openai: the served model's name (GET /v1/models); default: the server's only model.")
+ConcurrencyOpt = typer.Option(8, "--concurrency", min=1, help="--backend openai: requests in flight at once.")
+RequestTimeoutOpt = typer.Option(600.0, "--request-timeout", min=0.001, help="--backend openai: seconds one request may take before it is retried.")
+RetriesOpt = typer.Option(3, "--retries", min=0, help="--backend openai: retries of a transient failure (refused, reset, timeout, 429, 5xx), with exponential backoff.")
 ResponsesOpt = typer.Option(None, "--responses", help="Score completions made elsewhere: a per-sample Parquet from an earlier run, or JSONL with the task's fields (or id/key/prompt) plus 'response'.")
 MaxNewOpt = typer.Option(None, "--max-new-tokens", min=1, help="Override the protocol's generation length (recorded in the summary's overrides column).")
 ProtocolOpt = typer.Option(None, "--protocol", help="How the real benchmarks are prompted, generated and scored: study (default; the PEFT-Arena study's) or lm-eval (lm-evaluation-harness 0.4.13). Built-in suites keep their own settings. docs/eval.md has the tables.")
+PromptTypeOpt = typer.Option("auto", "--prompt-type", help="The study's math prompt: auto (its default, cot in the chat template), boxed (qwen-boxed or llama-boxed by the model's name), or one of cot, qwen-boxed, llama-boxed, qwen25-math-cot. Study protocol, math benchmarks only; recorded in overrides and the provenance.")
 SummaryOpt = typer.Option(None, "--summary", help="Write the summary table (task, metric, value, n) here; default with -o: OUT with suffix .summary.parquet.")
 
 
@@ -98,12 +104,18 @@ def eval_target_cmd(
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 = greedy; > 0 samples. Default: the protocol's (study: 0.6 on math, else 0)."),
     protocol: Optional[str] = ProtocolOpt,
     chat_template: ChatTemplateOpt = "auto",
+    prompt_type: str = PromptTypeOpt,
     k: Optional[str] = typer.Option(None, "--k", help="pass@k / maj@k values, e.g. 1,2,4 (default: powers of 2 up to n)."),
     limit: Optional[int] = LimitOpt,
     include_base: bool = IncludeBaseOpt,
     batch_size: Optional[int] = BatchOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
     backend: str = BackendOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    served_model: Optional[str] = ServedModelOpt,
+    concurrency: int = ConcurrencyOpt,
+    request_timeout: float = RequestTimeoutOpt,
+    retries: int = RetriesOpt,
     merge: bool = MergeOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
@@ -122,13 +134,16 @@ def eval_target_cmd(
         peftarena eval-target smollm2-135m --task gsm8k=gsm8k_test.jsonl -n 4 --temperature 0.7 --k 1,4 -o gsm8k.parquet
 
         peftarena eval-target --task gsm8k --responses answers.jsonl -o rescored.parquet
+
+        peftarena eval-target smollm2-135m --backend openai --base-url http://localhost:8000 --limit 100 -o served.parquet
     """
     from peftarena_cli.evaluation.run import EvalConfig
 
     _run(EvalConfig(kind="target", base=base, adapters=list(adapter or []), include_base=include_base, task=task,
                     limit=limit, n_samples=n_samples, temperature=temperature, ks=k, protocol=protocol,
-                    chat_template=chat_template, batch_size=batch_size, max_new_tokens=max_new_tokens, backend=backend, merge=merge,
-                    responses=responses, device=device, dtype=dtype, seed=seed), output, summary)
+                    chat_template=chat_template, prompt_type=prompt_type, batch_size=batch_size, max_new_tokens=max_new_tokens, backend=backend, merge=merge,
+                    base_url=base_url, served_model=served_model, concurrency=concurrency,
+                    request_timeout=request_timeout, retries=retries, responses=responses, device=device, dtype=dtype, seed=seed), output, summary)
 
 
 def eval_general_cmd(
@@ -142,6 +157,11 @@ def eval_general_cmd(
     protocol: Optional[str] = ProtocolOpt,
     chat_template: ChatTemplateOpt = "auto",
     backend: str = BackendOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    served_model: Optional[str] = ServedModelOpt,
+    concurrency: int = ConcurrencyOpt,
+    request_timeout: float = RequestTimeoutOpt,
+    retries: int = RetriesOpt,
     merge: bool = MergeOpt,
     responses: Optional[Path] = ResponsesOpt,
     summary: Optional[Path] = SummaryOpt,
@@ -167,7 +187,9 @@ def eval_general_cmd(
 
     _run(EvalConfig(kind="general", base=base, adapters=list(adapter or []), include_base=include_base, suite=suite,
                     limit=limit, protocol=protocol, chat_template=chat_template, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                    backend=backend, merge=merge, responses=responses, device=device, dtype=dtype, seed=seed),
+                    backend=backend, merge=merge, base_url=base_url, served_model=served_model, concurrency=concurrency,
+                    request_timeout=request_timeout, retries=retries, responses=responses, device=device, dtype=dtype,
+                    seed=seed),
          output, summary)
 
 

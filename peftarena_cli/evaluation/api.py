@@ -60,9 +60,14 @@ def run_task(model, tokenizer, task, *, seed=0, batch_size=None, progress=None):
                    for it in task.items]
         t0 = time.perf_counter()
         conts = [[" " + c for c in cs] for cs in choices]
-        ll, _ = sharded_map(len(prompts), lambda idx: (choice_logliks(
-            model, tokenizer, [prompts[i] for i in idx], [conts[i] for i in idx], progress, task.name)[0], None),
-            _device_type(model))
+        from peftarena_cli.evaluation.backend import GenerationBackend
+
+        if isinstance(model, GenerationBackend):  # a backend computes them its own way, or refuses the task
+            ll = model.choice_logliks(tokenizer, prompts, conts, progress, task.name)[0]
+        else:
+            ll, _ = sharded_map(len(prompts), lambda idx: (choice_logliks(
+                model, tokenizer, [prompts[i] for i in idx], [conts[i] for i in idx], progress, task.name)[0], None),
+                _device_type(model))
         best = [cs[max(range(len(cs)), key=lambda j: row[j])] for cs, row in zip(choices, ll)]
         gen = Generation([[b] * task.n_samples for b in best], [[0] * task.n_samples for _ in best],
                          seconds=time.perf_counter() - t0)
@@ -120,17 +125,21 @@ def _stamp(rows: list[dict], protocol: str, overrides: str, generated_under: str
     return rows
 
 
-def tasks_for_model(tasks, tokenizer, chat_template="auto", model=None, names=None) -> list:
+def tasks_for_model(tasks, tokenizer, chat_template="auto", model=None, names=None, prompt_type="auto") -> list:
     """``tasks`` with their chat-template use decided for one model (docs/eval.md, "Chat
     template"): ``chat_template`` auto / on / off; the model's names for the study's name rule are
-    ``names``, else those of the spec ``model``, else of the loaded model's config path."""
+    ``names``, else those of the spec ``model``, else of the loaded model's config path. The study's
+    math tasks first get their prompt type (``prompt_type``: auto, boxed or a type's name;
+    docs/eval.md, "Math prompt types")."""
+    from peftarena_cli.tasks.math_prompts import check_prompt_type
     from peftarena_cli.tasks.prompting import check_chat_template_mode, model_names, require_chat_template
 
     mode = check_chat_template_mode(chat_template)
+    prompt_type = check_prompt_type(prompt_type)
     if names is None:
         names = model_names(model) if model is not None else []
     require_chat_template(tokenizer, mode, str(model or (names[0] if names else "the model")))
-    return [t.for_model(mode, tokenizer, names) for t in tasks]
+    return [t.for_model(mode, tokenizer, names, prompt_type) for t in tasks]
 
 
 def _loaded_names(model) -> list[str]:
@@ -145,6 +154,12 @@ def _loaded_names(model) -> list[str]:
 def chat_rules(tasks) -> dict:
     """{task: the rule that decided its chat-template use}, for the provenance."""
     return {t.name: t.chat_rule for t in tasks if t.chat_rule}
+
+
+def prompt_types(tasks) -> dict:
+    """{task: its math prompt type and the rule that chose it}, for the provenance (study math tasks only)."""
+    return {t.name: f"{t.prompt_type} ({t.prompt_rule})" if t.prompt_rule else t.prompt_type
+            for t in tasks if t.prompt_type}
 
 
 def _protocol_tasks(tasks, protocol=None, n_samples=None, temperature=None, max_new_tokens=None):
@@ -197,7 +212,7 @@ def _runs(t) -> int:
 
 def evaluate_target(model, tokenizer, task=benchmarks.DEFAULT_TARGET, limit=None, n_samples=None, temperature=None, ks=None, seed=0,
                     batch_size=None, progress=None, stats=None, max_new_tokens=None, protocol=None,
-                    chat_template="auto", model_name=None):
+                    chat_template="auto", model_name=None, prompt_type="auto"):
     """Target score: per-sample rows and summary (avg@n, pass@k, maj@k, strict/flexible accuracy per
     task; ``task="target", metric="target_score"`` = the mean of the tasks' avg@n, in percent;
     :func:`target_score_parts` says which tasks).
@@ -209,12 +224,15 @@ def evaluate_target(model, tokenizer, task=benchmarks.DEFAULT_TARGET, limit=None
     and ``chat_rules`` ({task: the rule that decided its chat template}). ``chat_template`` (auto,
     on, off) and ``model_name`` (the model's spec, for the study's name rule; default: the loaded
     model's config path) decide the chat template (the summary's ``chat_template`` column).
+    ``prompt_type`` (auto, boxed or a type's name) formats the study's math problems
+    (tasks/math_prompts.py; a type other than the protocol's is recorded in ``overrides``, and
+    ``stats["prompt_types"]`` receives {task: type and rule}).
     """
     if n_samples is not None and int(n_samples) < 1:
         raise IncompatibleInputs(f"-n must be at least 1, got {n_samples}")
     tasks = load_target_tasks(task, limit, seed, protocol, n_samples, temperature, max_new_tokens)
     tasks = tasks_for_model(tasks, tokenizer, chat_template, model_name,
-                            None if model_name is not None else _loaded_names(model))
+                            None if model_name is not None else _loaded_names(model), prompt_type)
     ks = check_ks(ks, min(t.n_samples for t in tasks))
     total = sum(len(t.items) * _runs(t) for t in tasks)
     frames, summary, primaries, off = [], [], {}, 0
@@ -234,7 +252,7 @@ def evaluate_target(model, tokenizer, task=benchmarks.DEFAULT_TARGET, limit=None
                                         "n": sum(len(t.items) for t in parts)}, [(t.scorer, t.name) for t in parts]))
     if stats is not None:
         stats.update(generated_tokens=tokens, seconds=secs, tokens_per_second=tokens / secs if secs else 0.0,
-                     chat_rules=chat_rules(tasks))
+                     chat_rules=chat_rules(tasks), prompt_types=prompt_types(tasks))
     return pd.concat(frames, ignore_index=True), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
 
 

@@ -3,7 +3,8 @@
 * :class:`Generation` — completions in input order plus their token counts and timing;
 * :class:`GenerationBackend` — ``generate(tokenizer, prompts, ...) -> Generation``; the built-in
   batched engine (:class:`~peftarena_cli.evaluation.engine.HfBackend`) and the optional vLLM engine
-  (:class:`~peftarena_cli.evaluation.vllm_backend.VllmModel`) both implement it;
+  (:class:`~peftarena_cli.evaluation.vllm_backend.VllmModel`) and the served-model client
+  (:class:`~peftarena_cli.evaluation.openai_backend.OpenAIBackend`) implement it;
 * :func:`encode_prompts` and :func:`first_stop` — the prompt encoding and stop-sequence cut that
   every backend shares, so they all see the same tokens and cut the same way.
 
@@ -44,6 +45,16 @@ class GenerationBackend:
                  temperature: float = 0.0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0,
                  batch_size: int | None = None, progress=None, label: str = "", **options) -> Generation:
         raise NotImplementedError
+
+    def choice_logliks(self, tokenizer, contexts: list[str], choices: list[list[str]], progress=None,
+                       label: str = ""):
+        """Log-likelihoods of multiple-choice continuations (``out[i][j]``, token counts), for the
+        tasks scored by log-likelihood; a backend that cannot compute them refuses the task."""
+        from peftarena_cli.errors import UnsupportedMethod
+
+        raise UnsupportedMethod(f"{label or 'this task'} scores multiple choice by log-likelihood, which the "
+                                f"{self.name} backend does not compute",
+                                hint="evaluate this task with --backend hf (the local engine)")
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:

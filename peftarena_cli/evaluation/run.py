@@ -67,9 +67,15 @@ class EvalConfig:
     ks: str | None = None                       # target only: pass@k / maj@k values, "1,2,4"
     protocol: str | None = None
     chat_template: str = "auto"                 # auto (by the protocol), on, off (docs/eval.md, "Chat template")
+    prompt_type: str = "auto"                   # target only: the study's math prompt type (docs/eval.md, "Math prompt types")
     batch_size: int | None = None
     max_new_tokens: int | None = None
     backend: str = "hf"
+    base_url: str | None = None                 # --backend openai: the server's address
+    served_model: str | None = None             # --backend openai: the served model's name (None: its only one)
+    concurrency: int = 8                        # --backend openai: requests in flight
+    request_timeout: float = 600.0              # --backend openai: seconds per request
+    retries: int = 3                            # --backend openai: retries of a transient failure
     merge: bool = True
     responses: str | Path | None = None
     device: str = "auto"
@@ -150,9 +156,37 @@ def check_eval(cfg: EvalConfig) -> None:
     get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones
     check_chat_template_mode(cfg.chat_template)
     if cfg.kind == "target":
+        from peftarena_cli.tasks.math_prompts import check_prompt_type
+
+        check_prompt_type(cfg.prompt_type)
         check_generation_options(cfg.max_new_tokens, cfg.n_samples, cfg.temperature)
     else:
         check_generation_options(cfg.max_new_tokens)
+    check_served(cfg)
+
+
+def check_served(cfg: EvalConfig) -> None:
+    """The served-model options (docs/eval.md, "Backends"): ``--base-url`` with ``--backend openai``
+    and only then (no network unless asked); no ``--adapter``: the served model is what is evaluated."""
+    if cfg.backend != "openai":
+        if cfg.base_url is not None or cfg.served_model is not None:
+            raise UsageError("--base-url and --served-model go with --backend openai",
+                             hint="add --backend openai to evaluate a served model")
+        return
+    if cfg.responses is not None:
+        return  # scoring completions made elsewhere: nothing is generated
+    if not cfg.base_url:
+        raise UsageError("--backend openai needs --base-url", hint="e.g. --base-url http://localhost:8000")
+    from peftarena_cli.evaluation.openai_backend import parse_base_url
+
+    parse_base_url(cfg.base_url)
+    if cfg.adapters:
+        raise UsageError("--adapter cannot be applied to a served model (--backend openai evaluates the model "
+                         "the server serves)",
+                         hint="serve the merged model, or the adapter by name (vllm serve --lora-modules NAME=DIR) "
+                              "and pass --served-model NAME")
+    if int(cfg.concurrency) < 1 or int(cfg.retries) < 0 or not float(cfg.request_timeout) > 0:
+        raise UsageError("--concurrency must be at least 1, --retries at least 0 and --request-timeout positive")
 
 
 def check_eval_backend(backend: str) -> None:
@@ -162,19 +196,28 @@ def check_eval_backend(backend: str) -> None:
 
     check_backend(backend)
     mark_writer()
-    if backend == "hf":
+    if backend in ("hf", "openai"):
         return
     if backend != "vllm":
-        raise UsageError(f"unknown backend {backend!r}", hint="use hf or vllm")
+        raise UsageError(f"unknown backend {backend!r}", hint="use hf, vllm or openai")
     from peftarena_cli.evaluation.vllm_backend import import_vllm
 
     import_vllm()  # a clear error before anything is loaded when it is not installed
 
 
-def _load_for_backend(base, dtype, device, backend, seed):
-    """(model, tokenizer, ref): the HF model, or a vLLM engine standing in for it."""
+def _load_for_backend(base, dtype, device, backend, seed, served=None):
+    """(model, tokenizer, ref): the HF model, or a vLLM engine or a served model (``served``: the
+    OpenAIBackend's keyword arguments) standing in for it; a served model loads only the tokenizer."""
     from peftarena_cli.artifacts.loading import load_model
 
+    if backend == "openai":
+        from peftarena_cli.artifacts.loading import load_tokenizer
+        from peftarena_cli.artifacts.safetensors_io import resolve_model
+        from peftarena_cli.evaluation.openai_backend import OpenAIBackend
+
+        ref = resolve_model(base)
+        tok = load_tokenizer(ref)  # the prompts are rendered here, with the base's tokenizer and chat template
+        return OpenAIBackend(**(served or {})), tok, ref
     if backend != "vllm":
         return load_model(base, dtype=dtype, device=device)
     from peftarena_cli.artifacts.loading import config_dir, load_tokenizer
@@ -185,7 +228,7 @@ def _load_for_backend(base, dtype, device, backend, seed):
     return VllmModel(config_dir(ref), dtype="auto" if dtype in (None, "auto") else dtype, seed=seed), load_tokenizer(ref), ref
 
 
-def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: EvalResult):
+def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: EvalResult, warn=_no_log):
     """Load the base once; evaluate it and/or each adapter in turn (merged into the weights by PEFT's
     merge unless ``cfg.merge`` is false). Yields (model label, per_sample, summary); fills
     ``result``'s inputs, runs and load time."""
@@ -203,15 +246,28 @@ def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: E
             loaded[label] = load_adapter(label)
             check_adapter_fits(loaded[label], base_weights, base, label)
     t = time.perf_counter()
-    model, tok, ref = _load_for_backend(base, cfg.dtype, device, backend, cfg.seed)
+    served = None
+    if backend == "openai":
+        served = dict(base_url=cfg.base_url, model=cfg.served_model, concurrency=cfg.concurrency,
+                      request_timeout=cfg.request_timeout, retries=cfg.retries, log=warn)
+    model, tok, ref = _load_for_backend(base, cfg.dtype, device, backend, cfg.seed, served)
     result.load_seconds = time.perf_counter() - t
-    log(f"loaded {base} in {result.load_seconds:.1f} s" + (" (vllm)" if backend == "vllm" else ""))
-    from peftarena_cli.artifacts.identity import weights_fingerprint
-
-    # base_weights: a fingerprint of the weights themselves (the path identity is the same for two
-    # checkpoints of one architecture), so report can tell results of different bases apart
     inputs = result.inputs
-    inputs.update(base=(base, ref.identity()), base_weights=(base, weights_fingerprint(ref)))
+    if backend == "openai":
+        # the local weights are not what is evaluated: the base gives the tokenizer only, and the
+        # served model is recorded by host, name and reported version (no URL path, no credentials)
+        d = model.describe()
+        log(f"serving {d['served_model']} at {d['host']} ({d['server_version'] or d['server'] or 'version not reported'})")
+        inputs.update(tokenizer=(base, ref.identity()),
+                      served=(f"{d['host']}/{d['served_model']}", (d["server_version"] or d["server"] or "unknown").replace("@", " ")))
+        result.extra["served"] = d
+    else:
+        log(f"loaded {base} in {result.load_seconds:.1f} s" + (" (vllm)" if backend == "vllm" else ""))
+        from peftarena_cli.artifacts.identity import weights_fingerprint
+
+        # base_weights: a fingerprint of the weights themselves (the path identity is the same for two
+        # checkpoints of one architecture), so report can tell results of different bases apart
+        inputs.update(base=(base, ref.identity()), base_weights=(base, weights_fingerprint(ref)))
     runs = (["base"] if cfg.include_base or not adapters else []) + adapters
     for i, label in enumerate(runs):
         ad = None if label == "base" else loaded[label]
@@ -220,10 +276,12 @@ def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: E
         m = model
         if backend == "vllm":
             model.use_adapter(ad, name=f"a{i}")
+        elif backend == "openai" and ad is not None:  # pragma: no cover - refused by check_served
+            raise UsageError("--adapter cannot be applied to a served model")
         stats: dict = {}
         t = time.perf_counter()
         with ExitStack() as stack:
-            if ad is not None and backend != "vllm":
+            if ad is not None and backend == "hf":
                 # PEFT's merge into the loaded weights, restored afterwards (docs/eval.md, "Adapters")
                 m = stack.enter_context(applied_adapter(model, ad, adapter_name=f"a{i}", merge=cfg.merge))
             with progress(f"{cfg.command} {label}") as bar:
@@ -312,6 +370,7 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
 
         require_chat_template(load_tokenizer(resolve_model(cfg.base)), mode, cfg.base)
     rules: dict = {}  # the rule that decided each task's chat template (the same for every adapter of the base)
+    ptypes: dict = {}  # the study math tasks' prompt types and the rule that chose each
     if cfg.kind == "target":
         # validate before loading the model: the tasks, the protocol's reach and the overrides
         tasks = load_target_tasks(spec, cfg.limit, cfg.seed, cfg.protocol, cfg.n_samples, cfg.temperature,
@@ -319,6 +378,7 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
         if not tasks:  # pragma: no cover
             raise DataError("empty task")
         check_ks(cfg.ks, min(t.n_samples for t in tasks))
+        _check_prompt_type(cfg, tasks)
         if any(t.n_samples > 1 and t.temperature <= 0 for t in tasks):
             warn("-n > 1 with greedy decoding gives identical samples; pass --temperature > 0 to sample")
         one = tasks[0] if len(tasks) == 1 else spec
@@ -327,12 +387,13 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
             out = evaluate_target(m, tok, task=one, limit=cfg.limit, n_samples=cfg.n_samples,
                                   temperature=cfg.temperature, ks=cfg.ks, seed=cfg.seed, batch_size=cfg.batch_size,
                                   progress=cb, stats=stats, max_new_tokens=cfg.max_new_tokens, protocol=cfg.protocol,
-                                  chat_template=mode, model_name=cfg.base)
+                                  chat_template=mode, model_name=cfg.base, prompt_type=cfg.prompt_type)
             rules.update(stats.get("chat_rules") or {})
+            ptypes.update(stats.get("prompt_types") or {})
             return out
 
         extra = {"task": spec, "n_samples": cfg.n_samples, "temperature": cfg.temperature, "limit": cfg.limit,
-                 "protocol": cfg.protocol}
+                 "protocol": cfg.protocol, "prompt_type": cfg.prompt_type}
     else:
         load_general_tasks(spec, cfg.limit, cfg.seed, cfg.protocol, cfg.max_new_tokens)  # validate before loading
 
@@ -344,16 +405,39 @@ def run_eval(cfg: EvalConfig, *, progress: Callable | None = None, log: Callable
             return out
 
         extra = {"suite": spec, "limit": cfg.limit, "protocol": cfg.protocol}
-    dev = setup_device(pick_device(cfg.device))  # under torchrun: cuda:LOCAL_RANK
-    res = EvalResult(None, None, cfg.command, seed=cfg.seed, dtype=cfg.dtype, device=dev)
+    if cfg.backend == "openai":  # the server's device and dtype: the provenance's served entry says whose
+        dev, res = None, EvalResult(None, None, cfg.command, seed=cfg.seed)
+    else:
+        dev = setup_device(pick_device(cfg.device))  # under torchrun: cuda:LOCAL_RANK
+        res = EvalResult(None, None, cfg.command, seed=cfg.seed, dtype=cfg.dtype, device=dev)
     frames, summaries = [], []
-    for label, ps, summ in _run_models(cfg, dev, evaluate, progress, log, res):
+    for label, ps, summ in _run_models(cfg, dev, evaluate, progress, log, res, warn):
         ps.insert(0, "model", label)
         summ.insert(0, "model", label)
         frames.append(ps)
         summaries.append(summ)
-    extra.update(chat_template=mode, chat_template_rules=dict(rules))
+    extra.update(chat_template=mode, chat_template_rules=dict(rules), **res.extra)
+    if ptypes:
+        extra["math_prompt_types"] = dict(ptypes)
+    if cfg.backend != "hf":
+        extra["backend"] = cfg.backend
     return _finish(res, frames, summaries, extra, warn)
+
+
+def _check_prompt_type(cfg: EvalConfig, tasks) -> None:
+    """Before the model loads: a ``--prompt-type`` other than auto needs a study math task to
+    format, and ``boxed`` a base whose name tells the family (tasks/math_prompts.py ``pick``)."""
+    from peftarena_cli.errors import IncompatibleInputs
+    from peftarena_cli.tasks.math_prompts import check_prompt_type, pick
+    from peftarena_cli.tasks.prompting import model_names
+
+    choice = check_prompt_type(cfg.prompt_type)
+    if choice == "auto":
+        return
+    if not any(t.prompt_type for t in tasks):
+        raise IncompatibleInputs(f"--prompt-type {choice}: no task here has a math prompt type",
+                                 hint="it formats the study protocol's math benchmarks (math500, aime24, amc23, gsm8k)")
+    pick(choice, model_names(cfg.base))
 
 
 def _spec(given: str | None, part: str) -> str:
