@@ -1,0 +1,302 @@
+"""The study preset (`make arena PRESET=study`, scripts/study.mk, peftarena_cli/presets.py; docs/report.md,
+"The study preset"), finetune's peft-arena record format (training/data.py), and the cluster recipe
+(every Make stage through $(PEFTARENA), e.g. `PEFTARENA="srun ... peftarena"`; docs/large-models.md).
+
+The planned values are checked against numbers worked by hand from the study's files (train/train_sft.sh,
+train/train_rl.sh, configs/train/sft_full_qwen_math.yaml, sft_trainer.yaml, eval/eval_math.sh), not
+against the preset table itself."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = ROOT / ".venv" / "bin" / "python"
+PEFTARENA = ROOT / ".venv" / "bin" / "peftarena"
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+
+
+def _make_n(*extra: str) -> list[str]:
+    """`make -n` of the study preset, each recipe as one line (continuations joined)."""
+    cmd = ["make", "-n", "--no-print-directory", "arena", "PRESET=study", "STUDY_RUNS=/nonexistent-study", *extra]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [" ".join(x.split()) for x in out.replace("\\\n", " ").splitlines()]
+
+
+def _opts(line: str) -> dict:
+    """The --option value pairs of one command line."""
+    toks = shlex.split(line)
+    return {t: (toks[i + 1] if i + 1 < len(toks) and not toks[i + 1].startswith("--") else True)
+            for i, t in enumerate(toks) if t.startswith("--")}
+
+
+def _one(lines, *needles):
+    hit = [x for x in lines if all(n in x for n in needles)]
+    assert len(hit) == 1, (needles, "\n".join(lines))
+    return hit[0]
+
+
+# ---------------------------------------------------------------- make -n: the planned commands
+@needs_make
+def test_math_sft_plan_carries_the_study_values():
+    lines = _make_n("MODEL=Qwen/Qwen2.5-7B", "DOMAIN=math", "STUDY_METHODS=lora oft vera full")
+    d = "/nonexistent-study"
+    # no model pull for a hub id: only the default alias is pulled
+    assert not any("models pull" in x for x in lines)
+    # train_sft.sh: LR 2e-4, 4 epochs, MAX_LENGTH 8192, global batch 256 of micro-batches of 2 on one
+    # process (256 / 2 = 128 accumulation steps); README: 780 steps = 4 epochs x 195; sft_trainer.yaml:
+    # warm-up ratio 0.1 (78 of 780 steps), cosine schedule, weight decay 0.01; SAVE_FREQ 91
+    peft = {"--lr": "0.0002", "--steps": "780", "--batch-size": "2", "--grad-accum": "128", "--max-length": "8192",
+            "--warmup-steps": "78", "--lr-scheduler": "cosine", "--weight-decay": "0.01", "--save-every": "91",
+            "--chat-template": "on", "--data": "data/openr1-50k/train.parquet"}
+    shapes = {"lora": {"--rank": "8", "--alpha": "16"}, "oft": {"--block-size": "16"}, "vera": {"--rank": "256"}}
+    for m, shape in shapes.items():
+        o = _opts(_one(lines, "finetune Qwen/Qwen2.5-7B", f"-o {d}/{m}/train"))
+        assert o["--method"] == m
+        for k, v in {**peft, **shape}.items():
+            assert o[k] == v, (m, k, o)
+        for k in ("--rank", "--alpha", "--block-size"):
+            if k not in shape:
+                assert k not in o, (m, k)
+    # configs/train/sft_full_qwen_math.yaml: lr 5e-5, 1 epoch (195 steps), max_length 2048, micro-batch 4
+    # (256 / 4 = 64 accumulation steps), save_freq 50; warm-up 10 % = 19 steps
+    o = _opts(_one(lines, "finetune Qwen/Qwen2.5-7B", f"-o {d}/full/train"))
+    assert (o["--lr"], o["--steps"], o["--max-length"], o["--batch-size"], o["--grad-accum"], o["--warmup-steps"],
+            o["--save-every"]) == ("5e-05", "195", "2048", "4", "64", "19", "50")
+    # targets: MATH-500, AIME24, AMC23 under the study protocol; general: IFEval, BBH, NQ-open; every item
+    for who, model in (("base", "Qwen/Qwen2.5-7B"), ("lora", f"Qwen/Qwen2.5-7B --adapter {d}/lora/train/final"),
+                       ("full", f"{d}/full/train/final")):
+        t = _one(lines, "eval-target", f"-o {d}/{who}/eval_target.parquet")
+        assert f"eval-target {model} --task math500,aime24,amc23 --protocol study" in t
+        g = _one(lines, "eval-general", f"-o {d}/{who}/eval_general.parquet")
+        assert f"eval-general {model} --suite ifeval,bbh,nq_open --protocol study" in g
+        for x in (t, g):  # the protocol's own sampling (avg@16, T = 0.6, 8192 tokens): nothing overridden
+            assert not re.search(r"--limit|-n |--temperature|--max-new-tokens|--backend", x), x
+    assert _one(lines, "peftarena report").endswith(f"report {d} -o {d}/report")
+
+
+@needs_make
+def test_medical_rlvr_plan_and_world_size():
+    lines = _make_n("MODEL=meta-llama/Llama-3.2-3B-Instruct", "DOMAIN=medical", "REGIME=rlvr",
+                    "STUDY_METHODS=lora full", "STUDY_WORLD=4")
+    d = "/nonexistent-study"
+    o = _opts(_one(lines, "finetune", f"-o {d}/lora/train"))
+    # train_rl.sh: LR 1e-5 (PEFT), 10 epochs, 256 prompts per rollout x ROLLOUT_N 8 = 2048 completions,
+    # PPO mini-batch 64 prompts = 512 completions per optimizer step, so 4 steps per rollout; medical
+    # epochs have 91 rollout steps (SAVE_FREQ 91, global_step_364): 10 x 91 x 4 = 3640 optimizer steps.
+    # Per process 16 completions a pass on 4 processes: 512 / 64 = 8 accumulation steps, 2048 / 64 = 32
+    # passes per generation batch; rank 16, alpha 32; MAX_LENGTH 8192 new tokens; KL off; save every 50 rollouts
+    want = {"--regime": "rlvr", "--lr": "1e-05", "--steps": "3640", "--batch-size": "16", "--grad-accum": "8",
+            "--num-generations": "8", "--steps-per-generation": "32", "--max-completion-length": "8192",
+            "--temperature": "1", "--beta": "0", "--rank": "16", "--alpha": "32", "--save-every": "200",
+            "--data": "data/med-train.parquet"}
+    for k, v in want.items():
+        assert o[k] == v, (k, o)
+    assert _opts(_one(lines, "finetune", f"-o {d}/full/train"))["--lr"] == "1e-06"  # train_rl.sh, full
+    t = _one(lines, "eval-target", f"-o {d}/base/eval_target.parquet")
+    assert "--task medmcqa,medqa,pubmedqa --protocol study" in t
+
+
+@needs_make
+def test_serve_url_goes_to_every_eval_stage_and_no_other():
+    lines = _make_n("MODEL=Qwen/Qwen2.5-7B", "STUDY_METHODS=lora", "SERVE=http://node7:8000/v1")
+    evals = [x for x in lines if " eval-target " in x or " eval-general " in x]
+    assert len(evals) == 4
+    for x in evals:
+        assert "--backend openai --base-url http://node7:8000/v1" in x
+    for x in lines:
+        if " finetune " in x or x.endswith("/report"):
+            assert "--backend" not in x and "--base-url" not in x
+
+
+@needs_make
+def test_study_set_overrides_and_keeps_the_warmup_ratio():
+    lines = _make_n("MODEL=m", "STUDY_METHODS=lora", "STUDY_SET=steps=40 max_length=1024")
+    o = _opts(_one(lines, "finetune m"))
+    assert (o["--steps"], o["--max-length"], o["--warmup-steps"]) == ("40", "1024", "4")
+
+
+@needs_make
+@pytest.mark.parametrize("args, msg", [(("DOMAIN=law",), "unknown study domain 'law'"),
+                                       (("STUDY_SET=epochz=3",), "'epochz' is not a setting"),
+                                       (("PRESET=studdy",), "unknown PRESET 'studdy'")])
+def test_bad_preset_values_stop_make_with_one_line(args, msg):
+    r = subprocess.run(["make", "--no-print-directory", "arena", "PRESET=study", "MODEL=m",
+                        "STUDY_RUNS=/nonexistent-study", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and msg in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- the peft-arena record format
+def _study_rows_sft(questions_answers):
+    return [{"data_source": "openr1", "prompt": [{"role": "user", "content": q}], "ability": "math",
+             "reward_model": {"ground_truth": "7", "style": "rule"},
+             "extra_info": {"question": q, "answer": a, "index": i, "split": "train"}}
+            for i, (q, a) in enumerate(questions_answers)]
+
+
+def _write_parquet(rows, path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_sft_reads_question_and_answer_and_drops_overlong_records(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from peftarena_cli.training.data import load_train_data
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    # the tokenizer is byte-level (one token per byte, tests/helpers.py); the rendered prompt is
+    # "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" = 3 special tokens + the bytes between
+    q = "What is 3 + 4?"
+    prompt_len = 3 + len("user\n" + q) + len("\n") + len("assistant\n")
+    short, exact, over = "It is \\boxed{7}.", "x" * 20, "x" * 21
+    max_length = prompt_len + 20 + 1   # + 1 for the EOS token after the response
+    path = _write_parquet(_study_rows_sft([(q, short), (q, exact), (q, over), ("", "no question")]), tmp_path / "t.parquet")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = load_train_data(str(path), tok, "sft", max_length=max_length)
+    want_prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+    assert [r["prompt"] for r in data.records] == [want_prompt, want_prompt]
+    assert [r["completion"] for r in data.records] == [short, exact]   # 21 + prompt tokens + EOS: dropped
+    assert data.source["record_format"] == "peft-arena"
+    assert data.source["overlong_dropped"] == 1 and data.source["skipped"] == 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    # the columns format on the same file reads the top-level `prompt` column instead (no instruction
+    # dropped, no filter): the format is what decides
+    cols = load_train_data(str(path), tok, "sft", max_length=max_length, data_format="columns",
+                           response_column="data_source")
+    assert cols.source.get("record_format") is None and len(cols.records) == 4
+
+
+def test_rlvr_reads_prompt_messages_and_ground_truth(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from peftarena_cli.training.data import STUDY_PROMPT_MAX_LENGTH, load_train_data
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    msgs = [{"role": "system", "content": "Think."}, {"role": "user", "content": "2+2? Put it in \\boxed{}."}]
+    # byte-level: a turn is <|im_start|> role \n content <|im_end|> \n (2 special tokens + bytes), then
+    # <|im_start|>assistant\n; so a system turn "Think." and a user turn of L bytes take L + fixed tokens
+    fixed = (2 + len("system\n") + len("Think.") + 1) + (2 + len("user\n") + 1) + (1 + len("assistant\n"))
+    long_user = "y" * (STUDY_PROMPT_MAX_LENGTH - fixed)
+    rows = [{"data_source": "med_23k_think", "prompt": msgs, "reward_model": {"ground_truth": "C", "style": "rule"},
+             "extra_info": {"question": "q", "answer": "a"}},
+            {"data_source": "openr1", "prompt": [msgs[0], {"role": "user", "content": long_user}],
+             "reward_model": {"ground_truth": "1"}, "extra_info": {}},
+            {"data_source": "openr1", "prompt": [msgs[0], {"role": "user", "content": long_user + "y"}],
+             "reward_model": {"ground_truth": "1"}, "extra_info": {}}]
+    n1 = len(tok(tok.apply_chat_template(rows[1]["prompt"], tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False)["input_ids"])
+    assert n1 == STUDY_PROMPT_MAX_LENGTH  # the boundary case: exactly at the study's limit, kept
+    path = _write_parquet(rows, tmp_path / "rl.parquet")
+    data = load_train_data(str(path), tok, "rlvr")
+    assert [r["answer"] for r in data.records] == ["C", "1"]
+    assert data.records[0]["prompt"] == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert data.records[0]["kind"] == "math" and data.source["overlong_dropped"] == 1
+
+
+def test_forced_format_on_other_records_is_an_error(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from peftarena_cli.errors import DataError
+    from peftarena_cli.training.data import load_train_data
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    path = tmp_path / "plain.jsonl"
+    path.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    with pytest.raises(DataError, match="not in the peft-arena layout"):
+        load_train_data(str(path), tok, "sft", data_format="peft-arena")
+    # auto on a plain file keeps the columns reading
+    assert load_train_data(str(path), tok, "sft").records[0]["completion"] == "2"
+
+
+# ---------------------------------------------------------------- the cluster recipe
+def test_every_peftarena_call_of_the_make_stages_goes_through_the_variable():
+    """A literal path to the CLI in a recipe would bypass PEFTARENA (and so the launcher)."""
+    for mk in ("Makefile", "scripts/arena.mk", "scripts/sweep.mk", "scripts/study.mk"):
+        for i, line in enumerate((ROOT / mk).read_text().splitlines(), 1):
+            if not line.startswith("\t"):
+                continue
+            assert not re.search(r"(bin/peftarena|^\s*peftarena)\b", line), f"{mk}:{i}: {line.strip()}"
+
+
+@needs_make
+def test_arena_plan_sends_every_cli_stage_through_the_launcher():
+    """`make -n arena` with PEFTARENA="launcher peftarena": every peftarena command line starts with it."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "arena-stages", "RUNS=/nonexistent-arena",
+                          "METHODS=lora oft", "INTERP=lora", "PEFTARENA=/opt/launch.sh .venv/bin/peftarena"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = [" ".join(x.split()) for x in out.replace("\\\n", " ").splitlines()]
+    cli = [x for x in lines if re.search(r"peftarena (finetune|eval-target|eval-general|spectrum|csd|act-geom|drift|"
+                                         r"interpolate|rewind|report)\b", x)]
+    kinds = {re.search(r"peftarena (\S+)", x).group(1) for x in cli}
+    assert kinds == {"finetune", "eval-target", "eval-general", "spectrum", "csd", "act-geom", "drift",
+                     "interpolate", "rewind", "report"}
+    for x in cli:
+        assert x.startswith("/opt/launch.sh .venv/bin/peftarena "), x
+
+
+LAUNCHER = """#!/bin/sh
+# a stand-in for srun: log the command line, then run it
+printf '%s\\n' "$*" >> "{log}"
+exec "$@"
+"""
+
+
+@pytest.mark.slow
+@needs_make
+def test_tiny_study_run_end_to_end_through_a_launcher(tiny_model_dir, shared_data, tmp_path):
+    """The preset on local files in the hub datasets' layout (tiny model, small limits), two jobs at once,
+    every stage through a launcher script: the runs and evals are made, the report reads them, and the
+    launcher saw exactly the planned CLI stages."""
+    qa = [(f"What is {a} + {b}?", f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}.")
+          for a, b in ((1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1))]
+    data = _write_parquet(_study_rows_sft(qa), tmp_path / "openr1-train.parquet")
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    log = tmp_path / "launch.log"
+    launcher = tmp_path / "launch.sh"
+    launcher.write_text(LAUNCHER.format(log=log))
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    runs = tmp_path / "study"
+    # study-run is what `make arena PRESET=study` runs after the install check (not repeated here)
+    args = ["--no-print-directory", "-j2", "study-run", f"MODEL={tiny_model_dir}", "DOMAIN=math",
+            f"STUDY_RUNS={runs}", "STUDY_METHODS=lora", f"STUDY_DATA={data}",
+            "STUDY_SET=steps=2 max_length=256 grad_accum=1 save_every=2",
+            f"STUDY_TASKS=math500={shared_data / 'math' / 'math500_test.jsonl'}",
+            f"STUDY_SUITE=ifeval={shared_data / 'ifeval' / 'input_data.jsonl'},"
+            f"nq_open={shared_data / 'nq_open' / 'NQ-open.dev.jsonl'}",
+            "STUDY_TARGET_LIMIT=4", "STUDY_GENERAL_LIMIT=4", "STUDY_TARGET_ARGS=-n 2 --max-new-tokens 8",
+            "STUDY_GENERAL_ARGS=--max-new-tokens 8", f"PEFTARENA={launcher} {PEFTARENA}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    plan = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
+    r = subprocess.run(["make", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == digest
+    # the launcher ran every planned CLI stage, each once, and nothing else
+    planned = sorted(" ".join(x.split()).split(f"{launcher} ", 1)[1]
+                     for x in plan.replace("\\\n", " ").splitlines() if f"{launcher} " in x)
+    seen = sorted(" ".join(x.split()) for x in log.read_text().splitlines())
+    assert len(planned) == 6 and seen == planned  # finetune, 2 x eval-target, 2 x eval-general, report
+    # the run used the study's format and settings (the ones STUDY_SET did not replace)
+    man = json.loads((runs / "lora" / "train" / "manifest.json").read_text())
+    flat = json.dumps(man)
+    assert '"record_format": "peft-arena"' in flat and '"lr_scheduler": "cosine"' in flat
+    assert (runs / "report" / "leaderboard.md").is_file()
+    import pandas as pd
+
+    s = pd.read_parquet(runs / "lora" / "eval_target_summary.parquet")
+    assert set(s["protocol"].dropna()) == {"study@2"}
