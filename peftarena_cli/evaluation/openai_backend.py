@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -89,6 +90,14 @@ def parse_base_url(url: str) -> tuple[str, str, str | None]:
     if u.username is not None:
         creds = urllib.parse.unquote(u.username) + ":" + urllib.parse.unquote(u.password or "")
     return f"{u.scheme}://{hostport}{path}", hostport, creds
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def strip_credentials(text: str) -> str:
+    """``text`` with the credentials of any URL in it removed (``http://user:pw@host`` -> ``http://host``)."""
+    return _USERINFO.sub(r"\1", str(text))
 
 
 def _one_line(s, limit: int = 200) -> str:

@@ -129,6 +129,10 @@ class EvalResult:
 
         prov = Provenance(command=self.command, seed=self.seed, dtype=self.dtype, device=self.device,
                           extra=dict(self.extra))
+        if "served" in self.extra:  # a --base-url may carry credentials: the command line is kept without them
+            from peftarena_cli.evaluation.openai_backend import strip_credentials
+
+            prov.argv = [strip_credentials(a) for a in prov.argv]
         for role, (spec, ident) in self.inputs.items():
             prov.add_input(role, spec, ident)
         return prov
