@@ -33,14 +33,13 @@ test: install
 test-fast: install
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
-# On a machine with a GPU: every --device command on CUDA against the CPU, then spectrum's benchmark
-# on CUDA (random weights of smollm2's shapes, so it needs no model package), then the vLLM backend
-# against the HF engine where vllm is importable (it prints SKIPPED otherwise; docs/eval.md).
+# On a machine with one GPU (about 8 min): benchmarks/gpu_check.py runs every --device command on CUDA
+# against the CPU, spectrum's benchmark, a FSDP finetune, LoRA/OFT export, the served backend against
+# `transformers serve` on CUDA, vLLM where importable and a small study-preset run, then prints a table
+# of every comparison (docs/large-models.md, "Checking a GPU machine"). GPU_CHECK_ARGS=--dry-run: the plan.
+GPU_CHECK_ARGS ?=
 gpu-check: install
-	$(PY) -m pytest -n 4 tests/test_cuda.py $(PYTEST_ARGS)
-	$(PY) benchmarks/spectrum_bench.py --device cuda --threads 8 --model synthetic-smollm2
-	$(PEFTARENA) models pull smollm2-135m
-	$(PY) benchmarks/vllm_check.py --model smollm2-135m
+	$(PY) benchmarks/gpu_check.py --peftarena "$(PEFTARENA)" $(GPU_CHECK_ARGS)
 
 docs: install
 	$(PY) -m peftarena_cli.cli.docgen

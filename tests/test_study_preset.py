@@ -300,3 +300,64 @@ def test_tiny_study_run_end_to_end_through_a_launcher(tiny_model_dir, shared_dat
 
     s = pd.read_parquet(runs / "lora" / "eval_target_summary.parquet")
     assert set(s["protocol"].dropna()) == {"study@2"}
+
+
+# ---------------------------------------------------------------- make gpu-check: the plan only (no GPU here)
+def _stub_cli(tmp_path: Path, has_export: bool) -> Path:
+    """A stand-in CLI: `export --help` succeeds or fails, anything else fails loudly."""
+    p = tmp_path / ("cli-export" if has_export else "cli-plain")
+    p.write_text("#!/bin/sh\n" + (f'[ "$1" = export ] && exit 0\n' if has_export else "")
+                 + 'echo "unexpected call: $*" >&2\nexit 2\n')
+    p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    return p
+
+
+def _gpu_plan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PY), "benchmarks/gpu_check.py", "--dry-run", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_gpu_check_dry_run_skips_what_is_missing(tmp_path):
+    work = tmp_path / "work"
+    r = _gpu_plan("--workdir", str(work), "--fsdp-config", str(tmp_path / "no-fsdp.yaml"),
+                  "--peftarena", str(_stub_cli(tmp_path, has_export=False)))
+    assert r.returncode == 0, r.stderr
+    heads = re.findall(r"^\[(\d)\] (\S+)$", r.stdout, flags=re.M)
+    assert heads == [("1", "cuda-vs-cpu"), ("2", "spectrum-bench"), ("3", "fsdp"), ("4", "export"), ("5", "served"),
+                     ("6", "vllm"), ("7", "study")]
+    assert f"SKIPPED: {tmp_path / 'no-fsdp.yaml'} is missing" in r.stdout
+    assert "SKIPPED: this peftarena has no `export` command" in r.stdout
+    assert "tests/test_cuda.py" in r.stdout and "benchmarks/vllm_check.py" in r.stdout
+    # the study step: the preset on CUDA, then the same plan with the GPU hidden
+    study = [x for x in r.stdout.splitlines() if "study-run" in x]
+    assert len(study) == 2 and study[1].lstrip("$ ").startswith("CUDA_VISIBLE_DEVICES= make")
+    assert not work.exists()  # a dry run writes nothing
+
+
+def test_gpu_check_dry_run_plans_fsdp_and_export_when_present(tmp_path):
+    cfg = tmp_path / "fsdp-lora.yaml"
+    cfg.write_text("distributed_type: FSDP\n")
+    cli = _stub_cli(tmp_path, has_export=True)
+    r = _gpu_plan("--workdir", str(tmp_path / "w"), "--fsdp-config", str(cfg), "--peftarena", str(cli),
+                  "--only", "fsdp,export")
+    assert r.returncode == 0, r.stderr
+    lines = [x.strip().lstrip("$ ") for x in r.stdout.splitlines() if x.strip().startswith("$")]
+    fsdp = [x for x in lines if "accelerate.commands.launch" in x]
+    assert len(fsdp) == 1 and f"--config_file {cfg} --num_processes 1 -m peftarena_cli finetune smollm2-135m" in fsdp[0]
+    assert "--device cuda --mixed-precision no" in fsdp[0]
+    assert sum(f"{cli} finetune smollm2-135m -o {tmp_path / 'w' / 'fsdp-cpu'}" in x and "--device cpu" in x
+               for x in lines) == 1
+    for m in ("lora", "oft"):
+        for dev in ("cuda", "cpu"):
+            assert sum(f"{cli} export smollm2-135m {tmp_path / 'w' / f'adapter-{m}' / 'final'} -o "
+                       f"{tmp_path / 'w' / f'export-{m}-{dev}'} --device {dev}" in x for x in lines) == 1
+    assert "[1] fsdp" in r.stdout and "cuda-vs-cpu" not in r.stdout
+
+
+def test_gpu_check_bad_step_and_make_target():
+    r = _gpu_plan("--only", "fsdp,warp")
+    assert r.returncode == 2 and "unknown step(s) warp" in r.stderr
+    if shutil.which("make"):
+        out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        assert "benchmarks/gpu_check.py" in out and "pytest" not in out
