@@ -473,3 +473,44 @@ def test_greedy_completions_from_transformers_serve_equal_the_engines(cli, serve
     assert any(len(c) > 0 for c in a["completion"])
     assert prov["extra"]["served"]["served_model"] == str(tiny_model_dir)
     assert "prompt tokens" not in r.stderr  # the server tokenized the prompts as the engine did
+
+
+# ---- interpolate: each α's point served under its own name ----------------------------------------
+
+@pytest.mark.timeout(120)
+def test_interpolate_evaluates_each_alphas_served_point(cli, stub, tiny_model_dir, tiny_lora_dir, tmp_path):
+    from peftarena_cli.artifacts.tables import read_table
+
+    s = stub(lambda body, k: {"choices": [{"index": 0, "text": f"served by {body['model']}"}]},
+             models=("ft-a0.0", "ft-a0.5", "ft-a1.0"))
+    out = tmp_path / "curve.parquet"
+    r = cli("interpolate", tiny_model_dir, tiny_lora_dir, "--alphas", "0,0.5,1", "--eval", "target",
+            "--target-task", "arith", "--limit", "2", "--backend", "openai", "--base-url", s.url,
+            "--served-model", "ft-a{alpha}", "--device", "cpu", "-o", out)
+    assert r.returncode == 0, r.stderr
+    samples, prov = read_table(tmp_path / "curve.target-samples.parquet")
+    got = {(a, c) for a, c in zip(samples["alpha"], samples["completion"])}
+    assert got == {(0.0, "served by ft-a0.0"), (0.5, "served by ft-a0.5"), (1.0, "served by ft-a1.0")}
+    assert len(samples) == 6
+    assert prov["extra"]["served"]["served_models"] == ["ft-a0.0", "ft-a0.5", "ft-a1.0"]
+    assert prov["extra"]["served"]["host"] == s.url.removeprefix("http://")
+
+
+@pytest.mark.timeout(60)
+def test_interpolate_refuses_one_served_model_for_every_alpha(cli, tiny_model_dir, tiny_lora_dir, tmp_path):
+    args = ["interpolate", tiny_model_dir, tiny_lora_dir, "--alphas", "0,1", "--eval", "target", "--backend", "openai",
+            "--base-url", "http://127.0.0.1:9", "-o", tmp_path / "c.parquet"]
+    r = cli(*args, "--served-model", "ft")
+    assert r.returncode == 2 and "{alpha}" in r.stderr
+    r = cli(*args[:5], "--backend", "openai", "--base-url", "http://127.0.0.1:9", "--served-model", "ft{alpha}")
+    assert r.returncode == 2 and "--eval" in r.stderr  # nothing to generate
+    assert not (tmp_path / "c.parquet").exists()
+
+
+@pytest.mark.timeout(60)
+def test_interpolate_refuses_an_alpha_the_server_does_not_serve(cli, stub, tiny_model_dir, tiny_lora_dir, tmp_path):
+    s = stub(models=("ft-a0.0",))
+    r = cli("interpolate", tiny_model_dir, tiny_lora_dir, "--alphas", "0,1", "--eval", "target", "--backend", "openai",
+            "--base-url", s.url, "--served-model", "ft-a{alpha}", "-o", tmp_path / "c.parquet")
+    assert r.returncode == 1 and len(_err_lines(r.stderr)) == 1 and "'ft-a1.0'" in r.stderr
+    assert s.bodies == [] and not (tmp_path / "c.parquet").exists()

@@ -28,6 +28,12 @@ def interpolate_cmd(
     stats: Optional[List[Path]] = typer.Option(None, "--stats", help="Second-moment stats from `peftarena csd --save-stats` (repeatable: shards are merged): adds CSD columns at each α."),
     save_checkpoints: Optional[Path] = typer.Option(None, "--save-checkpoints", help="Write each α's point here: alpha-A/ (a rewound adapter on the native path, a full model on the dense path)."),
     allow_extrapolate: bool = typer.Option(False, "--allow-extrapolate", help="Accept α outside [0, 1]."),
+    backend: str = typer.Option("hf", "--backend", help="Who generates the --eval completions: hf (the local path model) or openai (each α's point served behind an OpenAI-compatible server: --base-url, --served-model with {alpha})."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="--backend openai: the server's address, e.g. http://localhost:8000 (nothing is sent anywhere else)."),
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="--backend openai: the served name of each α's point, with {alpha} (e.g. 'lora-a{alpha}'; {alpha:.4f} as --save-checkpoints names them)."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="--backend openai: requests in flight at once."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.001, help="--backend openai: seconds one request may take before it is retried."),
+    retries: int = typer.Option(3, "--retries", min=0, help="--backend openai: retries of a transient failure (refused, reset, timeout, 429, 5xx), with exponential backoff."),
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -60,7 +66,9 @@ def interpolate_cmd(
         evals=kinds, target_task=target_task, general_suite=general_suite, limit=limit, max_new_tokens=max_new_tokens,
         protocol=protocol, chat_template=chat_template, stats=[str(p) for p in stats or []],
         save_checkpoints=None if save_checkpoints is None else str(save_checkpoints),
-        allow_extrapolate=allow_extrapolate, device=device, dtype=dtype, seed=seed)
+        allow_extrapolate=allow_extrapolate, device=device, dtype=dtype, seed=seed, backend=backend,
+        base_url=base_url, served_model=served_model, concurrency=concurrency, request_timeout=request_timeout,
+        retries=retries)
     check_interpolate(cfg)
     to_file = output is not None and str(output) != "-"
     if to_file:
@@ -93,6 +101,11 @@ def interpolate_cmd(
                           general_suite=general_suite, limit=limit, protocol=protocol or "study",
                           chat_template=cfg.chat_template,
                           max_new_tokens=max_new_tokens)
+        if res.served:  # host, name template, server version; the command line without URL credentials
+            from peftarena_cli.evaluation.openai_backend import strip_credentials
+
+            prov.extra.update(backend="openai", served=res.served)
+            prov.argv = [strip_credentials(a) for a in prov.argv]
         if beside:
             from peftarena_cli.artifacts.tables import write_table
 

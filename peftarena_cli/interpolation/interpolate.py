@@ -47,6 +47,12 @@ class InterpolateConfig:
     stats: Sequence[str] = ()          # second-moment files of `peftarena csd --save-stats`
     save_checkpoints: str | None = None
     allow_extrapolate: bool = False
+    backend: str = "hf"                # hf (the local path model generates) or openai (each α's point is served)
+    base_url: str | None = None        # --backend openai: the server's address
+    served_model: str | None = None    # --backend openai: the served name of each α's point, with {alpha} in it
+    concurrency: int = 8
+    request_timeout: float = 600.0
+    retries: int = 3
     device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
@@ -57,6 +63,7 @@ class InterpolateResult:
     curve: object                                  # DataFrame, one row per α
     samples: dict = field(default_factory=dict)    # kind -> per-sample DataFrame (with an alpha column)
     csd_rows: list = field(default_factory=list)   # per-module CSD rows (one per module × α), with --stats
+    served: dict = field(default_factory=dict)     # --backend openai: host, name template, server version
     grid: list = field(default_factory=list)
     method: str = ""
     path: str = ""
@@ -76,6 +83,7 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
     bad = [k for k in cfg.evals if k not in EVAL_KINDS]
     if bad:
         raise UsageError(f"unknown --eval kind {bad[0]!r}", hint="use target, general or target,general")
+    check_served_sweep(cfg, grid)
     from peftarena_cli.tasks.limits import parse_limit
     from peftarena_cli.tasks.prompting import check_chat_template_mode
 
@@ -87,6 +95,75 @@ def check_interpolate(cfg: InterpolateConfig) -> list[float]:
         raise UsageError("--limit per general part leaves the target task without a limit",
                          hint=f"add a bare N for it, e.g. --limit {benchmarks.limit_example(2, bare=True)}")
     return grid
+
+
+def served_name(template: str, alpha: float) -> str:
+    """The served model name of the point at ``alpha``: ``template`` with ``{alpha}`` replaced
+    (``{alpha}`` prints α rounded to 6 decimals, e.g. 0.3; ``{alpha:.4f}`` as --save-checkpoints
+    names its directories, alpha-0.3000)."""
+    return template.format(alpha=round(float(alpha), 6))
+
+
+def check_served_sweep(cfg: InterpolateConfig, grid: list[float]) -> None:
+    """``--backend openai`` on a sweep (usage errors): a served model stays at one point of the path,
+    so each α's point is served under its own name, ``--served-model`` with ``{alpha}`` in it, and
+    there is an --eval to generate for; ``--base-url`` / ``--served-model`` only with it."""
+    if cfg.backend not in ("hf", "openai"):
+        raise UsageError(f"unknown backend {cfg.backend!r}", hint="use hf or openai")
+    if cfg.backend != "openai":
+        if cfg.base_url is not None or cfg.served_model is not None:
+            raise UsageError("--base-url and --served-model go with --backend openai",
+                             hint="add --backend openai to evaluate served points")
+        return
+    if not cfg.evals:
+        raise UsageError("--backend openai generates the --eval completions, and no --eval was given",
+                         hint="add --eval target and/or general, or leave --backend out")
+    if not cfg.base_url:
+        raise UsageError("--backend openai needs --base-url", hint="e.g. --base-url http://localhost:8000")
+    from peftarena_cli.evaluation.openai_backend import parse_base_url
+
+    parse_base_url(cfg.base_url)
+    t = cfg.served_model or ""
+    try:
+        names = {served_name(t, a) for a in grid}
+    except (KeyError, IndexError, ValueError) as e:
+        raise UsageError(f"--served-model {t!r} is not a name template ({e})",
+                         hint="use {alpha} (or {alpha:.4f}) for the point's α, e.g. --served-model 'lora-a{alpha}'") from None
+    if "{alpha" not in t or (len(grid) > 1 and len(names) < 2):
+        raise UsageError("a served model stays at one point of the path: --served-model must name each α's point "
+                         "with {alpha} in it",
+                         hint="serve the points (--save-checkpoints, or peftarena rewind) under names such as "
+                              "lora-a0.5 and pass --served-model 'lora-a{alpha}'")
+
+
+def served_points(cfg: InterpolateConfig, grid: list[float], log) -> tuple[dict, dict]:
+    """({served name: backend} of every α's point, what the provenance records). Each name is
+    checked against the server's list here, before anything is loaded."""
+    from peftarena_cli.evaluation.openai_backend import OpenAIBackend
+
+    kw = dict(concurrency=cfg.concurrency, request_timeout=cfg.request_timeout, retries=cfg.retries, log=log)
+    backends: dict = {}
+    for a in grid:
+        name = served_name(cfg.served_model, a)
+        if name not in backends:
+            backends[name] = OpenAIBackend(cfg.base_url, model=name, **kw)  # refuses a name the server lacks
+    first = next(iter(backends.values()))
+    return backends, dict(first.describe(), served_model=cfg.served_model, served_models=sorted(backends))
+
+
+def _served_evaluators(cfg: InterpolateConfig, setup, backends: dict) -> dict:
+    """The evaluators of a served sweep: each evaluates the served point of the path model's current α."""
+    from peftarena_cli.errors import ServerError
+
+    pm = setup.path_model
+
+    def backend_now():
+        name = served_name(cfg.served_model, pm.alpha)
+        if name not in backends:  # pragma: no cover - every α of the grid was checked
+            raise ServerError(f"no served point for alpha {pm.alpha}")
+        return backends[name]
+
+    return {k: (lambda m, t, fn=fn: fn(backend_now(), t)) for k, fn in _evaluators(cfg).items()}
 
 
 def _evaluators(cfg: InterpolateConfig) -> dict:
@@ -126,6 +203,7 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
     from peftarena_cli.evaluation.protocols import get_protocol
 
     get_protocol(cfg.protocol)  # an unknown name is a usage error listing the known ones, before any work
+    served = cfg.backend == "openai"
     evaluators = _evaluators(cfg) if cfg.evals else {}
     if evaluators and cfg.chat_template == "on":  # a tokenizer without a template: refused before any model work
         from peftarena_cli.artifacts.loading import load_tokenizer
@@ -133,6 +211,9 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
         from peftarena_cli.tasks.prompting import require_chat_template
 
         require_chat_template(load_tokenizer(resolve_model(cfg.base)), cfg.chat_template, cfg.base)
+    served_info: dict = {}
+    if served:  # the server and every α's served name, before anything is loaded
+        backends, served_info = served_points(cfg, grid, warn)
     sets = None
     if cfg.stats:
         sets, stats_base = merge_stats_files(cfg.stats)
@@ -144,7 +225,7 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
     with progress("forming ΔW") as bar:
         setup = open_path_model(cfg.base, cfg.finetuned, path=cfg.path, scale_mode=cfg.generator_scale,
                                 dtype=cfg.dtype, device=cfg.device, layerwise=cfg.layerwise, callback=bar.callback,
-                                merge=bool(evaluators))
+                                merge=bool(evaluators) and not served)
     for note in setup.notes:
         warn(note)
     csd = None
@@ -153,6 +234,8 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
         csd = path_csd(sets)
     load_s = time.perf_counter() - t_load
     log(f"loaded {cfg.base} + {cfg.finetuned} ({setup.method}, {setup.path} path) in {load_s:.1f} s")
+    if served:  # each α's completions come from that point as served; the local path model keeps the rest
+        evaluators = _served_evaluators(cfg, setup, backends)
     on_alpha = None
     if checkpoints is not None:
         claim_checkpoint_dir(checkpoints, {
@@ -166,7 +249,7 @@ def interpolate(cfg: InterpolateConfig, progress: Callable = _no_progress, log: 
     with progress("interpolating") as bar:
         curve, samples = run_sweep(setup, grid, evaluators, csd=csd, on_alpha=on_alpha, callback=bar.callback)
     return InterpolateResult(
-        curve=curve, samples=samples, csd_rows=list(csd.rows) if csd is not None else [], grid=grid,
+        curve=curve, samples=samples, csd_rows=list(csd.rows) if csd is not None else [], grid=grid, served=served_info,
         method=setup.method, path=setup.path, scale_mode=setup.scale_mode, base_identity=setup.ref.identity(),
         finetuned_identity=setup.finetuned.identity(),
         device=str(next(setup.path_model.model.parameters()).device), load_seconds=load_s,
