@@ -35,7 +35,7 @@ app = typer.Typer(
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
 COMMAND_MODULES: list[str] = [
-    "finetune", "evaluate", "spectrum", "csd", "act_geom", "drift", "interpolate", "rewind", "report",
+    "finetune", "evaluate", "spectrum", "csd", "act_geom", "drift", "interpolate", "rewind", "export", "report",
 ]
 
 TORCHLESS_COMMANDS = {"report"}  # Parquet in, figures out: no torch import to pay for

@@ -80,20 +80,26 @@ def open_finetuned(spec: str | os.PathLike, device: str = "cpu") -> Finetuned:
                 f"unsupported PEFT type {ad.peft_type!r} in {s!r}",
                 hint="supported: " + ", ".join(sorted(peft_types())) + " (see docs/methods.md)",
             )
-        modules: dict[str, dict] = {}
-        shared: dict = {}
-        for k, v in ad.tensors.items():
-            hit = module_of_key(k)
-            if hit is None:
-                shared[k] = v
-                continue
-            mod, suffix = hit
-            modules.setdefault(mod, {})[suffix] = v
-        return Finetuned(spec=s, kind=ADAPTER, adapter=ad, modules=modules, shared=shared)
+        return finetuned_from_adapter(ad, s)
     ref = resolve_model(s)
     source = WeightSource.from_ref(ref, device="cpu")
     check_full_dtypes(source, s)
     return Finetuned(spec=s, kind=FULL, ref=ref, source=source)
+
+
+def finetuned_from_adapter(ad: Adapter, spec: str) -> Finetuned:
+    """An adapter already in memory (e.g. one rescaled to a path position) as a :class:`Finetuned`:
+    its tensors grouped per module, the ones that name no module (VeRA's projections) kept as shared."""
+    modules: dict[str, dict] = {}
+    shared: dict = {}
+    for k, v in ad.tensors.items():
+        hit = module_of_key(k)
+        if hit is None:
+            shared[k] = v
+            continue
+        mod, suffix = hit
+        modules.setdefault(mod, {})[suffix] = v
+    return Finetuned(spec=str(spec), kind=ADAPTER, adapter=ad, modules=modules, shared=shared)
 
 
 def unsupported(ft: Finetuned, why: str):
