@@ -361,3 +361,11 @@ def test_gpu_check_bad_step_and_make_target():
         out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
         assert "benchmarks/gpu_check.py" in out and "pytest" not in out
+
+
+def test_docs_list_every_setting_of_the_preset_with_its_source():
+    from peftarena_cli.presets import table
+
+    doc = (ROOT / "docs" / "report.md").read_text()
+    for k, v, src in table():
+        assert f"| `{k}` | {v} | {src} |" in doc, k
