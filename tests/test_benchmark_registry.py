@@ -110,7 +110,7 @@ def test_registry_entries_cover_what_the_layers_read():
             assert STUDY.settings[b.family] is b.protocols["study"] and LM_EVAL.settings[b.family] is b.protocols["lm-eval"]
             for s in b.protocols.values():  # every protocol scorer belongs to the benchmark's kind
                 assert scorer_kinds.kind_of(s.scorer).name == b.scorer, (b.name, s.scorer)
-    assert STUDY.target_mean == ("aime24", "amc23", "math500", "medmcqa", "medqa", "pubmedqa")
+    assert STUDY.target_mean == ("aime24", "amc23", "math500", "medmcqa", "medqa", "mmlu_medical", "pubmedqa")
 
 
 # --- a toy benchmark, with both protocols, through the registry only ----------------------------------

@@ -109,7 +109,7 @@ def parse_overrides(text: str) -> dict:
     out = {}
     for part in filter(None, (text or "").split(",")):
         k, _, v = part.partition("=")
-        out[k] = float(v) if k == "temperature" else int(v)
+        out[k] = float(v) if k == "temperature" else v if k == "prompt_type" else int(v)
     return out
 
 
@@ -152,4 +152,5 @@ def apply(task, protocol: Protocol | str | None = None, *, max_new_tokens=None, 
     return replace(task, items=items, scorer=s.scorer, max_new_tokens=ov.get("max_new_tokens", s.max_new_tokens),
                    stop=s.stop, chat=s.chat, chat_by_name=s.chat_by_name, system=s.system, n_samples=ov.get("n", s.n),
                    temperature=ov.get("temperature", s.temperature), protocol=proto.label,
-                   overrides=format_overrides(ov), raw=False, loglik=benchmarks.get(task.name).loglik if s.loglik else None)
+                   overrides=format_overrides(ov), raw=False, loglik=benchmarks.get(task.name).loglik if s.loglik else None,
+                   prompt_type=s.prompt_type or "")

@@ -86,7 +86,8 @@ def score_rows(task, prompts: list[str], completions: list[list[str]], n_tokens=
                 "inst_strict": r.get("inst_strict"), "inst_loose": r.get("inst_loose"),
                 "n_tokens": int(n_tokens[i][s]) if n_tokens is not None else None,
                 "meta": json.dumps({"scorer": task.scorer, "protocol": task.protocol, "overrides": task.overrides,
-                                    "chat_template": task.chat_template, "reference": item.reference, "subtask_key": task.subtask_key, "item": item.meta},
+                                    "chat_template": task.chat_template, "reference": item.reference, "subtask_key": task.subtask_key, "item": item.meta,
+                                    **({"prompt_type": task.prompt_type} if getattr(task, "prompt_type", "") else {})},
                                    default=str),
             })
     return rows

@@ -40,6 +40,7 @@ class Settings:
     aggregation: str = "mean over items"
     sources: dict = field(default_factory=dict)
     loglik: bool = False               # multiple choice by the log-likelihood of each choice (LOGLIK_CHOICES), no generation
+    prompt_type: str | None = None     # the study's math_eval prompt type the template is (tasks/math_prompts.py); --prompt-type picks another
 
 
 _OC = "PEFT-Arena eval/opencompass_configs/datasets"
@@ -72,15 +73,18 @@ STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
                  "scorer": "OpenCompass datasets/natural_question.py: NQEvaluator (reference is a substring)"}),
     "math": Settings(
         "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
-        stop=("\n\nQuestion:",), aggregation="mean over all samples (avg@16)",
+        stop=("\n\nQuestion:",), aggregation="mean over all samples (avg@16)", prompt_type="cot",
         sources={"prompt": f"{_ME}/utils.py PROMPT_TEMPLATES['cot'], stripped, in a user turn (math_eval.py)",
                  "sampling": "eval/eval_math.sh: TEMPERATURE=0.6, N_SAMPLING=16, MAX_TOKENS_PER_CALL=8192, top_p=1",
                  "chat": "eval/eval_math.sh: APPLY_CHAT_TEMPLATE=true by default (math_eval.py --apply_chat_template)",
                  "stop": "math_eval.py: stop_words for prompt_type cot",
+                 "prompt_type": "eval/eval_math.sh: PROMPT_TYPE=\"cot\" for every model (configs/eval/math.yaml "
+                                "prompt_type: cot); README.md 'Evaluation': qwen-boxed / llama-boxed without the "
+                                "chat template to reproduce the Limit-of-RLVR/OpenR1 format (--prompt-type)",
                  "scorer": f"{_ME}/parser.py extract_answer + strip_string, grader.py math_equal"}),
     "gsm8k": Settings(
         "Question: {problem}\nAnswer:", "math:study", 8192, chat=True, n=16, temperature=0.6,
-        stop=("\n\nQuestion:",), aggregation="mean over all samples; not part of the math target_score",
+        stop=("\n\nQuestion:",), aggregation="mean over all samples; not part of the math target_score", prompt_type="cot",
         sources={"prompt": f"{_ME} (same settings as the other math sets)",
                  "aggregation": "eval/eval_math.sh: DATA_NAMES=math500,aime24,amc23"}),
     "medical": Settings(
@@ -92,7 +96,13 @@ STUDY_SETTINGS = {  # the PEFT-Arena study (OpenCompass, math_eval, med_eval)
                  "chat": f"{_MED}: the prompt is always the chat format (QWEN_PROMPT / LLAMA_PROMPT written out)",
                  "scorer": "PEFT-Arena third_party/med_eval/utils/extract_answer.py: extract_overall_answer -> "
                            "match_choice, the last answer (last 'answer is' A-N, else last standalone option "
-                           "letter, else option text occurring last, else the most similar option; no boxed step)"}),
+                           "letter, else option text occurring last, else the most similar option; no boxed step)",
+                 "aggregation": f"{_MED}: accuracy per source (the items of one set), 'average' = the mean of "
+                                "the sources' accuracies (np.mean over score_json); eval/summarize_results.py "
+                                "compute_med_avg the same: target_score = mean of the medical sets",
+                 "mmlu_medical": "configs/eval/med.yaml: tasks medmcqa,medqa,mmlu_medical,pubmedqa (one set among "
+                                 "four); the subjects are MultiMedQA's six (the study's m1 eval file is not "
+                                 "published to read them from)"}),
 }
 
 _LE = "lm-evaluation-harness 0.4.13 lm_eval/tasks"
@@ -124,12 +134,17 @@ LM_EVAL_SETTINGS = {  # lm-evaluation-harness v0.4.13 task defaults
     "medical": Settings(
         {"pubmedqa": "Abstract: {context}\nQuestion: {question}\nAnswer:",
          "medqa": "Question: {question}\n{options_lines}Answer:",
-         "medmcqa": "Question: {question}\nChoices:\n{options_lines}Answer:"},
+         "medmcqa": "Question: {question}\nChoices:\n{options_lines}Answer:",
+         "mmlu_medical": "{description}{question}\n{options_lines}Answer:"},
         "choice:lm-eval", 0, chat=False, aggregation="acc: argmax of the choices' summed log-likelihoods, mean",
         loglik=True,
         sources={"all": f"{_LE}/pubmedqa (choices yes/no/maybe), medqa (medqa_4options, choices A-D), "
-                        "medmcqa (choices A-D): output_type multiple_choice, metric acc",
-                 "prompt": "preprocess_pubmedqa.doc_to_text, preprocess_medqa.doc_to_text, utils_medmcqa.doc_to_text"}),
+                        "medmcqa (choices A-D), mmlu/default/mmlu_SUBJECT.yaml (choices A-D): output_type "
+                        "multiple_choice, metric acc",
+                 "prompt": "preprocess_pubmedqa.doc_to_text, preprocess_medqa.doc_to_text, utils_medmcqa.doc_to_text; "
+                           "mmlu/default/_default_template_yaml doc_to_text after the subject's description",
+                 "mmlu_medical": f"{_LE}/benchmarks/multimedqa/multimedqa.yaml: the six MMLU subjects; acc over "
+                                 "all their items (aggregate weight_by_size: True)"}),
 }
 
 
@@ -334,6 +349,9 @@ def _entries():
                               ("pubmedqa", ("qiaojin/PubMedQA", "pqa_labeled", "train"), "options")):
         register(Benchmark(name, "target", "medical", "choice", "medical", both("medical"), hub, items=name,
                            loglik=loglik, study_target=True))
+    register(Benchmark("mmlu_medical", "target", "medical", "choice", "medical", both("medical"),
+                       ("cais/mmlu", "all", "test"), items="mmlu", loglik="letters", study_target=True, local="file",
+                       title="MMLU's six medical subjects"))
     for part, task_name in (("ifeval", "ifeval_builtin"), ("bbh", "bbh_builtin"), ("facts", "facts")):
         register(Benchmark(f"builtin.{part}", "general", "general", part,
                            items=f"builtin.{part}", limit_key=part, task_name=task_name))

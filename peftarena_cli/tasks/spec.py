@@ -34,6 +34,8 @@ class Task:
     loglik: str | None = None   # scored by log-likelihood of each choice ("options" texts or "letters"), not generated
     chat_template: bool | None = None  # decided for the model (tasks/prompting.py decide_chat_template); None: by ``chat``
     chat_rule: str = ""         # the rule that decided ``chat_template``
+    prompt_type: str = ""       # the study's math prompt type of the items (tasks/math_prompts.py); "" where none applies
+    prompt_rule: str = ""       # the rule that decided ``prompt_type`` for the model
 
     def render(self, tokenizer, item: Item) -> str:
         """The text the model continues. With the chat template (``chat_template`` as decided for
@@ -52,14 +54,18 @@ class Task:
             return render_prompt(tokenizer, item.prompt, instruction=None, use_chat=False)
         return item.prompt
 
-    def for_model(self, mode: str, tokenizer, names=()) -> "Task":
+    def for_model(self, mode: str, tokenizer, names=(), prompt_type: str = "auto") -> "Task":
         """This task with its chat-template use decided for one model (``mode``: auto, on, off;
-        ``names``: the model's names, :func:`peftarena_cli.tasks.prompting.model_names`)."""
+        ``names``: the model's names, :func:`peftarena_cli.tasks.prompting.model_names`), after its
+        math prompt type (``prompt_type``: auto, boxed or a type's name; only a task that has one,
+        :func:`peftarena_cli.tasks.math_prompts.for_model`)."""
+        from peftarena_cli.tasks.math_prompts import for_model as with_prompt_type
         from peftarena_cli.tasks.prompting import BY_NAME, decide_chat_template, has_chat_template
 
-        setting = BY_NAME if self.chat and self.chat_by_name else self.chat
-        use, why = decide_chat_template(mode, setting, self.protocol, has_chat_template(tokenizer), names)
-        return replace(self, chat_template=use, chat_rule=why)
+        task = with_prompt_type(self, prompt_type, names)
+        setting = BY_NAME if task.chat and task.chat_by_name else task.chat
+        use, why = decide_chat_template(mode, setting, task.protocol, has_chat_template(tokenizer), names)
+        return replace(task, chat_template=use, chat_rule=why)
 
     def limited(self, limit: int | None) -> "Task":
         if limit is None:

@@ -1,5 +1,5 @@
 """Target tasks (plasticity): the built-in arithmetic task, math benchmarks (gsm8k, math500,
-aime24, amc23) and medical multiple choice (medmcqa, medqa, pubmedqa), from the hub by name or
+aime24, amc23) and medical multiple choice (medmcqa, medqa, pubmedqa, mmlu_medical), from the hub by name or
 from a local file in the same format (``NAME=PATH``, or a bare PATH whose fields tell the format).
 """
 
@@ -50,13 +50,34 @@ def _mc_prompt(question: str, options: list[str], context: str | None = None) ->
     return f"{head}{question}\n{opts}"
 
 
-def _mc_item(iid: str, question: str, options: list[str], ref: str, context: str | None = None) -> Item:
+def _mc_item(iid: str, question: str, options: list[str], ref: str, context: str | None = None,
+             extra: dict | None = None) -> Item:
     """A multiple-choice item; its fields feed the protocols' templates (``mc_text``: the study's
-    question text; ``question``, ``context``, ``options_lines``: lm-evaluation-harness's)."""
+    question text; ``question``, ``context``, ``options_lines``: lm-evaluation-harness's; ``extra``:
+    more fields of one benchmark's templates)."""
     text = _mc_prompt(question, options, context)
     lines = "".join(f"{'ABCDEFGHIJ'[i]}. {o}\n" for i, o in enumerate(options))
     return Item(iid, text, ref, {"options": options, "fields": {"mc_text": text, "question": question,
-                                                               "context": context or "", "options_lines": lines}})
+                                                               "context": context or "", "options_lines": lines,
+                                                               **(extra or {})}})
+
+
+def _mmlu_task(name: str, path, limit) -> Task:
+    """MMLU's medical subsets (tasks/mmlu.py): one task whose items carry their subject (the
+    per-sample ``subtask`` column); ``limit`` counts items per subject. The question is stripped,
+    as lm-evaluation-harness's template does (``question.strip()``)."""
+    from peftarena_cli.tasks import mmlu
+
+    entry = benchmarks.get(name)
+    recs = mmlu.read_local(path) if path else load_hub(*entry.hub)
+    items = []
+    for r in mmlu.medical_records(recs, path, limit):
+        q = r["question"].strip()
+        it = _mc_item(f"{name}-{r['subject']}-{r['index']}", q, r["choices"], r["answer"],
+                      extra={"description": mmlu.description(r["subject"])})
+        it.meta["subject"] = r["subject"]
+        items.append(it)
+    return Task(name, items, "choice", raw=True, subtask_key="subject")
 
 
 def _mc_items(name, recs, path) -> list[Item]:
@@ -120,6 +141,8 @@ def _pubmedqa_local(path: Path) -> list[dict]:
 def guess_task(recs: list[dict]) -> str:
     """The task a local file's fields indicate."""
     r = recs[0] if recs else {}
+    if "subject" in r and "choices" in r and "answer" in r:
+        return "mmlu_medical"
     if "opa" in r and "cop" in r:
         return "medmcqa"
     if "options" in r and ("answer_idx" in r or "answer" in r):
@@ -149,6 +172,8 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
         task = _arith(limit, seed, name)
     elif entry is not None and entry.loader is not None:  # a registered benchmark with a loader of its own
         task = entry.loader(path=path, limit=limit, seed=seed)
+    elif entry is not None and entry.items == "mmlu":  # a file or a folder, the six subjects kept
+        task = _mmlu_task(name, path, limit)
     else:
         if path:
             recs = _pubmedqa_local(Path(path)) if (name == "pubmedqa" or not name) and Path(path).suffix == ".json" else read_records(path)
@@ -156,6 +181,8 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
                 raise DataError(f"{str(path)!r} has no records", hint="pass a non-empty file")
             name = name or guess_task(recs)
             entry = benchmarks.get(name)
+            if entry.items == "mmlu":  # a bare MMLU file: read again by its own loader (subjects, per-subject limit)
+                return _checked(_mmlu_task(name, path, limit), name)
         else:
             recs = load_hub(*entry.hub)
         if limit is not None:
@@ -164,6 +191,10 @@ def load_target_task(spec: str = "arith", limit: int | None = None, seed: int = 
             task = Task(name, _mc_items(entry.items, recs, path), "choice", raw=True)
         else:
             task = Task(name, _math_items(name, recs, path), "math", raw=True)
+    return _checked(task, name)
+
+
+def _checked(task: Task, name: str) -> Task:
     if not task.items:
         raise DataError(f"task {name!r} has no items", hint="check --limit and the data file")
     return task
