@@ -432,6 +432,7 @@ def _check_prompt_type(cfg: EvalConfig, tasks) -> None:
     """Before the model loads: a ``--prompt-type`` other than auto needs a study math task to
     format, and ``boxed`` a base whose name tells the family (tasks/math_prompts.py ``pick``)."""
     from peftarena_cli.errors import IncompatibleInputs
+    from peftarena_cli.tasks import benchmarks
     from peftarena_cli.tasks.math_prompts import check_prompt_type, pick
     from peftarena_cli.tasks.prompting import model_names
 
@@ -439,8 +440,9 @@ def _check_prompt_type(cfg: EvalConfig, tasks) -> None:
     if choice == "auto":
         return
     if not any(t.prompt_type for t in tasks):
+        takes = [b.name for b in benchmarks.REGISTRY.values() if "study" in b.protocols and b.protocols["study"].prompt_type]
         raise IncompatibleInputs(f"--prompt-type {choice}: no task here has a math prompt type",
-                                 hint="it formats the study protocol's math benchmarks (math500, aime24, amc23, gsm8k)")
+                                 hint=f"it formats the study protocol's math benchmarks ({', '.join(takes)})")
     pick(choice, model_names(cfg.base))
 
 
