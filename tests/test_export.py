@@ -374,24 +374,25 @@ def test_an_adapter_with_trained_biases_is_refused(tiny_model_dir, tmp_path, cli
 
 
 def test_an_interrupted_export_leaves_nothing(finetunes, tiny_model_dir, tmp_path, monkeypatch):
-    """Ctrl-C while the shards are written (simulated by the writer raising KeyboardInterrupt after
-    its first shard): no output directory, no temporary sibling, inputs unchanged."""
+    """Ctrl-C while the weights are written (simulated by the tensor writer raising KeyboardInterrupt at
+    its fifth tensor, with several shard files already on disk): no output directory, no temporary
+    sibling, inputs unchanged."""
     import peftarena_cli.interpolation.export as ex
 
     ft = finetunes[methods.DEFAULT_METHOD]
     snap = _snapshot(ft)
-    real, calls = ex.write_safetensors, []
+    real, calls = ex._write_at, []
 
-    def interrupted(tensors, path, metadata=None):
+    def interrupted(path, offset, data):
         calls.append(path)
-        if len(calls) == 2:
+        if len(calls) == 5:
             raise KeyboardInterrupt
-        real(tensors, path, metadata=metadata)
+        real(path, offset, data)
 
-    monkeypatch.setattr(ex, "write_safetensors", interrupted)
+    monkeypatch.setattr(ex, "_write_at", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         ex.export(ex.ExportConfig(base=str(tiny_model_dir), finetuned=str(ft), output=str(out), max_shard_size="40K"))
-    assert len(calls) == 2 and calls[0].parent.name.startswith(".tmp-out.")  # it was writing into a temporary sibling
+    assert len(calls) == 5 and calls[0].parent.name.startswith(".tmp-out.")  # it was writing into a temporary sibling
     assert not out.exists() and _leftovers(tmp_path) == []
     assert _snapshot(ft) == snap

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftarena_cli import __version__
-from peftarena_cli.artifacts.atomic import atomic_dir, is_stream, special_kind, write_safetensors
+from peftarena_cli.artifacts.atomic import atomic_dir, is_stream, special_kind
 from peftarena_cli.artifacts.guard import check_outputs
 from peftarena_cli.artifacts.identity import weights_fingerprint
 from peftarena_cli.artifacts.keys import base_key
@@ -64,7 +64,8 @@ _CONFIG_FILES = ("config.json", "generation_config.json", "special_tokens_map.js
 _CONFIG_PREFIXES = ("tokenizer", "chat_template", "vocab")
 _CONFIG_SUFFIXES = (".model", ".tiktoken")
 
-_SAFETENSORS_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+_SAFETENSORS_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
 _UNIT = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
@@ -220,53 +221,85 @@ def _generation_config(dest: Path) -> None:
     GenerationConfig(**ids).save_pretrained(str(dest))
 
 
-class _ShardWriter:
-    """Collects output tensors into shards of at most ``max_bytes`` (a larger tensor gets a shard of
-    its own) and writes each one as soon as it is full."""
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+_CODE = {v: k for k, v in _SAFETENSORS_DTYPE.items()}
 
-    def __init__(self, directory: Path, max_bytes: int):
+
+def _write_at(path: Path, offset: int, data) -> None:
+    """Write ``data`` (a buffer) into the existing file ``path`` at ``offset``."""
+    with open(path, "r+b", buffering=0) as f:
+        f.seek(offset)
+        view, done = memoryview(data), 0
+        while done < len(view):
+            done += f.write(view[done:])
+
+
+class _ShardPlan:
+    """The output files planned from the tensors' names, dtypes and shapes before any is formed.
+
+    ``entries`` are ``(name, safetensors dtype, shape)`` in file order; they are packed into shards of
+    at most ``max_bytes`` (a larger tensor gets a shard of its own). Each shard file is created at once
+    with its safetensors header and its full size, and each tensor is written into its place as soon as
+    it is formed, in any order: the export holds one tensor at a time, never a shard."""
+
+    def __init__(self, directory: Path, entries: list, max_bytes: int):
         self.dir = directory
-        self.max = max_bytes
-        self.current: dict = {}
-        self.size = 0
-        self.files: list[str] = []
-        self.weight_map: dict[str, str] = {}
+        groups: list[list] = []
+        size = 0
+        for name, code, shape in entries:
+            n = math.prod(shape) * _ITEMSIZE[code]
+            if not groups or (groups[-1] and size + n > max_bytes):
+                groups.append([])
+                size = 0
+            groups[-1].append((name, code, tuple(shape), n))
+            size += n
+        count = len(groups)
+        self.files = (["model.safetensors"] if count == 1
+                      else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)])
+        self.where: dict[str, tuple] = {}  # name -> (file, absolute offset, dtype code, shape, bytes)
         self.total = 0
+        for fname, group in zip(self.files, groups):
+            header, off = {"__metadata__": {"format": "pt"}}, 0
+            for name, code, shape, n in group:
+                header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [off, off + n]}
+                off += n
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+            start = 8 + len(raw)
+            with open(self.dir / fname, "wb") as f:
+                f.write(len(raw).to_bytes(8, "little"))
+                f.write(raw)
+                f.truncate(start + off)
+            for name, code, shape, n in group:
+                self.where[name] = (self.dir / fname, start + header[name]["data_offsets"][0], code, shape, n)
+            self.total += off
+        self.written: set[str] = set()
 
-    def add(self, name: str, tensor) -> None:
-        n = tensor.numel() * tensor.element_size()
-        if self.current and self.size + n > self.max:
-            self.flush()
-        self.current[name] = tensor.contiguous()
-        self.size += n
-        self.total += n
+    def write(self, name: str, tensor) -> None:
+        import torch
 
-    def flush(self) -> None:
-        if not self.current:
-            return
-        name = f"part-{len(self.files) + 1:05d}.safetensors"
-        write_safetensors(self.current, self.dir / name, metadata={"format": "pt"})
-        self.files.append(name)
-        for k in self.current:
-            self.weight_map[k] = name
-        self.current, self.size = {}, 0
+        path, offset, code, shape, n = self.where[name]
+        got = _CODE.get(str(tensor.dtype).replace("torch.", ""), None)
+        if tuple(tensor.shape) != shape or (got is not None and got != code):
+            raise IncompatibleInputs(f"{name}: the merged tensor is {got or tensor.dtype} {tuple(tensor.shape)}, "
+                                     f"the base's {code} {shape}", hint="pass the base model the fine-tune was made from")
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        if data.numel() != n:
+            raise IncompatibleInputs(f"{name}: {data.numel()} bytes where the plan has {n}")
+        _write_at(path, offset, data.numpy())
+        self.written.add(name)
 
     def finish(self) -> list[str]:
-        """Give the shards their final names (``model.safetensors``, or ``model-0000i-of-0000n``
-        with the index); return them."""
-        self.flush()
-        n = len(self.files)
-        if n == 1:
-            final = {self.files[0]: "model.safetensors"}
-        else:
-            final = {f: f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i, f in enumerate(self.files)}
-        for old, new in final.items():
-            os.replace(self.dir / old, self.dir / new)
-        if n > 1:
+        """Check every planned tensor was written; write the index when sharded; return the file names."""
+        missing = [k for k in self.where if k not in self.written]
+        if missing:
+            raise InvalidArtifact(f"the export formed no tensor for {len(missing)} name(s) ({', '.join(missing[:3])})")
+        if len(self.files) > 1:
             index = {"metadata": {"total_size": self.total},
-                     "weight_map": {k: final[v] for k, v in sorted(self.weight_map.items())}}
+                     "weight_map": {k: v[0].name for k, v in sorted(self.where.items())}}
             (self.dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        return [final[f] for f in self.files]
+        return list(self.files)
 
 
 def _no_log(msg: str) -> None:
@@ -360,9 +393,12 @@ def export(cfg: ExportConfig, callback: Callable | None = None, log: Callable[[s
         "dtype": dtype_name or "base", "config_dtype": config_dtype, "max_shard_size": max_bytes,
         "versions": _versions(),
     }
+    def out_code(code: str) -> str:
+        return _CODE[dtype_name] if dtype_name and code in _SAFETENSORS_DTYPE else code
+
     merged = 0
     with atomic_dir(output, overwrite=replaces) as tmp:
-        writer = _ShardWriter(tmp, max_bytes)
+        writer = _ShardPlan(tmp, [(k, out_code(src.dtype(k)), src.shape(k)) for k in src.keys()], max_bytes)
         if ft.is_full:
             keys = ft.source.keys()
             for i, k in enumerate(keys):
@@ -374,7 +410,7 @@ def export(cfg: ExportConfig, callback: Callable | None = None, log: Callable[[s
                     w = torch.add(w0.float(), w1.float() - w0.float(), alpha=alpha)
                 else:
                     w = w1
-                writer.add(k, checked(k, out_dtype(w, ft.source.dtype(k))))
+                writer.write(k, checked(k, out_dtype(w, ft.source.dtype(k))))
                 if callback:
                     callback(i + 1, len(keys), k)
             n_tensors = len(keys)
@@ -390,7 +426,7 @@ def export(cfg: ExportConfig, callback: Callable | None = None, log: Callable[[s
             for md in iter_module_deltas(base, at, device=device):
                 k = base_key(base, md.name)
                 w = md.w1() if path != "dense" else md.w0 + alpha * md.dense()
-                writer.add(k, checked(k, out_dtype(w, base.dtype(k))))
+                writer.write(k, checked(k, out_dtype(w, base.dtype(k))))
                 done.add(k)
                 merged += 1
                 if callback:
@@ -398,7 +434,7 @@ def export(cfg: ExportConfig, callback: Callable | None = None, log: Callable[[s
             for k in keys:
                 if k in done:
                     continue
-                writer.add(k, checked(k, out_dtype(base.get(k), base.dtype(k))))
+                writer.write(k, checked(k, out_dtype(base.get(k), base.dtype(k))))
                 done.add(k)
                 if callback:
                     callback(len(done), total, k)
