@@ -8,18 +8,19 @@ _peftarena() {
         w="${COMP_WORDS[i]}"
         [[ "$w" == -* ]] && continue
         case "${path:+$path }$w" in
-            'act-geom'|'csd'|'drift'|'eval-general'|'eval-target'|'finetune'|'interpolate'|'models'|'models list'|'models path'|'models pull'|'report'|'rewind'|'spectrum') path="${path:+$path }$w" ;;
+            'act-geom'|'csd'|'drift'|'eval-general'|'eval-target'|'export'|'finetune'|'interpolate'|'models'|'models list'|'models path'|'models pull'|'report'|'rewind'|'spectrum') path="${path:+$path }$w" ;;
         esac
     done
     case "$path" in
-        '') COMPREPLY=( $(compgen -W "act-geom csd drift eval-general eval-target finetune interpolate models report rewind spectrum --quiet -q --version --help" -- "$cur") ) ;;
+        '') COMPREPLY=( $(compgen -W "act-geom csd drift eval-general eval-target export finetune interpolate models report rewind spectrum --quiet -q --version --help" -- "$cur") ) ;;
         'act-geom') COMPREPLY=( $(compgen -W "--prompts -p --sums --save-sums --gram-sample --accum-dtype --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --max-memory --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'csd') COMPREPLY=( $(compgen -W "--general -g --target -t --stats --save-stats --alpha --allow-extrapolate --modules -m --n --text-key --chat --raw --max-length --batch-size -b --shard --max-memory --form --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'drift') COMPREPLY=( $(compgen -W "--alphas --sets --target-task --general-suite --limit --max-new-tokens --reference --no-reference --path --batch-size --chat-template --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
-        'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --protocol --chat-template --backend --merge --no-merge --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
-        'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --protocol --chat-template --k --limit --include-base --batch-size --max-new-tokens --backend --merge --no-merge --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'eval-general') COMPREPLY=( $(compgen -W "--adapter -a --suite -s --limit --include-base --batch-size --max-new-tokens --protocol --chat-template --backend --base-url --served-model --concurrency --request-timeout --retries --merge --no-merge --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'eval-target') COMPREPLY=( $(compgen -W "--adapter -a --task -t -n --samples --temperature --protocol --chat-template --prompt-type --k --limit --include-base --batch-size --max-new-tokens --backend --base-url --served-model --concurrency --request-timeout --retries --merge --no-merge --responses --summary --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'export') COMPREPLY=( $(compgen -W "--output -o --alpha --path --generator-scale --dtype --max-shard-size --device --allow-extrapolate --overwrite --quiet -q --help" -- "$cur") ) ;;
         'finetune') COMPREPLY=( $(compgen -W "--output -o --method --regime --data --data-config --split --prompt-column --response-column --answer-column --num-examples --chat-template --rank -r --alpha --block-size --target-modules --lr --steps --batch-size --grad-accum --max-length --warmup-steps --lr-scheduler --weight-decay --save-every --num-generations --max-completion-length --temperature --beta --steps-per-generation --mixed-precision --gradient-checkpointing --no-gradient-checkpointing --resume --overwrite --seed --device --dtype --quiet -q --help" -- "$cur") ) ;;
-        'interpolate') COMPREPLY=( $(compgen -W "--alphas --path --generator-scale --layerwise --eval --target-task --general-suite --limit --max-new-tokens --protocol --chat-template --stats --save-checkpoints --allow-extrapolate --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
+        'interpolate') COMPREPLY=( $(compgen -W "--alphas --path --generator-scale --layerwise --eval --target-task --general-suite --limit --max-new-tokens --protocol --chat-template --stats --save-checkpoints --allow-extrapolate --backend --base-url --served-model --concurrency --request-timeout --retries --output -o --device --dtype --seed --quiet -q --help" -- "$cur") ) ;;
         'models') COMPREPLY=( $(compgen -W "list path pull --help" -- "$cur") ) ;;
         'models list') COMPREPLY=( $(compgen -W "--parquet --output -o --quiet -q --help" -- "$cur") ) ;;
         'models path') COMPREPLY=( $(compgen -W "--quiet -q --help" -- "$cur") ) ;;
