@@ -50,12 +50,14 @@ demo: install
 
 # `make arena`: the comparison over several methods (scripts/arena.mk; ARENA_METHODS="..." to choose).
 # PRESET=study: the PEFT-Arena study's setting on MODEL and DOMAIN (scripts/study.mk; docs/report.md).
+# (an unknown PRESET stops make before anything runs, `make -n` included)
+ifneq ($(filter-out study,$(strip $(PRESET))),)
+$(error unknown PRESET '$(PRESET)' (known: study))
+endif
 arena: install
 ifeq ($(PRESET),study)
 	$(if $(filter smollm2-135m,$(MODEL)),$(PEFTARENA) models pull smollm2-135m)
 	@$(MAKE) --no-print-directory study-run
-else ifneq ($(strip $(PRESET)),)
-	@echo "error: unknown PRESET '$(PRESET)' (known: study)" >&2; exit 2
 else
 	$(PEFTARENA) models pull smollm2-135m
 	@$(MAKE) --no-print-directory arena-run
