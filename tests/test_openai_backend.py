@@ -454,8 +454,7 @@ def served_tiny(tiny_model_dir, tmp_path_factory):
         log.close()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(400)  # about 10 s here (the server's start most of it): not marked slow
 def test_greedy_completions_from_transformers_serve_equal_the_engines(cli, served_tiny, tiny_model_dir, tmp_path):
     from peftarena_cli.artifacts.tables import read_table
 
