@@ -346,6 +346,7 @@ def test_an_adapter_of_another_base_is_refused(foreign_lora, tiny_model_dir, tmp
     (["--alpha", "1.5"], "outside [0, 1]"), (["--alpha", "-0.1"], "outside [0, 1]"), (["--alpha", "nan"], "not a finite"),
     (["--dtype", "int8"], "unknown --dtype"), (["--max-shard-size", "5X"], "--max-shard-size"),
     (["--max-shard-size", "10"], "below 1 KiB"), (["--path", "sideways", "--alpha", "0.5"], "unknown --path"),
+    (["--generator-scale", "sqrt", "--alpha", "0.5"], "applies to OFT adapters only"),
 ])
 def test_bad_option_values_are_usage_errors(args, what, finetunes, tiny_model_dir, tmp_path, cli):
     r = cli("export", tiny_model_dir, finetunes[methods.DEFAULT_METHOD], "-o", tmp_path / "out", *args)

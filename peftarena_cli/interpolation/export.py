@@ -361,8 +361,11 @@ def export(cfg: ExportConfig, callback: Callable | None = None, log: Callable[[s
                 warn(note)
         if alpha != 1.0:
             check_relative_to_base(ft.config)
-    if cfg.generator_scale != "linear" and not (entry.rotates and path == "native"):
-        raise UsageError(f"--generator-scale {cfg.generator_scale} applies to the native path of OFT adapters only")
+    if cfg.generator_scale != "linear":
+        if not entry.rotates:
+            raise UsageError(f"--generator-scale {cfg.generator_scale} applies to OFT adapters only, not {method}")
+        if path == "dense":
+            warn("--generator-scale applies to the native OFT path only; ignored on the dense path")
     if not bref.is_single_file and not (bref.directory / "config.json").is_file() and not ft.is_full:
         raise InvalidArtifact(f"the base {cfg.base!r} has no config.json", hint="pass the base's HF model directory")
 
