@@ -240,20 +240,20 @@ def rotation_parts(md, u, s, vh):
     """OFT-style W1 = W0 M: u_iᵀΔW v_i, ‖ΔW v_i‖, ‖ΔW‖_F², ΔW's top squared singular values and, for the alignment,
     (C, D) (below), without forming ΔW.
 
-    Two products of the size of a k × in × k GEMM: C and the Gram matrix
-    D = Vᵀ(M − I)(Mᵀ − I)V. Everything else comes from them: ΔW = U Σ Vᵀ(M − I) has the singular
-    values of (Mᵀ − I)VΣ, whose Gram matrix is Σ D Σ (so ‖ΔW‖_F² = Σ_i σ_i² D_ii).
+    One block rotation, Y = (Mᵀ − I)V, and two products of the size of a k × in × k GEMM, both
+    from Y: C = Yᵀ V (= Vᵀ(M − I)V) and the Gram matrix D = YᵀY = Vᵀ(M − I)(Mᵀ − I)V. Everything
+    else comes from them: ΔW = U Σ Vᵀ(M − I) has the singular values of YΣ, whose Gram matrix is
+    Σ D Σ (so ‖ΔW‖_F² = Σ_i σ_i² D_ii). V is used as the transposed view of Vh throughout (the
+    block product and the GEMM read it in place), so no (in × k) copy of it is made.
     """
-    v = vh.T.contiguous()  # (in, k)
-    x = md.rotate(v)
-    x -= v  # (M − I) V
-    c = vh @ x  # C = Vᵀ (M − I) V
+    v = vh.T  # (in, k), a view
+    y = md.rotate(v, transpose=True)
+    y -= v  # Y = (Mᵀ − I) V
+    c = y.T @ v  # C = Yᵀ V = Vᵀ (M − I) V
     cd = torch.diagonal(c)
     diag = s * cd
     s2 = s * s
     energy = (s2 @ (c * c)).clamp_min(0.0).sqrt()  # ‖Σ C e_i‖ = ‖ΔW v_i‖
-    y = md.rotate(v, transpose=True)
-    y -= v  # (Mᵀ − I) V
     d = gram(y)
     dd = torch.diagonal(d)
     fro2 = float((s2 * dd).sum(dtype=torch.float64))
