@@ -100,7 +100,7 @@ def peft_all_linear(name, **kw):
 # case -> (config factory, method reported, substring of `form`)
 METHOD_CASES = {
     "lora": (lambda: lora_all_linear(r=4, lora_alpha=8), "lora", None),
-    "rslora": (lambda: lora_all_linear(r=4, lora_alpha=8, use_rslora=True), "lora", "rslora"),
+    "rslora": (lambda: lora_all_linear(r=4, lora_alpha=8, use_rslora=True), "rslora", "rslora"),
     "patterns": (lambda: lora_all_linear(r=4, lora_alpha=8, rank_pattern={"down_proj": 2}, alpha_pattern={"q_proj": 3}),
                  "lora", None),
     "dora": (lambda: lora_all_linear(r=4, lora_alpha=8, use_dora=True), "dora", "magnitude"),

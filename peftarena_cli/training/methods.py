@@ -43,10 +43,11 @@ class MethodChoice:
     block_size: int | None = None
     target_modules: object = "all-linear"
     lr: float = 0.0
+    dropout: float = 0.0  # dropout on the adapter's input (the entry's default ``dropout``; no override)
 
     def to_dict(self) -> dict:
         return {"method": self.method.name, "rank": self.rank, "alpha": self.alpha, "block_size": self.block_size,
-                "target_modules": self.target_modules, "lr": self.lr}
+                "target_modules": self.target_modules, "lr": self.lr, "dropout": self.dropout}
 
 
 def resolve_method(name: str, rank: int | None = None, alpha: float | None = None, block_size: int | None = None,
@@ -68,12 +69,38 @@ def resolve_method(name: str, rank: int | None = None, alpha: float | None = Non
         raise IncompatibleInputs(f"--lr must be > 0 (got {lr})", hint="pass a positive learning rate")
     rank = rank if rank is not None else m.defaults.get("rank")
     alpha = alpha if alpha is not None else (m.defaults.get("alpha") if "alpha" in m.takes else None)
-    if "alpha" in m.takes and given["rank"] is not None and given["alpha"] is None:
-        alpha = m.defaults["alpha"] / m.defaults["rank"] * rank  # keep alpha/r when only r changes
+    if "alpha" in m.takes and given["rank"] is not None and given["alpha"] is None and not m.defaults.get("use_rslora"):
+        # keep alpha/r when only r changes; rsLoRA keeps alpha, its alpha/sqrt(r) being the rank-stabilised scaling
+        alpha = m.defaults["alpha"] / m.defaults["rank"] * rank
     block = block_size if block_size is not None else m.defaults.get("block_size")
     tm = parse_target_modules(target_modules) if not m.is_full else None
     return MethodChoice(m, rank=rank, alpha=alpha, block_size=block, target_modules=tm,
-                        lr=lr if lr is not None else m.lr)
+                        lr=lr if lr is not None else m.lr, dropout=float(m.defaults.get("dropout", 0.0)))
+
+
+# what a run's manifest records of its resolved method (``MethodChoice.to_dict``) that the command line
+# may leave to the defaults; manifests written before ``dropout`` was recorded trained without dropout
+RESUMED_FROM_MANIFEST = ("rank", "alpha", "block_size", "lr", "dropout")
+
+
+def as_started(choice: MethodChoice, recorded: dict | None, given: dict) -> tuple[MethodChoice, list[str]]:
+    """The choice a resumed run continues with, and the names of what differs from today's defaults.
+
+    ``recorded`` is the run manifest's ``method`` entry, ``given`` the values the command line set (None:
+    left to the default). What the command line leaves to the defaults is taken from the manifest: the
+    run goes on with the hyper-parameters it was started with even when a method's defaults changed in
+    between (an adapter's block size or alpha cannot change mid-run)."""
+    if not recorded or recorded.get("method") != choice.method.name:
+        return choice, []
+    changed = []
+    for key in RESUMED_FROM_MANIFEST:
+        if given.get(key) is not None:
+            continue
+        was = recorded.get(key, 0.0 if key == "dropout" else None)
+        if was is not None and was != getattr(choice, key):
+            setattr(choice, key, was)
+            changed.append(key)
+    return choice, changed
 
 
 def _linear_modules(model, target_modules) -> list[tuple[str, object]]:

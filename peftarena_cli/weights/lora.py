@@ -1,4 +1,4 @@
-"""Where the LoRA-family deltas are formed: LoRA, rsLoRA, PiSSA, MiLoRA, DoRA and AdaLoRA.
+"""Where the LoRA-family deltas are formed: LoRA, rsLoRA, LoRA+, PiSSA, MiLoRA, DoRA and AdaLoRA.
 
 All from PEFT's saved tensors, matching PEFT's own ``merge_and_unload``:
 
@@ -16,10 +16,11 @@ All from PEFT's saved tensors, matching PEFT's own ``merge_and_unload``:
 * AdaLoRA: ΔW = B (A ⊙ E) · s / (r_init + 1e-5) with s = α (or r when α ≤ 0).
 
 The same file says how ``peftarena finetune`` trains them (the registry names each function): the
-PEFT configs (:func:`lora_config`, :func:`pissa_config`, :func:`dora_config`, :func:`adalora_config`),
-the rank check before training (:func:`check_rank`), MiLoRA's initialisation after PEFT wraps the
-model (:func:`milora_init`: MiLoRA is not a PEFT init option) and AdaLoRA's rank allocation after
-each optimizer step (:func:`adalora_allocate`).
+PEFT configs (:func:`lora_config`, :func:`pissa_config`, :func:`dora_config`, :func:`rslora_config`,
+:func:`adalora_config`), the rank check before training (:func:`check_rank`), MiLoRA's initialisation
+after PEFT wraps the model (:func:`milora_init`: MiLoRA is not a PEFT init option), LoRA+'s optimizer
+(:func:`loraplus_optimizer`: B at a higher learning rate; its adapters are plain LoRA) and AdaLoRA's
+rank allocation after each optimizer step (:func:`adalora_allocate`).
 """
 
 from __future__ import annotations
@@ -177,18 +178,38 @@ def adalora_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     return {"factors": (b, a), "form": f"rank {r} of init_r {init_r}"}
 
 
-# ---- training (named by the registry entries of lora, pissa, milora, dora, adalora)
+# ---- training (named by the registry entries of lora, pissa, milora, dora, rslora, loraplus, adalora)
 
-def _lora(choice, common: dict, init=True, use_dora: bool = False):
+def _lora(choice, common: dict, init=True, use_dora: bool = False, use_rslora: bool = False):
     from peft import LoraConfig
 
-    return LoraConfig(r=choice.rank, lora_alpha=choice.alpha, lora_dropout=0.0, init_lora_weights=init,
-                      use_dora=use_dora, **common)
+    return LoraConfig(r=choice.rank, lora_alpha=choice.alpha, lora_dropout=choice.dropout, init_lora_weights=init,
+                      use_dora=use_dora, use_rslora=use_rslora, **common)
 
 
 def lora_config(choice, total_steps: int, model, common: dict):
-    """LoRA (B initialised to zero); MiLoRA too, re-initialised by :func:`milora_init` after wrapping."""
+    """LoRA (B initialised to zero); MiLoRA too, re-initialised by :func:`milora_init` after wrapping, and
+    LoRA+, whose difference is the optimizer (:func:`loraplus_optimizer`)."""
     return _lora(choice, common)
+
+
+def rslora_config(choice, total_steps: int, model, common: dict):
+    """rsLoRA: LoRA with PEFT's ``use_rslora`` (scaling alpha / sqrt(r) instead of alpha / r)."""
+    return _lora(choice, common, use_rslora=True)
+
+
+def loraplus_optimizer(choice, model, optimizer_cls, optimizer_kwargs: dict, weight_decay: float):
+    """LoRA+: the trainer's optimizer class and settings, with B's learning rate ``loraplus_lr_ratio`` times
+    A's (PEFT's ``create_loraplus_optimizer``: every ``lora_B`` weight, and any 1-d trainable tensor, in
+    the groups at ratio x lr; the rest at lr). Weight decay as the trainer's, none on 1-d tensors."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    kw = dict(optimizer_kwargs)
+    lr = kw.pop("lr")
+    kw.pop("weight_decay", None)
+    return create_loraplus_optimizer(model, optimizer_cls, lr=lr,
+                                     loraplus_lr_ratio=float(choice.method.defaults["loraplus_lr_ratio"]),
+                                     loraplus_weight_decay=weight_decay, **kw)
 
 
 def pissa_config(choice, total_steps: int, model, common: dict):
@@ -210,7 +231,7 @@ def adalora_config(choice, total_steps: int, model, common: dict):
     if t - tinit - tfinal <= 0:
         tinit, tfinal = 0, 0
     init_r = max(choice.rank + 1, (3 * choice.rank + 1) // 2)
-    return AdaLoraConfig(target_r=choice.rank, init_r=init_r, lora_alpha=choice.alpha, lora_dropout=0.0,
+    return AdaLoraConfig(target_r=choice.rank, init_r=init_r, lora_alpha=choice.alpha, lora_dropout=choice.dropout,
                          tinit=tinit, tfinal=tfinal, deltaT=1, total_step=t, **common)
 
 

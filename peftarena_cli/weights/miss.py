@@ -51,7 +51,7 @@ def miss_config(choice, total_steps: int, model, common: dict):
     """MiSS's PEFT config (the default shard form, rank ``choice.rank``)."""
     from peft import MissConfig
 
-    return MissConfig(r=choice.rank, miss_dropout=0.0, **common)
+    return MissConfig(r=choice.rank, miss_dropout=choice.dropout, **common)
 
 
 def check_rank(choice, modules) -> None:

@@ -61,4 +61,4 @@ def vera_config(choice, total_steps: int, model, common: dict):
     """The PEFT config ``peftarena finetune`` trains VeRA with (projections saved with the adapter)."""
     from peft import VeraConfig
 
-    return VeraConfig(r=choice.rank, vera_dropout=0.0, save_projection=True, **common)
+    return VeraConfig(r=choice.rank, vera_dropout=choice.dropout, save_projection=True, **common)
