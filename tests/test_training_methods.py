@@ -12,7 +12,7 @@ from peftarena_cli.errors import IncompatibleInputs, UnsupportedMethod
 from peftarena_cli.training import methods
 from peftarena_cli.training.runner import FinetuneConfig, finetune
 
-PEFT_METHODS = ["lora", "pissa", "milora", "dora", "adalora", "vera", "ia3", "oft", "boft", "miss"]
+PEFT_METHODS = ["lora", "pissa", "milora", "dora", "adalora", "vera", "ia3", "oft", "boft", "miss", "keeplora", "coft"]
 
 
 def _ids():
@@ -113,7 +113,7 @@ def test_milora_init_uses_minor_components(tiny_model_dir):
 def test_method_defaults_and_overrides():
     assert methods.resolve_method("lora").rank == 8
     assert methods.resolve_method("vera").rank == 256
-    assert methods.resolve_method("oft").block_size == 16
+    assert methods.resolve_method("oft").block_size == 32
     assert methods.resolve_method("miss").rank == 8
     ch = methods.resolve_method("lora", rank=4)
     assert ch.alpha == 8  # alpha/r kept at the default ratio

@@ -17,7 +17,10 @@ the generator scale:
   W(α) = m(α) · (W0 + α s B A) / ‖W0 + α s B A‖_row,  m(α) = m0 + α (m1 − m0), m0 = ‖W0‖_row.
 * ``rotation`` (OFT): the skew-symmetric generator Q (``oft_R.weight``) × s(α), so R(α) = Cayley(s(α)·Q) with
   s(α) = α (``linear``) or √α (``sqrt``, as the study reports). PEFT then forms the rotation with
-  the adapter's own variant (exact Cayley or Cayley–Neumann), see :mod:`oft_rotation`.
+  the adapter's own variant (exact Cayley or Cayley–Neumann), see :mod:`oft_rotation`. COFT scales
+  the generator PEFT applies, its projection onto the ε-ball, so R(α) = Cayley(s(α)·proj(Q)) stays
+  inside the ball for |s(α)| ≤ 1 (scaling the saved Q, often outside the ball by the last optimizer
+  step, would leave the rotation pinned to the ball's surface for most α).
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ def scale_adapter_tensors(
     """
     import torch
 
+    from peftarena_cli.weights.oft import applied_generator  # imports torch
+
     entry = native_method(config)
     method, rotation = entry.name, entry.rotates
     if not rotation and scale_mode != "linear":
@@ -116,6 +121,8 @@ def scale_adapter_tensors(
             f = s
             if layer_scales:
                 f = s * float(layer_scales.get(layer_of_key(k), 1.0))
+            if f != 1.0 and rotation:
+                v = applied_generator(v, config)  # COFT: scale the projected generator PEFT applies
             out[k] = v if f == 1.0 else (v.float() * f).to(v.dtype)
         elif entry.moves_magnitude and k.endswith(MAGNITUDE_SUFFIX):
             if alpha == 1.0:

@@ -37,7 +37,7 @@ from collections import defaultdict
 
 from peftarena_cli.errors import UsageError
 from peftarena_cli.interpolation.native import layer_of_key
-from peftarena_cli.weights.oft import block_size_of, cayley, variant_of
+from peftarena_cli.weights.oft import applied_generator, block_size_of, cayley, variant_of
 
 OFT_KEY_SUFFIX = ".oft_R.weight"
 LAYERWISE_MODES = ("safescale", "minscale")
@@ -77,7 +77,7 @@ def layer_strength(tensors: dict, keys: list[str], config: dict, c: float = 1.0)
     neumann, terms = variant_of(config)
     sq = d = 0.0
     for k in keys:
-        v = tensors[k]
+        v = applied_generator(tensors[k], config)  # COFT: the projected generator PEFT applies
         s, dd = _module_sq(v, _in_features(config, v), neumann, terms, c)
         sq += s
         d += dd

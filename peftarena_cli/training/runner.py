@@ -305,6 +305,24 @@ def _unwrap_error(e: Exception) -> str:
     return (str(e).splitlines() or [""])[0][:300]
 
 
+def check_regime(choice, regime: str) -> None:
+    """A method initialised from a training batch (``init_from_batch``: KeepLoRA) needs the SFT loss, so
+    reference completions: it is refused under RLVR, which has none."""
+    if choice.method.init_from_batch and regime != "sft":
+        raise IncompatibleInputs(
+            f"{choice.method.name} starts from the gradient of the SFT loss on the first training batch; "
+            f"--regime {regime} has no reference completions to take it from",
+            hint=f"train {choice.method.name} with --regime sft")
+
+
+def init_from_first_batch(choice, model, trainer, batch_size: int) -> int:
+    """Run the method's ``init_from_batch`` hook on the first ``batch_size`` training examples in data
+    order, collated as training collates them (completion-only labels); returns what the hook returns."""
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[i] for i in range(min(batch_size, len(ds)))])
+    return resolve(choice.method.init_from_batch)(getattr(model, "module", model), dict(batch))
+
+
 def prepare_model(cfg: FinetuneConfig, choice, model):
     """Wrap ``model`` for ``choice``; return (model, init tensors for PiSSA/MiLoRA conversion or None)."""
     from peftarena_cli.training import methods
@@ -350,6 +368,7 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
     t_start = time.perf_counter()
     validate_config(cfg)
     choice = methods.resolve_method(cfg.method, cfg.rank, cfg.alpha, cfg.block_size, cfg.target_modules, cfg.lr)
+    check_regime(choice, cfg.regime)
     out = Path(cfg.output).expanduser()
     from peftarena_cli.artifacts.guard import check_outputs_vs_inputs, check_writable
 
@@ -379,13 +398,6 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                            use_chat=cfg.chat_template, max_length=cfg.max_length)
     key = run_key(cfg, base_identity, data.source)
     mode = check_output_dir(out, key, cfg)
-    if mode == "resume":  # the run goes on with its own hyper-parameters, even if the defaults changed since
-        choice, kept = methods.as_started(choice, (ck.read_manifest(out) or {}).get("method"),
-                                          {"rank": cfg.rank, "alpha": cfg.alpha, "block_size": cfg.block_size,
-                                           "lr": cfg.lr})
-        if kept:
-            say("resuming with the run's own " + ", ".join(f"{k} {getattr(choice, k):g}" for k in kept)
-                + " (the method's defaults changed since it started)")
 
     torch.manual_seed(cfg.seed)
     model, tok, ref = load_model(ref, dtype=cfg.dtype, device="cpu")
@@ -415,6 +427,11 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
             raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
                             f"({len(data)} records, all dropped by truncation)",
                             hint="raise --max-length or use shorter prompts")
+
+        if choice.method.init_from_batch and (mode != "resume" or ck.latest_resume_state(out) is None):
+            # a resumed run's checkpoint holds the initialised factors already
+            n_init = init_from_first_batch(choice, model, trainer, cfg.batch_size)
+            say(f"{choice.method.name}: initialised {n_init} modules from the first training batch")
 
         # --- everything validated: from here on we write -------------------------------------------
         from accelerate import PartialState

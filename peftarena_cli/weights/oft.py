@@ -91,6 +91,17 @@ def _project(vec: torch.Tensor, n: int, eps: float) -> torch.Tensor:
     return q[:, rows, cols]
 
 
+def applied_generator(vec: torch.Tensor, config: dict, n: int | None = None) -> torch.Tensor:
+    """The generator upper triangles PEFT's forward and merge apply for the saved ``vec`` (blocks,
+    n(n−1)/2): ``vec`` itself, or for a ``coft`` adapter its projection onto the ε-ball (PEFT projects
+    before every forward and in its merge, and the optimizer's last step may leave the saved tensor
+    outside the ball)."""
+    if not config.get("coft"):
+        return vec
+    n = n or block_size_of(vec.shape[-1])
+    return _project(vec.float(), n, float(config.get("eps", 6e-5))).to(vec.dtype)
+
+
 def oft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     params = ft.modules[module]
     vec = params.get("oft_R.weight")
@@ -102,8 +113,7 @@ def oft_parts(module: str, w0: torch.Tensor, ft, device: str, svd) -> dict:
     n = block_size_of(vec.shape[1])
     in_f = w0.shape[1]
     cfg = ft.config
-    if cfg.get("coft"):
-        vec = _project(vec, n, float(cfg.get("eps", 6e-5)))
+    vec = applied_generator(vec, cfg, n)
     neumann, terms = variant_of(cfg)
     blocks = cayley(vec, neumann, terms)  # (b, n, n), PEFT's x' = x R
     if cfg.get("block_share") and blocks.shape[0] == 1:
@@ -126,6 +136,15 @@ def oft_config(choice, total_steps: int, model, common: dict):
     from peft import OFTConfig
 
     return OFTConfig(r=0, oft_block_size=choice.block_size, module_dropout=0.0, **common)
+
+
+def coft_config(choice, total_steps: int, model, common: dict):
+    """COFT's PEFT config: OFT's (:func:`oft_config`) with ``coft`` on and the registry's ``eps``; PEFT
+    then projects each block's generator onto ‖Q_b‖_F ≤ eps/√blocks before every forward."""
+    cfg = oft_config(choice, total_steps, model, common)
+    cfg.coft = True
+    cfg.eps = float(choice.method.defaults["eps"])
+    return cfg
 
 
 def check_block_size(choice, modules) -> None:
