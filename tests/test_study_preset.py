@@ -78,9 +78,11 @@ def test_math_sft_plan_carries_the_study_values():
     for who, model in (("base", "Qwen/Qwen2.5-7B"), ("lora", f"Qwen/Qwen2.5-7B --adapter {d}/lora/train/final"),
                        ("full", f"{d}/full/train/final")):
         t = _one(lines, "eval-target", f"-o {d}/{who}/eval_target.parquet")
-        assert f"eval-target {model} --task math500,aime24,amc23 --protocol study" in t
+        # eval_math.sh PROMPT_TYPE="cot" (configs/eval/math.yaml prompt_type: cot), in the chat template
+        assert f"eval-target {model} --task math500,aime24,amc23 --protocol study --prompt-type cot " in t
         g = _one(lines, "eval-general", f"-o {d}/{who}/eval_general.parquet")
         assert f"eval-general {model} --suite ifeval,bbh,nq_open --protocol study" in g
+        assert "--prompt-type" not in g  # a general suite has no math prompt type (eval-general has no option)
         for x in (t, g):  # the protocol's own sampling (avg@16, T = 0.6, 8192 tokens): nothing overridden
             assert not re.search(r"--limit|-n |--temperature|--max-new-tokens|--backend", x), x
     assert _one(lines, "peftarena report").endswith(f"report {d} -o {d}/report")
@@ -104,20 +106,110 @@ def test_medical_rlvr_plan_and_world_size():
     for k, v in want.items():
         assert o[k] == v, (k, o)
     assert _opts(_one(lines, "finetune", f"-o {d}/full/train"))["--lr"] == "1e-06"  # train_rl.sh, full
-    t = _one(lines, "eval-target", f"-o {d}/base/eval_target.parquet")
-    assert "--task medmcqa,medqa,pubmedqa --protocol study" in t
+    # configs/eval/med.yaml: tasks: medmcqa,medqa,mmlu_medical,pubmedqa (in that order); no math prompt type
+    for who in ("base", "lora", "full"):
+        t = _one(lines, "eval-target", f"-o {d}/{who}/eval_target.parquet")
+        assert "--task medmcqa,medqa,mmlu_medical,pubmedqa --protocol study" in t
+        assert "--prompt-type" not in t
+
+
+def _served(line: str) -> tuple[str, str, str]:
+    """(local model, base URL, served name) of a served eval stage."""
+    toks = shlex.split(line)
+    cmd = next(i for i, t in enumerate(toks) if t in ("eval-target", "eval-general"))
+    o = _opts(line)
+    return toks[cmd + 1], o["--base-url"], o["--served-model"]
 
 
 @needs_make
-def test_serve_url_goes_to_every_eval_stage_and_no_other():
-    lines = _make_n("MODEL=Qwen/Qwen2.5-7B", "STUDY_METHODS=lora", "SERVE=http://node7:8000/v1")
+def test_serve_asks_each_stage_for_its_own_served_model():
+    d = "/nonexistent-study"
+    lines = _make_n("MODEL=Qwen/Qwen2.5-7B", "STUDY_METHODS=lora full oft", "SERVE=http://node7:8000/v1",
+                    "SERVE_oft=http://node7:8002/v1")
     evals = [x for x in lines if " eval-target " in x or " eval-general " in x]
-    assert len(evals) == 4
-    for x in evals:
-        assert "--backend openai --base-url http://node7:8000/v1" in x
+    assert len(evals) == 8
+    want = {"base": ("Qwen/Qwen2.5-7B", "http://node7:8000/v1", "Qwen/Qwen2.5-7B"),
+            "lora": ("Qwen/Qwen2.5-7B", "http://node7:8000/v1", "lora"),
+            "full": ("Qwen/Qwen2.5-7B", "http://node7:8000/v1", "full"),
+            "oft": ("Qwen/Qwen2.5-7B", "http://node7:8002/v1", "oft")}
+    for who, w in want.items():
+        for kind in ("target", "general"):
+            x = _one(evals, f"-o {d}/{who}/eval_{kind}.parquet")
+            assert _served(x) == w, (who, x)
+            # the served backend refuses --adapter (the served name is the fine-tune) and reads no weights
+            assert "--adapter" not in x and "/train/final" not in x and "--backend openai" in x
     for x in lines:
         if " finetune " in x or x.endswith("/report"):
-            assert "--backend" not in x and "--base-url" not in x
+            assert "--backend" not in x and "--base-url" not in x and "--served-model" not in x
+    # the base's served name can differ from MODEL (e.g. an alias locally, a hub id on the server)
+    lines = _make_n("MODEL=smollm2-135m", "STUDY_METHODS=lora", "SERVE=http://n:8000",
+                    "SERVE_BASE_NAME=HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert _served(_one(lines, f"-o {d}/base/eval_general.parquet")) == (
+        "smollm2-135m", "http://n:8000", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert _served(_one(lines, f"-o {d}/lora/eval_target.parquet"))[2] == "lora"
+
+
+@needs_make
+def test_study_train_plans_the_training_runs_only():
+    out = subprocess.run(["make", "-n", "--no-print-directory", "study-train", "MODEL=m", "STUDY_METHODS=lora oft",
+                          "STUDY_RUNS=/nonexistent-study", "SERVE=http://n:8000"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    lines = [" ".join(x.split()) for x in out.replace("\\\n", " ").splitlines()]
+    runs = [x for x in lines if re.search(r"peftarena (\S+)", x)]
+    assert sorted(re.search(r"-o (\S+)", x).group(1) for x in runs) == ["/nonexistent-study/lora/train",
+                                                                       "/nonexistent-study/oft/train"]
+    assert all(" finetune m " in x for x in runs)
+
+
+@needs_make
+def test_serve_plan_serves_every_name_the_eval_stages_ask_for():
+    """`make study-serve-plan`: the servers it prints answer exactly the (URL, name) pairs that the eval
+    stages planned with its SERVE variables ask for, each name backed by that method's trained run."""
+    d = "/nonexistent-study"
+    methods = "full lora dora pissa milora adalora vera ia3 oft miss"
+    out = subprocess.run(["make", "--no-print-directory", "study-serve-plan", "MODEL=Qwen/Qwen2.5-7B",
+                          f"STUDY_RUNS={d}", f"STUDY_METHODS={methods}"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    lines = [x for x in out.splitlines() if x and not x.startswith("#")]
+    variables = lines[-1].split()
+    served = {}   # (port, name) -> what is served
+    exported = {}
+    for x in lines[:-1]:
+        for part in x.split(" && "):
+            toks = shlex.split(part)
+            if toks[:2] == ["peftarena", "export"]:
+                # the study evaluates merged checkpoints in bfloat16 (eval_math.sh: merge_peft.py --torch_dtype)
+                assert toks[2] == "Qwen/Qwen2.5-7B" and toks[4] == "-o" and _opts(part)["--dtype"] == "bfloat16"
+                exported[toks[toks.index("-o") + 1]] = toks[3]
+                continue
+            assert toks[:2] == ["vllm", "serve"], part
+            o = _opts(part)
+            port, path = o["--port"], toks[2]
+            served[(port, o["--served-model-name"])] = exported.get(path, path)
+            if "--lora-modules" in toks:
+                i = toks.index("--lora-modules") + 1
+                while i < len(toks) and not toks[i].startswith("--"):
+                    name, adapter = toks[i].split("=", 1)
+                    served[(port, name)] = adapter
+                    i += 1
+    # vLLM serves LoRA, PiSSA and MiLoRA as adapters next to the base (one server); the full fine-tune as
+    # its directory; DoRA, AdaLoRA, VeRA, IA3, OFT and MiSS merged by `peftarena export` first
+    assert {n: p for (port, n), p in served.items() if port == "8000"} == {
+        "Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B", "lora": f"{d}/lora/train/final", "pissa": f"{d}/pissa/train/final",
+        "milora": f"{d}/milora/train/final"}
+    assert len(served) == 11 and len({port for port, _ in served}) == 8
+    plan = _make_n("MODEL=Qwen/Qwen2.5-7B", f"STUDY_METHODS={methods}", *variables)
+    asked = set()
+    for who in ["base", *methods.split()]:
+        train = f"{d}/{who}/train"
+        if who != "base":   # the fine-tune's own run directory: finetune -o DIR writes DIR/final
+            assert f"-o {train} " in _one(plan, " finetune ", f"-o {train} ")
+        for kind in ("target", "general"):
+            model, url, name = _served(_one(plan, f"-o {d}/{who}/eval_{kind}.parquet"))
+            port = re.fullmatch(r"http://HOST:(\d+)/v1", url).group(1)
+            assert served[(port, name)] == ("Qwen/Qwen2.5-7B" if who == "base" else f"{train}/final"), (who, kind)
+            asked.add((port, name))
+    assert asked == set(served)  # nothing served that no stage asks for
 
 
 @needs_make
@@ -371,3 +463,17 @@ def test_docs_list_every_setting_of_the_preset_with_its_source():
     doc = (ROOT / "docs" / "report.md").read_text()
     for k, v, src in table():
         assert f"| `{k}` | {v} | {src} |" in doc, k
+
+
+def test_every_target_task_of_the_preset_runs_under_the_study_protocol():
+    """Each domain's target task is a benchmark with study settings (configs/eval/med.yaml's four medical
+    sets, eval_math.sh's three math sets), and a prompt type is passed exactly where the tasks take one."""
+    from peftarena_cli import presets
+    from peftarena_cli.tasks import benchmarks
+
+    want = {"math": ["math500", "aime24", "amc23"], "medical": ["medmcqa", "medqa", "mmlu_medical", "pubmedqa"]}
+    for domain, tasks in want.items():
+        assert presets.DOMAIN[domain].tasks.value.split(",") == tasks
+        takes = {benchmarks.get(t).protocols["study"].prompt_type for t in tasks}
+        assert presets.target_args(domain) == ("--prompt-type cot" if takes == {"cot"} else ""), (domain, takes)
+        assert takes in ({"cot"}, {None})
