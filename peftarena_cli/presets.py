@@ -49,6 +49,7 @@ class Domain:
     hub: Setting             # the hub dataset it is published in
     tasks: Setting           # the target benchmarks (peftarena task names)
     steps_per_epoch: Setting  # optimizer steps per epoch at the global batch of 256
+    prompt_type: Setting | None = None  # eval-target --prompt-type of the target benchmarks (math only)
 
 
 DOMAIN = {
@@ -58,11 +59,13 @@ DOMAIN = {
                                                 "OpenR1-Math')"),
         tasks=Setting("math500,aime24,amc23", f"eval/eval_math.sh DATA_NAMES; {README} (Target-domain evaluation)"),
         steps_per_epoch=Setting(195, f"{README} checkpoint global_step_780 after 4 epochs (50k // 256 = 195)"),
+        prompt_type=Setting("cot", "eval/eval_math.sh PROMPT_TYPE='cot' with APPLY_CHAT_TEMPLATE='true'; "
+                                   "configs/eval/math.yaml prompt_type: cot, apply_chat_template: true"),
     ),
     "medical": Domain(
         data=Setting("data/med-train.parquet", "configs/train/sft_lora_llama_r8_med.yaml data.train_file"),
         hub=Setting("SphereLab/PEFTArena-data", f"{README} (Resources: Training Data; '23k samples from MedThink')"),
-        tasks=Setting("medmcqa,medqa,pubmedqa", "configs/eval/med.yaml tasks (mmlu_medical has no peftarena task)"),
+        tasks=Setting("medmcqa,medqa,mmlu_medical,pubmedqa", "configs/eval/med.yaml tasks"),
         steps_per_epoch=Setting(91, f"{SFT_SH} SAVE_FREQ='91'; {README} checkpoint global_step_364 after 4 epochs"),
     ),
 }
@@ -201,13 +204,63 @@ def finetune_args(domain: str, regime: str, method: str, world: int = 1, overrid
     return " ".join(f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}" for k, v in s.items())
 
 
+def target_args(domain: str) -> str:
+    """The domain's own ``eval-target`` options beyond the task list and the protocol (math: the study's
+    prompt type; medical: none)."""
+    _check(domain, "sft")
+    pt = DOMAIN[domain].prompt_type
+    return f"--prompt-type {pt.value}" if pt is not None else ""
+
+
+# The study evaluates merged checkpoints in bfloat16 (eval/eval_math.sh: tools/merge_peft.py --torch_dtype
+# bfloat16, math_eval.py --dtype bfloat16); exported fine-tunes are written in the same dtype.
+SERVE_DTYPE = "bfloat16"
+
+
+def serve_plan(model: str, runs: str, methods, base_name: str | None = None, port: int = 8000,
+               host: str = "HOST") -> tuple[list[str], list[str]]:
+    """The servers that answer ``scripts/study.mk``'s SERVE stages, and the make variables that point
+    the stages at them: ``(commands, variables)``.
+
+    Each fine-tune is served under its method's name (the name its eval stages ask for with
+    ``--served-model``), the base under ``base_name`` (default: ``model``, vLLM's own default name).
+    Methods that vLLM serves as adapters (the registry's ``backends`` has ``vllm``: LoRA, PiSSA,
+    MiLoRA) go next to the base in one server; a full fine-tune is served as the model directory it
+    is; every other method is merged by ``peftarena export`` first. Each server after the first gets
+    the next port, and its method a ``SERVE_<method>`` variable."""
+    from peftarena_cli.methods import get_method
+
+    base_name = base_name or model
+    methods = list(methods)
+    for m in methods:
+        _check("math", "sft", m)
+    final = {m: f"{runs}/{m}/train/final" for m in methods}
+    adapters = [m for m in methods if m != "full" and "vllm" in get_method(m).backends]
+    cmds = [f"vllm serve {model} --port {port} --served-model-name {base_name}"
+            + (" --enable-lora --lora-modules " + " ".join(f"{m}={final[m]}" for m in adapters) if adapters else "")]
+    variables = [f"SERVE=http://{host}:{port}/v1"]
+    for m in methods:
+        if m in adapters:
+            continue
+        port += 1
+        if m == "full":
+            cmds.append(f"vllm serve {final[m]} --port {port} --served-model-name {m}")
+        else:
+            out = f"{runs}/{m}/export"
+            cmds.append(f"peftarena export {model} {final[m]} -o {out} --dtype {SERVE_DTYPE} && "
+                        f"vllm serve {out} --port {port} --served-model-name {m}")
+        variables.append(f"SERVE_{m}=http://{host}:{port}/v1")
+    return cmds, variables
+
+
 def table() -> list[tuple[str, str, str]]:
     """(setting, value, source) rows of the whole preset, for docs/report.md."""
     rows = []
     for d, dom in DOMAIN.items():
-        for k in ("data", "hub", "tasks", "steps_per_epoch"):
+        for k in ("data", "hub", "tasks", "steps_per_epoch", "prompt_type"):
             st = getattr(dom, k)
-            rows.append((f"{d}.{k}", str(st.value), st.source))
+            if st is not None:
+                rows.append((f"{d}.{k}", str(st.value), st.source))
     for prefix, group in (("sft", SFT), ("sft.full", SFT_FULL), ("rlvr", RLVR), ("rlvr.full", RLVR_FULL),
                           ("sft.shape", SHAPE["sft"]), ("rlvr.shape", SHAPE["rlvr"]), ("eval", EVAL)):
         for k, st in group.items():
@@ -217,12 +270,14 @@ def table() -> list[tuple[str, str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m peftarena_cli.presets``: ``finetune-args DOMAIN REGIME METHOD [--world N] [KEY=VALUE ...]``,
-    ``data DOMAIN``, ``tasks DOMAIN``, ``methods``, ``suite``, ``table`` (scripts/study.mk reads them)."""
+    ``data DOMAIN``, ``tasks DOMAIN``, ``target-args DOMAIN``, ``methods``, ``suite``, ``table``,
+    ``serve-plan MODEL RUNS BASE_NAME [METHOD ...]`` (scripts/study.mk reads them)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: python -m peftarena_cli.presets finetune-args DOMAIN REGIME METHOD [--world N] [KEY=VALUE ...]"
-             " | data DOMAIN | tasks DOMAIN | methods | suite | table")
+             " | data DOMAIN | tasks DOMAIN | target-args DOMAIN | methods | suite | table"
+             " | serve-plan MODEL RUNS BASE_NAME [METHOD ...]")
     try:
         if len(args) >= 4 and args[0] == "finetune-args":
             rest, world, over = args[4:], 1, {}
@@ -240,6 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         if len(args) == 2 and args[0] in ("data", "tasks"):
             _check(args[1], "sft")
             print(getattr(DOMAIN[args[1]], args[0]).value)
+            return 0
+        if len(args) == 2 and args[0] == "target-args":
+            print(target_args(args[1]))
+            return 0
+        if len(args) >= 4 and args[0] == "serve-plan":
+            cmds, variables = serve_plan(args[1], args[2], args[4:], base_name=args[3])
+            print("# 1. on the GPU node(s), once training is done: one server per line")
+            print("\n".join(cmds))
+            print("# 2. then the evaluations, from anywhere that reaches the servers (HOST: the node), with")
+            print(" ".join(variables))
             return 0
         if args == ["methods"]:
             print(" ".join(METHODS))
