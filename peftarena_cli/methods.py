@@ -62,6 +62,9 @@ class Method:
     check: str = ""                 # "module:function" (choice, modules) -> None: shape checks before training
     post_wrap: str = ""             # "module:function" (peft_model) -> None: run once after PEFT wraps the model
     on_optimizer_step: str = ""     # "module:function" (peft_model, step) -> None: run after every optimizer step
+    # "module:function" (choice, model, optimizer_cls, optimizer_kwargs, weight_decay) -> Optimizer: the optimizer
+    # the trainer uses instead of its own (LoRA+'s per-factor learning rates); "" = the trainer's AdamW
+    optimizer: str = ""
     # "module:function" (peft_model, batch) -> int: run once before training on the first training batch (a
     # collated SFT batch with labels; KeepLoRA's gradient-based initialisation); such a method trains by SFT only
     init_from_batch: str = ""
@@ -105,35 +108,44 @@ _LORA_FAMILY = dict(peft_type="LORA", markers=("lora_A", "lora_B", "lora_magnitu
                     scaled=(".lora_B.weight", ".lora_embedding_B"), takes=("rank", "alpha", "target_modules"))
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("full", "full fine-tuning of every weight (no adapter; checkpoints are full models)", 1e-5, 5e-5,
+    Method("full", "full fine-tuning of every weight (no adapter; checkpoints are full models)", 5e-5, 5e-5,
            former="peftarena_cli.weights.full:full_parts", backends=BACKENDS),
     Method("lora", "LoRA: W0 + (alpha/r) B A, B initialised to zero", 2e-4, 1e-3,
-           defaults={"rank": 8, "alpha": 16}, native="scale", linear=True, peft_config=_L + "lora_config",
+           defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, native="scale", linear=True, peft_config=_L + "lora_config",
            backends=BACKENDS, **_LORA_FAMILY),
     Method("pissa", "PiSSA: LoRA initialised from the r largest singular triplets of W0 (residual base)", 2e-4, 5e-4,
-           defaults={"rank": 8, "alpha": 8}, mutates_base=True, native="scale", linear=True,
+           defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, mutates_base=True, native="scale", linear=True,
            detect=lambda c: not c.get("use_dora") and _lora_init(c).startswith("pissa"), peft_config=_L + "pissa_config",
            backends=BACKENDS, **_LORA_FAMILY),
     Method("milora", "MiLoRA: LoRA initialised from the r smallest singular triplets of W0 (residual base)", 2e-4, 1e-3,
-           defaults={"rank": 8, "alpha": 8}, mutates_base=True, native="scale", linear=True,
+           defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, mutates_base=True, native="scale", linear=True,
            detect=lambda c: not c.get("use_dora") and _lora_init(c).startswith("milora"), peft_config=_L + "lora_config",
            post_wrap=_L + "milora_init", backends=BACKENDS, **_LORA_FAMILY),
     Method("dora", "DoRA: weight-decomposed LoRA (magnitude vector + LoRA direction update)", 2e-4, 1e-3,
-           defaults={"rank": 8, "alpha": 16}, native="dora", detect=lambda c: bool(c.get("use_dora")),
+           defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, native="dora", detect=lambda c: bool(c.get("use_dora")),
            peft_config=_L + "dora_config", **_LORA_FAMILY),
+    Method("rslora", "rsLoRA: LoRA scaled by alpha/sqrt(r) instead of alpha/r (rank-stabilised)", 2e-4, 5e-4,
+           defaults={"rank": 8, "alpha": 16, "dropout": 0.05, "use_rslora": True}, native="scale", linear=True,
+           detect=lambda c: bool(c.get("use_rslora")) and not c.get("use_dora")
+           and not _lora_init(c).startswith(("pissa", "milora")),
+           peft_config=_L + "rslora_config", backends=BACKENDS, **_LORA_FAMILY),
+    Method("loraplus", "LoRA+: LoRA with B's learning rate = ratio x A's (a plain LoRA adapter)", 2e-4, 5e-4,
+           defaults={"rank": 8, "alpha": 16, "dropout": 0.05, "loraplus_lr_ratio": 16}, native="scale", linear=True,
+           detect=lambda c: False, peft_config=_L + "lora_config", optimizer=_L + "loraplus_optimizer",
+           backends=BACKENDS, **_LORA_FAMILY),
     Method("adalora", "AdaLoRA: SVD-form LoRA with budgeted rank reallocation (init rank 1.5 r -> target r)", 2e-4, 1e-3,
-           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16}, peft_type="ADALORA",
+           ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16, "dropout": 0.05}, peft_type="ADALORA",
            markers=("lora_A", "lora_B", "lora_E"), former=_L + "adalora_parts", peft_config=_L + "adalora_config",
            check=_L + "check_rank", on_optimizer_step=_L + "adalora_allocate"),
-    Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 4e-3, 1e-2,
-           ("rank", "target_modules"), {"rank": 256}, peft_type="VERA", markers=("vera_lambda_b", "vera_lambda_d"),
+    Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 2e-4, 1e-2,
+           ("rank", "target_modules"), {"rank": 256, "dropout": 0.05}, peft_type="VERA", markers=("vera_lambda_b", "vera_lambda_d"),
            former="peftarena_cli.weights.vera:vera_parts", native="scale", scaled=(".vera_lambda_b",), linear=True,
            peft_config="peftarena_cli.weights.vera:vera_config", frozen=("vera_A", "vera_B")),
-    Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 3e-3, 5e-3,
+    Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 2e-4, 5e-3,
            ("target_modules",), {}, peft_type="IA3", markers=("ia3_l",), former="peftarena_cli.weights.ia3:ia3_parts",
            peft_config="peftarena_cli.weights.ia3:ia3_config"),
     Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4, 5e-4,
-           ("block_size", "target_modules"), {"block_size": 32}, peft_type="OFT", markers=("oft_R", "oft_s"),
+           ("block_size", "target_modules"), {"block_size": 16}, peft_type="OFT", markers=("oft_R", "oft_s"),
            former="peftarena_cli.weights.oft:oft_parts", native="rotation", scaled=(".oft_R.weight",),
            multiplicative=True, peft_config="peftarena_cli.weights.oft:oft_config",
            check="peftarena_cli.weights.oft:check_block_size"),
@@ -142,7 +154,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts", multiplicative=True,
            peft_config="peftarena_cli.weights.boft:boft_config", check="peftarena_cli.weights.boft:check_butterfly"),
     Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4, 5e-4,
-           ("rank", "target_modules"), {"rank": 8}, peft_type="MISS", markers=("miss_block",),
+           ("rank", "target_modules"), {"rank": 8, "dropout": 0.05}, peft_type="MISS", markers=("miss_block",),
            former="peftarena_cli.weights.miss:miss_parts", native="scale", scaled=(".miss_block",), linear=True,
            peft_config="peftarena_cli.weights.miss:miss_config", check="peftarena_cli.weights.miss:check_rank"),
     Method("keeplora", "KeepLoRA: LoRA started from the first batch's gradient outside W0's principal subspace, A frozen",

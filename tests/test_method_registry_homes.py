@@ -191,7 +191,7 @@ def test_registry_names_what_vllm_serves(tmp_path):
     from peftarena_cli.evaluation.vllm_backend import VllmModel
 
     served = {m.name for m in methods.METHODS.values() if m.serves("vllm") and not m.is_full}
-    assert served == {"lora", "pissa", "milora", "keeplora"}
+    assert {"lora", "pissa", "milora", "rslora", "loraplus"} <= served and not served & {"dora", "oft", "vera"}
     model = VllmModel.__new__(VllmModel)  # the gate runs before any engine call
     model.max_lora_rank, model.lora_request, model._keep, model._next_id = 64, None, [], 1
 
@@ -208,14 +208,16 @@ def test_registry_names_what_vllm_serves(tmp_path):
     assert "not OFT" in refusal({"peft_type": "OFT"})
     rs = {"peft_type": "LORA", "use_rslora": True}
     assert refusal(rs) is None
-    # an entry registered with the HF backend only takes its adapters off vllm, nothing else edited
+    # an entry re-registered with the HF backend only takes its adapters off vllm, nothing else edited
+    builtin = methods.get_method("rslora")
     methods.register(methods.Method("rslora", "rsLoRA: LoRA with alpha/sqrt(r) scaling", 2e-4, 1e-3,
                                     peft_type="LORA", detect=lambda c: bool(c.get("use_rslora")),
-                                    markers=("lora_A", "lora_B"), former="peftarena_cli.weights.lora:lora_parts"))
+                                    markers=("lora_A", "lora_B"), former="peftarena_cli.weights.lora:lora_parts"),
+                     replace=True)
     try:
         assert "not rsLoRA" in refusal(rs)
     finally:
-        del methods.METHODS["rslora"]
+        methods.register(builtin, replace=True)
     assert refusal(rs) is None
 
 

@@ -113,7 +113,7 @@ def test_milora_init_uses_minor_components(tiny_model_dir):
 def test_method_defaults_and_overrides():
     assert methods.resolve_method("lora").rank == 8
     assert methods.resolve_method("vera").rank == 256
-    assert methods.resolve_method("oft").block_size == 32
+    assert methods.resolve_method("oft").block_size == 16
     assert methods.resolve_method("miss").rank == 8
     ch = methods.resolve_method("lora", rank=4)
     assert ch.alpha == 8  # alpha/r kept at the default ratio

@@ -398,6 +398,13 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                            use_chat=cfg.chat_template, max_length=cfg.max_length)
     key = run_key(cfg, base_identity, data.source)
     mode = check_output_dir(out, key, cfg)
+    if mode == "resume":  # the run goes on with its own hyper-parameters, even if the defaults changed since
+        choice, kept = methods.as_started(choice, (ck.read_manifest(out) or {}).get("method"),
+                                          {"rank": cfg.rank, "alpha": cfg.alpha, "block_size": cfg.block_size,
+                                           "lr": cfg.lr})
+        if kept:
+            say("resuming with the run's own " + ", ".join(f"{k} {getattr(choice, k):g}" for k in kept)
+                + " (the method's defaults changed since it started)")
 
     torch.manual_seed(cfg.seed)
     model, tok, ref = load_model(ref, dtype=cfg.dtype, device="cpu")
