@@ -240,8 +240,9 @@ def peft_dir_for(adapter: Adapter) -> tuple[Path, tempfile.TemporaryDirectory | 
     return d, td
 
 
-def adapter_from_peft_model(model, adapter_name: str = "default") -> Adapter:
-    """Extract an :class:`Adapter` (config + PEFT-format tensors) from a live ``PeftModel``."""
+def adapter_from_peft_model(model, adapter_name: str = "default", state_dict: dict | None = None) -> Adapter:
+    """Extract an :class:`Adapter` (config + PEFT-format tensors) from a live ``PeftModel``; from
+    ``state_dict`` (the model's full state dict, e.g. gathered from FSDP shards) when given."""
     from peft import get_peft_model_state_dict
 
     cfg = model.peft_config[adapter_name]
@@ -249,5 +250,5 @@ def adapter_from_peft_model(model, adapter_name: str = "default") -> Adapter:
     for k, v in list(config.items()):
         if isinstance(v, set):
             config[k] = sorted(v)
-    tensors = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    tensors = get_peft_model_state_dict(model, state_dict=state_dict, adapter_name=adapter_name)
     return Adapter(config=json.loads(json.dumps(config, default=str)), tensors=dict(tensors))

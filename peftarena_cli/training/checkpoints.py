@@ -58,11 +58,14 @@ def convert_mutated_lora(tensors: dict, init_tensors: dict, config: dict) -> tup
     return out, cfg
 
 
-def current_adapter(model, init_tensors: dict | None = None, base_spec: str | None = None):
-    """The live model's adapter as an :class:`~peftarena_cli.artifacts.adapters.Adapter` (converted if mutated)."""
+def current_adapter(model, init_tensors: dict | None = None, base_spec: str | None = None, state_dict=None):
+    """The live model's adapter as an :class:`~peftarena_cli.artifacts.adapters.Adapter` (converted if mutated).
+
+    ``state_dict``: the model's full state dict gathered from its shards (FSDP); the adapter is read
+    from it instead of from the model's own (sharded) parameters."""
     from peftarena_cli.artifacts.adapters import Adapter, adapter_from_peft_model
 
-    ad = adapter_from_peft_model(model)
+    ad = adapter_from_peft_model(model, state_dict=state_dict)
     tensors = {k: v.detach().to("cpu", copy=True) for k, v in ad.tensors.items()}
     config = dict(ad.config)
     if init_tensors is not None:
@@ -85,11 +88,25 @@ def nonfinite_weights(model) -> list[str]:
     """Names of the trainable parameters holding a NaN or an Inf (empty when all are finite)."""
     import torch
 
-    bad = []
+    bad, sharded, dev = [], False, None
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.requires_grad and not bool(torch.isfinite(p).all()):
+            if not p.requires_grad:
+                continue
+            if hasattr(p, "to_local"):  # an FSDP2 shard (DTensor): each process checks its own part
+                sharded, p = True, p.to_local()
+            dev = p.device
+            if not bool(torch.isfinite(p).all()):
                 bad.append(name)
+    import torch.distributed as dist
+
+    if sharded and dist.is_available() and dist.is_initialized():
+        # every process must reach the same verdict (one raising alone would leave the others waiting
+        # in the next collective), so the counts are summed over the shards
+        n = torch.tensor([len(bad)], dtype=torch.int64, device=dev)
+        dist.all_reduce(n)
+        if int(n.item()) and not bad:
+            bad = ["(a shard held by another process)"]
     return bad
 
 
@@ -107,19 +124,32 @@ def check_finite(step: int, logs: dict | None = None, model=None) -> None:
             raise TrainingDiverged(step, f"{len(bad)} trainable weight tensor(s) hold NaN/Inf (first: {bad[0]})")
 
 
+def untied(model, state_dict: dict) -> dict:
+    """``state_dict`` without the second name of each tied weight (``lm_head.weight`` when it is the
+    embedding): a gathered state dict holds a separate copy under each name, which ``save_pretrained``
+    cannot recognise as shared, while a model's own save keeps one."""
+    once = {n for n, _ in model.named_parameters()}
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - once
+    return {k: v for k, v in state_dict.items() if k not in aliases}
+
+
 def save_checkpoint(out: Path, step: int, model, tokenizer, full: bool, init_tensors: dict | None,
-                    base_spec: str | None, extra: dict | None = None) -> Path:
-    """Write ``checkpoint-<step>/`` atomically (adapter, or a full model for ``full``)."""
+                    base_spec: str | None, extra: dict | None = None, state_dict: dict | None = None) -> Path:
+    """Write ``checkpoint-<step>/`` atomically (adapter, or a full model for ``full``).
+
+    ``state_dict``: the full weights gathered from a sharded (FSDP) model, written instead of the
+    model's own parameters, so a sharded run's checkpoint is the same artifact as one process's."""
     from peftarena_cli.artifacts.adapters import save_adapter
 
     path = checkpoint_dir(out, step)
     if full:
         with atomic_dir(path, overwrite=True) as tmp:
             unwrapped = getattr(model, "module", model)
-            unwrapped.save_pretrained(str(tmp), safe_serialization=True)
+            kw = {} if state_dict is None else {"state_dict": untied(unwrapped, state_dict)}
+            unwrapped.save_pretrained(str(tmp), safe_serialization=True, **kw)
             tokenizer.save_pretrained(str(tmp))
         return path
-    ad = current_adapter(model, init_tensors, base_spec)
+    ad = current_adapter(model, init_tensors, base_spec, state_dict=state_dict)
     save_adapter(ad, path, extra_metadata={"step": str(step), **(extra or {})}, overwrite=True)
     return path
 
