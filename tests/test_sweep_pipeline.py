@@ -379,9 +379,13 @@ def test_sweep_train_records_a_divergence_and_keeps_other_failures(tmp_path):
     py = str(ROOT / ".venv/bin/python")
     script = str(ROOT / "scripts/sweep_train.py")
     fake = tmp_path / "fake.py"
-    fake.write_text("import sys\nprint('error: training diverged at step 4: loss is nan', file=sys.stderr)\n"
-                    "sys.exit(1)\n")
     point = tmp_path / "lora" / "lr0.001" / "s1"
+    # a finetune that diverged: exit 1 and the run's manifest says so (what finetune leaves)
+    fake.write_text("import json, pathlib, sys\n"
+                    f"d = pathlib.Path({str(point / 'train')!r}); d.mkdir(parents=True)\n"
+                    "(d / 'manifest.json').write_text(json.dumps({'status': 'diverged', 'stopped_at_step': 4, "
+                    "'stop_reason': 'loss is nan', 'last_finite_checkpoint': None}))\n"
+                    "sys.exit(1)\n")
     r = subprocess.run([py, script, str(point), "--", py, str(fake)], capture_output=True, text=True)
     assert r.returncode == 0 and "diverged at step 4" in r.stderr
     marker = json.loads((point / "diverged.json").read_text())

@@ -119,15 +119,19 @@ def test_divergence_stops_the_run_and_keeps_the_finite_checkpoints(tiny_model_di
     assert _snapshot(out) == before
 
 
-def test_non_finite_loss_before_any_checkpoint_leaves_nothing(tiny_model_dir, tmp_path, cli):
+def test_non_finite_loss_before_any_checkpoint_keeps_only_the_manifest(tiny_model_dir, tmp_path, cli):
     # no save before step 4: the NaN loss logged at step 2 stops the run (the trainer's default
-    # logging filter used to hide it as 0.0), and a run without a checkpoint leaves no directory
+    # logging filter used to hide it as 0.0); no checkpoint is written, and the manifest records
+    # the divergence with no finite checkpoint
     out = tmp_path / "run"
     r = cli("finetune", tiny_model_dir, "-o", out, "--steps", "4", "--save-every", "4", "--lr", "1e30", *TINY)
     line = _one_line_error(r, 1)
     assert "diverged at step 2" in line and "loss" in line
-    assert "nothing is kept" in r.stderr
-    assert not out.exists()
+    assert "no checkpoint had been saved" in r.stderr
+    assert not list(out.glob("checkpoint-*")) and not (out / "final").exists()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "diverged" and man["stopped_at_step"] == 2 and "loss" in man["stop_reason"]
+    assert man["last_finite_checkpoint"] is None and man["last_step"] is None and man["checkpoints"] == []
 
 
 # ---- 3. a tokenizer without EOS ---------------------------------------------------------------------
