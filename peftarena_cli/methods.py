@@ -74,6 +74,11 @@ class Method:
     scaled: tuple[str, ...] = ()    # saved-key suffixes the native path multiplies by α (or s(α))
     linear: bool = False            # the native path's merged weight is W0 + α ΔW(1)
     multiplicative: bool = False    # W1 = W0 M for a rotation M: spectrum's singular-vector alignment by default
+    # the PEFT-Arena study trains this method (its train/train_sft.sh --adapter list): `make arena PRESET=study`
+    study: bool = False
+    # the study's shape setting (peftarena_cli/presets.SHAPE) that gives an option of this method where it is
+    # not the family's own (VeRA's rank is the study's vera_rank)
+    study_shape: dict = field(default_factory=dict)
 
     @property
     def is_full(self) -> bool:
@@ -109,46 +114,47 @@ _LORA_FAMILY = dict(peft_type="LORA", markers=("lora_A", "lora_B", "lora_magnitu
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("full", "full fine-tuning of every weight (no adapter; checkpoints are full models)", 5e-5, 5e-5,
-           former="peftarena_cli.weights.full:full_parts", backends=BACKENDS),
+           former="peftarena_cli.weights.full:full_parts", backends=BACKENDS, study=True),
     Method("lora", "LoRA: W0 + (alpha/r) B A, B initialised to zero", 2e-4, 1e-3,
            defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, native="scale", linear=True, peft_config=_L + "lora_config",
-           backends=BACKENDS, **_LORA_FAMILY),
+           backends=BACKENDS, **_LORA_FAMILY, study=True),
     Method("pissa", "PiSSA: LoRA initialised from the r largest singular triplets of W0 (residual base)", 2e-4, 5e-4,
            defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, mutates_base=True, native="scale", linear=True,
            detect=lambda c: not c.get("use_dora") and _lora_init(c).startswith("pissa"), peft_config=_L + "pissa_config",
-           backends=BACKENDS, **_LORA_FAMILY),
+           backends=BACKENDS, **_LORA_FAMILY, study=True),
     Method("milora", "MiLoRA: LoRA initialised from the r smallest singular triplets of W0 (residual base)", 2e-4, 1e-3,
            defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, mutates_base=True, native="scale", linear=True,
            detect=lambda c: not c.get("use_dora") and _lora_init(c).startswith("milora"), peft_config=_L + "lora_config",
-           post_wrap=_L + "milora_init", backends=BACKENDS, **_LORA_FAMILY),
+           post_wrap=_L + "milora_init", backends=BACKENDS, **_LORA_FAMILY, study=True),
     Method("dora", "DoRA: weight-decomposed LoRA (magnitude vector + LoRA direction update)", 2e-4, 1e-3,
            defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, native="dora", detect=lambda c: bool(c.get("use_dora")),
-           peft_config=_L + "dora_config", **_LORA_FAMILY),
+           peft_config=_L + "dora_config", **_LORA_FAMILY, study=True),
     Method("rslora", "rsLoRA: LoRA scaled by alpha/sqrt(r) instead of alpha/r (rank-stabilised)", 2e-4, 5e-4,
            defaults={"rank": 8, "alpha": 16, "dropout": 0.05, "use_rslora": True}, native="scale", linear=True,
            detect=lambda c: bool(c.get("use_rslora")) and not c.get("use_dora")
            and not _lora_init(c).startswith(("pissa", "milora")),
-           peft_config=_L + "rslora_config", backends=BACKENDS, **_LORA_FAMILY),
+           peft_config=_L + "rslora_config", backends=BACKENDS, **_LORA_FAMILY, study=True),
     Method("loraplus", "LoRA+: LoRA with B's learning rate = ratio x A's (a plain LoRA adapter)", 2e-4, 5e-4,
            defaults={"rank": 8, "alpha": 16, "dropout": 0.05, "loraplus_lr_ratio": 16}, native="scale", linear=True,
            detect=lambda c: False, peft_config=_L + "lora_config", optimizer=_L + "loraplus_optimizer",
-           backends=BACKENDS, **_LORA_FAMILY),
+           backends=BACKENDS, **_LORA_FAMILY, study=True),
     Method("adalora", "AdaLoRA: SVD-form LoRA with budgeted rank reallocation (init rank 1.5 r -> target r)", 2e-4, 1e-3,
            ("rank", "alpha", "target_modules"), {"rank": 8, "alpha": 16, "dropout": 0.05}, peft_type="ADALORA",
            markers=("lora_A", "lora_B", "lora_E"), former=_L + "adalora_parts", peft_config=_L + "adalora_config",
-           check=_L + "check_rank", on_optimizer_step=_L + "adalora_allocate"),
+           check=_L + "check_rank", on_optimizer_step=_L + "adalora_allocate", study=True),
     Method("vera", "VeRA: frozen shared random projections, trained scaling vectors d and b", 2e-4, 1e-2,
            ("rank", "target_modules"), {"rank": 256, "dropout": 0.05}, peft_type="VERA", markers=("vera_lambda_b", "vera_lambda_d"),
            former="peftarena_cli.weights.vera:vera_parts", native="scale", scaled=(".vera_lambda_b",), linear=True,
-           peft_config="peftarena_cli.weights.vera:vera_config", frozen=("vera_A", "vera_B")),
+           peft_config="peftarena_cli.weights.vera:vera_config", frozen=("vera_A", "vera_B"), study=True,
+           study_shape={"rank": "vera_rank"}),
     Method("ia3", "IA3: learned rescaling of activations (outputs; inputs of down_proj)", 2e-4, 5e-3,
            ("target_modules",), {}, peft_type="IA3", markers=("ia3_l",), former="peftarena_cli.weights.ia3:ia3_parts",
-           peft_config="peftarena_cli.weights.ia3:ia3_config"),
+           peft_config="peftarena_cli.weights.ia3:ia3_config", study=True),
     Method("oft", "OFT: block-diagonal orthogonal rotation of the input space (Cayley parametrisation)", 2e-4, 5e-4,
            ("block_size", "target_modules"), {"block_size": 16}, peft_type="OFT", markers=("oft_R", "oft_s"),
            former="peftarena_cli.weights.oft:oft_parts", native="rotation", scaled=(".oft_R.weight",),
            multiplicative=True, peft_config="peftarena_cli.weights.oft:oft_config",
-           check="peftarena_cli.weights.oft:check_block_size"),
+           check="peftarena_cli.weights.oft:check_block_size", study=True),
     Method("boft", "BOFT: butterfly-factorised orthogonal rotation (2 butterfly factors)", 2e-4, 2e-3,
            ("block_size", "target_modules"), {"block_size": 32, "butterfly_factor": 2}, peft_type="BOFT",
            markers=("boft_R", "boft_s"), former="peftarena_cli.weights.boft:boft_parts", multiplicative=True,
@@ -156,12 +162,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("miss", "MiSS: a shared r x out shard matrix expanded over the weight (PEFT's MiSS, ex-Bone)", 2e-4, 5e-4,
            ("rank", "target_modules"), {"rank": 8, "dropout": 0.05}, peft_type="MISS", markers=("miss_block",),
            former="peftarena_cli.weights.miss:miss_parts", native="scale", scaled=(".miss_block",), linear=True,
-           peft_config="peftarena_cli.weights.miss:miss_config", check="peftarena_cli.weights.miss:check_rank"),
+           peft_config="peftarena_cli.weights.miss:miss_config", check="peftarena_cli.weights.miss:check_rank", study=True),
     Method("keeplora", "KeepLoRA: LoRA started from the first batch's gradient outside W0's principal subspace, A frozen",
            2e-4, 1e-3, defaults={"rank": 8, "alpha": 16, "dropout": 0.05}, native="scale", linear=True,
            detect=lambda c: False, peft_config=_L + "lora_config",
            post_wrap="peftarena_cli.weights.keeplora:freeze_down_projection",
-           init_from_batch="peftarena_cli.weights.keeplora:keeplora_init", backends=BACKENDS, **_LORA_FAMILY),
+           init_from_batch="peftarena_cli.weights.keeplora:keeplora_init", backends=BACKENDS, **_LORA_FAMILY, study=True),
     Method("coft", "COFT: OFT with its generator held in a Frobenius ball of radius eps (PEFT's coft)", 2e-4, 5e-4,
            ("block_size", "target_modules"), {"block_size": 16, "eps": 6e-5}, peft_type="OFT",
            detect=lambda c: bool(c.get("coft")), markers=("oft_R", "oft_s"),

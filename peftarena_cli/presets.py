@@ -31,10 +31,16 @@ README = "README.md"
 
 DOMAINS = ("math", "medical")
 REGIMES = ("sft", "rlvr")
-# The methods the study's SFT script trains that peftarena implements (train_sft.sh's adapter list; its
-# loraplus, rslora, qalora and keeplora variants have no peftarena method).
-METHODS = ("full", "lora", "dora", "pissa", "milora", "adalora", "vera", "ia3", "oft", "miss")
 GENERAL_SUITE = "ifeval,bbh,nq_open"
+
+
+def study_methods(regime: str = "sft") -> tuple[str, ...]:
+    """The methods of the study's training scripts that peftarena implements, in registry order: the
+    registry's ``study`` entries (train_sft.sh's --adapter list; its qalora has no peftarena method). Under
+    RLVR, those that can train without reference completions (KeepLoRA starts from an SFT batch's gradient)."""
+    from peftarena_cli.methods import METHODS as REGISTRY
+
+    return tuple(m.name for m in REGISTRY.values() if m.study and (regime == "sft" or not m.init_from_batch))
 
 
 @dataclass(frozen=True)
@@ -136,8 +142,9 @@ def _check(domain: str, regime: str, method: str | None = None) -> None:
         raise UsageError(f"unknown study domain {domain!r}", hint=f"use one of: {', '.join(DOMAINS)}")
     if regime not in REGIMES:
         raise UsageError(f"unknown regime {regime!r}", hint=f"use one of: {', '.join(REGIMES)}")
-    if method is not None and method not in METHODS:
-        raise UsageError(f"method {method!r} is not in the study preset", hint=f"use one of: {', '.join(METHODS)}")
+    if method is not None and method not in study_methods(regime):
+        raise UsageError(f"method {method!r} is not in the study preset ({regime})",
+                         hint=f"use one of: {', '.join(study_methods(regime))}")
 
 
 def training(domain: str, regime: str, method: str, world: int = 1) -> dict:
@@ -148,7 +155,8 @@ def training(domain: str, regime: str, method: str, world: int = 1) -> dict:
         raise UsageError(f"world size must be >= 1 (got {world})")
     from peftarena_cli.methods import get_method
 
-    full = method == "full"
+    entry = get_method(method)
+    full = entry.is_full
     spe = DOMAIN[domain].steps_per_epoch.value
     out: dict = {}
     if regime == "sft":
@@ -174,16 +182,10 @@ def training(domain: str, regime: str, method: str, world: int = 1) -> dict:
                     # TRL counts a generation batch in micro-steps: per_rollout completions in one generate call
                     "steps-per-generation": max(1, per_rollout // (micro * world)),
                     "save-every": s["save_every"] * updates})
-    takes = get_method(method).takes
     shape = {k: v.value for k, v in SHAPE[regime].items()}
-    if method == "vera":
-        out["rank"] = shape["vera_rank"]
-    elif "rank" in takes:
-        out["rank"] = shape["rank"]
-    if "alpha" in takes:
-        out["alpha"] = shape["alpha"]
-    if "block_size" in takes:
-        out["block-size"] = shape["block_size"]
+    for option in ("rank", "alpha", "block_size"):
+        if option in entry.takes:
+            out[option.replace("_", "-")] = shape[entry.study_shape.get(option, option)]
     out["chat-template"] = "on"  # the study's datasets apply the tokenizer's chat template to every prompt
     return out
 
@@ -235,7 +237,8 @@ def serve_plan(model: str, runs: str, methods, base_name: str | None = None, por
     for m in methods:
         _check("math", "sft", m)
     final = {m: f"{runs}/{m}/train/final" for m in methods}
-    adapters = [m for m in methods if m != "full" and "vllm" in get_method(m).backends]
+    full = {m for m in methods if get_method(m).is_full}
+    adapters = [m for m in methods if m not in full and "vllm" in get_method(m).backends]
     cmds = [f"vllm serve {model} --port {port} --served-model-name {base_name}"
             + (" --enable-lora --lora-modules " + " ".join(f"{m}={final[m]}" for m in adapters) if adapters else "")]
     variables = [f"SERVE=http://{host}:{port}/v1"]
@@ -243,7 +246,7 @@ def serve_plan(model: str, runs: str, methods, base_name: str | None = None, por
         if m in adapters:
             continue
         port += 1
-        if m == "full":
+        if m in full:
             cmds.append(f"vllm serve {final[m]} --port {port} --served-model-name {m}")
         else:
             out = f"{runs}/{m}/export"
@@ -306,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             print("# 2. then the evaluations, from anywhere that reaches the servers (HOST: the node), with")
             print(" ".join(variables))
             return 0
-        if args == ["methods"]:
-            print(" ".join(METHODS))
+        if args and args[0] == "methods" and len(args) <= 2:
+            print(" ".join(study_methods(*args[1:])))
             return 0
         if args == ["suite"]:
             print(GENERAL_SUITE)

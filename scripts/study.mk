@@ -19,7 +19,7 @@
 # Knobs (override on the command line):
 DOMAIN             ?= math
 STUDY_RUNS         ?= runs/study-$(DOMAIN)-$(REGIME)
-STUDY_METHODS      ?= $(if $(filter command line,$(origin ARENA_METHODS)),$(ARENA_METHODS),$(shell $(PY) -m peftarena_cli.presets methods))
+STUDY_METHODS      ?= $(if $(filter command line,$(origin ARENA_METHODS)),$(ARENA_METHODS),$(shell $(PY) -m peftarena_cli.presets methods $(REGIME)))
 # the training file: the path the study's scripts read (download it from the hub dataset the preset names,
 # docs/report.md), or another file / directory / hub id in the same layout
 STUDY_DATA         ?= $(shell $(PY) -m peftarena_cli.presets data $(DOMAIN))
