@@ -16,6 +16,7 @@ def rewind_cmd(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Path position to rewind to (0 = base, 1 = the fine-tune)."),
     curve: Optional[Path] = typer.Option(None, "--curve", help="A curve from `peftarena interpolate --eval target,general`; α is picked with --pick."),
     pick: str = typer.Option("keep-target:0.9", "--pick", help="How to pick α from --curve: keep-target:X, weighted:W, max-general, max-target (docs/rewind.md)."),
+    selection: str = typer.Option("split", "--selection", help="How the picked α is scored: split (pick on half the items, score on the other half), crossfit (2-fold cross-fitted score of the picking rule) or none (in-sample, labelled). Needs the per-sample tables interpolate writes beside the curve; without them the scores are in-sample, with a warning."),
     layerwise: Optional[str] = typer.Option(None, "--layerwise", help="OFT only: equalise per-layer rotation strength first: safescale or minscale."),
     generator_scale: Optional[str] = typer.Option(None, "--generator-scale", help="OFT: generator scaled by α (linear) or √α (sqrt). Default: the curve's, else linear."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model (needed for DoRA's magnitude and for full fine-tunes). Default: the adapter config's base_model_name_or_path."),
@@ -27,7 +28,8 @@ def rewind_cmd(
     An adapter becomes an adapter of the same PEFT type (native path) that loads with
     PeftModel.from_pretrained; a full fine-tune becomes a full checkpoint W0 + α(W1 − W0). The chosen
     α, the criterion and the reason are recorded in the output's safetensors metadata
-    (key peftarena_rewind).
+    (key peftarena_rewind). With --curve, α is picked on one half of the items and its scores are
+    reported on the other half (--selection), never on the items that picked it.
 
     Example:
 
@@ -41,7 +43,7 @@ def rewind_cmd(
     from peftarena_cli.interpolation.rewind import RewindConfig, rewind
 
     cfg = RewindConfig(finetuned=finetuned, output=str(output), alpha=alpha, curve=None if curve is None else str(curve),
-                       pick=pick, layerwise=layerwise, generator_scale=generator_scale, base=base,
+                       pick=pick, selection=selection, layerwise=layerwise, generator_scale=generator_scale, base=base,
                        allow_extrapolate=allow_extrapolate, overwrite=overwrite)
     with Progress("rewinding") as bar:
         res = rewind(cfg, callback=bar.callback, log=info, warn=warn)

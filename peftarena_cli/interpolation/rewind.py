@@ -26,7 +26,8 @@ from peftarena_cli.artifacts.safetensors_io import WeightSource, resolve_model
 from peftarena_cli.errors import IncompatibleInputs, OutputError, UnsupportedMethod, UsageError
 from peftarena_cli.methods import get_method
 from peftarena_cli.interpolation.alphas import check_alphas
-from peftarena_cli.interpolation.criteria import pick_alpha
+from peftarena_cli.interpolation.safe_pick import (DEFAULT_SELECTION, check_selection, read_samples_beside, safe_pick,
+                                                  samples_beside)
 from peftarena_cli.interpolation.native import (base_row_norms_from_weights, check_relative_to_base, magnitude_modules,
                                         native_method, scale_adapter_tensors)
 from peftarena_cli.interpolation.oft_rotation import layerwise_scales, rotation_strengths
@@ -139,6 +140,7 @@ class RewindConfig:
     alpha: float | None = None
     curve: str | None = None
     pick: str = "keep-target:0.9"
+    selection: str = DEFAULT_SELECTION  # split, crossfit or none (interpolation/safe_pick.py)
     layerwise: str | None = None
     generator_scale: str | None = None  # None: the curve's, else linear
     base: str | None = None
@@ -174,6 +176,7 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
     if (alpha is None) == (cfg.curve is None):
         raise UsageError("give exactly one of --alpha A or --curve FILE",
                          hint="e.g. --alpha 0.5, or --curve curve.parquet --pick weighted:0.5")
+    selection = check_selection(cfg.selection)
     output = Path(cfg.output)
     kind = special_kind(output) or ("open file" if is_stream(output) else None)
     if kind is not None:  # --overwrite or not: a device node or pipe is never replaced by an artifact
@@ -183,16 +186,19 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         raise OutputError(f"{str(output)!r} already exists", hint="choose another path or pass --overwrite")
     if not (output.parent if str(output.parent) else Path(".")).is_dir():
         raise OutputError(f"output directory {str(output.parent)!r} does not exist (for {str(output)!r})")
-    check_outputs({"-o": output}, [cfg.finetuned, cfg.base, cfg.curve])
+    beside = list(samples_beside(cfg.curve).values()) if cfg.curve is not None else []
+    check_outputs({"-o": output}, [cfg.finetuned, cfg.base, cfg.curve, *beside])
     record: dict = {}
     curve_prov: dict = {}
     generator_scale = cfg.generator_scale
+    chosen = None
     if cfg.curve is not None:
         df, curve_prov = read_table(cfg.curve)
-        chosen = pick_alpha(df, cfg.pick)
+        samples, why = read_samples_beside(cfg.curve, curve_prov) if selection != "none" else ({}, "")
+        chosen = safe_pick(df, cfg.pick, samples, mode=selection, missing=why)
         alpha = chosen.alpha
-        record.update(criterion=chosen.criterion, reason=chosen.reason, curve=f"{cfg.curve}@{path_identity(cfg.curve)}",
-                      curve_target=chosen.target, curve_general=chosen.general)
+        record.update(chosen.record())
+        record["curve"] = f"{cfg.curve}@{path_identity(cfg.curve)}"
         curve_gs = str(df["generator_scale"].iloc[0]) if "generator_scale" in df.columns and len(df) else ""
         if generator_scale is None and curve_gs in ("linear", "sqrt"):
             generator_scale = curve_gs
@@ -208,6 +214,12 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         check_curve_source(curve_prov, cfg.curve, cfg.finetuned, ft.identity(), cfg.base,
                            bref.identity() if bref is not None else None)
         log(f"picked α = {alpha:g} ({record['criterion']}): {record['reason']}")
+        log(f"selection: {chosen.selection}; {pick_scores_text(chosen)}")
+        if chosen.reported_on == "in-sample":
+            warn(f"the scores of α = {alpha:g} are in-sample: {chosen.note}; they overstate what the picked point "
+                 "scores on other items")
+        elif chosen.note:
+            warn(chosen.note)
     if ft.is_full:
         if cfg.layerwise:
             raise UsageError("--layerwise applies to OFT adapters, not full fine-tunes")
@@ -247,6 +259,17 @@ def rewind(cfg: RewindConfig, callback=None, log=_no_log, warn=_no_log) -> Rewin
         log(f"{cfg.layerwise}: target ρ* = {rinfo['rho_target']:.4g}; generator scale per layer: "
             + ", ".join(f"{k}:{v:.3f}" for k, v in scales.items()))
     return RewindResult(output=output, alpha=alpha, method=method, kind=ft.kind, record=record)
+
+
+def pick_scores_text(chosen) -> str:
+    """"held-out target 41.2 [33.0, 49.4], general 55.0 [47.1, 62.9] (95 % interval)" or the in-sample
+    scores, labelled."""
+    parts = []
+    for kind in ("target", "general"):
+        v = getattr(chosen, kind)
+        lo, hi = chosen.intervals.get(kind, (math.nan, math.nan))
+        parts.append(f"{kind} {v:.4g}" + (f" [{lo:.4g}, {hi:.4g}]" if math.isfinite(lo) and math.isfinite(hi) else ""))
+    return f"{chosen.reported_on} " + ", ".join(parts) + (" (95 % interval)" if chosen.reported_on != "in-sample" else "")
 
 
 def check_fits_base(ft, base_source, base_spec) -> None:

@@ -99,14 +99,30 @@ def _matrix(x) -> np.ndarray:
 
 
 def cross_fit_select(candidates, item_keys: dict, objective=None, salt: str = "",
-                     conf: float = CONF) -> SelectionResult:
+                     conf: float = CONF, chooser=None) -> SelectionResult:
     """Pick on one half of the items, report on the other, both ways, and average (module docstring).
 
     ``item_keys``: {measure: the item keys of that measure's columns}; every candidate has every
     measure on those items. ``objective``: a function of {measure: mean over the picking half's
     items (and seeds)} to maximise (default :func:`default_objective`); ties go to the first
-    candidate. Each measure's items are split by :func:`item_half` with ``salt``.
+    candidate. ``chooser`` instead: a function of {candidate key: {measure: mean over the picking
+    half}} returning the picked key, for rules that compare candidates with each other (an α that
+    keeps a share of the fine-tune's gain); each fold's ``pick_scores`` are then those means. Each
+    measure's items are split by :func:`item_half` with ``salt``.
     """
+    return _select(candidates, item_keys, objective, salt, conf, chooser, (0, 1))
+
+
+def split_select(candidates, item_keys: dict, objective=None, salt: str = "", conf: float = CONF,
+                 chooser=None) -> SelectionResult:
+    """One direction of :func:`cross_fit_select`: pick on half 0, report on half 1 only. The one
+    picked candidate's value and interval come from the half-1 items alone (the interval is the
+    seed-and-item interval of its half-1 columns), so the reported number is the picked
+    candidate's own score on items that never took part in picking it."""
+    return _select(candidates, item_keys, objective, salt, conf, chooser, (0,))
+
+
+def _select(candidates, item_keys: dict, objective, salt: str, conf: float, chooser, pick_halves) -> SelectionResult:
     cands = list(candidates)
     if not cands:
         raise UsageError("no candidate to pick from")
@@ -130,18 +146,30 @@ def cross_fit_select(candidates, item_keys: dict, objective=None, salt: str = ""
                             "needs at least 2 in each", hint="evaluate more items")
         halves[m] = (h0, h1)
     folds = []
-    for pick in (0, 1):
+    for pick in pick_halves:
         rep = 1 - pick
-        scores = {c.key: float(objective({m: float(mats[c.key][m][:, halves[m][pick]].mean()) for m in names}))
-                  for c in cands}
-        best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+        means = {c.key: {m: float(mats[c.key][m][:, halves[m][pick]].mean()) for m in names} for c in cands}
+        if chooser is not None:
+            scores = means
+            best = chooser(means)
+            if best not in mats:
+                raise UsageError(f"the chooser picked {best!r}, which is not a candidate")
+        else:
+            scores = {k: float(objective(v)) for k, v in means.items()}
+            best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
         folds.append(Fold(pick, best, scores,
                           {m: [item_keys[m][i] for i in halves[m][pick]] for m in names},
                           {m: [item_keys[m][i] for i in halves[m][rep]] for m in names},
                           {m: float(mats[best][m][:, halves[m][rep]].mean()) for m in names}))
+    if len(folds) == 1:  # split: the one pick, on the reporting half alone
+        f = folds[0]
+        value = dict(f.reported)
+        intervals = {m: seed_item_interval(mats[f.picked][m][:, halves[m][1 - f.pick_half]], conf) for m in names}
+        obj = objective(f.reported) if chooser is None else math.nan
+        return SelectionResult(folds, value, intervals, float(obj), salt)
     value = {m: 0.5 * (folds[0].reported[m] + folds[1].reported[m]) for m in names}
     intervals = {m: _cross_fit_interval(mats, folds, halves[m], m, conf) for m in names}
-    obj = 0.5 * (objective(folds[0].reported) + objective(folds[1].reported))
+    obj = (0.5 * (objective(folds[0].reported) + objective(folds[1].reported))) if chooser is None else math.nan
     return SelectionResult(folds, value, intervals, float(obj), salt)
 
 
