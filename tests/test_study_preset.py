@@ -477,3 +477,22 @@ def test_every_target_task_of_the_preset_runs_under_the_study_protocol():
         takes = {benchmarks.get(t).protocols["study"].prompt_type for t in tasks}
         assert presets.target_args(domain) == ("--prompt-type cot" if takes == {"cot"} else ""), (domain, takes)
         assert takes in ({"cot"}, {None})
+
+
+def test_preset_methods_are_the_registry_study_entries():
+    # train/train_sft.sh's --adapter cases (lines 127-190 of the study's script): lora|dora|loraplus|rslora|
+    # qalora|keeplora, adalora, miss, pissa|milora, oft, ia3, vera, full; qalora has no peftarena method
+    from peftarena_cli import presets
+    from peftarena_cli.errors import UsageError
+
+    study_sft = {"lora", "dora", "loraplus", "rslora", "keeplora", "adalora", "miss", "pissa", "milora", "oft",
+                 "ia3", "vera", "full"}
+    assert set(presets.study_methods("sft")) == study_sft
+    assert set(presets.study_methods("rlvr")) == study_sft - {"keeplora"}
+    with pytest.raises(UsageError):
+        presets.training("math", "rlvr", "keeplora")
+    with pytest.raises(UsageError):
+        presets.training("math", "sft", "boft")
+    # VeRA's rank is the study's vera_rank, the LoRA family's the shared rank
+    assert presets.training("math", "sft", "vera")["rank"] == presets.SHAPE["sft"]["vera_rank"].value
+    assert presets.training("math", "sft", "rslora")["rank"] == presets.SHAPE["sft"]["rank"].value
