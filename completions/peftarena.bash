@@ -26,7 +26,7 @@ _peftarena() {
         'models path') COMPREPLY=( $(compgen -W "--quiet -q --help" -- "$cur") ) ;;
         'models pull') COMPREPLY=( $(compgen -W "--force --quiet -q --help" -- "$cur") ) ;;
         'report') COMPREPLY=( $(compgen -W "--output -o --base --modules --spectrum-module --reference --reference-select --quiet -q --help" -- "$cur") ) ;;
-        'rewind') COMPREPLY=( $(compgen -W "--output -o --alpha --curve --pick --layerwise --generator-scale --base --allow-extrapolate --overwrite --quiet -q --help" -- "$cur") ) ;;
+        'rewind') COMPREPLY=( $(compgen -W "--output -o --alpha --curve --pick --selection --layerwise --generator-scale --base --allow-extrapolate --overwrite --quiet -q --help" -- "$cur") ) ;;
         'spectrum') COMPREPLY=( $(compgen -W "--output -o --summary --table --modules -m --layers -l --sva --no-sva --cache --no-cache --cache-dir --device --quiet -q --help" -- "$cur") ) ;;
     esac
     [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=( $(compgen -f -- "$cur") )

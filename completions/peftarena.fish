@@ -250,6 +250,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from rewind' -s o
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l alpha
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l curve
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l pick
+complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l selection
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l layerwise
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l generator-scale
 complete -c peftarena -n '__fish_seen_subcommand_from rewind' -l base
