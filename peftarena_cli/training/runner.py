@@ -24,6 +24,7 @@ from peftarena_cli.errors import DataError, IncompatibleInputs, NumericalError, 
 from peftarena_cli.methods import DEFAULT_METHOD, resolve
 from peftarena_cli.tasks import benchmarks
 from peftarena_cli.training import checkpoints as ck
+from peftarena_cli.training import sharding
 
 
 @dataclass
@@ -248,6 +249,12 @@ def gradient_checkpointing(cfg: FinetuneConfig) -> bool:
     return cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.regime == "rlvr"
 
 
+def trainer_gradient_checkpointing(cfg: FinetuneConfig) -> bool:
+    """The trainer's own gradient checkpointing: off when the FSDP config recomputes the layers itself
+    (``fsdp_activation_checkpointing``; the trainer refuses both at once)."""
+    return gradient_checkpointing(cfg) and not sharding.fsdp_activation_checkpointing()
+
+
 def context_length(model) -> int | None:
     """The number of positions the model was built for (None when its config does not say)."""
     c = getattr(model, "config", None)
@@ -430,6 +437,10 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         existed = out.exists()
         _no_telemetry()
         trainer = _build_trainer(cfg, choice, model, tok, data, out, device, reward_fn=reward_fn)
+        sharding.check_fsdp(trainer, choice)
+        par = sharding.parallelism(trainer, world)
+        if mode == "resume":
+            sharding.check_resume_parallelism(ck.read_manifest(out), par)
         if len(trainer.train_dataset) == 0:
             raise DataError(f"no training example fits in --max-length {cfg.max_length} tokens "
                             f"({len(data)} records, all dropped by truncation)",
@@ -481,10 +492,11 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
                        "saved_as": "lora (converted from the residual-base form, rank 2r)" if choice.method.mutates_base else None},
             "data": {**data.source, "records": len(data)},
             "trainable_params": n_trainable,
-            "gradient_checkpointing": gradient_checkpointing(cfg),
+            "gradient_checkpointing": gradient_checkpointing(cfg) or sharding.fsdp_activation_checkpointing(),
             "seed": cfg.seed,
             "device": device,
             "world_size": world,
+            "parallelism": par,
             "versions": versions,
             "python": sys.version.split()[0],
             "checkpoints": [],
@@ -538,18 +550,22 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
 
             def on_save(self, args, st, control, model=None, **kw):
                 step = st.global_step
-                if state.is_main_process and step not in self.saved:
-                    ck.save_checkpoint(out, step, model, tok, full, init_tensors, cfg.base, extra_meta)
+                if step not in self.saved:  # the same set on every process (from the manifest, then each save)
+                    # under FSDP every process takes part in gathering the full weights to rank 0
+                    gathered = sharding.gathered_state_dict(trainer, model)
                     self.saved.add(step)
-                    manifest["checkpoints"].append({"step": step, "path": f"checkpoint-{step}"})
-                    manifest["last_step"] = step
-                    tlog.write(out, prov)
-                    ck.write_manifest(out, manifest)
-                    r = tlog.rows[-1] if tlog.rows else {}
-                    rw = r.get("reward_mean", float("nan"))
-                    rw = f", reward {rw:.3g}" if rw == rw else ""
-                    say(f"step {step}/{cfg.steps}: saved checkpoint-{step} (loss {r.get('loss', float('nan')):.4g}{rw}, "
-                        f"{tlog.elapsed():.0f} s)")
+                    if state.is_main_process:
+                        ck.save_checkpoint(out, step, model, tok, full, init_tensors, cfg.base, extra_meta,
+                                           state_dict=gathered)
+                        manifest["checkpoints"].append({"step": step, "path": f"checkpoint-{step}"})
+                        manifest["last_step"] = step
+                        tlog.write(out, prov)
+                        ck.write_manifest(out, manifest)
+                        r = tlog.rows[-1] if tlog.rows else {}
+                        rw = r.get("reward_mean", float("nan"))
+                        rw = f", reward {rw:.3g}" if rw == rw else ""
+                        say(f"step {step}/{cfg.steps}: saved checkpoint-{step} (loss {r.get('loss', float('nan')):.4g}{rw}, "
+                            f"{tlog.elapsed():.0f} s)")
                 if _interrupt_after is not None and step >= _interrupt_after:
                     raise KeyboardInterrupt(f"test interruption after step {step}")
 
@@ -565,7 +581,8 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which carries data only
-        trainer.add_callback(_Trajectory())
+        trajectory = _Trajectory()
+        trainer.add_callback(trajectory)
         if choice.method.on_optimizer_step:
             trainer.add_callback(_StepHook(resolve(choice.method.on_optimizer_step)))
         if torch.cuda.is_available() and device.startswith("cuda"):
@@ -604,11 +621,14 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
         tps = tokens / train_s if train_s > 0 else float("nan")
         peak_gpu = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None
         final = out / "final"
+        need_final = final_step not in trajectory.saved  # decided alike on every process
+        if need_final:
+            ck.check_finite(final_step, model=getattr(trainer, "model", model))
+            gathered = sharding.gathered_state_dict(trainer, getattr(trainer, "model", model))
         if state.is_main_process:
-            if not ck.checkpoint_dir(out, final_step).is_dir():
-                ck.check_finite(final_step, model=getattr(trainer, "model", model))
+            if need_final:
                 ck.save_checkpoint(out, final_step, getattr(trainer, "model", model), tok, full, init_tensors, cfg.base,
-                                   extra_meta)
+                                   extra_meta, state_dict=gathered)
                 manifest["checkpoints"].append({"step": final_step, "path": f"checkpoint-{final_step}"})
             ck.link_final(out, final_step)
             tlog.write(out, prov)
@@ -662,7 +682,7 @@ def _build_trainer(cfg: FinetuneConfig, choice, model, tok, data, out: Path, dev
         data_seed=cfg.seed,
         bf16=bf16,
         fp16=fp16,
-        gradient_checkpointing=gradient_checkpointing(cfg),
+        gradient_checkpointing=trainer_gradient_checkpointing(cfg),
         report_to="none",
         logging_nan_inf_filter=False,  # log a NaN/Inf loss as it is (the default hides it): it stops the run
         disable_tqdm=True,
