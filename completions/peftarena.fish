@@ -67,6 +67,7 @@ complete -c peftarena -n '__fish_seen_subcommand_from drift' -l reference
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l no-reference
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l path
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l batch-size
+complete -c peftarena -n '__fish_seen_subcommand_from drift' -l base-continuations
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l chat-template
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -l output
 complete -c peftarena -n '__fish_seen_subcommand_from drift' -s o

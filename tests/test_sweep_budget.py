@@ -52,3 +52,84 @@ def test_sweep_train_ignores_divergence_text_without_the_manifest(tmp_path):
     r = subprocess.run([PY, str(ROOT / "scripts/sweep_train.py"), str(point), "--", PY, "-c", fake],
                        capture_output=True, text=True)
     assert r.returncode == 1 and not (point / "diverged.json").exists()
+
+
+# ---------------------------------------------------------------- 2. the base's continuations, once
+DRIFT = ["--sets", "target,general", "--target-task", "arith", "--general-suite", "builtin.facts",
+         "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2"]
+
+
+def _table(path):
+    from peftarena_cli.artifacts.tables import read_table
+
+    return read_table(path)[0]
+
+
+def test_drift_with_the_reused_base_continuations_equals_drift_from_scratch(tiny_model_dir, tiny_lora_dir, tmp_path, cli):
+    import pandas as pd
+
+    base_file = tmp_path / "sweep" / "base" / "drift_base.json"
+    base_file.parent.mkdir(parents=True)
+    r = cli("drift", tiny_model_dir, tiny_lora_dir, *DRIFT, "-o", tmp_path / "scratch.parquet")
+    assert r.returncode == 0, r.stderr
+    # the first run with the option generates the continuations (the same numbers) and writes them
+    r = cli("drift", tiny_model_dir, tiny_lora_dir, *DRIFT, "--base-continuations", base_file,
+            "-o", tmp_path / "first.parquet")
+    assert r.returncode == 0, r.stderr
+    art = json.loads(base_file.read_text())
+    assert art["format"] == "peftarena-drift-base/1" and art["n_prompts"] == 6 == len(art["continuations"])
+    before = base_file.read_bytes()
+    # the next one reads them: not regenerated, the file untouched, every row equal to the scratch run
+    r = cli("drift", tiny_model_dir, tiny_lora_dir, *DRIFT, "--base-continuations", base_file,
+            "-o", tmp_path / "reused.parquet")
+    assert r.returncode == 0, r.stderr
+    assert "continuations of 6 prompts from" in r.stderr
+    assert base_file.read_bytes() == before
+    scratch = _table(tmp_path / "scratch.parquet")
+    for name in ("first.parquet", "reused.parquet"):
+        pd.testing.assert_frame_equal(_table(tmp_path / name), scratch, check_exact=True)
+    # the greedy rows' lengths are the stored continuations' (the prompt order is the artifact's items)
+    g = scratch[scratch["source"] == "greedy"]
+    n = {(s, t, str(i)): k for s, t, i, k in zip(g["prompt_set"], g["task"], g["id"], g["n_tokens"])}
+    assert [n[tuple(it)] for it in art["items"]] == [len(c) for c in art["continuations"]]
+
+    # the stored continuations are what a reusing run measures on: shortened ones give shorter rows
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps({**art, "continuations": [c[:2] for c in art["continuations"]]}))
+    r = cli("drift", tiny_model_dir, tiny_lora_dir, *DRIFT, "--base-continuations", cut, "-o", tmp_path / "cut.parquet")
+    assert r.returncode == 0, r.stderr
+    cg = _table(tmp_path / "cut.parquet")
+    assert (cg[cg["source"] == "greedy"]["n_tokens"] <= 2).all()
+
+
+def test_mismatched_base_continuations_are_refused(tiny_model_dir, tiny_lora_dir, tmp_path, cli):
+    base_file = tmp_path / "drift_base.json"
+    r = cli("drift", tiny_model_dir, tiny_lora_dir, *DRIFT, "--base-continuations", base_file,
+            "-o", tmp_path / "a.parquet")
+    assert r.returncode == 0, r.stderr
+    art = json.loads(base_file.read_text())
+    before = base_file.read_bytes()
+
+    def refused(path, *extra, what):
+        out = tmp_path / "refused.parquet"
+        r = cli("drift", tiny_model_dir, tiny_lora_dir, *DRIFT, *extra, "--base-continuations", path, "-o", out)
+        assert r.returncode == 1, r.stderr
+        assert what in r.stderr and "Traceback" not in r.stderr
+        assert not out.exists()
+
+    # another prompt set (a different --limit), and another continuation length
+    refused(base_file, "--limit", "2", what="other settings: limit 3 there, 2 here")
+    refused(base_file, "--max-new-tokens", "5", what="other settings: max_new_tokens 6 there, 5 here")
+    assert base_file.read_bytes() == before  # never rewritten by a refused run
+    # another base model
+    other = tmp_path / "other_base.json"
+    other.write_text(json.dumps({**art, "base": {"spec": "x", "identity": "another@0123456789abcdef"}}))
+    refused(other, what="made with another base model")
+    # the same settings on other prompts (a task file that changed since)
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps({**art, "prompts": "0" * 16}))
+    refused(moved, what="made on other prompts")
+    # not such a file at all
+    junk = tmp_path / "junk.json"
+    junk.write_text("{\"a\": 1}")
+    refused(junk, what="is not a drift base-continuations file")

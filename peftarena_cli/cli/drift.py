@@ -5,6 +5,7 @@ parses options, checks the output, shows progress and the summary, and writes th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -24,6 +25,7 @@ def drift_cmd(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also teacher-force on items' text references (source = reference)."),
     path: Optional[str] = typer.Option(None, "--path", help="dense or native path for α < 1 (as interpolate). Default: native when the method has one."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass."),
+    base_continuations: Optional[Path] = typer.Option(None, "--base-continuations", help="JSON file of the base's greedy continuations: read (checked against this base, these prompts and settings) when it exists, else written. The same file serves every fine-tune of one base (docs/drift.md)."),
     chat_template: ChatTemplateOpt = "auto",
     output: OutputOpt = None,
     device: DeviceOpt = "auto",
@@ -49,12 +51,16 @@ def drift_cmd(
 
     cfg = DriftConfig(base=base, finetuned=finetuned, alphas=alphas, sets=sets, target_task=target_task,
                       general_suite=general_suite, limit=limit, max_new_tokens=max_new_tokens, reference=reference,
-                      path=path, batch_size=batch_size, chat_template=chat_template, device=device, dtype=dtype, seed=seed)
+                      path=path, batch_size=batch_size, chat_template=chat_template, device=device, dtype=dtype, seed=seed,
+                      base_continuations=str(base_continuations) if base_continuations is not None else None)
     _, chosen = check_drift(cfg)  # the α grid, --sets, --limit and the lengths: usage errors first
     # before any model is loaded: never onto an input (the adapter's weights, the base's config),
     # never a table under a weights/config name, never into a folder that takes no new files
     check_outputs({"-o": output}, [base, finetuned, target_task if "target" in chosen else None,
                                    general_suite if "general" in chosen else None], tables=("-o",))
+    if base_continuations is not None and not base_continuations.expanduser().exists():
+        # written after the measurement: never onto an input, never where no file can go
+        check_outputs({"--base-continuations": base_continuations}, [base, finetuned, output])
     res = run_drift(cfg, progress=Progress, log=info, warn=warn)
     for r in res.summary.to_dict("records"):
         hw = (r["ci_high"] - r["ci_low"]) / 2
@@ -65,6 +71,14 @@ def drift_cmd(
             prov.add_input(role, spec, ident)
         prov.extra.update(res.extra)
         emit_table(res.table, output, prov, title="output drift")
+    if res.base_continuations is not None and not res.base_continuations_reused:
+        import json
+
+        from peftarena_cli.artifacts.atomic import atomic_write_text
+
+        atomic_write_text(base_continuations.expanduser(), json.dumps(res.base_continuations) + "\n")
+        info(f"the base's continuations of {res.n_prompts} prompts written to {base_continuations} "
+             "(reused by the next drift runs on this base)")
 
 
 def register(app: typer.Typer) -> None:

@@ -82,21 +82,12 @@ def _reference_text(ref) -> str | None:
     return None
 
 
-def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float], *,
-                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH,
-                  reference: bool = True, callback=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
-    """Drift rows for ``prompt_sets`` = {set name: [Task, ...]} at each α of ``alphas``.
+def drift_items(tokenizer, prompt_sets: dict, reference: bool = True) -> list[tuple]:
+    """The prompts of ``prompt_sets`` as measured: (set, task, id, prompt ids, reference ids or None,
+    prompt text), in the sets' and tasks' order."""
+    from peftarena_cli.evaluation.engine import encode_prompts
 
-    ``path_model`` has ``set_alpha(a)`` and ``model`` (see :mod:`peftarena_cli.interpolation.inplace`); α = 0
-    is the base. Returns a DataFrame with :data:`DRIFT_COLUMNS`.
-    """
-    import pandas as pd
-
-    from peftarena_cli.evaluation.engine import encode_prompts, generate
-
-    model = path_model.model
-    pad = _pad_id(tokenizer)
-    items = []  # (set, task, id, prompt ids, reference ids or None, prompt text)
+    items = []
     for set_name, tasks in prompt_sets.items():
         for t in tasks:
             texts = [t.render(tokenizer, it) for it in t.items]
@@ -105,6 +96,46 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
                 ref = _reference_text(it.reference) if reference else None
                 ref_ids = tokenizer(ref, add_special_tokens=False)["input_ids"] if ref else None
                 items.append((set_name, t.name, it.id, list(ids), ref_ids or None, text))
+    return items
+
+
+def prompts_fingerprint(items: list[tuple]) -> str:
+    """A hash of what the base's side of the drift depends on among the prompts: every prompt's
+    set, task, id, token ids and reference token ids, in order."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for s, task, iid, ids, ref_ids, _ in items:
+        h.update(json.dumps([s, task, str(iid), ids, ref_ids]).encode())
+    return h.hexdigest()[:16]
+
+
+def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float], *,
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH,
+                  reference: bool = True, callback=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  continuations: list | None = None, record: list | None = None):
+    """Drift rows for ``prompt_sets`` = {set name: [Task, ...]} at each α of ``alphas``.
+
+    ``path_model`` has ``set_alpha(a)`` and ``model`` (see :mod:`peftarena_cli.interpolation.inplace`); α = 0
+    is the base. Returns a DataFrame with :data:`DRIFT_COLUMNS`.
+
+    ``continuations``: the base's greedy continuations (token ids), one per prompt in the order of
+    :func:`drift_items`, used instead of generating them (the base's sequential part; its
+    log-probabilities are one teacher-forced pass and are recomputed, so α = 0 stays exactly 0).
+    ``record``: a list that receives the continuations used, in that order.
+    """
+    import pandas as pd
+
+    from peftarena_cli.evaluation.engine import generate
+
+    model = path_model.model
+    pad = _pad_id(tokenizer)
+    items = drift_items(tokenizer, prompt_sets, reference)  # (set, task, id, prompt ids, reference ids, text)
+    if continuations is not None and len(continuations) != len(items):
+        raise ValueError(f"{len(continuations)} continuations for {len(items)} prompts")
+    if record is not None:
+        record[:] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(items[i][3]))
     rows = []
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -121,8 +152,14 @@ def measure_drift(path_model, tokenizer, prompt_sets: dict, alphas: list[float],
         path_model.set_alpha(0.0)  # the base's greedy continuations, from the evaluation engine
         for idx in batches[c0:c0 + chunk]:
             prompts = [items[i][3] for i in idx]
-            conts = [ids[0] for ids in generate(model, tokenizer, [items[i][5] for i in idx], max_new_tokens=max_new_tokens,
-                                                 batch_size=len(idx)).token_ids]
+            if continuations is not None:
+                conts = [list(continuations[i]) for i in idx]
+            else:
+                conts = [ids[0] for ids in generate(model, tokenizer, [items[i][5] for i in idx],
+                                                     max_new_tokens=max_new_tokens, batch_size=len(idx)).token_ids]
+            if record is not None:
+                for i, c in zip(idx, conts):
+                    record[i] = [int(t) for t in c]
             jobs = [("greedy", list(range(len(idx))), conts)]
             with_ref = [k for k, i in enumerate(idx) if items[i][4]]
             if with_ref:

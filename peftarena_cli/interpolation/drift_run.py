@@ -56,6 +56,7 @@ class DriftConfig:
     device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
+    base_continuations: str | None = None      # a JSON file: read and checked when it exists, else written
 
     def chosen_sets(self) -> list[str]:
         """The prompt sets asked for, in the order given (lower case)."""
@@ -85,6 +86,58 @@ class DriftResult:
     n_prompts: int = 0
     load_seconds: float = 0.0
     measure_seconds: float = 0.0
+    base_continuations: dict | None = None     # the artifact (docs/drift.md, "The base's continuations, once")
+    base_continuations_reused: bool = False    # True: read from cfg.base_continuations; False: to be written
+
+
+BASE_FORMAT = "peftarena-drift-base/1"
+
+
+def base_settings(cfg: DriftConfig, chosen: list[str], chat_mode: str, device: str) -> dict:
+    """What the base's greedy continuations depend on besides the base and the prompts: the
+    continuation length, the batching (padding), the precision and the device type."""
+    return {"max_new_tokens": cfg.max_new_tokens, "reference": cfg.reference, "batch_size": cfg.batch_size,
+            "dtype": cfg.dtype, "device": device.split(":")[0], "chat_template": chat_mode, "sets": chosen,
+            "target_task": _spec(cfg.target_task, "target") if "target" in chosen else None,
+            "general_suite": _spec(cfg.general_suite, "general") if "general" in chosen else None,
+            "limit": cfg.limit, "seed": cfg.seed}
+
+
+def read_base_continuations(path, identity: str, settings: dict, prompts: str, n_prompts: int) -> list:
+    """The continuations of a base-continuations artifact after checking that it was made by this
+    base, with these settings, on these prompts (IncompatibleInputs otherwise)."""
+    import json
+    from pathlib import Path
+
+    from peftarena_cli.errors import IncompatibleInputs, InvalidArtifact
+
+    p = Path(path)
+    try:
+        art = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidArtifact(f"--base-continuations {str(p)!r} is not readable JSON ({e})",
+                              hint="remove it: the next drift run writes it again") from None
+    if not isinstance(art, dict) or art.get("format") != BASE_FORMAT or not isinstance(art.get("continuations"), list):
+        raise InvalidArtifact(f"--base-continuations {str(p)!r} is not a drift base-continuations file ({BASE_FORMAT})",
+                              hint="point --base-continuations at a file written by `peftarena drift`, or at a new path")
+    hint = ("the base's continuations are reused only for the same base, prompts and settings: use another "
+            "--base-continuations path (one per base and prompt set), or the settings it was made with")
+    made = (art.get("base") or {}).get("identity")
+    if made != identity:
+        raise IncompatibleInputs(f"--base-continuations {str(p)!r} was made with another base model "
+                                 f"(identity {made} vs {identity})", hint=hint)
+    old = art.get("settings") or {}
+    diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if diff:
+        k = diff[0]
+        raise IncompatibleInputs(f"--base-continuations {str(p)!r} was made with other settings: {k} "
+                                 f"{old.get(k)!r} there, {settings.get(k)!r} here"
+                                 + (f" (and {', '.join(diff[1:])})" if len(diff) > 1 else ""), hint=hint)
+    if art.get("prompts") != prompts or len(art["continuations"]) != n_prompts:
+        raise IncompatibleInputs(f"--base-continuations {str(p)!r} was made on other prompts "
+                                 f"({art.get('n_prompts')} prompts, fingerprint {art.get('prompts')}; "
+                                 f"here {n_prompts}, {prompts})", hint=hint)
+    return art["continuations"]
 
 
 def check_drift(cfg: DriftConfig) -> tuple[list[float], list[str]]:
@@ -145,20 +198,45 @@ def run_drift(cfg: DriftConfig, *, progress: Callable | None = None, log: Callab
     load_s = time.perf_counter() - t0
     log(f"loaded {cfg.base} + {cfg.finetuned} ({setup.method}, {setup.path} path) in {load_s:.1f} s")
     prompt_sets = {k: tasks_for_model(v, setup.tokenizer, mode, cfg.base) for k, v in prompt_sets.items()}
+    device = str(next(setup.path_model.model.parameters()).device)
+    base_art, conts, record, reused = None, None, None, False
+    if cfg.base_continuations is not None:
+        from pathlib import Path
+
+        from peftarena_cli.evaluation.drift import drift_items, prompts_fingerprint
+
+        items = drift_items(setup.tokenizer, prompt_sets, cfg.reference)
+        fp, settings = prompts_fingerprint(items), base_settings(cfg, chosen, mode, device)
+        if Path(cfg.base_continuations).expanduser().exists():
+            conts = read_base_continuations(Path(cfg.base_continuations).expanduser(), setup.ref.identity(),
+                                            settings, fp, len(items))
+            reused = True
+            log(f"the base's continuations of {len(items)} prompts from {cfg.base_continuations}")
+        else:
+            record = []
+            base_art = {"format": BASE_FORMAT, "base": {"spec": cfg.base, "identity": setup.ref.identity()},
+                        "settings": settings, "prompts": fp, "n_prompts": len(items),
+                        "items": [[s, t, str(i)] for s, t, i, *_ in items]}
     t1 = time.perf_counter()
     with progress("drift") as bar:
         df = measure_drift(setup.path_model, setup.tokenizer, prompt_sets, grid, max_new_tokens=cfg.max_new_tokens,
-                           batch_size=cfg.batch_size, reference=cfg.reference, callback=bar.callback)
+                           batch_size=cfg.batch_size, reference=cfg.reference, callback=bar.callback,
+                           continuations=conts, record=record)
     measure_s = time.perf_counter() - t1
+    if base_art is not None:
+        base_art["continuations"] = record
     n_prompts = df.groupby(["prompt_set", "task", "id"]).ngroups if len(df) else 0
     log(f"{n_prompts} prompts × {len(grid)} α in {measure_s:.1f} s")
     extra = dict(path=setup.path, method=setup.method, alphas=grid, sets=chosen,
                  target_task=_spec(cfg.target_task, "target"), general_suite=_spec(cfg.general_suite, "general"),
                  limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, reference=cfg.reference,
                  chat_template=mode, chat_template_rules={f"{k}/{n}": r for k, v in prompt_sets.items()
-                                                          for n, r in chat_rules(v).items()})
+                                                          for n, r in chat_rules(v).items()},
+                 base_continuations=(None if cfg.base_continuations is None
+                                     else {"path": str(cfg.base_continuations), "reused": reused}))
     return DriftResult(
         table=df, summary=drift_summary(df), grid=grid, sets=chosen, method=setup.method, path=setup.path,
-        device=str(next(setup.path_model.model.parameters()).device),
+        device=device,
         inputs={"base": (cfg.base, setup.ref.identity()), "finetuned": (cfg.finetuned, setup.finetuned.identity())},
-        extra=extra, n_prompts=n_prompts, load_seconds=load_s, measure_seconds=measure_s)
+        extra=extra, n_prompts=n_prompts, load_seconds=load_s, measure_seconds=measure_s,
+        base_continuations=base_art, base_continuations_reused=reused)
