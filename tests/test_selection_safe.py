@@ -256,3 +256,26 @@ def test_rewind_bad_selection_exits_2(cli, tiny_lora_dir, tmp_path):
     r = cli("rewind", tiny_lora_dir, "--curve", curve, "--selection", "best", "-o", tmp_path / "x.safetensors")
     assert r.returncode == 2 and "--selection" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_report_rows_of_a_rewound_point_say_how_it_was_picked(cli, tiny_lora_dir, tmp_path):
+    import shutil
+
+    from report_synth import make_runs
+
+    from peftarena_cli.report.collect import collect_results
+    from peftarena_cli.report.leaderboard import build_leaderboard
+
+    curve, _, _ = _write_curve(tmp_path, tiny_lora_dir, with_samples=True)
+    out = tmp_path / "picked.safetensors"
+    assert cli("rewind", tiny_lora_dir, "--curve", curve, "--pick", "max-target", "-o", out).returncode == 0
+    runs = make_runs(tmp_path / "runs", methods=["base", "lora", "oft"], with_geometry=False, with_curve=False)
+    lb = build_leaderboard(collect_results([str(runs)]))
+    assert "selection" not in lb.columns  # no rewound point: the leaderboard is as before
+    shutil.copy(out, runs / "lora" / "adapter.safetensors")
+    lb = build_leaderboard(collect_results([str(runs)]))
+    sel = dict(zip(lb["method"], lb["selection"]))
+    assert sel["lora"] == _meta(out)["selection"] and sel["lora"].startswith("split on 48 target")
+    assert sel["base"] == "" and sel["oft"] == ""
+    assert any(n.startswith("lora: rewound at α = 0.5 picked by max-target") and "held-out" in n
+               for n in lb.attrs["notes"])

@@ -262,11 +262,35 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
     # the regime and the training method of each run, from its finetune manifest (None: no manifest; the base: "")
     df.insert(1, "regime", [("" if b else infos[n]["regime"]) for n, b in zip(df["method"], df["is_base"])])
     df.insert(2, "train_method", [("" if b else (infos[n]["train_method"] or n)) for n, b in zip(df["method"], df["is_base"])])
+    notes += selection_column(df, methods)
     df["_order"] = np.where(df["is_base"], np.inf, df["target"].fillna(-np.inf))
     df = df.sort_values("_order", ascending=False, kind="stable").drop(columns="_order").reset_index(drop=True)
     df.attrs["notes"] = notes + protocol_notes(methods)  # pairing problems, mixed protocols, for the report's notes
     df.attrs["measures"] = axis_measures(methods)
     return df
+
+
+def selection_column(df, methods: dict) -> list[str]:
+    """A ``selection`` column (and one note per row) when a method is a point rewound from a curve
+    with ``rewind --pick``: how its α was picked and whether the scores that picked it were held out
+    (report/selection.py, :func:`~peftarena_cli.report.selection.rewind_selection`). The row's own
+    scores come from its own evals; the note says which items the curve's pick was scored on."""
+    from peftarena_cli.report.collect import adapter_from_provenance
+    from peftarena_cli.report.selection import rewind_selection
+
+    picks = {name: rewind_selection(m.adapter or adapter_from_provenance(m)) for name, m in methods.items()}
+    if not any(picks.values()):
+        return []
+    df["selection"] = [(picks.get(n) or {}).get("selection", "") for n in df["method"]]
+    notes = []
+    for name, p in picks.items():
+        if p:
+            a = p.get("alpha")
+            where = ("the pick's own curve scores were in-sample" if p["reported_on"] == "in-sample"
+                     else "the pick was scored on held-out items")
+            notes.append(f"{name}: rewound at α = {a if a is not None else '?'} picked by {p['criterion']} "
+                         f"({p['selection']}); {where}")
+    return notes
 
 
 def _axis_rows(summ, kind: str):

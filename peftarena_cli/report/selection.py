@@ -8,7 +8,11 @@ in two halves by a hash of their id (:func:`item_half`: the same item lands in t
 run, whatever else is evaluated), and the pick is 2-fold cross-fitted (:func:`cross_fit_select`):
 pick on half A and report on half B, pick on half B and report on half A, and average the two
 reports. No reported number is computed from an item that took part in choosing the candidate it
-belongs to; the result names, per fold, which items picked and which reported.
+belongs to; the result names, per fold, which items picked and which reported. :func:`split_select`
+is the one-directional form (pick on half 0, report the picked candidate on half 1 alone), which
+``rewind --pick`` uses by default; a ``chooser`` replaces the per-candidate objective for rules
+that compare candidates (an α keeping a share of the fine-tune's gain). :func:`rewind_selection`
+reads how a rewound artifact's α was picked, for the report's ``selection`` column.
 
 Core code: numpy only, no printing.
 """
@@ -191,3 +195,32 @@ def _cross_fit_interval(mats, folds, halves, m: str, conf: float) -> SeedItemRes
     if mixed:
         res.note = res.interval.note = "the two picks have different seed counts: item interval of the seed means"
     return res
+
+
+def rewind_selection(path) -> dict | None:
+    """The pick record of a rewound artifact (``rewind --curve``): {"selection", "reported_on",
+    "alpha", "criterion"} from its safetensors metadata (key ``peftarena_rewind``), or None when
+    ``path`` is not a rewound artifact or its α was given, not picked. ``path``: an adapter
+    directory or file, or a full checkpoint directory."""
+    import json
+    from pathlib import Path
+
+    from peftarena_cli.artifacts.safetensors_io import check_safetensors
+    from peftarena_cli.errors import PeftArenaError
+
+    if path is None:
+        return None
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) if p.is_dir() else []
+    for f in files:
+        try:
+            meta = (check_safetensors(f) or {}).get("__metadata__") or {}
+            rec = json.loads(meta.get("peftarena_rewind") or "{}")
+        except (PeftArenaError, OSError, ValueError, AttributeError):
+            continue
+        if isinstance(rec, dict) and rec.get("criterion"):
+            sel = rec.get("selection") or "in-sample (rewound before selection-safe picks)"
+            return {"selection": str(sel), "reported_on": str(rec.get("reported_on") or "in-sample"),
+                    "alpha": rec.get("alpha"), "criterion": str(rec["criterion"])}
+    return None
+
