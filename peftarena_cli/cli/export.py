@@ -12,7 +12,7 @@ from peftarena_cli.cli.common import info, warn
 
 
 def export_cmd(
-    base: str = typer.Argument(..., help="Base model: registry alias, HF directory (single or sharded) or hub id."),
+    base: str = typer.Argument(..., metavar="BASE", help="Base model: registry alias, HF directory (single or sharded) or hub id."),
     finetuned: str = typer.Argument(..., metavar="ADAPTER", help="PEFT adapter (directory or single .safetensors, rewound ones included) or a full fine-tuned model directory."),
     output: Path = typer.Option(..., "--output", "-o", help="The model directory to write (must not exist, or be empty)."),
     alpha: float = typer.Option(1.0, "--alpha", help="Path position to export (1 = the fine-tune, 0 = the base)."),
