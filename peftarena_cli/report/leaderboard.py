@@ -289,7 +289,8 @@ def selection_column(df, methods: dict) -> list[str]:
             where = ("the pick's own curve scores were in-sample" if p["reported_on"] == "in-sample"
                      else "the pick was scored on held-out items")
             notes.append(f"{name}: rewound at α = {a if a is not None else '?'} picked by {p['criterion']} "
-                         f"({p['selection']}); {where}")
+                         f"({p['selection']}); {where}; this row's scores are on its own evals' items, in-sample "
+                         "for the pick wherever those are the curve's picking items (same task, --limit, seed)")
     return notes
 
 
