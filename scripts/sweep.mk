@@ -13,6 +13,7 @@
 # A grid point is SWEEP_RUNS/<method>/lr<LR>/s<SEED>/ with train/ (its finetune run; manifest.json holds
 # the seed, lr and steps the report reads), eval_target.parquet and eval_general.parquet (per-sample rows,
 # with their summaries). The base's evals are the same for every point: SWEEP_RUNS/base/, computed once.
+# SCREEN=1 adds drift.parquet per point and SWEEP_RUNS/screen.json (the drift screen, below).
 # A point whose training diverges gets SWEEP_RUNS/<method>/lr<LR>/s<SEED>/diverged.json
 # (scripts/sweep_train.py), is not evaluated, and the sweep goes on; the report lists it as excluded.
 #
@@ -39,6 +40,14 @@ SWEEP_TARGET_LIMIT  ?= 160
 SWEEP_GENERAL_LIMIT ?= ifeval=40,bbh=40,facts=80
 # Jobs at once (as ARENA_JOBS): 1 by default, the budget above was measured so.
 SWEEP_JOBS     ?= 1
+# The drift screen (SCREEN=1; docs/report.md, "Sweeps"): every point gets eval-target and `peftarena
+# drift` on general prompts (SWEEP_DRIFT_LIMIT items per general part, the base's continuations computed
+# by the first point and reused from SWEEP_RUNS/base/drift_base.json); scripts/sweep_screen.py writes
+# SWEEP_RUNS/screen.json, and only the configurations that could be on their method's frontier (not
+# dominated in gain and drift by a margin of the drift interval) get eval-general. SCREEN=0: every point
+# gets every eval (and no drift).
+SCREEN            ?= 0
+SWEEP_DRIFT_LIMIT ?= 16
 
 .PHONY: sweep sweep-run sweep-stages
 
@@ -55,7 +64,10 @@ sweep_lrs    = $(or $(SWEEP_LRS_$(1)),$(shell $(PY) -m peftarena_cli.methods gri
 # every point: <method>/lr<LR>/s<SEED>
 SWEEP_POINTS = $(foreach m,$(SWEEP_METHODS),$(foreach lr,$(call sweep_lrs,$(m)),$(foreach s,$(SEEDS),$(m)/lr$(lr)/s$(s))))
 SWEEP_EVALS  = $(foreach k,target general,$(SWEEP_RUNS)/base/eval_$(k).parquet \
-	$(foreach p,$(SWEEP_POINTS),$(SWEEP_RUNS)/$(p)/eval_$(k).parquet))
+	$(foreach p,$(SWEEP_POINTS),$(SWEEP_RUNS)/$(p)/eval_$(k).parquet)) \
+	$(if $(filter 1,$(SCREEN)),$(SWEEP_SCREEN))
+SWEEP_SCREEN = $(SWEEP_RUNS)/screen.json
+SWEEP_DRIFT_BASE = $(SWEEP_RUNS)/base/drift_base.json
 SWEEP_REPORT = $(SWEEP_RUNS)/report
 
 # a point's method, learning rate and seed, from its path <method>/lr<LR>/s<SEED>
@@ -67,6 +79,13 @@ sw_final = $(SWEEP_RUNS)/$(1)/train/final
 sw_model = $(if $(filter full,$(call sw_meth,$(1))),$(call sw_final,$(1)),$(MODEL) --adapter $(call sw_final,$(1)))
 # a diverged point (scripts/sweep_train.py wrote diverged.json) is not evaluated
 sw_skip  = if [ -f $(SWEEP_RUNS)/$(1)/diverged.json ]; then echo "$(SWEEP_RUNS)/$(1): training diverged, not evaluated"; else
+
+# SCREEN=1: a point's general eval runs only when the screen selected it (exit 3: screened out)
+ifeq ($(SCREEN),1)
+sw_gate_open  = if $(PY) scripts/sweep_screen.py --selected $(SWEEP_RUNS) $(1); then
+sw_gate_close = else rc=$$?; [ $$rc = 3 ] || exit $$rc; echo "$(SWEEP_RUNS)/$(1): screened out by the drift screen, no general eval"; fi;
+SW_GENERAL_AFTER = $(SWEEP_SCREEN)
+endif
 
 .PRECIOUS: $(SWEEP_RUNS)/%/train/.done
 
@@ -100,6 +119,17 @@ $(SWEEP_RUNS)/%/eval_target.parquet: $(SWEEP_RUNS)/%/train/.done
 	$(call sw_skip,$*) $(PA) eval-target $(call sw_model,$*) --limit $(SWEEP_TARGET_LIMIT) -o $@ \
 		--summary $(@D)/eval_target_summary.parquet; fi
 
-$(SWEEP_RUNS)/%/eval_general.parquet: $(SWEEP_RUNS)/%/train/.done
-	$(call sw_skip,$*) $(PA) eval-general $(call sw_model,$*) --limit $(SWEEP_GENERAL_LIMIT) -o $@ \
-		--summary $(@D)/eval_general_summary.parquet; fi
+$(SWEEP_RUNS)/%/eval_general.parquet: $(SWEEP_RUNS)/%/train/.done $(SW_GENERAL_AFTER)
+	$(call sw_skip,$*) $(call sw_gate_open,$*) $(PA) eval-general $(call sw_model,$*) --limit $(SWEEP_GENERAL_LIMIT) -o $@ \
+		--summary $(@D)/eval_general_summary.parquet; $(call sw_gate_close,$*) fi
+
+# ---------------------------------------------------------------- the drift screen (SCREEN=1)
+$(SWEEP_SCREEN): $(SWEEP_RUNS)/base/eval_target.parquet \
+		$(foreach p,$(SWEEP_POINTS),$(SWEEP_RUNS)/$(p)/eval_target.parquet $(SWEEP_RUNS)/$(p)/drift.parquet)
+	$(PY) scripts/sweep_screen.py $(SWEEP_RUNS)
+
+# the base's continuations: written by the first point's drift, read by every other one
+$(SWEEP_RUNS)/%/drift.parquet: $(SWEEP_RUNS)/%/train/.done
+	@mkdir -p $(SWEEP_RUNS)/base
+	$(call sw_skip,$*) $(PA) drift $(MODEL) $(call sw_final,$*) --sets general --limit $(SWEEP_DRIFT_LIMIT) \
+		--base-continuations $(SWEEP_DRIFT_BASE) -o $@; fi

@@ -133,3 +133,201 @@ def test_mismatched_base_continuations_are_refused(tiny_model_dir, tiny_lora_dir
     junk = tmp_path / "junk.json"
     junk.write_text("{\"a\": 1}")
     refused(junk, what="is not a drift base-continuations file")
+
+
+# ---------------------------------------------------------------- 3. the drift screen
+def _cfgs(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["method", "key", "gain", "drift", "drift_low", "drift_high"])
+
+
+NAN = float("nan")
+HAND = _cfgs([  # (method, key, gain, drift, drift_low, drift_high)
+    ("lora", "A", 10.0, 0.10, 0.08, 0.12),
+    ("lora", "B", 12.0, 0.30, 0.25, 0.35),
+    ("lora", "C", 8.0, 0.20, 0.17, 0.23),   # A: gain 10 >= 8 and 0.12 < 0.17: screened out
+    ("lora", "D", 9.0, 0.13, 0.11, 0.15),   # A dominates it, but 0.12 < 0.11 fails: within the margin, kept
+    ("lora", "I", 1.0, 0.90, NAN, NAN),     # undefined interval: never screened out
+    ("oft", "E", 5.0, 0.05, 0.00, 0.10),
+    ("oft", "F", 4.0, 0.50, 0.40, 0.60),    # E: gain 5 >= 4 and 0.10 < 0.40: screened out
+    ("oft", "H", 6.0, 0.30, 0.28, 0.32),    # lora's A would dominate it: other methods never screen
+])
+
+
+def test_screen_rule_on_a_hand_built_table():
+    from peftarena_cli.report.screen import screen_table
+
+    t = screen_table(HAND).set_index("key")
+    assert {k for k in t.index if not t.loc[k, "kept"]} == {"C", "F"}
+    assert t.loc["C", "dominated_by"] == "A" and t.loc["F", "dominated_by"] == "E"
+    assert (t.loc[["A", "B", "D", "E", "H", "I"], "dominated_by"] == "").all()
+    # the screen frontier: Pareto in (gain >=, drift <=), no margin: D is below A's, I below everyone's
+    assert {k for k in t.index if t.loc[k, "screen_frontier"]} == {"A", "B", "E", "H"}
+
+
+def test_screen_agreement_on_a_hand_built_table():
+    from peftarena_cli.report.screen import screen_agreement, screen_table
+
+    t = screen_table(HAND)
+    # lora's full frontier is its screen frontier {A, B}; oft's full frontier {E, F} holds F, which
+    # the screen dropped, and not H
+    full = {"A": True, "B": True, "C": False, "D": False, "I": False, "E": True, "F": True, "H": False}
+    a = screen_agreement(t, full)
+    assert (a["methods"], a["methods_equal"], a["agreement"]) == (2, 1, 0.5)
+    assert (a["full_frontier_configs"], a["full_frontier_kept"], a["recall"]) == (4, 3, 0.75)
+    per = {p["method"]: p for p in a["per_method"]}
+    assert per["lora"]["equal"] and not per["oft"]["equal"]
+    assert per["oft"]["screen_frontier"] == ["E", "H"] and per["oft"]["full_frontier"] == ["E", "F"]
+    # every configuration agreeing: 100 % both ways
+    same = {k: bool(v) for k, v in zip(t["key"], t["screen_frontier"])}
+    b = screen_agreement(t, same)
+    assert b["agreement"] == 1.0 and b["recall"] == 1.0
+
+
+# drift per point, general prompts: the seed means are equal within a configuration, so the values are
+# the hand-worked means below; lora's rise with its gain (no config dominated), oft's small-lr point has
+# less gain and far more drift than its large-lr point (screened out)
+DRIFT_KL = {("lora", 1e-3): 0.10, ("lora", 3e-3): 0.30, ("oft", 5e-4): 0.50, ("oft", 1.5e-3): 0.05}
+WOBBLE = {1: [-0.01, 0.01, 0.0, 0.0], 2: [0.01, -0.01, 0.0, 0.0]}
+
+
+def _write_drift(root, m, lr, seed, level):
+    import pandas as pd
+
+    from peftarena_cli.artifacts.tables import write_table
+    from peftarena_cli.evaluation.drift import DRIFT_COLUMNS
+
+    rows = []
+    for i, w in enumerate(WOBBLE[seed]):
+        rows.append({"alpha": 1.0, "prompt_set": "general", "task": "facts", "id": f"f{i}", "source": "greedy",
+                     "n_tokens": 6, "kl": level + w})
+        rows.append({"alpha": 1.0, "prompt_set": "general", "task": "facts", "id": f"f{i}", "source": "reference",
+                     "n_tokens": 3, "kl": 9.0})  # another source: not the screen's
+        rows.append({"alpha": 1.0, "prompt_set": "target", "task": "arith", "id": f"t{i}", "source": "greedy",
+                     "n_tokens": 6, "kl": 7.0})  # target prompts: not the screen's
+    write_table(pd.DataFrame(rows, columns=DRIFT_COLUMNS), root / m / f"lr{lr:g}" / f"s{seed}" / "drift.parquet")
+
+
+def _screened_sweep(tmp_path):
+    from test_sweep_pipeline import GRID, make_sweep
+
+    root = make_sweep(tmp_path / "sweep")
+    for (m, lr), seeds in GRID.items():
+        for s in seeds:
+            _write_drift(root, m, lr, s, DRIFT_KL[(m, lr)])
+    return root
+
+
+def _digest(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_screen_of_a_sweep_folder_and_the_reports_agreement(tmp_path, cli):
+    from peftarena_cli.artifacts.tables import read_table
+
+    root = _screened_sweep(tmp_path)
+    r = subprocess.run([PY, str(ROOT / "scripts/sweep_screen.py"), str(root)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    screen = json.loads((root / "screen.json").read_text())
+    assert screen["screened_out"] == ["oft/lr0.0005/s1", "oft/lr0.0005/s2"]
+    assert screen["selected"] == sorted(f"{m}/lr{lr:g}/s{s}" for m, lr in DRIFT_KL if (m, lr) != ("oft", 5e-4)
+                                        for s in (1, 2))
+    c = {x["key"]: x for x in screen["configs"]}
+    # gains: the hand-worked seed means of tests/test_sweep_pipeline.py; drift: the levels above (the
+    # wobble cancels); both are means of a few exactly given numbers, good to 1e-12
+    for key, gain, (m, lr) in [("lora lr=0.001", 62.5, ("lora", 1e-3)), ("lora lr=0.003", 87.5, ("lora", 3e-3)),
+                               ("oft lr=0.0005", 37.5, ("oft", 5e-4)), ("oft lr=0.0015", 75.0, ("oft", 1.5e-3))]:
+        assert abs(c[key]["gain"] - gain) < 1e-12 and abs(c[key]["drift"] - DRIFT_KL[(m, lr)]) < 1e-12
+    assert c["oft lr=0.0005"]["dominated_by"] == "oft lr=0.0015" and not c["oft lr=0.0005"]["kept"]
+
+    # every point has its full general eval too: the report computes the agreement. Full frontiers
+    # (tests/test_sweep_pipeline.py): both lora and both oft configurations; screen frontiers: both
+    # lora, oft lr=0.0015 only -> 1 of 2 methods equal, 3 of 4 full-frontier configurations kept
+    before = _digest(root)
+    r = cli("report", str(root), "-o", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    assert _digest(root) == before
+    t, _ = read_table(tmp_path / "rep" / "sweep_screen.parquet")
+    assert set(t["agreement"]) == {0.5} and set(t["recall"]) == {0.75}
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "## Drift screen" in md
+    assert "full frontier for 1 of 2 methods (50 %)" in md and "kept 3 of the 4 full-frontier" in md
+
+    # a screened sweep: the screened-out points have no general eval; they are listed as such and the
+    # agreement is not computed (the full frontier is not known for them)
+    for s in (1, 2):
+        (root / "oft" / "lr0.0005" / f"s{s}" / "eval_general.parquet").unlink()
+    r = cli("report", str(root), "-o", str(tmp_path / "rep2"))
+    assert r.returncode == 0, r.stderr
+    runs, _ = read_table(tmp_path / "rep2" / "sweep_runs.parquet")
+    out = runs[runs["status"] == "screened out"]
+    assert sorted(zip(out["lr"], out["seed"])) == [(5e-4, 1), (5e-4, 2)]
+    assert all("dominated by oft lr=0.0015" in x for x in out["reason"])
+    md = (tmp_path / "rep2" / "leaderboard.md").read_text()
+    assert "agreement not computed: the full general eval covers 6 of the screen's 8 points" in md
+
+
+def _make(*args, dry=True):
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    cmd = ["make", *(["-n"] if dry else []), "--no-print-directory", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_make_sweep_screen_plans_drift_the_screen_and_gated_general_evals():
+    grid = ["SWEEP_RUNS=/nonexistent-sweep", "SWEEP_METHODS=lora oft", "SWEEP_LRS_lora=0.001 0.003",
+            "SWEEP_LRS_oft=0.0005", "SEEDS=1 2"]
+    r = _make("sweep-stages", *grid, "SCREEN=1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.replace("\\\n", " ").splitlines()
+    points = [f"{m}/lr{lr}/s{s}" for m, lr in (("lora", "0.001"), ("lora", "0.003"), ("oft", "0.0005")) for s in (1, 2)]
+    drift = [x for x in lines if " drift smollm2-135m " in x]
+    assert len(drift) == 6
+    for p in points:
+        d = [x for x in drift if f"/nonexistent-sweep/{p}/train/final " in x]
+        assert len(d) == 1 and f"-o /nonexistent-sweep/{p}/drift.parquet" in d[0]
+        assert "--sets general" in d[0] and "--base-continuations /nonexistent-sweep/base/drift_base.json" in d[0]
+        g = [x for x in lines if f"eval-general smollm2-135m --adapter /nonexistent-sweep/{p}/train/final" in x]
+        assert len(g) == 1 and f"sweep_screen.py --selected /nonexistent-sweep {p}; then" in g[0]
+    screen = [i for i, x in enumerate(lines) if x.endswith("scripts/sweep_screen.py /nonexistent-sweep")]
+    assert len(screen) == 1
+    # the order: every drift and eval-target before the screen, every point's eval-general after it
+    idx = lambda pred: [i for i, x in enumerate(lines) if pred(x)]  # noqa: E731
+    assert max(idx(lambda x: " drift smollm2-135m " in x or "eval-target" in x)) < screen[0]
+    assert min(idx(lambda x: "eval-general smollm2-135m --adapter" in x)) > screen[0]
+    # without SCREEN: no drift, no screen, every general eval ungated
+    r = _make("sweep-stages", *grid)
+    assert r.returncode == 0 and " drift smollm2-135m " not in r.stdout and "sweep_screen" not in r.stdout
+    assert r.stdout.count("eval-general smollm2-135m --adapter") == 6
+
+
+def test_make_screen_gate_runs_only_the_selected_general_evals(tmp_path):
+    # the gate itself (no -n): with a screen on disk, the selected point runs its general eval (here
+    # PA=echo), the screened-out one says so and runs nothing
+    root = tmp_path / "sw"
+    pts = ["lora/lr0.001/s1", "lora/lr0.003/s1"]
+    for p in pts:
+        for f in ("train/.done", "eval_target.parquet", "drift.parquet"):
+            (root / p / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / p / f).write_text("x")
+    (root / "base").mkdir()
+    (root / "base" / "eval_target.parquet").write_text("x")
+    (root / "screen.json").write_text(json.dumps({"selected": [pts[0]], "screened_out": [pts[1]]}))
+    r = _make(f"SWEEP_RUNS={root}", "SWEEP_METHODS=lora", "SWEEP_LRS_lora=0.001 0.003", "SEEDS=1", "SCREEN=1",
+              "PA=echo PA", *[f"{root}/{p}/eval_general.parquet" for p in pts], dry=False)
+    assert r.returncode == 0, r.stderr
+    ran = [x for x in r.stdout.splitlines() if x.startswith("PA eval-general")]
+    assert len(ran) == 1 and f"{root}/{pts[0]}/train/final" in ran[0]
+    assert f"{root}/{pts[1]}: screened out by the drift screen" in r.stdout
+    # a missing screen is an error, not "screened out"
+    (root / "screen.json").unlink()
+    (root / "screen.json").mkdir()
+    r = _make(f"SWEEP_RUNS={root}", "SWEEP_METHODS=lora", "SWEEP_LRS_lora=0.001 0.003", "SEEDS=1", "SCREEN=1",
+              "PA=echo PA", f"{root}/{pts[0]}/eval_general.parquet", dry=False)
+    assert r.returncode != 0 and "no readable screen" in r.stderr

@@ -22,7 +22,8 @@ What is computed (:func:`build_sweep_report`), all from the per-sample rows:
 Refused (IncompatibleInputs): points trained or evaluated on different base models, scored under
 different protocols, or evaluated on different items. Excluded, each listed with its reason: points
 whose training diverged (``diverged.json`` from scripts/sweep_train.py, or ``status: "diverged"`` in
-the manifest), points without both evals (not run yet, interrupted). A configuration that lost a seed
+the manifest), points the drift screen sent to no general eval (``screen.json``, status "screened
+out"; :mod:`peftarena_cli.report.screen`), points without both evals (not run yet, interrupted). A configuration that lost a seed
 stays in, with ``n_seeds`` and ``missing_seeds`` saying which.
 
 Core code: no printing; :func:`write_sweep_report` writes the report directory atomically.
@@ -92,7 +93,7 @@ class Run:
     seed: int
     steps: float
     path: Path
-    status: str  # "used", "diverged", "no results"
+    status: str  # "used", "diverged", "screened out", "no results"
     reason: str = ""
     manifest: dict | None = None
     tables: dict = field(default_factory=dict)  # kind -> (DataFrame, provenance, file)
@@ -132,6 +133,19 @@ def seconds_per_step(man: dict | None) -> float:
     return t / n if math.isfinite(t) and n > 0 else math.nan
 
 
+def _screened_out(path: Path) -> str | None:
+    """The configuration that screened the point at ``path`` out, by the sweep's ``screen.json``
+    (scripts/sweep_screen.py); None when there is no screen or it selected the point."""
+    from peftarena_cli.report.screen import SCREEN_FILE
+
+    root = path.parents[2]
+    screen = _read_json(root / SCREEN_FILE)
+    rel = path.relative_to(root).as_posix()
+    if not screen or rel not in (screen.get("screened_out") or []):
+        return None
+    return next((c.get("dominated_by") for c in screen.get("configs") or [] if rel in (c.get("points") or [])), "?")
+
+
 def read_run(method: str, lr_name: str, seed_name: str, path: Path) -> Run:
     from peftarena_cli.artifacts.tables import read_table
 
@@ -148,6 +162,12 @@ def read_run(method: str, lr_name: str, seed_name: str, path: Path) -> Run:
         run.reason = f"training diverged at step {d.get('stopped_at_step')}: {d.get('stop_reason')}"
         return run
     missing = [f for f in EVAL_FILES.values() if not (path / f).is_file()]
+    if missing == [EVAL_FILES["general"]]:
+        by = _screened_out(path)
+        if by is not None:
+            run.status = "screened out"
+            run.reason = f"screened out by the drift screen (dominated by {by}): no general eval"
+            return run
     if missing:
         run.status = "no results"
         state = (man or {}).get("status")
@@ -247,6 +267,7 @@ class SweepReport:
     notes: list = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
     representatives: dict = field(default_factory=dict)
+    screen: dict = field(default_factory=dict)  # the drift screen: table, agreement, note (empty: no drift)
 
 
 def _fmt_lr(v: float) -> str:
@@ -399,7 +420,28 @@ def build_sweep_report(root, base_name: str = "base", k_levels: int = 5) -> Swee
         inputs.setdefault(r.method, []).extend(str(f) for _, _, f in r.tables.values())
     return SweepReport(configs=configs, runs=runs_df, frontiers=fr, matched=matched, pairs=pairs, vertices=verts,
                        base=(base_t, base_g), notes=notes, inputs=inputs,
-                       representatives={m: (reps[m], why[m]) for m in methods})
+                       representatives={m: (reps[m], why[m]) for m in methods},
+                       screen=screen_report(root, base_name, configs, used))
+
+
+def screen_report(root: Path, base_name: str, configs, used: list[Run]) -> dict:
+    """The drift screen of the sweep (peftarena_cli.report.screen) when its points have drift tables:
+    {"table", "agreement", "note"}. The agreement with the full evaluation's frontiers is computed only
+    where both exist for every point: each point the screen reads has its general eval too (a sweep run
+    with SCREEN=0 and drift, or a screened sweep whose remaining points were evaluated since)."""
+    from peftarena_cli.report.screen import screen_agreement, screen_frame, screen_table
+
+    sf = screen_frame(root, base_name)
+    if sf is None:
+        return {}
+    t = screen_table(sf)
+    screened = {p for ps in t["points"] for p in ps}
+    full = {r.path.relative_to(root).as_posix() for r in used}
+    if screened == full and set(t["key"]) <= set(configs["key"]):
+        return {"table": t, "agreement": screen_agreement(t, dict(zip(configs["key"], configs["frontier"]))), "note": ""}
+    return {"table": t, "agreement": None,
+            "note": f"agreement not computed: the full general eval covers {len(screened & full)} of the screen's "
+                    f"{len(screened)} points (it needs every screened point fully evaluated)"}
 
 
 # ---------------------------------------------------------------- markdown
@@ -477,6 +519,29 @@ def sweep_markdown(rep: SweepReport) -> str:
                        f"| {_p(r['p_holm'])} | {'✓' if r['significant'] else ''} |")
     else:
         out.append("One method only: no pairs.")
+    if rep.screen:
+        out += ["", "## Drift screen", "",
+                "Per configuration: target gain (seed mean) and output drift on general prompts (seed mean of the "
+                "per-prompt KL, nats/token, [95% seed-and-item interval]). A configuration is screened out when "
+                "another of its method has gain ≥ and a drift interval wholly below its own; the screen frontier "
+                "is the Pareto set in (gain ≥, drift ≤).", "",
+                "| configuration | gain | drift [95% CI] | screen frontier | kept | dominated by | full frontier |",
+                "|---|---|---|---|---|---|---|"]
+        ff = dict(zip(c["key"], c["frontier"]))
+        for r in rep.screen["table"].to_dict("records"):
+            full = "✓" if ff.get(r["key"]) else ("" if r["key"] in ff else "–")
+            out.append(f"| {r['key']} | {_f(r['gain'], True)} | {_f(r['drift'], nd=4)} "
+                       f"[{_f(r['drift_low'], nd=4)}, {_f(r['drift_high'], nd=4)}] | {'✓' if r['screen_frontier'] else ''} "
+                       f"| {'✓' if r['kept'] else ''} | {r['dominated_by'] or ''} | {full} |")
+        a = rep.screen.get("agreement")
+        out.append("")
+        if a:
+            out.append(f"**Screen agreement:** the screen frontier equals the full frontier for {a['methods_equal']} of "
+                       f"{a['methods']} methods ({100 * a['agreement']:.0f} %); the screen kept "
+                       f"{a['full_frontier_kept']} of the {a['full_frontier_configs']} full-frontier configurations "
+                       f"(recall {_f(100 * a['recall'], nd=0)} %).")
+        else:
+            out.append(f"Screen agreement: {rep.screen.get('note')}.")
     out += ["", "## Points", "", "| method | lr | seed | steps | used | reason | path |", "|---|---|---|---|---|---|---|"]
     for r in rep.runs.to_dict("records"):
         out.append(f"| {r['method']} | {_fmt_lr(r['lr'])} | {r['seed']} | {_f(r['steps'], nd=0)} | "
@@ -559,6 +624,14 @@ def write_sweep_report(rep: SweepReport, out_dir, provenance=None) -> list[Path]
         write_table(rep.frontiers, tmp / "sweep_frontiers.parquet", provenance)
         write_table(rep.matched, tmp / "sweep_matched_gain.parquet", provenance)
         write_table(rep.pairs, tmp / "sweep_pairs.parquet", provenance)
+        if rep.screen:
+            t = rep.screen["table"].copy()
+            t["points"] = [",".join(p) for p in t["points"]]
+            a = rep.screen.get("agreement") or {}
+            t["full_frontier"] = t["key"].map(dict(zip(rep.configs["key"], rep.configs["frontier"])))
+            t["agreement"] = a.get("agreement", math.nan)
+            t["recall"] = a.get("recall", math.nan)
+            write_table(t, tmp / "sweep_screen.parquet", provenance)
         atomic_write_text(tmp / "leaderboard.md", sweep_markdown(rep))
         fig = plot_sweep_plane(rep)
         save_figure(fig, tmp / "plane.png")
