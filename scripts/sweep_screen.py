@@ -3,7 +3,8 @@
     python scripts/sweep_screen.py SWEEP_RUNS
 
 Reads every grid point's ``eval_target.parquet`` and ``drift.parquet`` and the base's target eval,
-applies the rule of :mod:`peftarena_cli.report.screen` (docs/report.md, "Sweeps") and writes the
+applies the rule of :mod:`peftarena_cli.report.screen` (through
+:func:`peftarena_cli.report.sweep.build_screen`) (docs/report.md, "Sweeps") and writes the
 configurations, the rule and the point paths ``selected`` for the full general eval. A point's
 general-eval stage asks ``--selected SWEEP_RUNS POINT`` (exit 0: evaluate it; 3: screened out).
 """
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> int:
         print("usage: python scripts/sweep_screen.py SWEEP_RUNS | --selected SWEEP_RUNS POINT", file=sys.stderr)
         return 2
     from peftarena_cli.artifacts.atomic import atomic_write_text
-    from peftarena_cli.report.screen import SCREEN_FILE, build_screen
+    from peftarena_cli.report.screen import SCREEN_FILE
+    from peftarena_cli.report.sweep import build_screen
 
     root = Path(argv[0])
     try:

@@ -20,17 +20,15 @@ share of methods whose screen frontier equals their full frontier (gain, forgett
 configurations; the recall is the share of full-frontier configurations the screen kept (a screen
 that drops one loses a frontier point).
 
-Core code: plain functions, no printing; scripts/sweep_screen.py writes ``SWEEP_RUNS/screen.json``.
+Core code: plain functions, no printing. The sweep folder is read by
+:func:`peftarena_cli.report.sweep.screen_frame` and :func:`~peftarena_cli.report.sweep.build_screen`;
+scripts/sweep_screen.py writes ``SWEEP_RUNS/screen.json``.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import numpy as np
-
-from peftarena_cli.errors import IncompatibleInputs
 
 SCREEN_FILE = "screen.json"
 DRIFT_FILE = "drift.parquet"
@@ -103,73 +101,6 @@ def drift_vector(df, where: str) -> tuple[list, np.ndarray]:
     return keys, pd.to_numeric(d["kl"]).to_numpy(float)
 
 
-def screen_frame(root, base_name: str = "base", require_general: bool = False):
-    """The per-configuration screen inputs of a sweep folder (method, key, lr, steps, seeds, points,
-    gain, drift, drift_low, drift_high), from every point that has ``eval_target.parquet`` and
-    ``drift.parquet`` and did not diverge; ``points`` lists each configuration's point paths
-    (``<method>/lr<LR>/s<SEED>``). ``require_general``: only points that also have their general eval.
-    None when no point has both files."""
-    import pandas as pd
-
-    from peftarena_cli.artifacts.tables import read_table
-    from peftarena_cli.report import sweep as sw
-    from peftarena_cli.report import sweep_stats as ss
-
-    root = Path(root)
-    bf = root / base_name / sw.EVAL_FILES["target"]
-    if not bf.is_file():
-        from peftarena_cli.errors import InvalidArtifact
-
-        raise InvalidArtifact(f"sweep {str(root)!r} has no base target eval ({str(bf)!r})",
-                              hint="the screen's gains are paired against the base: run the base's eval-target first")
-    bdf, _ = read_table(bf)
-    base_t = sw._measure(bdf, "target", bf)
-    order = ss.item_differences(base_t, sw._zero(base_t))[0]
-    per: dict[tuple, dict] = {}
-    for m, lr_name, seed_name, path in sw._point_dirs(root):
-        run = sw.read_run(m, lr_name, seed_name, path)
-        if run.status == "diverged":
-            continue
-        tf, df_ = path / sw.EVAL_FILES["target"], path / DRIFT_FILE
-        if not (tf.is_file() and df_.is_file()):
-            continue
-        if require_general and not (path / sw.EVAL_FILES["general"]).is_file():
-            continue
-        tdf, _ = read_table(tf)
-        rm = sw._measure(tdf, "target", tf)
-        try:
-            gain = sw._row(rm, base_t, order, (run.label, base_name))
-        except IncompatibleInputs as e:
-            raise IncompatibleInputs(f"the screen mixes item sets: {run.label} is not on the base's target items: "
-                                     f"{e.message}", hint="evaluate every point and the base with the same "
-                                                          "SWEEP_TARGET_LIMIT") from None
-        keys, kl = drift_vector(read_table(df_)[0], repr(str(df_)))
-        c = per.setdefault((run.method, run.lr, run.steps), {"seeds": [], "points": [], "gain": [], "kl": [],
-                                                             "keys": keys, "where": run.label})
-        if keys != c["keys"]:
-            raise IncompatibleInputs(f"the screen mixes drift prompts: {run.label} and {c['where']} measured drift "
-                                     "on different prompts",
-                                     hint="measure every point's drift with the same settings (SWEEP_DRIFT_LIMIT, "
-                                          "one --base-continuations file)")
-        c["seeds"].append(run.seed)
-        c["points"].append(f"{m}/{lr_name}/{seed_name}")
-        c["gain"].append(gain)
-        c["kl"].append(kl)
-    if not per:
-        return None
-    multi_steps = len({k[2] for k in per if math.isfinite(k[2])}) > 1
-    rows = []
-    for (m, lr, steps), c in sorted(per.items(), key=lambda kv: kv[0]):
-        kl = np.vstack(c["kl"])
-        kl = kl[:, np.isfinite(kl).all(axis=0)]  # a prompt whose continuation was empty has no drift
-        iv = ss.seed_item_interval(kl).interval
-        rows.append({"method": m, "key": f"{m} lr={lr:g}" + (f" steps={steps:g}" if multi_steps else ""),
-                     "lr": lr, "steps": steps, "seeds": ",".join(map(str, sorted(c["seeds"]))),
-                     "points": sorted(c["points"]), "gain": float(np.vstack(c["gain"]).mean()),
-                     "drift": iv.value, "drift_low": iv.low, "drift_high": iv.high})
-    return pd.DataFrame(rows)
-
-
 def _plain(v):
     """A JSON value: numpy scalars as Python ones, NaN as null."""
     if isinstance(v, np.generic):
@@ -177,15 +108,11 @@ def _plain(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def build_screen(root, base_name: str = "base") -> dict:
-    """The screen of a sweep folder as written to ``screen.json``: the rule, one entry per configuration
-    and the point paths ``selected`` for the full general eval and ``screened_out``."""
-    df = screen_frame(root, base_name)
-    if df is None:
-        from peftarena_cli.errors import InvalidArtifact
-
-        raise InvalidArtifact(f"sweep {str(root)!r} has no point with both eval_target.parquet and {DRIFT_FILE}",
-                              hint="run the screen's stages first (make sweep SCREEN=1)")
+def screen_document(df) -> dict:
+    """The screen as written to ``screen.json`` from the per-configuration inputs ``df`` (method, key,
+    points, gain, drift, drift_low, drift_high, ...; :func:`peftarena_cli.report.sweep.screen_frame`):
+    the rule, one entry per configuration and the point paths ``selected`` for the full general eval
+    and ``screened_out``."""
     t = screen_table(df)
     configs = [{k: _plain(v) for k, v in r.items()} for r in t[SCREEN_COLUMNS].to_dict("records")]
     return {"format": "peftarena-sweep-screen/1", "rule": RULE, "configs": configs,

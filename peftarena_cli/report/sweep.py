@@ -424,12 +424,86 @@ def build_sweep_report(root, base_name: str = "base", k_levels: int = 5) -> Swee
                        screen=screen_report(root, base_name, configs, used))
 
 
+# ---------------------------------------------------------------- the drift screen
+def screen_frame(root, base_name: str = "base"):
+    """The per-configuration screen inputs of a sweep folder (method, key, lr, steps, seeds, points,
+    gain, drift, drift_low, drift_high), from every point that has ``eval_target.parquet`` and
+    ``drift.parquet`` and did not diverge; ``points`` lists each configuration's point paths
+    (``<method>/lr<LR>/s<SEED>``). None when no point has both files."""
+    import pandas as pd
+
+    from peftarena_cli.artifacts.tables import read_table
+    from peftarena_cli.report.screen import DRIFT_FILE, drift_vector
+
+    root = Path(root)
+    bf = root / base_name / EVAL_FILES["target"]
+    if not bf.is_file():
+        raise InvalidArtifact(f"sweep {str(root)!r} has no base target eval ({str(bf)!r})",
+                              hint="the screen's gains are paired against the base: run the base's eval-target first")
+    bdf, _ = read_table(bf)
+    base_t = _measure(bdf, "target", bf)
+    order = ss.item_differences(base_t, _zero(base_t))[0]
+    per: dict[tuple, dict] = {}
+    for m, lr_name, seed_name, path in _point_dirs(root):
+        run = read_run(m, lr_name, seed_name, path)
+        if run.status == "diverged":
+            continue
+        tf, df_ = path / EVAL_FILES["target"], path / DRIFT_FILE
+        if not (tf.is_file() and df_.is_file()):
+            continue
+        tdf, _ = read_table(tf)
+        rm = _measure(tdf, "target", tf)
+        try:
+            gain = _row(rm, base_t, order, (run.label, base_name))
+        except IncompatibleInputs as e:
+            raise IncompatibleInputs(f"the screen mixes item sets: {run.label} is not on the base's target items: "
+                                     f"{e.message}", hint="evaluate every point and the base with the same "
+                                                          "SWEEP_TARGET_LIMIT") from None
+        keys, kl = drift_vector(read_table(df_)[0], repr(str(df_)))
+        c = per.setdefault((run.method, run.lr, run.steps), {"seeds": [], "points": [], "gain": [], "kl": [],
+                                                             "keys": keys, "where": run.label})
+        if keys != c["keys"]:
+            raise IncompatibleInputs(f"the screen mixes drift prompts: {run.label} and {c['where']} measured drift "
+                                     "on different prompts",
+                                     hint="measure every point's drift with the same settings (SWEEP_DRIFT_LIMIT, "
+                                          "one --base-continuations file)")
+        c["seeds"].append(run.seed)
+        c["points"].append(f"{m}/{lr_name}/{seed_name}")
+        c["gain"].append(gain)
+        c["kl"].append(kl)
+    if not per:
+        return None
+    multi_steps = len({k[2] for k in per if math.isfinite(k[2])}) > 1
+    rows = []
+    for (m, lr, steps), c in sorted(per.items(), key=lambda kv: kv[0]):
+        kl = np.vstack(c["kl"])
+        kl = kl[:, np.isfinite(kl).all(axis=0)]  # a prompt whose continuation was empty has no drift
+        iv = ss.seed_item_interval(kl).interval
+        rows.append({"method": m, "key": f"{m} lr={lr:g}" + (f" steps={steps:g}" if multi_steps else ""),
+                     "lr": lr, "steps": steps, "seeds": ",".join(map(str, sorted(c["seeds"]))),
+                     "points": sorted(c["points"]), "gain": float(np.vstack(c["gain"]).mean()),
+                     "drift": iv.value, "drift_low": iv.low, "drift_high": iv.high})
+    return pd.DataFrame(rows)
+
+
+def build_screen(root, base_name: str = "base") -> dict:
+    """The drift screen of a sweep folder as written to ``screen.json``
+    (:func:`peftarena_cli.report.screen.screen_document`)."""
+    from peftarena_cli.report.screen import DRIFT_FILE, screen_document
+
+    df = screen_frame(root, base_name)
+    if df is None:
+        raise InvalidArtifact(f"sweep {str(root)!r} has no point with both eval_target.parquet and {DRIFT_FILE}",
+                              hint="run the screen's stages first (make sweep SCREEN=1)")
+    return screen_document(df)
+
+
 def screen_report(root: Path, base_name: str, configs, used: list[Run]) -> dict:
     """The drift screen of the sweep (peftarena_cli.report.screen) when its points have drift tables:
     {"table", "agreement", "note"}. The agreement with the full evaluation's frontiers is computed only
     where both exist for every point: each point the screen reads has its general eval too (a sweep run
     with SCREEN=0 and drift, or a screened sweep whose remaining points were evaluated since)."""
-    from peftarena_cli.report.screen import screen_agreement, screen_frame, screen_table
+    from peftarena_cli.report.screen import screen_agreement, screen_table
 
     sf = screen_frame(root, base_name)
     if sf is None:
