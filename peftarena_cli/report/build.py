@@ -110,7 +110,7 @@ def build_report(specs: list[str], base_name: str = "base", modules: str | None 
     from peftarena_cli.report.uncertainty import method_measures
 
     tuned = [n for n in lb["method"] if n != base_name]
-    pairs = method_pairs({n: method_measures(methods[n]) for n in tuned}, tuned)
+    pairs = method_pairs({n: method_measures(methods[n]) for n in tuned}, tuned, held=lb.attrs.get("held_out"))
     spectra = {n: m.tables["spectrum_index"] for n, m in methods.items() if "spectrum_index" in m.tables}
     mod = None
     if spectra:
@@ -201,12 +201,15 @@ def plane_points(methods: dict, lb, curves: dict, base_name: str = "base"):
     from peftarena_cli.report.leaderboard import pareto_mask
     from peftarena_cli.report.uncertainty import compare, curve_measures, interval_of, method_measures
 
+    from peftarena_cli.report.leaderboard import held_out_measures
+
+    held = lb.attrs.get("held_out") or {}
     base_m = method_measures(methods[base_name]) if base_name in methods else {}
     rows, meas = [], {}
     for r in lb.to_dict("records"):
         rows.append({"point": r["method"], "method": r["method"], "path": None, "alpha": np.nan,
                      **{k: r.get(k, np.nan) for k in POINT_COLUMNS if k not in ("point", "method", "path", "alpha", "pareto")}})
-        meas[r["method"]] = method_measures(methods[r["method"]])
+        meas[r["method"]] = held_out_measures(method_measures(methods[r["method"]]), held.get(r["method"]))
     for name, curve in curves.items():
         cm = curve_measures(methods[name])
         multi = "path" in curve.columns and curve["path"].nunique() > 1
@@ -240,14 +243,18 @@ def plane_points(methods: dict, lb, curves: dict, base_name: str = "base"):
             rows.append(row)
     pts = pd.DataFrame(rows, columns=[c for c in POINT_COLUMNS if c != "pareto"])
     pts["pareto"] = pareto_mask(pts["target"], pts["general"]) if len(pts) else []
-    return pts, frontier_statements(pts, meas, base_name)
+    return pts, frontier_statements(pts, meas, base_name, held)
 
 
-def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
+def frontier_statements(pts, meas: dict, base_name: str = "base", held: dict | None = None) -> list[str]:
     """Sentences: each fine-tune's gain and forgetting against the base in words, and for each pair of
-    neighbours on the frontier whether they are distinguishable on either axis."""
+    neighbours on the frontier whether they are distinguishable on either axis. ``held``: {point:
+    {"salt", "half"}} of points scored on a held-out half; a neighbour pair with one is compared on
+    those items on both sides."""
+    from peftarena_cli.report.leaderboard import held_out_measures
     from peftarena_cli.report.uncertainty import _p, compare
 
+    held = held or {}
     out = []
     base_row = pts[pts["alpha"].isna() & (pts["point"] == base_name)]
     for r in pts[pts["alpha"].isna() & (pts["point"] != base_name)].to_dict("records"):
@@ -275,8 +282,11 @@ def frontier_statements(pts, meas: dict, base_name: str = "base") -> list[str]:
     if len(names) >= 2:
         for a, b in zip(names[:-1], names[1:]):
             parts, dist = [], []
+            ma, mb = meas.get(a, {}), meas.get(b, {})
+            for rule in [held[p] for p in (a, b) if p in held]:
+                ma, mb = held_out_measures(ma, rule), held_out_measures(mb, rule)
             for kind in ("target", "general"):
-                res, note = compare(meas.get(a, {}).get(kind), meas.get(b, {}).get(kind), names=(a, b))
+                res, note = compare(ma.get(kind), mb.get(kind), names=(a, b))
                 if res is None or not np.isfinite(res.low):
                     parts.append(f"{kind}: no paired comparison")
                     continue

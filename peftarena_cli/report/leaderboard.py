@@ -235,11 +235,19 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
 
     from peftarena_cli.report.collect import adapter_from_provenance
 
+    from peftarena_cli.report.uncertainty import method_measures
+
+    meas = {name: method_measures(m) for name, m in methods.items()}
+    scopes = pick_scopes(methods, meas)
+    held = {n: sc.held_out for n, sc in scopes.items() if sc.held_out}
     rows = []
     for name, m in methods.items():
         summ = m.tables.get("eval_summary")
         target = summary_score(summ, TARGET_METRIC) if summ is not None else math.nan
         general = summary_score(summ, general_metric(summ)) if summ is not None else math.nan
+        if name in held:  # a split pick's row: its own evals' held-out half only
+            own = held_out_measures(meas[name], held[name])
+            target, general = 100.0 * own["target"].value(), 100.0 * own["general"].value()
         is_base = name == base_name
         adapter = m.adapter or adapter_from_provenance(m)
         params = 0.0 if is_base else trainable_from_manifest(m.directory, adapter)
@@ -254,43 +262,72 @@ def build_leaderboard(methods: dict, base_name: str = "base", modules: str | Non
     bg = float(base["general"].iloc[0]) if len(base) else math.nan
     df.insert(5, "target_gain", df["target"] - bt)
     df.insert(6, "forgetting", bg - df["general"])
+    if base_name in meas and held:  # against the base on the same held-out items (paired)
+        for i, name in enumerate(df["method"]):
+            if name in held:
+                b = held_out_measures(meas[base_name], held[name])
+                if "target" in b:
+                    df.loc[i, "target_gain"] = df.loc[i, "target"] - 100.0 * b["target"].value()
+                if "general" in b:
+                    df.loc[i, "forgetting"] = 100.0 * b["general"].value() - df.loc[i, "general"]
     df.insert(7, "pareto", pareto_mask(df["target"], df["general"]))
-    notes = _add_uncertainty(df, methods, base_name)
+    notes = _add_uncertainty(df, methods, base_name, meas, held)
     from peftarena_cli.report.trajectory import run_info
 
     infos = {name: run_info(m.directory, m.adapter or adapter_from_provenance(m)) for name, m in methods.items()}
     # the regime and the training method of each run, from its finetune manifest (None: no manifest; the base: "")
     df.insert(1, "regime", [("" if b else infos[n]["regime"]) for n, b in zip(df["method"], df["is_base"])])
     df.insert(2, "train_method", [("" if b else (infos[n]["train_method"] or n)) for n, b in zip(df["method"], df["is_base"])])
-    notes += selection_column(df, methods)
+    notes += selection_column(df, scopes)
     df["_order"] = np.where(df["is_base"], np.inf, df["target"].fillna(-np.inf))
     df = df.sort_values("_order", ascending=False, kind="stable").drop(columns="_order").reset_index(drop=True)
     df.attrs["notes"] = notes + protocol_notes(methods)  # pairing problems, mixed protocols, for the report's notes
     df.attrs["measures"] = axis_measures(methods)
+    df.attrs["held_out"] = held  # {method: {"salt", "half"}}: rows scored on a held-out half (plane, pairs)
     return df
 
 
-def selection_column(df, methods: dict) -> list[str]:
-    """A ``selection`` column (and one note per row) when a method is a point rewound from a curve
-    with ``rewind --pick``: how its α was picked and whether the scores that picked it were held out
-    (report/selection.py, :func:`~peftarena_cli.report.selection.rewind_selection`). The row's own
-    scores come from its own evals; the note says which items the curve's pick was scored on."""
+def pick_scopes(methods: dict, meas: dict) -> dict:
+    """{method: PickScope} of the methods that are points rewound from a curve with ``rewind --pick``
+    (:func:`~peftarena_cli.report.selection.rewind_selection`, :func:`~peftarena_cli.report.selection.pick_scope`);
+    the pick record rides along as ``scope.pick``."""
     from peftarena_cli.report.collect import adapter_from_provenance
-    from peftarena_cli.report.selection import rewind_selection
+    from peftarena_cli.report.selection import pick_scope, rewind_selection
 
-    picks = {name: rewind_selection(m.adapter or adapter_from_provenance(m)) for name, m in methods.items()}
-    if not any(picks.values()):
-        return []
-    df["selection"] = [(picks.get(n) or {}).get("selection", "") for n in df["method"]]
-    notes = []
-    for name, p in picks.items():
+    out = {}
+    for name, m in methods.items():
+        p = rewind_selection(m.adapter or adapter_from_provenance(m))
         if p:
-            a = p.get("alpha")
-            where = ("the pick's own curve scores were in-sample" if p["reported_on"] == "in-sample"
-                     else "the pick was scored on held-out items")
-            notes.append(f"{name}: rewound at α = {a if a is not None else '?'} picked by {p['criterion']} "
-                         f"({p['selection']}); {where}; this row's scores are on its own evals' items, in-sample "
-                         "for the pick wherever those are the curve's picking items (same task, --limit, seed)")
+            out[name] = pick_scope(p, meas.get(name, {}))
+    return out
+
+
+def held_out_measures(measures: dict, held: dict | None) -> dict:
+    """``measures`` ({kind: Measure}) restricted to a held-out half ({"salt", "half"}); as given when
+    ``held`` is None."""
+    from peftarena_cli.report.selection import restrict_measure
+
+    if not held:
+        return measures
+    return {k: restrict_measure(v, held["salt"], held["half"]) for k, v in measures.items()}
+
+
+def selection_column(df, scopes: dict) -> list[str]:
+    """A ``selection`` column (which items the row is scored on, for the pick), a ``pick`` column (how
+    its α was picked, the rewound artifact's own ``selection`` text) and one note per rewound row
+    (report/selection.py, :func:`~peftarena_cli.report.selection.pick_scope`)."""
+    if not scopes:
+        return []
+    df["selection"] = [scopes[n].label if n in scopes else "" for n in df["method"]]
+    df["pick"] = [scopes[n].pick.get("selection", "") if n in scopes else "" for n in df["method"]]
+    notes = []
+    for name, sc in scopes.items():
+        p = sc.pick
+        a = p.get("alpha")
+        where = ("the pick's own curve scores were in-sample" if p["reported_on"] == "in-sample"
+                 else "the pick was scored on held-out items")
+        notes.append(f"{name}: rewound at α = {a if a is not None else '?'} picked by {p['criterion']} "
+                     f"({p['selection']}); {where}; this row: {sc.label}" + (f" ({sc.note})" if sc.note else ""))
     return notes
 
 
@@ -336,22 +373,25 @@ UNCERTAINTY_COLUMNS = [
 ]
 
 
-def _add_uncertainty(df, methods: dict, base_name: str) -> None:
+def _add_uncertainty(df, methods: dict, base_name: str, meas: dict | None = None, held: dict | None = None) -> None:
     """Intervals of target / general and paired gain / forgetting against the base (in place, after
     ``pareto``). Intervals come from the summaries' ci columns, else from the per-sample rows;
-    gain and forgetting are paired on the items both evaluated (docs/report.md, "Uncertainty")."""
+    gain and forgetting are paired on the items both evaluated (docs/report.md, "Uncertainty"). A row
+    in ``held`` ({method: {"salt", "half"}}) is scored on that held-out half: its intervals from those
+    items, its base comparison on the base's same items."""
     from peftarena_cli.report.uncertainty import compare, interval_of, method_measures
 
-    meas = {name: method_measures(m) for name, m in methods.items()}
-    base = meas.get(base_name, {})
+    meas = meas if meas is not None else {name: method_measures(m) for name, m in methods.items()}
+    held = held or {}
     cols = {c: [] for c in UNCERTAINTY_COLUMNS}
     notes = []
     for name in df["method"]:
         m = methods[name]
         summ = m.tables.get("eval_summary")
-        me = meas.get(name, {})
+        me = held_out_measures(meas.get(name, {}), held.get(name))
+        base = held_out_measures(meas.get(base_name, {}), held.get(name))
         for kind, metric in (("target", TARGET_METRIC), ("general", general_metric(summ))):
-            lo, hi = summary_interval(summ, metric)
+            lo, hi = summary_interval(summ, metric) if name not in held else (math.nan, math.nan)
             iv = interval_of(me.get(kind))
             if not (math.isfinite(lo) and math.isfinite(hi)) and iv is not None:
                 lo, hi = iv.low, iv.high

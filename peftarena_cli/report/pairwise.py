@@ -53,33 +53,41 @@ def _row(kind: str, a: str, b: str, res=None, note: str = "", comparable: bool =
             "note": res.note}
 
 
-def method_pairs(measures: dict, order: list, seed: int = 0):
+def method_pairs(measures: dict, order: list, seed: int = 0, held: dict | None = None):
     """Every pair of ``order``'s methods on each measure, Holm-adjusted within each measure.
 
     ``measures``: {method: {"target": Measure, "general": Measure}} (either may be missing, e.g.
     :func:`peftarena_cli.report.uncertainty.method_measures`); ``order``: the methods to pair, in
     leaderboard order (without the base). Differences in points (a − b). Returns a DataFrame with
     :data:`PAIR_COLUMNS`, sorted: target then general; within each, comparable pairs first, the
-    significant ones first, then by decreasing difference.
+    significant ones first, then by decreasing difference. ``held``: {method: {"salt", "half"}} of the
+    methods scored on a held-out half (a rewound point picked by a split): a pair involving one is
+    compared on the items in the held-out half of each such method, on both sides (still paired).
     """
     import pandas as pd
 
-    from peftarena_cli.report.uncertainty import compare
+    from peftarena_cli.report.leaderboard import held_out_measures
 
+    held = held or {}
     rows = []
     for kind in MEASURES:
         for x, y in combinations(order, 2):
+            rules = [held[m] for m in (x, y) if m in held]
+            if rules:
+                pair = {}
+                for m in (x, y):
+                    me = measures.get(m, {})
+                    for rule in rules:
+                        me = held_out_measures(me, rule)
+                    pair[m] = me
+                a, b = _orient(pair, kind, x, y)
+                row = _pair_row(kind, a, b, pair, seed)
+                row["note"] = "; ".join(v for v in (row["note"], "on the held-out half of "
+                                                    + " and ".join(m for m in (x, y) if m in held)) if v)
+                rows.append(row)
+                continue
             a, b = _orient(measures, kind, x, y)
-            missing = [m for m in (a, b) if measures.get(m, {}).get(kind) is None]
-            if missing:
-                rows.append(_row(kind, a, b, note=f"not comparable: no per-sample {kind} rows for "
-                                                  f"{' or '.join(missing)}", comparable=False))
-                continue
-            res, why = compare(measures[a][kind], measures[b][kind], names=(a, b), seed=seed)
-            if res is None:
-                rows.append(_row(kind, a, b, note=f"not comparable: {why}", comparable=False))
-                continue
-            rows.append(_row(kind, a, b, res))
+            rows.append(_pair_row(kind, a, b, measures, seed))
     df = pd.DataFrame(rows, columns=[c for c in PAIR_COLUMNS if c not in ("family", "p_holm", "significant")])
     df["n_items"] = df["n_items"].astype("Int64")
     df = adjust_pairs(df, "measure")[PAIR_COLUMNS]
@@ -89,6 +97,19 @@ def method_pairs(measures: dict, order: list, seed: int = 0):
                         "d": -df["diff"].fillna(-math.inf)})
     order_idx = key.sort_values(["m", "c", "s", "d"], kind="stable").index
     return df.loc[order_idx].reset_index(drop=True)
+
+
+def _pair_row(kind: str, a: str, b: str, measures: dict, seed: int) -> dict:
+    from peftarena_cli.report.uncertainty import compare
+
+    missing = [m for m in (a, b) if measures.get(m, {}).get(kind) is None]
+    if missing:
+        return _row(kind, a, b, note=f"not comparable: no per-sample {kind} rows for {' or '.join(missing)}",
+                    comparable=False)
+    res, why = compare(measures[a][kind], measures[b][kind], names=(a, b), seed=seed)
+    if res is None:
+        return _row(kind, a, b, note=f"not comparable: {why}", comparable=False)
+    return _row(kind, a, b, res)
 
 
 def pairs_summary(df) -> list[str]:

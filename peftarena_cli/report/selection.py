@@ -220,7 +220,113 @@ def rewind_selection(path) -> dict | None:
             continue
         if isinstance(rec, dict) and rec.get("criterion"):
             sel = rec.get("selection") or "in-sample (rewound before selection-safe picks)"
+            folds = rec.get("folds") if isinstance(rec.get("folds"), list) else []
+            pick_half = folds[0].get("pick_half") if folds and isinstance(folds[0], dict) else None
             return {"selection": str(sel), "reported_on": str(rec.get("reported_on") or "in-sample"),
-                    "alpha": rec.get("alpha"), "criterion": str(rec["criterion"])}
+                    "alpha": rec.get("alpha"), "criterion": str(rec["criterion"]),
+                    "mode": str(rec.get("selection_mode") or ""), "salt": str(rec.get("salt") or ""),
+                    "reported_half": (1 - int(pick_half)) if pick_half in (0, 1) and len(folds) == 1 else None,
+                    "curve": str(rec.get("curve") or "").rpartition("@")[0] or None}
     return None
+
+
+# ---------------------------------------------------------------- a rewound point's own evals
+def restrict_measure(measure, salt: str, half: int):
+    """``measure`` (a :class:`~peftarena_cli.stats.Measure`) on the items with ``item_half(key, salt) ==
+    half`` only: each stratum keeps those items (its numerators and instruction counts with them), a
+    stratum left without items is dropped, so the composite is the same formula on fewer items."""
+    from dataclasses import replace
+
+    from peftarena_cli import stats
+
+    strata = []
+    for s in measure.strata:
+        idx = [i for i, k in enumerate(s.keys) if item_half(k, salt) == half]
+        if idx:
+            strata.append(replace(s, keys=[s.keys[i] for i in idx], y=np.asarray(s.y)[idx], m=np.asarray(s.m)[idx]))
+    return stats.Measure(measure.kind, strata)
+
+
+@dataclass
+class PickScope:
+    """Which items a rewound point's leaderboard row may be scored on (:func:`pick_scope`).
+
+    ``label``: the leaderboard's ``selection`` text; ``held_out``: {"salt", "half"} when the row is
+    restricted to the held-out half of a split pick (None: its own evals are used whole); ``clean``:
+    whether the row's scores are free of the items that picked its α; ``note``: why."""
+
+    label: str
+    held_out: dict | None = None
+    clean: bool = False
+    note: str = ""
+    pick: dict = field(default_factory=dict)  # the pick record (rewind_selection)
+
+
+def _curve_item_keys(curve) -> dict | None:
+    """{kind: set of item keys} of the per-item rows interpolate wrote beside ``curve``; None when
+    there are none (or they cannot be read)."""
+    from peftarena_cli import stats
+    from peftarena_cli.artifacts.tables import read_table
+    from peftarena_cli.errors import PeftArenaError
+    from peftarena_cli.interpolation.safe_pick import KINDS, samples_beside
+
+    if not curve:
+        return None
+    paths = samples_beside(curve)
+    if any(k not in paths for k in KINDS):
+        return None
+    out = {}
+    for kind, p in paths.items():
+        try:
+            df, _ = read_table(p)
+            out[kind] = {k for s in stats.measure_of(df, kind).strata for k in s.keys}
+        except (PeftArenaError, OSError, ValueError, KeyError):
+            return None
+    return out
+
+
+def pick_scope(pick: dict, own: dict) -> PickScope:
+    """How a rewound point's own evals may be reported, from its pick record (:func:`rewind_selection`)
+    and its per-item measures ``own`` ({"target"|"general": Measure}):
+
+    * ``split`` with held-out halves: only the reported half (``item_half(id, salt)``) of its own
+      items, "held-out half (N items)";
+    * ``crossfit``: every item of the curve picked α, so there is no held-out half; clean only when
+      its eval items are disjoint from the curve's (item ids checked on the per-item rows beside the
+      curve), else "in-sample for the pick (crossfit)";
+    * ``none``, a split made without per-item rows, or a record from before selection-safe picks:
+      in-sample for the pick.
+    """
+    scope = _pick_scope(pick, own)
+    scope.pick = pick
+    return scope
+
+
+def _pick_scope(pick: dict, own: dict) -> PickScope:
+    kinds = ("target", "general")
+    mode = pick.get("mode") or ""
+    if mode == "split" and pick.get("reported_half") in (0, 1):
+        if any(k not in own for k in kinds):
+            return PickScope("in-sample for the pick (split; no per-item rows to restrict to the held-out half)",
+                             note="its evals have no per-item rows for both target and general")
+        held = {"salt": pick.get("salt") or "", "half": int(pick["reported_half"])}
+        n = {k: restrict_measure(own[k], held["salt"], held["half"]).n_items for k in kinds}
+        return PickScope(f"held-out half ({n['target'] + n['general']} items)", held, True,
+                         f"scored on the held-out half of its own items ({n['target']} target + {n['general']} "
+                         f"general of {own['target'].n_items} + {own['general'].n_items})")
+    if mode == "crossfit":
+        curve = _curve_item_keys(pick.get("curve"))
+        if curve is None or any(k not in own for k in kinds):
+            why = ("the curve's per-item rows were not found beside " + repr(pick.get("curve") or "?")
+                   if curve is None else "its evals have no per-item rows for both target and general")
+            return PickScope("in-sample for the pick (crossfit)", note=f"item overlap with the curve not checked: {why}")
+        shared = {k: len(curve[k] & {x for s in own[k].strata for x in s.keys}) for k in kinds}
+        if not any(shared.values()):
+            return PickScope("held-out: its eval items are disjoint from the curve's (crossfit)", clean=True,
+                             note="none of its eval items is among the curve's items that picked α")
+        return PickScope("in-sample for the pick (crossfit)",
+                         note=f"{shared['target']} target and {shared['general']} general items of its evals are "
+                              "the curve's, which picked α (crossfit picks on every curve item)")
+    why = {"none": "none", "split": "split without per-item rows beside the curve"}.get(mode, "picked before selection-safe picks")
+    return PickScope(f"in-sample for the pick ({why})", note="its α was picked on the curve's items, unsplit")
 
