@@ -38,6 +38,13 @@ SWEEP_STEPS    ?= $(STEPS)
 # raise these two for a sharper ranking.
 SWEEP_TARGET_LIMIT  ?= 160
 SWEEP_GENERAL_LIMIT ?= ifeval=40,bbh=40,facts=80
+# Interpolation paths (docs/report.md, "Sweeps"): the grid points named here, e.g.
+# SWEEP_INTERP_POINTS="lora/lr0.001/s1 oft/lr0.0005/s1", get `interpolate` at SWEEP_ALPHAS (interior α;
+# α = 0 and 1 are the base's and the point's own evals), target and general separately with the limits
+# above (so on the base's items), in <point>/interp/; the report draws each path beside its method's
+# grid frontier. Each path costs about len(SWEEP_ALPHAS) x (46 + 68) s on 2 cores at these limits.
+SWEEP_INTERP_POINTS ?=
+SWEEP_ALPHAS        ?= 0.25,0.5,0.75
 # Jobs at once (as ARENA_JOBS): 1 by default, the budget above was measured so.
 SWEEP_JOBS     ?= 1
 # The drift screen (SCREEN=1; docs/report.md, "Sweeps"): every point gets eval-target and `peftarena
@@ -94,7 +101,10 @@ sweep-stages: $(SWEEP_REPORT)/leaderboard.parquet
 	@echo "sweep: report in $(SWEEP_REPORT)/ (plane.png, leaderboard.md, sweep_*.parquet)"
 	@sed -n '/^| method/,/^$$/p' $(SWEEP_REPORT)/leaderboard.md
 
-$(SWEEP_REPORT)/leaderboard.parquet: $(SWEEP_EVALS)
+SWEEP_CURVES = $(foreach p,$(SWEEP_INTERP_POINTS),$(SWEEP_RUNS)/$(p)/interp/target.parquet \
+	$(SWEEP_RUNS)/$(p)/interp/general.parquet)
+
+$(SWEEP_REPORT)/leaderboard.parquet: $(SWEEP_EVALS) $(SWEEP_CURVES)
 	$(PA) report $(SWEEP_RUNS) -o $(SWEEP_REPORT)
 
 # ---------------------------------------------------------------- training (one grid point)
@@ -105,6 +115,18 @@ $(SWEEP_RUNS)/%/train/.done:
 		--method $(call sw_meth,$*) --lr $(call sw_lr,$*) --seed $(call sw_seed,$*) --steps $(SWEEP_STEPS) \
 		--batch-size $(BATCH) --save-every $(SWEEP_STEPS) $(if $(wildcard $(SWEEP_RUNS)/$*/train/manifest.json),--resume)
 	@mkdir -p $(@D) && touch $@
+
+# ---------------------------------------------------------------- interpolation paths (SWEEP_INTERP_POINTS)
+# interpolate writes its per-item rows beside: interp/target.target-samples.parquet, interp/general.general-samples.parquet
+$(SWEEP_RUNS)/%/interp/target.parquet: $(SWEEP_RUNS)/%/train/.done
+	@mkdir -p $(@D)
+	$(call sw_skip,$*) $(PA) interpolate $(MODEL) $(call sw_final,$*) --alphas $(SWEEP_ALPHAS) --eval target \
+		--limit $(SWEEP_TARGET_LIMIT) -o $@; fi
+
+$(SWEEP_RUNS)/%/interp/general.parquet: $(SWEEP_RUNS)/%/train/.done
+	@mkdir -p $(@D)
+	$(call sw_skip,$*) $(PA) interpolate $(MODEL) $(call sw_final,$*) --alphas $(SWEEP_ALPHAS) --eval general \
+		--limit $(SWEEP_GENERAL_LIMIT) -o $@; fi
 
 # ---------------------------------------------------------------- evaluation
 $(SWEEP_RUNS)/base/eval_target.parquet:

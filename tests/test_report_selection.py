@@ -231,3 +231,119 @@ def test_no_rewound_point_no_selection_column(tmp_path):
     lb, _ = _leaderboard(root)
     assert "selection" not in lb.columns
     assert lb.set_index("method").loc["lora", "target"] == pytest.approx(100.0 * LORA_T.mean(), abs=1e-9)
+
+
+# ---------------------------------------------------------------- interpolation paths in the sweep report
+# Path of lora lr=1e-3 seed 1 (test_sweep_pipeline's grid: the base gets every target item wrong and every
+# general item right, so gain = the target score and forgetting = 100 − the general score; all items
+# weigh the same). α = 1 is the run's own evals (gain 50, forgetting 25).
+PATH_T = {0.25: [1, 1, 0, 0, 0, 0, 0, 0], 0.5: [1, 1, 1, 0, 0, 0, 0, 0], 0.75: [1, 1, 1, 1, 1, 1, 1, 0]}
+PATH_G = {0.25: [1] * 8, 0.5: [1, 1, 1, 1, 1, 1, 1, 0], 0.75: [1, 1, 1, 0, 1, 1, 1, 0]}
+
+
+def _write_path(point_dir, target_ids=None):
+    from test_sweep_pipeline import TARGET_IDS, _general_rows, _prov, _target_rows
+
+    d = point_dir / "interp"
+    d.mkdir()
+    t = pd.concat([_target_rows(y, "adapter").assign(alpha=a, path="native") for a, y in PATH_T.items()],
+                  ignore_index=True)
+    if target_ids is not None:
+        t["id"] = list(target_ids) * len(PATH_T)
+    g = pd.concat([_general_rows(y, "adapter").assign(alpha=a, path="native") for a, y in PATH_G.items()],
+                  ignore_index=True)
+    write_table(t, d / "target.target-samples.parquet", _prov("interpolate", point_dir / "train/final"))
+    write_table(g, d / "general.general-samples.parquet", _prov("interpolate", point_dir / "train/final"))
+    assert TARGET_IDS  # the grid's target items
+
+
+def _hand_path_forgetting(gain):
+    """Forgetting read off the path's Pareto set by hand: α = 0.25 (25, 0), 0.5 (37.5, 12.5), 0.75
+    (87.5, 25); α = 0 (0, 0) and α = 1 (50, 25) are dominated."""
+    if not 25.0 <= gain <= 87.5:
+        return math.nan
+    if gain <= 37.5:
+        return 12.5 * (gain - 25.0) / 12.5
+    return 12.5 + 12.5 * (gain - 37.5) / 50.0
+
+
+def test_sweep_report_draws_and_reads_the_interpolation_path(cli, tmp_path):
+    from test_sweep_pipeline import make_sweep
+
+    from peftarena_cli.artifacts.tables import read_table
+
+    root = make_sweep(tmp_path / "sweep")
+    _write_path(root / "lora" / "lr0.001" / "s1")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    out = tmp_path / "rep"
+    r = cli("report", root, "-o", out)
+    assert r.returncode == 0, r.stderr
+    paths, _ = read_table(out / "sweep_paths.parquet")
+    assert list(paths["alpha"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert list(paths["evaluated"]) == [False, True, True, True, False]
+    assert paths["gain"].tolist() == pytest.approx([0.0, 25.0, 37.5, 87.5, 50.0], abs=1e-9)
+    assert paths["forgetting"].tolist() == pytest.approx([0.0, 0.0, 12.5, 25.0, 25.0], abs=1e-9)
+    assert paths["frontier"].tolist() == [False, True, True, True, False]
+
+    m, _ = read_table(out / "sweep_matched_gain.parquet")
+    grid, path = m[m["source"] == "grid"], m[m["source"] == "path"]
+    # the grid's readings are as before: lora lr 1e-3 .. 3e-3 and oft 5e-4 .. 1.5e-3 share gains 62.5 .. 75
+    assert sorted(set(grid["target_gain"])) == pytest.approx(np.linspace(62.5, 75.0, 5).tolist())
+    assert sorted(set(path["target_gain"])) == sorted(set(grid["target_gain"]))
+    assert set(path["method"]) == {"lora path (lr=0.001, seed 1)"}
+    z = NormalDist().inv_cdf(0.975)
+    f50 = 100.0 * (1 - np.array(PATH_G[0.5]))
+    f75 = 100.0 * (1 - np.array(PATH_G[0.75]))
+    for row in path.to_dict("records"):
+        g = row["target_gain"]
+        assert row["forgetting"] == pytest.approx(_hand_path_forgetting(g), abs=1e-9)
+        assert (row["left"], row["right"]) == ("α=0.5", "α=0.75")
+        # one seed: the item interval of the per-item reading (1 − t)·f(0.5) + t·f(0.75)
+        t = (g - 37.5) / 50.0
+        x = (1 - t) * f50 + t * f75
+        h = z * x.std(ddof=1) / math.sqrt(len(x))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((x.mean() - h, x.mean() + h), abs=1e-9)
+    md = (out / "leaderboard.md").read_text()
+    assert "## Interpolation paths" in md and "| lora path (lr=0.001, seed 1) | 0.75 | +87.50 | +25.00 | ✓ |" in md
+    assert sum("lora path (lr=0.001, seed 1)" in line and line.startswith("| +") for line in md.splitlines()) == 5
+    assert (out / "plane.png").stat().st_size > 0
+    assert {p: p.read_bytes() for p in before} == before  # the inputs are untouched
+
+
+def test_sweep_path_on_other_items_is_left_out_with_a_note(cli, tmp_path):
+    from test_sweep_pipeline import make_sweep
+
+    root = make_sweep(tmp_path / "sweep")
+    _write_path(root / "lora" / "lr0.001" / "s1", target_ids=[f"x{i}" for i in range(8)])
+    r = cli("report", root, "-o", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "rep" / "sweep_paths.parquet").exists()
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "interpolation path of lora lr=0.001 seed 1" in md and "not on the base's items" in md
+
+
+def test_make_sweep_plans_interpolation_for_the_named_points():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["make", "-n", "--no-print-directory", "sweep-stages", "SWEEP_RUNS=/nonexistent-sweep",
+                          "SWEEP_METHODS=lora", "SEEDS=1 2", "LR_MULTS=1", "SWEEP_INTERP_POINTS=lora/lr0.001/s2",
+                          "SWEEP_ALPHAS=0.3,0.6"], cwd=root, capture_output=True, text=True, check=True).stdout
+    lines = [x for x in out.splitlines() if " interpolate " in x]
+    assert len(lines) == 2  # target and general, for the one named point only
+    d = "/nonexistent-sweep/lora/lr0.001/s2"
+    for kind, limit in (("target", "160"), ("general", "ifeval=40,bbh=40,facts=80")):
+        cmd = next(x for x in lines if f"--eval {kind}" in x)
+        i = out.splitlines().index(cmd)
+        full = " ".join(out.splitlines()[i:i + 2])
+        assert f"interpolate smollm2-135m {d}/train/final --alphas 0.3,0.6 --eval {kind}" in full
+        assert f"--limit {limit} -o {d}/interp/{kind}.parquet" in full
+    # without the knob nothing is interpolated
+    plain = subprocess.run(["make", "-n", "--no-print-directory", "sweep-stages", "SWEEP_RUNS=/nonexistent-sweep",
+                            "SWEEP_METHODS=lora", "SEEDS=1", "LR_MULTS=1"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout
+    assert " interpolate " not in plain

@@ -17,7 +17,8 @@ from peftarena_cli.errors import OutputError
 # existing -o directory makes it not replaceable
 REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "points.parquet", "plane.png", "plane.svg",
                 "spectrum.png", "path.parquet", "passk.png", "regimes.parquet", "pairwise.parquet",
-                "sweep_runs.parquet", "sweep_frontiers.parquet", "sweep_matched_gain.parquet", "sweep_pairs.parquet")
+                "sweep_runs.parquet", "sweep_frontiers.parquet", "sweep_matched_gain.parquet", "sweep_pairs.parquet",
+                "sweep_paths.parquet")
 
 
 @dataclass

@@ -268,6 +268,7 @@ class SweepReport:
     inputs: dict = field(default_factory=dict)
     representatives: dict = field(default_factory=dict)
     screen: dict = field(default_factory=dict)  # the drift screen: table, agreement, note (empty: no drift)
+    paths: list = field(default_factory=list)  # sweep_paths.SweepPath: grid runs' interpolation paths
 
 
 def _fmt_lr(v: float) -> str:
@@ -415,12 +416,23 @@ def build_sweep_report(root, base_name: str = "base", k_levels: int = 5) -> Swee
     pairs = (ss.pairwise_comparisons(points, representative=reps, levels=matched["target_gain"].drop_duplicates()
                                      .to_numpy(float), k=k_levels)
              if len(methods) >= 2 else pd.DataFrame(columns=ss.PAIR_COLUMNS))
+    from peftarena_cli.report.sweep_paths import path_matched, read_paths
+
+    cfg_key = {(m, lr, st): k for m, lr, st, k in zip(configs["method"], configs["lr"], configs["steps"], configs["key"])}
+    paths, pnotes = read_paths(used, base_m, order, _row, _zero,
+                               lambda r: cfg_key.get((r.method, r.lr, r.steps), r.label))
+    notes += pnotes
+    matched["source"] = "grid"
+    pm = path_matched(paths, matched["target_gain"].drop_duplicates().to_numpy(float))
+    if pm is not None and len(pm):
+        matched = pd.concat([matched, pm], ignore_index=True).sort_values("target_gain", kind="stable",
+                                                                           ignore_index=True)
     inputs = {"base": [str(f) for _, _, f in base_tables.values()]}
     for r in used:
         inputs.setdefault(r.method, []).extend(str(f) for _, _, f in r.tables.values())
     return SweepReport(configs=configs, runs=runs_df, frontiers=fr, matched=matched, pairs=pairs, vertices=verts,
                        base=(base_t, base_g), notes=notes, inputs=inputs,
-                       representatives={m: (reps[m], why[m]) for m in methods},
+                       representatives={m: (reps[m], why[m]) for m in methods}, paths=paths,
                        screen=screen_report(root, base_name, configs, used))
 
 
@@ -572,7 +584,9 @@ def sweep_markdown(rep: SweepReport) -> str:
     out += ["", "## Forgetting at matched gain", ""]
     if len(rep.matched):
         out += ["Read piecewise-linearly between the two frontier configurations that bracket the gain, never "
-                "extrapolated; interval: the seed-and-item contrast of those two configurations.", "",
+                "extrapolated; interval: the seed-and-item contrast of those two configurations."
+                + (" Rows named `<method> path (...)` are read off that run's interpolation path (its Pareto set "
+                   "over α; one seed: item interval)." if rep.paths else ""), "",
                 "| target gain | method | forgetting [95% CI] | between | note |", "|---|---|---|---|---|"]
         for r in rep.matched.to_dict("records"):
             betw = (r["left"] if r["left"] == r["right"] else f"{r['left']} ~ {r['right']} (t={r['t']:.2f})") if r["reached"] else "–"
@@ -616,6 +630,9 @@ def sweep_markdown(rep: SweepReport) -> str:
                        f"(recall {_f(100 * a['recall'], nd=0)} %).")
         else:
             out.append(f"Screen agreement: {rep.screen.get('note')}.")
+    from peftarena_cli.report.sweep_paths import paths_markdown
+
+    out += paths_markdown(rep.paths)
     out += ["", "## Points", "", "| method | lr | seed | steps | used | reason | path |", "|---|---|---|---|---|---|---|"]
     for r in rep.runs.to_dict("records"):
         out.append(f"| {r['method']} | {_fmt_lr(r['lr'])} | {r['seed']} | {_f(r['steps'], nd=0)} | "
@@ -665,6 +682,10 @@ def plot_sweep_plane(rep: SweepReport):
         for r in d.to_dict("records"):
             ax.annotate(f"{_fmt_lr(r['lr'])}" + ("" if r["n_seeds"] > 1 else " (1 seed)"), (r["general"], r["target"]),
                         xytext=(5, 4), textcoords="offset points", fontsize=7, color=col)
+    if rep.paths:
+        from peftarena_cli.report.sweep_paths import draw_paths
+
+        draw_paths(ax, rep.paths, colors)
     # scores are percentages: bars that run past 0 or 100 (few seeds, t quantiles) are cut at the frame
     lo_x, hi_x = ax.get_xlim()
     lo_y, hi_y = ax.get_ylim()
@@ -672,7 +693,8 @@ def plot_sweep_plane(rep: SweepReport):
     ax.set_ylim(max(lo_y, -2.0), min(hi_y, 102.0))
     ax.set_xlabel("general score (seed mean; stability →)")
     ax.set_ylabel("target score (seed mean; plasticity ↑)")
-    ax.set_title("Sweep: configurations (labelled by lr) and per-method frontiers")
+    ax.set_title("Sweep: configurations (labelled by lr) and per-method frontiers"
+                 + (";\ninterpolation paths dashed (α labelled)" if rep.paths else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -698,6 +720,10 @@ def write_sweep_report(rep: SweepReport, out_dir, provenance=None) -> list[Path]
         write_table(rep.frontiers, tmp / "sweep_frontiers.parquet", provenance)
         write_table(rep.matched, tmp / "sweep_matched_gain.parquet", provenance)
         write_table(rep.pairs, tmp / "sweep_pairs.parquet", provenance)
+        if rep.paths:
+            from peftarena_cli.report.sweep_paths import paths_frame
+
+            write_table(paths_frame(rep.paths), tmp / "sweep_paths.parquet", provenance)
         if rep.screen:
             t = rep.screen["table"].copy()
             t["points"] = [",".join(p) for p in t["points"]]
