@@ -136,3 +136,25 @@ def require_columns(df, columns, what: str, path=None) -> None:
             f"{what}{where} lacks column(s) {', '.join(missing)}",
             hint=f"expected a {what} as documented in docs/artifacts.md",
         )
+
+
+CURVE_SAMPLE_KINDS = ("target", "general")  # the per-sample tables `interpolate -o CURVE` writes beside CURVE
+CURVE_SAMPLES_SUFFIX = "-samples.parquet"
+
+
+def curve_samples_path(curve: str | os.PathLike, kind: str) -> Path:
+    """Where ``interpolate -o CURVE`` writes the per-sample rows of one kind of evaluation:
+    ``<stem>.<kind>-samples.parquet`` beside ``curve``."""
+    p = Path(curve)
+    return p.with_name(f"{p.stem}.{kind}{CURVE_SAMPLES_SUFFIX}")
+
+
+def curve_samples_beside(curve: str | os.PathLike) -> dict:
+    """{kind: path} of the per-sample tables that exist beside ``curve``."""
+    found = {}
+    for kind in CURVE_SAMPLE_KINDS:
+        q = curve_samples_path(curve, kind)
+        if q.is_file():
+            found[kind] = q
+    return found
+

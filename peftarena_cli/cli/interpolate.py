@@ -54,6 +54,7 @@ def interpolate_cmd(
     """
     from peftarena_cli.artifacts.atomic import check_output_parent, is_stream
     from peftarena_cli.artifacts.guard import check_outputs
+    from peftarena_cli.artifacts.tables import curve_samples_path
     from peftarena_cli.cli.common import Progress, emit_table, provenance_for
     from peftarena_cli.interpolation.interpolate import InterpolateConfig, check_interpolate, interpolate
 
@@ -79,7 +80,7 @@ def interpolate_cmd(
     if beside:
         op = Path(output)
         for kind in kinds:
-            outs[f"-o ({kind} samples)"] = op.with_name(f"{op.stem}.{kind}-samples.parquet")
+            outs[f"-o ({kind} samples)"] = curve_samples_path(op, kind)
         if stats:
             outs["-o (csd rows)"] = op.with_name(f"{op.stem}.csd.parquet")
     check_outputs(outs, [base, finetuned, *(stats or []), target_task if "target" in kinds else None,
@@ -109,14 +110,13 @@ def interpolate_cmd(
         if beside:
             from peftarena_cli.artifacts.tables import write_table
 
-            p = Path(output)
             for kind, df in res.samples.items():
-                write_table(df, p.with_name(f"{p.stem}.{kind}-samples.parquet"), prov)
-                info(f"wrote {len(df)} per-sample rows to {p.with_name(f'{p.stem}.{kind}-samples.parquet')}")
+                q = write_table(df, curve_samples_path(output, kind), prov)
+                info(f"wrote {len(df)} per-sample rows to {q}")
             if res.csd_rows:
                 import pandas as pd
 
-                cp = p.with_name(f"{p.stem}.csd.parquet")
+                cp = Path(output).with_name(f"{Path(output).stem}.csd.parquet")
                 write_table(pd.DataFrame(res.csd_rows), cp, prov)
                 info(f"wrote {len(res.csd_rows)} per-module CSD rows to {cp}")
         elif res.samples or stats:

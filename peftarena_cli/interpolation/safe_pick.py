@@ -29,12 +29,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftarena_cli.artifacts.tables import CURVE_SAMPLE_KINDS, curve_samples_beside
 from peftarena_cli.errors import IncompatibleInputs, InvalidArtifact, UsageError
 from peftarena_cli.interpolation.criteria import check_curve, parse_criterion, pick_alpha
 
 SELECTIONS = ("split", "crossfit", "none")
 DEFAULT_SELECTION = "split"
-KINDS = ("target", "general")
+KINDS = CURVE_SAMPLE_KINDS
 
 
 @dataclass
@@ -87,13 +88,7 @@ def check_selection(mode: str) -> str:
 
 def samples_beside(curve) -> dict:
     """{kind: path} of the per-sample tables ``interpolate -o CURVE`` writes beside ``curve``."""
-    p = Path(curve)
-    found = {}
-    for kind in KINDS:
-        q = p.with_name(f"{p.stem}.{kind}-samples.parquet")
-        if q.is_file():
-            found[kind] = q
-    return found
+    return curve_samples_beside(curve)
 
 
 def read_samples_beside(curve, curve_prov: dict) -> tuple[dict, str]:

@@ -18,7 +18,7 @@ from peftarena_cli.errors import OutputError
 REPORT_FILES = ("leaderboard.md", "leaderboard.parquet", "correlations.parquet", "points.parquet", "plane.png", "plane.svg",
                 "spectrum.png", "path.parquet", "passk.png", "regimes.parquet", "pairwise.parquet",
                 "sweep_runs.parquet", "sweep_frontiers.parquet", "sweep_matched_gain.parquet", "sweep_pairs.parquet",
-                "sweep_paths.parquet")
+                "sweep_paths.parquet", "sweep_screen.parquet")
 
 
 @dataclass

@@ -268,7 +268,8 @@ def _curve_item_keys(curve) -> dict | None:
     from peftarena_cli import stats
     from peftarena_cli.artifacts.tables import read_table
     from peftarena_cli.errors import PeftArenaError
-    from peftarena_cli.interpolation.safe_pick import KINDS, samples_beside
+    from peftarena_cli.artifacts.tables import CURVE_SAMPLE_KINDS as KINDS
+    from peftarena_cli.artifacts.tables import curve_samples_beside as samples_beside
 
     if not curve:
         return None

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from peftarena_cli import stats
+from peftarena_cli.artifacts.tables import CURVE_SAMPLE_KINDS, CURVE_SAMPLES_SUFFIX
 from peftarena_cli.errors import IncompatibleInputs, PeftArenaError
 
 INTERP_DIR = "interp"
-KINDS = ("target", "general")
+KINDS = CURVE_SAMPLE_KINDS
 
 
 @dataclass
@@ -68,7 +69,7 @@ def read_paths(runs, base_m: dict, order: dict, row, zero, config_key) -> tuple[
         d = Path(r.path) / INTERP_DIR
         if not d.is_dir():
             continue
-        files = {k: sorted(d.glob(f"*.{k}-samples.parquet")) for k in KINDS}
+        files = {k: sorted(d.glob(f"*.{k}{CURVE_SAMPLES_SUFFIX}")) for k in KINDS}
         if not any(files.values()):
             continue
         where = f"{r.label} ({str(d)!r})"
