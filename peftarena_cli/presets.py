@@ -31,7 +31,17 @@ README = "README.md"
 
 DOMAINS = ("math", "medical")
 REGIMES = ("sft", "rlvr")
-GENERAL_SUITE = "ifeval,bbh,nq_open"
+
+
+def _registry_names(**want) -> str:
+    """The benchmark registry's entries with these field values, comma-separated in registry order (the
+    study's benchmarks are marked there: ``study_target`` with their domain, ``study_general``)."""
+    from peftarena_cli.tasks.benchmarks import REGISTRY
+
+    return ",".join(b.name for b in REGISTRY.values() if all(getattr(b, k) == v for k, v in want.items()))
+
+
+GENERAL_SUITE = _registry_names(study_general=True)
 
 
 def study_methods(regime: str = "sft") -> tuple[str, ...]:
@@ -63,7 +73,7 @@ DOMAIN = {
         data=Setting("data/openr1-50k/train.parquet", f"{README} (Quick Start --data_train), {RL_SH} DATA_TRAIN"),
         hub=Setting("SphereLab/PEFTArena-data", f"{README} (Resources: Training Data; 'filtered 50k samples from "
                                                 "OpenR1-Math')"),
-        tasks=Setting("math500,aime24,amc23", f"eval/eval_math.sh DATA_NAMES; {README} (Target-domain evaluation)"),
+        tasks=Setting(_registry_names(study_target=True, domain="math"), f"eval/eval_math.sh DATA_NAMES; {README} (Target-domain evaluation)"),
         steps_per_epoch=Setting(195, f"{README} checkpoint global_step_780 after 4 epochs (50k // 256 = 195)"),
         prompt_type=Setting("cot", "eval/eval_math.sh PROMPT_TYPE='cot' with APPLY_CHAT_TEMPLATE='true'; "
                                    "configs/eval/math.yaml prompt_type: cot, apply_chat_template: true"),
@@ -71,7 +81,7 @@ DOMAIN = {
     "medical": Domain(
         data=Setting("data/med-train.parquet", "configs/train/sft_lora_llama_r8_med.yaml data.train_file"),
         hub=Setting("SphereLab/PEFTArena-data", f"{README} (Resources: Training Data; '23k samples from MedThink')"),
-        tasks=Setting("medmcqa,medqa,mmlu_medical,pubmedqa", "configs/eval/med.yaml tasks"),
+        tasks=Setting(_registry_names(study_target=True, domain="medical"), "configs/eval/med.yaml tasks"),
         steps_per_epoch=Setting(91, f"{SFT_SH} SAVE_FREQ='91'; {README} checkpoint global_step_364 after 4 epochs"),
     ),
 }
@@ -133,7 +143,7 @@ EVAL = {
     "math_samples": Setting(16, "eval/eval_math.sh N_SAMPLING='16' (avg@16)"),
     "math_temperature": Setting(0.6, "eval/eval_math.sh TEMPERATURE='0.6'"),
     "math_max_tokens": Setting(8192, "eval/eval_math.sh MAX_TOKENS_PER_CALL='8192'"),
-    "general_suite": Setting(GENERAL_SUITE, f"{RUN_PY} cmd_eval (--benchmarks bbh,ifeval_nq)"),
+    "general_suite": Setting(GENERAL_SUITE, f"{RUN_PY} cmd_eval (its --benchmarks list)"),
 }
 
 

@@ -113,7 +113,7 @@ METHOD_CASES = {
     "oft_neumann": (lambda: peft_all_linear("OFTConfig", oft_block_size=16, use_cayley_neumann=True), "oft", "cayley-neumann"),
     "oft_exact": (lambda: peft_all_linear("OFTConfig", oft_block_size=16, use_cayley_neumann=False), "oft", "cayley-exact"),
     "oft_coft_share": (lambda: peft_all_linear("OFTConfig", oft_block_size=16, use_cayley_neumann=False, coft=True, eps=0.3,
-                                     block_share=True), "oft", "coft"),
+                                     block_share=True), "coft", "coft"),  # a coft adapter is the registry's coft entry
     "boft": (lambda: peft_all_linear("BOFTConfig", boft_block_size=8, boft_n_butterfly_factor=2), "boft", "butterfly"),
     "miss": (lambda: peft_all_linear("MissConfig", r=8), "miss", "standard"),
     "miss_bat": (lambda: peft_all_linear("MissConfig", r=8, init_weights="bat"), "miss", "bat"),

@@ -141,7 +141,7 @@ def test_rlvr_adapter_passes_every_downstream_stage_and_the_report(tiny_model_di
              "-o", d / "drift.parquet")
         _run(cli, "interpolate", tiny_model_dir, final, "--alphas", "0,0.5,1", "--eval", "target,general",
              "--target-task", "arith-1", "--limit", "1", "--max-new-tokens", "4", "-o", d / "curve.parquet")
-        _run(cli, "rewind", final, "--curve", d / "curve.parquet", "--pick", "max-target", "--base", tiny_model_dir,
+        _run(cli, "rewind", final, "--curve", d / "curve.parquet", "--pick", "max-target", "--selection", "none", "--base", tiny_model_dir,
              "-o", d / "rewound")
         assert (d / "rewound" / "adapter_model.safetensors").is_file()
 

@@ -106,10 +106,10 @@ def test_medical_rlvr_plan_and_world_size():
     for k, v in want.items():
         assert o[k] == v, (k, o)
     assert _opts(_one(lines, "finetune", f"-o {d}/full/train"))["--lr"] == "1e-06"  # train_rl.sh, full
-    # configs/eval/med.yaml: tasks: medmcqa,medqa,mmlu_medical,pubmedqa (in that order); no math prompt type
+    # configs/eval/med.yaml: tasks: medmcqa,medqa,pubmedqa,mmlu_medical (in that order); no math prompt type
     for who in ("base", "lora", "full"):
         t = _one(lines, "eval-target", f"-o {d}/{who}/eval_target.parquet")
-        assert "--task medmcqa,medqa,mmlu_medical,pubmedqa --protocol study" in t
+        assert "--task medmcqa,medqa,pubmedqa,mmlu_medical --protocol study" in t
         assert "--prompt-type" not in t
 
 
@@ -471,7 +471,7 @@ def test_every_target_task_of_the_preset_runs_under_the_study_protocol():
     from peftarena_cli import presets
     from peftarena_cli.tasks import benchmarks
 
-    want = {"math": ["math500", "aime24", "amc23"], "medical": ["medmcqa", "medqa", "mmlu_medical", "pubmedqa"]}
+    want = {"math": ["math500", "aime24", "amc23"], "medical": ["medmcqa", "medqa", "pubmedqa", "mmlu_medical"]}
     for domain, tasks in want.items():
         assert presets.DOMAIN[domain].tasks.value.split(",") == tasks
         takes = {benchmarks.get(t).protocols["study"].prompt_type for t in tasks}
