@@ -162,6 +162,8 @@ EVALS     := $(foreach m,base $(METHODS),$(RUNS)/$(m)/eval_target.parquet $(RUNS
 ANALYSES  := $(foreach m,$(METHODS),$(RUNS)/$(m)/spectrum.parquet $(RUNS)/$(m)/csd.parquet $(RUNS)/$(m)/act_geom.parquet \
 	$(RUNS)/$(m)/drift.parquet)
 CURVES    := $(foreach m,$(INTERP),$(RUNS)/$(m)/curve.parquet)
+# the joined curve's per-item rows (scripts/join_curves.py writes them beside it; rewind splits on them)
+CURVE_ITEMS = $(RUNS)/%/curve.target-samples.parquet $(RUNS)/%/curve.general-samples.parquet
 REPORT_NAME ?= report
 REPORT    := $(RUNS)/$(REPORT_NAME)
 # path diagnostics (regime run sets): every checkpoint of a run, and the base as step 0
@@ -187,7 +189,7 @@ eval_model = $(if $(filter full,$(call meth,$(1))),$(call final,$(1)),$(MODEL) -
 # Not `.SECONDARY:` with no prerequisites: that makes every file intermediate, and a missing
 # intermediate never triggers a rebuild, so adding a method to an existing run set did nothing.
 .PRECIOUS: $(RUNS)/%/train/.done $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
-	$(RUNS)/%/curve.parquet $(RUNS)/%/rewound/.done $(RUNS)/%/path/target.parquet $(RUNS)/%/path/general.parquet
+	$(RUNS)/%/curve.parquet $(CURVE_ITEMS) $(RUNS)/%/rewound/.done $(RUNS)/%/path/target.parquet $(RUNS)/%/path/general.parquet
 
 arena-stages: $(REPORT)/leaderboard.parquet
 	@echo
@@ -283,6 +285,11 @@ $(RUNS)/%/path/general.parquet: $(RUNS)/%/train/.done
 # ---------------------------------------------------------------- paths: interpolate, rewind
 # Target and general are swept separately so each uses the same --limit as the method's own evals;
 # the parts (and their per-sample rows) stay in interp/, the joined curve is what report reads.
+# join_curves.py also writes the joined curve's per-item rows beside it (the parts' rows at the interior α,
+# the ends' eval rows at α = 0 and 1; ends on other items are refused), so that rewind picks α on one
+# half of the items and reports it on the other. The three files are the targets of one rule (a pattern
+# rule's targets are made by one run of its recipe): a run set joined before the rows existed is joined
+# again, and its rewind redone.
 $(RUNS)/%/interp/general.parquet: $(RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval general --limit $(GENERAL_LIMIT) -o $@
@@ -291,14 +298,15 @@ $(RUNS)/%/interp/target.parquet: $(RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(PA) interpolate $(MODEL) $(call final,$*) --alphas $(ALPHAS) --eval target $(ttask_arg) --limit $(TARGET_LIMIT) -o $@
 
-$(RUNS)/%/curve.parquet: $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
+$(RUNS)/%/curve.parquet $(CURVE_ITEMS): $(RUNS)/%/interp/target.parquet $(RUNS)/%/interp/general.parquet \
 		$(RUNS)/base/eval_target.parquet $(RUNS)/base/eval_general.parquet $(RUNS)/%/eval_target.parquet $(RUNS)/%/eval_general.parquet
 	$(VENV)/bin/python scripts/join_curves.py $(RUNS)/$*/interp/target.parquet $(RUNS)/$*/interp/general.parquet \
-		--ends $(RUNS)/base $(RUNS)/$* -o $@
+		--ends $(RUNS)/base $(RUNS)/$* -o $(RUNS)/$*/curve.parquet
 
 # The rewound adapter is the curve's point at the picked α (the same model, as rewind's tests check),
-# so its scores are already on the plane: it is written, not evaluated again.
-$(RUNS)/%/rewound/.done: $(RUNS)/%/curve.parquet
+# so its scores are already on the plane: it is written, not evaluated again. It is picked on one half
+# of the items and its scores are those of the other half (rewind's default --selection split).
+$(RUNS)/%/rewound/.done: $(RUNS)/%/curve.parquet $(CURVE_ITEMS)
 	$(PA) rewind $(call final,$*) --curve $< --pick $(PICK) --base $(MODEL) -o $(@D) --overwrite
 	@touch $@
 endif

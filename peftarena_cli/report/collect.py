@@ -38,6 +38,9 @@ SAMPLE_COLUMNS = ("model", "task", "subtask", "id", "sample", "correct", "inst_s
                   "meta", "alpha", "path")
 # a method directory's sub-directory whose interpolate per-sample files are read too (scripts/arena.mk)
 CURVE_SAMPLES_DIR = "interp"
+# per-item rows that scripts/join_curves.py writes beside a joined curve (for rewind's split) re-assemble
+# rows read elsewhere (the interp/ parts' and the ends' own evals), so the report skips them
+JOINED_SAMPLES_COMMAND = "join_curves"
 KNOWN_KINDS = tuple(k for k, _ in KIND_COLUMNS)
 
 
@@ -186,7 +189,7 @@ def collect_results(specs: list[str], base_name: str = "base") -> dict[str, Meth
         m = methods.setdefault(name, MethodResults(name=name, directory=d))
         for f in files:
             kind, df, prov = _classify(f)
-            if kind is None:
+            if kind is None or (kind == "curve_samples" and prov.get("command") == JOINED_SAMPLES_COMMAND):
                 continue
             if kind == "eval_summary":
                 check_summary_scores(df, f)
