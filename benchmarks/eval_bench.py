@@ -31,6 +31,26 @@ processed and its fraction of the measured matmul rate.
 reach with these fp32 kernels if attention, norms and Python cost nothing; the script prints it as
 tok/s, as a fraction of the bound, and the engine's fraction of it.
 
+**The roofline** (the default run; ``--roofline-rows``, ``--roofline-positions``). A decode step does
+not only multiply weights: at ``rows`` rows and ``positions`` cached positions it also reads the KV
+cache, whose bytes grow with the positions while the weights' stay fixed. Per step
+(:func:`roofline_step`, from the model config, :func:`decode_shape`):
+
+* FLOPs = 2·P·rows (every Linear, the lm_head included) + 4·rows·positions·layers·heads·head_dim
+  (the attention's scores QKᵀ and the weighted sum of V, 2 FLOP per multiply-add each);
+* bytes = P·b (the weights, read once per step) + 2·layers·kv_heads·head_dim·positions·rows·b
+  (keys and values read), b the bytes of the model dtype (4 in float32, 2 in bfloat16);
+  activations, norms and the cache write of the new position are left out (small beside these);
+* bound = max(FLOPs / peak FLOP/s, bytes / bandwidth), with the measured matmul rate above as the peak
+  and a measured memory bandwidth (:func:`memory_bandwidth`: the best of 3 sums and of 3 copies of a
+  256 MiB float32 tensor, bytes read or read+written per second; the higher of the two).
+
+The worker measures the engine's decode step at each cache length (:func:`decode_steps`: the
+engine's pre-allocated KV cache, one prompt of that length prefilled and repeated to ``rows`` rows,
+as the engine shares a prefix, then the median of 4 timed one-token forwards after a warm-up one)
+and prints, per length, FLOPs, bytes, the compute and memory times, which one bounds the step, the
+measured step and the engine's fraction of the bound.
+
 ``--general LIMIT`` / ``--compare`` run the engine with static batches (``continuous=False``, the
 engine before continuous batching) and with continuous batching, on the built-in general suite's
 parts at that ``--limit`` (each part with its own max_new_tokens and stops, as eval-general runs
@@ -134,6 +154,104 @@ def linear_floor(model, rows: int = 64, seconds: float = 1.0) -> dict:
     return {"rows": rows, "step_s": best, "gflops": flops / best / 1e9, "tok_s": rows / best}
 
 
+def memory_bandwidth(mib: int = 256) -> dict:
+    """Measured memory bandwidth in GB/s at the current thread count: the best of 3 ``sum`` of a
+    ``mib`` MiB float32 tensor (bytes read) and the best of 3 ``copy_`` into another (read + written)."""
+    import torch
+
+    n = mib * 2**20 // 4
+    x = torch.ones(n)
+    y = torch.empty(n)
+    clock = CLOCK
+    out = {}
+    for name, fn, moved in (("sum", lambda: x.sum(), 4 * n), ("copy", lambda: y.copy_(x), 8 * n)):
+        fn()
+        best = float("inf")
+        for _ in range(3):
+            t = clock()
+            fn()
+            best = min(best, clock() - t)
+        out[name] = moved / best / 1e9
+    out["best"] = max(out["sum"], out["copy"])
+    return out
+
+
+def decode_shape(config) -> dict:
+    """The sizes of a decoder's config (a transformers config or a dict) the roofline needs:
+    layers, heads, kv_heads, head_dim, hidden, intermediate, vocab."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
+    return {"layers": int(get("num_hidden_layers")), "heads": heads,
+            "kv_heads": int(get("num_key_value_heads") or heads),
+            "head_dim": int(get("head_dim") or hidden // heads), "hidden": hidden,
+            "intermediate": int(get("intermediate_size")), "vocab": int(get("vocab_size"))}
+
+
+def config_matmul_params(shape: dict) -> int:
+    """P of a Llama-shaped decoder from its sizes: per layer q and o (hidden x heads·head_dim each),
+    k and v (hidden x kv_heads·head_dim each), the gated MLP's gate, up and down (hidden x
+    intermediate each); plus the lm_head (hidden x vocab). Biases are left out (Llama has none)."""
+    h, a, kv = shape["hidden"], shape["heads"] * shape["head_dim"], shape["kv_heads"] * shape["head_dim"]
+    per_layer = 2 * h * a + 2 * h * kv + 3 * h * shape["intermediate"]
+    return shape["layers"] * per_layer + h * shape["vocab"]
+
+
+def roofline_step(shape: dict, params: int, rows: int, positions: int, bytes_per_value: int,
+                  peak_gflops: float, bandwidth_gbs: float, measured_s: float | None = None) -> dict:
+    """The roofline of one decode step (the module docstring): FLOPs, bytes, the compute and memory
+    times, the bound (their max), which one binds and, given the measured step, the engine's fraction
+    of the bound (bound / measured)."""
+    L, H, KV, D = shape["layers"], shape["heads"], shape["kv_heads"], shape["head_dim"]
+    flops = 2.0 * params * rows + 4.0 * rows * positions * L * H * D
+    weight_bytes = float(params) * bytes_per_value
+    kv_bytes = 2.0 * L * KV * D * positions * rows * bytes_per_value
+    t_c = flops / (peak_gflops * 1e9)
+    t_m = (weight_bytes + kv_bytes) / (bandwidth_gbs * 1e9)
+    out = {"rows": rows, "positions": positions, "flops": flops, "weight_bytes": weight_bytes,
+           "kv_bytes": kv_bytes, "bytes": weight_bytes + kv_bytes, "compute_s": t_c, "memory_s": t_m,
+           "bound_s": max(t_c, t_m), "bound_by": "compute" if t_c >= t_m else "memory"}
+    if measured_s is not None:
+        out["measured_s"] = measured_s
+        out["fraction"] = out["bound_s"] / measured_s
+    return out
+
+
+def decode_steps(model, tok, rows: int, positions: list[int], steps: int = 4) -> dict:
+    """{positions: median seconds of one decode step} at ``rows`` rows, through the engine's own
+    pieces (its pre-allocated KV cache and forward): one prompt of ``positions`` tokens prefilled and
+    repeated to ``rows`` rows, one warm-up step, then ``steps`` timed steps (the cache grows by one
+    position a step; the table reports the mean cached length of the timed steps)."""
+    import statistics
+
+    import torch
+
+    from peftarena_cli.evaluation.engine import _cache_kw, _forward, _new_cache
+
+    dev = next(model.parameters()).device
+    ck = _cache_kw(model)
+    vocab = int(model.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    with torch.inference_mode():
+        for L in positions:
+            cache = _new_cache(model, L + steps + 1)
+            ids = torch.randint(0, vocab, (1, L), generator=gen).to(dev)
+            _forward(model, input_ids=ids, position_ids=torch.arange(L, device=dev)[None], use_cache=True, **{ck: cache})
+            cache.batch_repeat_interleave(rows)
+            nxt = torch.randint(0, vocab, (rows, 1), generator=gen).to(dev)
+            mask = torch.ones((rows, L + steps + 1), dtype=torch.long, device=dev)
+            times = []
+            for j in range(steps + 1):
+                pos = L + j
+                t = CLOCK()
+                _forward(model, input_ids=nxt, attention_mask=mask[:, :pos + 1],
+                         position_ids=torch.full((rows, 1), pos, device=dev), use_cache=True, **{ck: cache})
+                if j:
+                    times.append(CLOCK() - t)
+            out[L] = {"step_s": statistics.median(times), "mean_positions": L + 1 + (steps + 1) / 2.0}
+    return out
+
+
 def matmul_params(model) -> tuple[int, int]:
     """(P, P without the lm_head): weights of every nn.Linear a token goes through."""
     import torch
@@ -145,7 +263,7 @@ def matmul_params(model) -> tuple[int, int]:
 
 
 def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, gflops: bool = False,
-           threads: int | None = None, general: str | None = None) -> dict:
+           threads: int | None = None, general: str | None = None, roofline: tuple | None = None) -> dict:
     import torch
 
     from peftarena_cli.artifacts.loading import load_model
@@ -185,20 +303,28 @@ def worker(mode: str, model_spec: str, n: int, device: str, adapt: bool = True, 
                 texts.append(tok.decode(new, skip_special_tokens=True))
     secs = CLOCK() - t
     p_all, p_prefill = matmul_params(model)
+    roof = {}
+    if roofline:  # (rows, [positions]): after the timed run, so it does not disturb it
+        rows, lengths = roofline
+        roof = {"rows": rows, "bandwidth": memory_bandwidth(), "shape": decode_shape(model.config),
+                "bytes_per_value": next(model.parameters()).element_size(),
+                "steps": {str(k): v for k, v in decode_steps(model, tok, rows, lengths).items()}}
     return {"mode": mode, "prompts": len(prompts), "tokens": tokens, "prompt_tokens": prompt_tokens, "seconds": secs,
             "tok_s": tokens / secs, "peak_rss_mib": _peak_rss_mib(), "rss_after_load_mib": rss_loaded, "texts": texts,
             "threads": torch.get_num_threads(), "params": p_all, "params_prefill": p_prefill, "matmul_gflops": mm,
-            "linear_floor": floor,
+            "linear_floor": floor, "roofline": roof,
             "extra": extra, "adapt": adapt}
 
 
-def _run(mode, a, n, adapt=True, gflops=False) -> dict:
+def _run(mode, a, n, adapt=True, gflops=False, roofline=False) -> dict:
     print(f"running {mode} on {n} prompts (adaptive threads {adapt}) ...", file=sys.stderr, flush=True)
     cmd = [sys.executable, __file__, "--worker", mode, "--model", a.model, "--n", str(n), "--device", a.device]
     cmd += [] if adapt else ["--fixed-threads"]
     cmd += ["--gflops"] if gflops else []
     cmd += ["--clock", a.clock] + (["--threads", str(a.threads)] if a.threads else [])
     cmd += ["--general", a.general] if a.general and mode.startswith("engine") else []
+    cmd += ["--roofline-rows", str(a.roofline_rows), "--roofline-positions", a.roofline_positions,
+            "--roofline"] if roofline else []
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
         sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
@@ -273,14 +399,19 @@ def main() -> None:
                     help="on arith: the engine against the previous one (static, SDPA) instead of batch-1 generate")
     ap.add_argument("--worker", choices=["engine", "engine-static", "hf1"], help=argparse.SUPPRESS)
     ap.add_argument("--fixed-threads", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--roofline-rows", type=int, default=64, help="rows of the roofline's decode steps")
+    ap.add_argument("--roofline-positions", default="150,300,600",
+                    help="cached positions at which the roofline times a decode step (comma list)")
     ap.add_argument("--gflops", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--roofline", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.clock == "cpu":
         global CLOCK
         CLOCK = time.process_time
     if a.worker:
         print(json.dumps(worker(a.worker, a.model, a.n, a.device, adapt=not a.fixed_threads, gflops=a.gflops,
-                                threads=a.threads, general=a.general)))
+                                threads=a.threads, general=a.general,
+                                roofline=(a.roofline_rows, _lengths(a.roofline_positions)) if a.roofline else None)))
         return
     if a.general or a.compare:
         engines(a)
@@ -288,7 +419,8 @@ def main() -> None:
     if a.busy:
         busy(a)
         return
-    e = _run("engine", a, a.n, gflops=True)
+    _lengths(a.roofline_positions)
+    e = _run("engine", a, a.n, gflops=True, roofline=True)
     if a.texts_out:
         with open(a.texts_out, "w") as f:
             json.dump(e["texts"], f)
@@ -317,6 +449,38 @@ def main() -> None:
           f"a loop doing only them would reach {fl['tok_s']:.0f} tok/s = {fl['tok_s'] / bound:.0%} of the bound; "
           f"the engine reaches {e['tok_s'] / fl['tok_s']:.0%} of that")
     print(f"identical greedy completions on the {len(h['texts'])} shared prompts: {same}/{len(h['texts'])}")
+    for line in roofline_lines(e, peak):
+        print(line)
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        v = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        v = []
+    if not v or min(v) < 1:
+        sys.exit(f"--roofline-positions {text!r}: expected positive integers such as 150,300,600")
+    return v
+
+
+def roofline_lines(e: dict, peak_gflops: float) -> list[str]:
+    """The roofline table of an engine worker's result (module docstring)."""
+    rf = e.get("roofline") or {}
+    if not rf:
+        return []
+    bw = rf["bandwidth"]
+    lines = [f"roofline of a decode step at {rf['rows']} rows ({rf['bytes_per_value']}-byte values; peak "
+             f"{peak_gflops:.1f} GFLOP/s measured above; memory bandwidth {bw['best']:.1f} GB/s, best of 3 "
+             f"sums {bw['sum']:.1f} / copies {bw['copy']:.1f} GB/s of 256 MiB):",
+             f"{'positions':>9s} {'GFLOP':>8s} {'MB':>8s} {'(KV MB)':>8s} {'compute ms':>10s} {'memory ms':>9s} "
+             f"{'bound by':>8s} {'measured ms':>11s} {'engine/bound':>12s}"]
+    for _, st in rf["steps"].items():
+        r = roofline_step(rf["shape"], e["params"], rf["rows"], st["mean_positions"], rf["bytes_per_value"],
+                          peak_gflops, bw["best"], st["step_s"])
+        lines.append(f"{st['mean_positions']:9.1f} {r['flops'] / 1e9:8.2f} {r['bytes'] / 1e6:8.1f} "
+                     f"{r['kv_bytes'] / 1e6:8.1f} {r['compute_s'] * 1e3:10.2f} {r['memory_s'] * 1e3:9.2f} "
+                     f"{r['bound_by']:>8s} {r['measured_s'] * 1e3:11.2f} {r['fraction']:12.0%}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ SWEEP_STEPS    ?= $(STEPS)
 # raise these two for a sharper ranking.
 SWEEP_TARGET_LIMIT  ?= 160
 SWEEP_GENERAL_LIMIT ?= ifeval=40,bbh=40,facts=80
+# The model dtype of every eval stage (eval-target, eval-general, interpolate, drift), passed as --dtype and
+# recorded in each table's provenance; the sweep report refuses evals of mixed dtypes. float32 is the
+# default and the reference: bfloat16 is allowed only where benchmarks/bf16_eval_bench.py shows every
+# paired score difference (bf16 - fp32) within +-1 point (docs/report.md, "Sweeps").
+SWEEP_EVAL_DTYPE    ?= float32
 # Interpolation paths (docs/report.md, "Sweeps"): the grid points named here, e.g.
 # SWEEP_INTERP_POINTS="lora/lr0.001/s1 oft/lr0.0005/s1", get `interpolate` at SWEEP_ALPHAS (interior α;
 # α = 0 and 1 are the base's and the point's own evals), target and general separately with the limits
@@ -121,28 +126,28 @@ $(SWEEP_RUNS)/%/train/.done:
 $(SWEEP_RUNS)/%/interp/target.parquet: $(SWEEP_RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(call sw_skip,$*) $(PA) interpolate $(MODEL) $(call sw_final,$*) --alphas $(SWEEP_ALPHAS) --eval target \
-		--limit $(SWEEP_TARGET_LIMIT) -o $@; fi
+		--limit $(SWEEP_TARGET_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@; fi
 
 $(SWEEP_RUNS)/%/interp/general.parquet: $(SWEEP_RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(call sw_skip,$*) $(PA) interpolate $(MODEL) $(call sw_final,$*) --alphas $(SWEEP_ALPHAS) --eval general \
-		--limit $(SWEEP_GENERAL_LIMIT) -o $@; fi
+		--limit $(SWEEP_GENERAL_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@; fi
 
 # ---------------------------------------------------------------- evaluation
 $(SWEEP_RUNS)/base/eval_target.parquet:
 	@mkdir -p $(@D)
-	$(PA) eval-target $(MODEL) --limit $(SWEEP_TARGET_LIMIT) -o $@ --summary $(@D)/eval_target_summary.parquet
+	$(PA) eval-target $(MODEL) --limit $(SWEEP_TARGET_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@ --summary $(@D)/eval_target_summary.parquet
 
 $(SWEEP_RUNS)/base/eval_general.parquet:
 	@mkdir -p $(@D)
-	$(PA) eval-general $(MODEL) --limit $(SWEEP_GENERAL_LIMIT) -o $@ --summary $(@D)/eval_general_summary.parquet
+	$(PA) eval-general $(MODEL) --limit $(SWEEP_GENERAL_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@ --summary $(@D)/eval_general_summary.parquet
 
 $(SWEEP_RUNS)/%/eval_target.parquet: $(SWEEP_RUNS)/%/train/.done
-	$(call sw_skip,$*) $(PA) eval-target $(call sw_model,$*) --limit $(SWEEP_TARGET_LIMIT) -o $@ \
+	$(call sw_skip,$*) $(PA) eval-target $(call sw_model,$*) --limit $(SWEEP_TARGET_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@ \
 		--summary $(@D)/eval_target_summary.parquet; fi
 
 $(SWEEP_RUNS)/%/eval_general.parquet: $(SWEEP_RUNS)/%/train/.done $(SW_GENERAL_AFTER)
-	$(call sw_skip,$*) $(call sw_gate_open,$*) $(PA) eval-general $(call sw_model,$*) --limit $(SWEEP_GENERAL_LIMIT) -o $@ \
+	$(call sw_skip,$*) $(call sw_gate_open,$*) $(PA) eval-general $(call sw_model,$*) --limit $(SWEEP_GENERAL_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@ \
 		--summary $(@D)/eval_general_summary.parquet; $(call sw_gate_close,$*) fi
 
 # ---------------------------------------------------------------- the drift screen (SCREEN=1)
@@ -153,5 +158,5 @@ $(SWEEP_SCREEN): $(SWEEP_RUNS)/base/eval_target.parquet \
 # the base's continuations: written by the first point's drift, read by every other one
 $(SWEEP_RUNS)/%/drift.parquet: $(SWEEP_RUNS)/%/train/.done
 	@mkdir -p $(SWEEP_RUNS)/base
-	$(call sw_skip,$*) $(PA) drift $(MODEL) $(call sw_final,$*) --sets general --limit $(SWEEP_DRIFT_LIMIT) \
+	$(call sw_skip,$*) $(PA) drift $(MODEL) $(call sw_final,$*) --sets general --limit $(SWEEP_DRIFT_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) \
 		--base-continuations $(SWEEP_DRIFT_BASE) -o $@; fi

@@ -20,7 +20,8 @@ What is computed (:func:`build_sweep_report`), all from the per-sample rows:
   (:func:`~peftarena_cli.report.sweep_stats.pairwise_comparisons`).
 
 Refused (IncompatibleInputs): points trained or evaluated on different base models, scored under
-different protocols, or evaluated on different items. Excluded, each listed with its reason: points
+different protocols, evaluated in different model dtypes (the provenance's ``dtype``; evals that
+record none are not compared), or evaluated on different items. Excluded, each listed with its reason: points
 whose training diverged (``diverged.json`` from scripts/sweep_train.py, or ``status: "diverged"`` in
 the manifest), points the drift screen sent to no general eval (``screen.json``, status "screened
 out"; :mod:`peftarena_cli.report.screen`), points without both evals (not run yet, interrupted). A configuration that lost a seed
@@ -230,6 +231,34 @@ def _check_same_base(base_tables: dict, runs: list[Run], base_name: str) -> None
             see("manifest", str(ident), repr(str(r.path / "train" / "manifest.json")))
 
 
+def eval_dtype(prov: dict) -> str | None:
+    """The model dtype an eval table's provenance records (``--dtype``; None when it records none,
+    e.g. completions scored from ``--responses``)."""
+    v = (prov or {}).get("dtype")
+    return str(v) if v else None
+
+
+def _check_dtype(base_tables: dict, runs: list[Run], base_name: str) -> str | None:
+    """Every eval that records a dtype records the same one (a sweep is scored in one precision:
+    bfloat16 and float32 greedy completions differ on some items, so a gain across the two would
+    partly be the precision's). Returns that dtype (None when no eval records one)."""
+    first = None  # (dtype, where)
+    tables = [(f"the base's {k} eval", v) for k, v in base_tables.items()]
+    tables += [(f"{r.label}'s {k} eval", v) for r in runs for k, v in r.tables.items()]
+    for where, (_, prov, f) in tables:
+        d = eval_dtype(prov)
+        if d is None:
+            continue
+        if first is None:
+            first = (d, where)
+        elif d != first[0]:
+            raise IncompatibleInputs(f"the sweep mixes model dtypes: {where} ran in {d} ({str(f)!r}), "
+                                     f"{first[1]} in {first[0]}",
+                                     hint="evaluate every point and the base with one --dtype (SWEEP_EVAL_DTYPE); "
+                                          "re-run the odd evals or use another SWEEP_RUNS")
+    return first[0] if first else None
+
+
 def task_protocols(df) -> dict[str, str]:
     """{task: "scorer (protocol)"} of a per-sample table: the scorer (stats.task_scorers) and the
     ``protocol`` its first row's ``meta`` names (eval writes e.g. "builtin@1"; "" when absent)."""
@@ -310,7 +339,10 @@ def build_sweep_report(root, base_name: str = "base", k_levels: int = 5) -> Swee
     runs = [read_run(*p) for p in _point_dirs(root)]
     used = [r for r in runs if r.status == "used"]
     _check_same_base(base_tables, runs, base_name)
+    dtype = _check_dtype(base_tables, runs, base_name)
     notes: list[str] = []
+    if dtype is not None and dtype != "float32":
+        notes.append(f"every eval ran in {dtype} (SWEEP_EVAL_DTYPE); float32 is the reference precision")
     # per point and seed: rows of per-item values (points), on the base's item order
     rows: dict[tuple, dict] = {}
     seen: dict[tuple, Run] = {}
@@ -420,7 +452,7 @@ def build_sweep_report(root, base_name: str = "base", k_levels: int = 5) -> Swee
 
     cfg_key = {(m, lr, st): k for m, lr, st, k in zip(configs["method"], configs["lr"], configs["steps"], configs["key"])}
     paths, pnotes = read_paths(used, base_m, order, _row, _zero,
-                               lambda r: cfg_key.get((r.method, r.lr, r.steps), r.label))
+                               lambda r: cfg_key.get((r.method, r.lr, r.steps), r.label), dtype=dtype)
     notes += pnotes
     matched["source"] = "grid"
     pm = path_matched(paths, matched["target_gain"].drop_duplicates().to_numpy(float))

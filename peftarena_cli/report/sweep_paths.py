@@ -53,13 +53,14 @@ def _alpha_measures(df) -> dict:
     return out
 
 
-def read_paths(runs, base_m: dict, order: dict, row, zero, config_key) -> tuple[list, list]:
+def read_paths(runs, base_m: dict, order: dict, row, zero, config_key, dtype: str | None = None) -> tuple[list, list]:
     """(paths, notes) of the used grid runs that hold an interpolation curve in ``interp/``.
 
     ``base_m``: the base's {kind: Measure}; ``order``: {kind: item keys} of the base (the rows'
     order); ``row(a, b, order, names)``: per-item a − b in points on ``order`` (sweep._row);
     ``zero(m)``: ``m`` with zero numerators; ``config_key(run)``: the run's configuration key. A
-    curve not on the base's items, or with one kind only, is left out with a note.
+    curve not on the base's items, or with one kind only, is left out with a note; so is one whose
+    provenance records another model dtype than ``dtype`` (the sweep evals' one, None: unchecked).
     """
     from peftarena_cli.artifacts.tables import read_table
     from peftarena_cli.report.sweep_stats import SweepPoint
@@ -79,10 +80,14 @@ def read_paths(runs, base_m: dict, order: dict, row, zero, config_key) -> tuple[
                          f"(interp/*.{missing[0]}-samples.parquet)")
             continue
         per_alpha: dict = {}
+        odd_dtype = None
         try:
             for k in KINDS:
                 for f in files[k]:
-                    df, _ = read_table(f)
+                    df, prov = read_table(f)
+                    d = (prov or {}).get("dtype")
+                    if dtype is not None and d and str(d) != dtype:
+                        odd_dtype = str(d)
                     if "alpha" not in df.columns:
                         continue
                     for a, ms in _alpha_measures(df).items():
@@ -90,6 +95,10 @@ def read_paths(runs, base_m: dict, order: dict, row, zero, config_key) -> tuple[
                             per_alpha.setdefault(a, {})[k] = ms[k]
         except (PeftArenaError, OSError, ValueError) as e:
             notes.append(f"interpolation path of {where} left out: unreadable ({e})")
+            continue
+        if odd_dtype is not None:
+            notes.append(f"interpolation path of {where} left out: interpolated in {odd_dtype}, the sweep's evals "
+                         f"in {dtype} (interpolate with --dtype {dtype})")
             continue
         alphas = sorted(a for a, ms in per_alpha.items() if all(k in ms for k in KINDS))
         if not alphas:
