@@ -126,12 +126,12 @@ $(SWEEP_RUNS)/%/train/.done:
 $(SWEEP_RUNS)/%/interp/target.parquet: $(SWEEP_RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(call sw_skip,$*) $(PA) interpolate $(MODEL) $(call sw_final,$*) --alphas $(SWEEP_ALPHAS) --eval target \
-		--limit $(SWEEP_TARGET_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@; fi
+		--limit $(SWEEP_TARGET_LIMIT) -o $@ --dtype $(SWEEP_EVAL_DTYPE); fi
 
 $(SWEEP_RUNS)/%/interp/general.parquet: $(SWEEP_RUNS)/%/train/.done
 	@mkdir -p $(@D)
 	$(call sw_skip,$*) $(PA) interpolate $(MODEL) $(call sw_final,$*) --alphas $(SWEEP_ALPHAS) --eval general \
-		--limit $(SWEEP_GENERAL_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@; fi
+		--limit $(SWEEP_GENERAL_LIMIT) -o $@ --dtype $(SWEEP_EVAL_DTYPE); fi
 
 # ---------------------------------------------------------------- evaluation
 $(SWEEP_RUNS)/base/eval_target.parquet:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -165,10 +166,10 @@ def test_make_sweep_passes_the_eval_dtype_to_every_eval_stage(screen):
     assert {k: len(v) for k, v in stages.items()} == want
     for cmds in stages.values():
         for c in cmds:
-            assert " --dtype bfloat16 " in c, c
+            assert re.search(r" --dtype bfloat16(\s|;|$)", c), c
     # the default is float32, on every stage too
     for cmds in _stage_commands(_make_n()).values():
-        assert all(" --dtype float32 " in c for c in cmds)
+        assert all(re.search(r" --dtype float32(\s|;|$)", c) for c in cmds)
 
 
 # ---------------------------------------------------------------- the sweep report and mixed dtypes
