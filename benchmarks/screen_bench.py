@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/screen_bench.py --adapter runs/arena/lora/train/final [--adapter DIR ...]
         [--model smollm2-135m] [--drift-limit 16] [--general-limit ifeval=40,bbh=40,facts=80]
-        [--dtype float32] [--threads N] [--grid-points 30] [--keep DIR] [--json FILE]
+        [--dtype float32] [--reference | --no-reference] [--threads N] [--grid-points 30] [--keep DIR]
+        [--json FILE]
 
 With ``make sweep SCREEN=1`` (scripts/sweep.mk) every grid point pays ``peftarena drift BASE POINT
---sets general --limit SWEEP_DRIFT_LIMIT --base-continuations SWEEP_RUNS/base/drift_base.json``, and
-only the points the screen selects pay ``eval-general --limit SWEEP_GENERAL_LIMIT``. This measures,
-for each fine-tuned point given (``--adapter``: an adapter on ``--model``, or a full fine-tune's
+--sets general --limit SWEEP_DRIFT_LIMIT --no-reference --base-continuations
+SWEEP_RUNS/base/drift_base.json`` (the greedy rows only: the screen reads nothing else), and only
+the points the screen selects pay ``eval-general --limit SWEEP_GENERAL_LIMIT``. This measures, for
+each fine-tuned point given (``--adapter``: an adapter on ``--model``, or a full fine-tune's
 model directory), three things, each in a subprocess of its own (so each peak memory is its own),
 through the core entry points the CLI calls:
 
@@ -27,11 +29,14 @@ K* = (a + (N − 1)·b) / c screened-out points on (N = ``--grid-points``, the d
 computed from the medians.
 
 The defaults of ``--drift-limit``, ``--general-limit`` and ``--dtype`` are read from
-scripts/sweep.mk (SWEEP_DRIFT_LIMIT, SWEEP_GENERAL_LIMIT, SWEEP_EVAL_DTYPE), so the benchmark
-measures what the sweep runs. Run it alone on the machine: timings of a shared CPU mean nothing.
-The first subprocess may read the model from a cold disk cache; the medians over several points
-damp that. :func:`point_costs`, :func:`summarize`, :func:`break_even` and :func:`format_report` are
-the report (tests/test_screen_bench.py checks them on hand-built numbers).
+scripts/sweep.mk (SWEEP_DRIFT_LIMIT, SWEEP_GENERAL_LIMIT, SWEEP_EVAL_DTYPE), and that of
+``--reference``/``--no-reference`` from its drift recipe (:func:`sweep_drift_reference`), so the
+benchmark measures what the sweep runs; ``--reference`` measures the drift that also teacher-forces
+every item's reference text, which the screen does not read. Run it alone on the machine: timings
+of a shared CPU mean nothing. The first subprocess may read the model from a cold disk cache; the
+medians over several points damp that. :func:`point_costs`, :func:`summarize`, :func:`break_even`
+and :func:`format_report` are the report (tests/test_screen_bench.py checks them on hand-built
+numbers).
 """
 
 from __future__ import annotations
@@ -67,6 +72,21 @@ def sweep_defaults(path: str | Path = SWEEP_MK) -> dict:
         if m:
             out[m.group(1)] = m.group(2)
     return out
+
+
+def sweep_drift_reference(path: str | Path = SWEEP_MK) -> bool:
+    """Whether the sweep's drift recipe (the recipe line that runs ``$(PA) drift``, with its
+    continuation lines) teacher-forces the references: False when it passes ``--no-reference``, True
+    when it passes ``--reference`` or neither (drift's default). ValueError when there is no such
+    recipe, or it passes both."""
+    text = Path(path).read_text().replace("\\\n", " ")
+    recipes = [line for line in text.splitlines() if line.startswith("\t") and re.search(r"\$\(PA\)\s+drift\s", line)]
+    if len(recipes) != 1:
+        raise ValueError(f"{path}: {len(recipes)} drift recipes, expected one")
+    words = recipes[0].split()
+    if "--no-reference" in words and "--reference" in words:
+        raise ValueError(f"{path}: the drift recipe passes both --reference and --no-reference")
+    return "--no-reference" not in words
 
 
 # ---------------------------------------------------------------- the report (plain functions)
@@ -167,15 +187,16 @@ def _is_adapter(point: str) -> bool:
 
 
 def drift_worker(model: str, point: str, limit: int, dtype: str, device: str, base_continuations: str,
-                 out: str) -> dict:
-    """``peftarena drift MODEL POINT --sets general --limit LIMIT --base-continuations FILE -o OUT``
-    as the sweep runs it: the table is written, and so is FILE when it did not exist."""
+                 out: str, reference: bool = False) -> dict:
+    """``peftarena drift MODEL POINT --sets general --limit LIMIT [--no-reference]
+    --base-continuations FILE -o OUT`` as the sweep runs it: the table is written, and so is FILE
+    when it did not exist."""
     from peftarena_cli.artifacts.atomic import atomic_write_text
     from peftarena_cli.artifacts.tables import Provenance, write_table
     from peftarena_cli.interpolation.drift_run import DriftConfig, run_drift
 
     cfg = DriftConfig(base=model, finetuned=point, sets="general", limit=limit, dtype=dtype, device=device,
-                      base_continuations=base_continuations)
+                      reference=reference, base_continuations=base_continuations)
     res = run_drift(cfg)
     prov = Provenance(command="drift", seed=cfg.seed, dtype=dtype, device=res.device, extra=dict(res.extra))
     for role, (spec, ident) in res.inputs.items():
@@ -184,7 +205,8 @@ def drift_worker(model: str, point: str, limit: int, dtype: str, device: str, ba
     if res.base_continuations is not None and not res.base_continuations_reused:
         atomic_write_text(Path(base_continuations), json.dumps(res.base_continuations) + "\n")
     return {"load_s": float(res.load_seconds), "work_s": float(res.measure_seconds), "n_prompts": int(res.n_prompts),
-            "rows": int(len(res.table)), "reused": bool(res.base_continuations_reused)}
+            "rows": int(len(res.table)), "reused": bool(res.base_continuations_reused),
+            "sources": sorted(set(res.table["source"])) if len(res.table) else []}
 
 
 def general_worker(model: str, point: str, limit: str, dtype: str, device: str, out: str) -> dict:
@@ -209,7 +231,8 @@ def _worker(a) -> dict:
     if a.worker == "general":
         res = general_worker(a.model, a.point, a.general_limit, a.dtype, a.device, a.out)
     else:
-        res = drift_worker(a.model, a.point, int(a.drift_limit), a.dtype, a.device, a.base_continuations, a.out)
+        res = drift_worker(a.model, a.point, int(a.drift_limit), a.dtype, a.device, a.base_continuations, a.out,
+                           reference=a.reference)
     res["peak_rss_mib"] = _peak_rss_mib()
     res["threads"] = torch.get_num_threads()
     return res
@@ -220,7 +243,8 @@ def _run(a, stage: str, point: str, out: Path, base_continuations: Path) -> dict
     kind = "general" if stage == "general" else "drift"
     cmd = [sys.executable, __file__, "--worker", kind, "--model", a.model, "--point", point, "--out", str(out),
            "--drift-limit", str(a.drift_limit), "--general-limit", a.general_limit, "--dtype", a.dtype,
-           "--device", a.device, "--base-continuations", str(base_continuations)]
+           "--device", a.device, "--base-continuations", str(base_continuations),
+           "--reference" if a.reference else "--no-reference"]
     cmd += ["--threads", str(a.threads)] if a.threads else []
     print(f"{point}: {STAGE_NAMES[stage]} ...", file=sys.stderr, flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -254,10 +278,12 @@ def measure_point(a, point: str, folder: Path) -> dict:
     return point_costs({"first": first, "reuse": reuse, "general": general})
 
 
-def build_parser(sweep: dict | None = None) -> argparse.ArgumentParser:
-    """The command line; the limits' and the dtype's defaults are the sweep's (``sweep``: the
-    variables of scripts/sweep.mk, read when not given)."""
+def build_parser(sweep: dict | None = None, reference: bool | None = None) -> argparse.ArgumentParser:
+    """The command line; the limits', the dtype's and the reference setting's defaults are the
+    sweep's (``sweep``: the variables of scripts/sweep.mk; ``reference``: its drift recipe's
+    setting; each read when not given)."""
     sweep = sweep_defaults() if sweep is None else sweep
+    reference = sweep_drift_reference() if reference is None else reference
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="the base: a registry name or a model DIR")
     ap.add_argument("--adapter", action="append", dest="points", metavar="DIR",
@@ -267,6 +293,9 @@ def build_parser(sweep: dict | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--general-limit", default=sweep["SWEEP_GENERAL_LIMIT"],
                     help="eval-general --limit (default: SWEEP_GENERAL_LIMIT of scripts/sweep.mk)")
     ap.add_argument("--dtype", default=sweep["SWEEP_EVAL_DTYPE"], help="default: SWEEP_EVAL_DTYPE of scripts/sweep.mk")
+    ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=reference,
+                    help="drift also teacher-forces each item's reference text (default: as the drift recipe of "
+                         f"scripts/sweep.mk, {'--reference' if reference else '--no-reference'})")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, help="intra-op threads of each subprocess (default: torch's)")
     ap.add_argument("--grid-points", type=int, default=DEFAULT_GRID_POINTS,
@@ -295,14 +324,16 @@ def main(argv=None) -> dict | None:
         points = [measure_point(a, p, root / f"p{i + 1}") for i, p in enumerate(a.points)]
     summary = summarize(points, a.grid_points)
     threads = points[0]["first"]["threads"]
-    print(f"model {a.model}; drift --sets general --limit {a.drift_limit}; eval-general --limit {a.general_limit}; "
+    ref = "--reference" if a.reference else "--no-reference"
+    print(f"model {a.model}; drift --sets general --limit {a.drift_limit} {ref}; eval-general --limit {a.general_limit}; "
           f"{a.dtype}; {threads} threads; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
           "(run it alone: timings of a shared CPU mean nothing)")
     first, gen = points[0]["first"], points[0]["general"]
     print(f"drift: {first['n_prompts']} prompts ({first['rows']} rows); eval-general: {gen['rows']} rows")
     for line in format_report(points, summary, a.points):
         print(line)
-    doc = {"model": a.model, "drift_limit": a.drift_limit, "general_limit": a.general_limit, "dtype": a.dtype,
+    doc = {"model": a.model, "drift_limit": a.drift_limit, "reference": a.reference, "general_limit": a.general_limit,
+           "dtype": a.dtype,
            "threads": threads, "points": [dict(p, point=name) for p, name in zip(points, a.points)],
            "summary": summary}
     if a.json:

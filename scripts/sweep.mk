@@ -53,7 +53,8 @@ SWEEP_ALPHAS        ?= 0.25,0.5,0.75
 # Jobs at once (as ARENA_JOBS): 1 by default, the budget above was measured so.
 SWEEP_JOBS     ?= 1
 # The drift screen (SCREEN=1; docs/report.md, "Sweeps"): every point gets eval-target and `peftarena
-# drift` on general prompts (SWEEP_DRIFT_LIMIT items per general part, the base's continuations computed
+# drift --no-reference` on general prompts (greedy rows only, all the screen reads; SWEEP_DRIFT_LIMIT
+# items per general part, the base's continuations computed
 # by the first point and reused from SWEEP_RUNS/base/drift_base.json); scripts/sweep_screen.py writes
 # SWEEP_RUNS/screen.json, and only the configurations that could be on their method's frontier (not
 # dominated in gain and drift by a margin of the drift interval) get eval-general. SCREEN=0: every point
@@ -155,8 +156,11 @@ $(SWEEP_SCREEN): $(SWEEP_RUNS)/base/eval_target.parquet \
 		$(foreach p,$(SWEEP_POINTS),$(SWEEP_RUNS)/$(p)/eval_target.parquet $(SWEEP_RUNS)/$(p)/drift.parquet)
 	$(PY) scripts/sweep_screen.py $(SWEEP_RUNS)
 
-# the base's continuations: written by the first point's drift, read by every other one
+# the base's continuations: written by the first point's drift, read by every other one.
+# --no-reference: the screen reads only the greedy rows (source = greedy, α = 1; report/screen.py), so
+# the reference texts are not teacher-forced. The flag is part of the continuations file's settings:
+# every point passes the same one, and a drift_base.json made with reference rows is refused (remove it).
 $(SWEEP_RUNS)/%/drift.parquet: $(SWEEP_RUNS)/%/train/.done
 	@mkdir -p $(SWEEP_RUNS)/base
 	$(call sw_skip,$*) $(PA) drift $(MODEL) $(call sw_final,$*) --sets general --limit $(SWEEP_DRIFT_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) \
-		--base-continuations $(SWEEP_DRIFT_BASE) -o $@; fi
+		--no-reference --base-continuations $(SWEEP_DRIFT_BASE) -o $@; fi

@@ -104,8 +104,63 @@ def test_defaults_agree_with_the_sweeps_command_lines(bench):
     assert has(drift[0], "--limit", a.drift_limit) and has(drift[0], "--sets", "general")
     assert has(drift[0], "--dtype", a.dtype) and has(drift[0], "--base-continuations", "/nonexistent-sweep/base/drift_base.json")
     assert has(general[0], "--limit", a.general_limit) and has(general[0], "--dtype", a.dtype)
+    # the screen reads only the greedy rows: its drift skips the references, and the benchmark's does too
+    words = drift[0].split()
+    assert "--no-reference" in words and "--reference" not in words
+    assert a.reference is False and bench.sweep_drift_reference() is False
     # and the values as the sweep's page documents them
     assert (a.drift_limit, a.general_limit, a.dtype) == (16, "ifeval=40,bbh=40,facts=80", "float32")
+
+
+def test_drift_reference_setting_read_from_a_hand_written_drift_recipe(bench, tmp_path):
+    def setting(recipe):
+        mk = tmp_path / "x.mk"
+        mk.write_text("# $(PA) drift --no-reference in a comment\nX ?= 1\n\n%/drift.parquet: %/train/.done\n"
+                      "\t@mkdir -p $(@D)\n" + recipe + "\n\n%/eval.parquet:\n\t$(PA) eval-general M --reference x\n")
+        return bench.sweep_drift_reference(mk)
+
+    # the flag on the recipe's continuation line counts; a comment or another recipe does not
+    assert setting("\t$(PA) drift M P --sets general \\\n\t\t--no-reference -o $@") is False
+    assert setting("\t$(call skip,$*) $(PA) drift M P --no-reference -o $@; fi") is False
+    # --reference, or neither flag (drift's default): the references are teacher-forced
+    assert setting("\t$(PA) drift M P --reference -o $@") is True
+    assert setting("\t$(PA) drift M P --sets general \\\n\t\t-o $@") is True
+    # no drift recipe, or one with both flags: refused
+    with pytest.raises(ValueError, match="0 drift recipes"):
+        setting("\techo no drift here")
+    with pytest.raises(ValueError, match="both"):
+        setting("\t$(PA) drift M P --reference --no-reference -o $@")
+
+
+def test_reference_setting_reaches_every_drift_subprocess(bench, tmp_path, monkeypatch):
+    """The default (the sweep's --no-reference) and an override on the command line are passed to
+    both drift workers, and the worker's parser reads each back; eval-general gets it too, unused."""
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        a = bench.build_parser().parse_args(cmd[2:])
+        kind, cont = a.worker, Path(a.base_continuations)
+        reused = kind == "drift" and cont.exists()
+        if kind == "drift":
+            cont.write_text("{}")
+        out = {"reference": a.reference, "reused": reused, "threads": 1, "peak_rss_mib": 1.0}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(out) + "\n", stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    for argv, want in ((["--adapter", "p"], False), (["--adapter", "p", "--reference"], True),
+                       (["--adapter", "p", "--reference", "--no-reference"], False)):
+        seen.clear()
+        a = bench.build_parser().parse_args(argv)
+        assert a.reference is want
+        p = bench.measure_point(a, "p", tmp_path / str(want))
+        assert len(seen) == 3
+        flag = "--reference" if want else "--no-reference"
+        assert all(flag in cmd and cmd.count("--reference") + cmd.count("--no-reference") == 1 for cmd in seen)
+        assert p["first"]["reference"] is want and p["reuse"]["reference"] is want
+    # the default follows the drift recipe it is given
+    assert bench.build_parser(reference=True).parse_args(["--adapter", "p"]).reference is True
+    assert bench.build_parser(reference=False).parse_args(["--adapter", "p"]).reference is False
 
 
 def test_at_least_one_point_is_required(bench, capsys):
@@ -131,6 +186,8 @@ def test_screen_bench_end_to_end_on_the_tiny_model(tiny_model_dir, tiny_lora_dir
     doc = json.loads(out.read_text())
     assert (doc["drift_limit"], doc["general_limit"], doc["dtype"], doc["threads"]) == (2, "ifeval=1,bbh=1,facts=1",
                                                                                        "float32", 1)
+    # the sweep's drift: the greedy rows only (--no-reference)
+    assert doc["reference"] is False and "--no-reference" in r.stdout
     (p,) = doc["points"]
     assert p["point"] == str(tiny_lora_dir)
     for stage in ("first", "reuse", "general"):
@@ -138,6 +195,7 @@ def test_screen_bench_end_to_end_on_the_tiny_model(tiny_model_dir, tiny_lora_dir
         assert v["wall_s"] > 0 and v["cpu_s"] > 0 and v["peak_rss_mib"] > 0 and v["load_s"] >= 0
     assert p["ratio_wall"] == pytest.approx(p["reuse"]["wall_s"] / p["general"]["wall_s"])
     assert p["first"]["reused"] is False and p["reuse"]["reused"] is True
+    assert p["first"]["sources"] == p["reuse"]["sources"] == ["greedy"]
     # 2 items per general part, one prompt each; the eval's one item per part, one sample each
     assert p["first"]["n_prompts"] == p["reuse"]["n_prompts"] > 0 and p["general"]["rows"] == 3
     s = doc["summary"]
@@ -152,6 +210,9 @@ def test_screen_bench_end_to_end_on_the_tiny_model(tiny_model_dir, tiny_lora_dir
     second, prov_b = read_table(keep / "p1" / "drift_reuse.parquet")
     assert prov_a["extra"]["base_continuations"] == {"path": str(cont), "reused": False}
     assert prov_b["extra"]["base_continuations"] == {"path": str(cont), "reused": True}
+    assert prov_a["extra"]["reference"] is False and prov_b["extra"]["reference"] is False
+    assert set(first["source"]) == set(second["source"]) == {"greedy"}
+    assert json.loads(cont.read_text())["settings"]["reference"] is False
     # reusing them gives the same drift as generating them
     assert np.allclose(first["kl"].to_numpy(), second["kl"].to_numpy(), rtol=1e-5, atol=1e-7)
     assert math.isfinite(first["kl"].mean())

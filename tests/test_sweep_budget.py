@@ -192,7 +192,7 @@ DRIFT_KL = {("lora", 1e-3): 0.10, ("lora", 3e-3): 0.30, ("oft", 5e-4): 0.50, ("o
 WOBBLE = {1: [-0.01, 0.01, 0.0, 0.0], 2: [0.01, -0.01, 0.0, 0.0]}
 
 
-def _write_drift(root, m, lr, seed, level):
+def _write_drift(root, m, lr, seed, level, reference=True):
     import pandas as pd
 
     from peftarena_cli.artifacts.tables import write_table
@@ -202,20 +202,21 @@ def _write_drift(root, m, lr, seed, level):
     for i, w in enumerate(WOBBLE[seed]):
         rows.append({"alpha": 1.0, "prompt_set": "general", "task": "facts", "id": f"f{i}", "source": "greedy",
                      "n_tokens": 6, "kl": level + w})
-        rows.append({"alpha": 1.0, "prompt_set": "general", "task": "facts", "id": f"f{i}", "source": "reference",
-                     "n_tokens": 3, "kl": 9.0})  # another source: not the screen's
+        if reference:  # another source: not the screen's (drift --no-reference, as the sweep runs it, has none)
+            rows.append({"alpha": 1.0, "prompt_set": "general", "task": "facts", "id": f"f{i}", "source": "reference",
+                         "n_tokens": 3, "kl": 9.0})
         rows.append({"alpha": 1.0, "prompt_set": "target", "task": "arith", "id": f"t{i}", "source": "greedy",
                      "n_tokens": 6, "kl": 7.0})  # target prompts: not the screen's
     write_table(pd.DataFrame(rows, columns=DRIFT_COLUMNS), root / m / f"lr{lr:g}" / f"s{seed}" / "drift.parquet")
 
 
-def _screened_sweep(tmp_path):
+def _screened_sweep(tmp_path, reference=True, name="sweep"):
     from test_sweep_pipeline import GRID, make_sweep
 
-    root = make_sweep(tmp_path / "sweep")
+    root = make_sweep(tmp_path / name)
     for (m, lr), seeds in GRID.items():
         for s in seeds:
-            _write_drift(root, m, lr, s, DRIFT_KL[(m, lr)])
+            _write_drift(root, m, lr, s, DRIFT_KL[(m, lr)], reference=reference)
     return root
 
 
@@ -271,6 +272,44 @@ def test_screen_of_a_sweep_folder_and_the_reports_agreement(tmp_path, cli):
     assert "agreement not computed: the full general eval covers 6 of the screen's 8 points" in md
 
 
+def test_drift_vector_reads_the_greedy_rows_with_or_without_reference_rows():
+    import pandas as pd
+
+    from peftarena_cli.evaluation.drift import DRIFT_COLUMNS
+    from peftarena_cli.report.screen import drift_vector
+
+    def row(alpha, pset, task, i, source, kl):
+        return {"alpha": alpha, "prompt_set": pset, "task": task, "id": i, "source": source, "n_tokens": 4, "kl": kl}
+
+    greedy = [row(1.0, "general", "facts", "f1", "greedy", 0.3), row(1.0, "general", "bbh", "b0", "greedy", 0.2),
+              row(1.0, "general", "facts", "f0", "greedy", 0.1), row(0.5, "general", "facts", "f0", "greedy", 0.05),
+              row(1.0, "target", "arith", "t0", "greedy", 5.0)]
+    refs = [row(1.0, "general", "facts", "f0", "reference", 7.0), row(1.0, "general", "bbh", "b0", "reference", 8.0),
+            row(0.5, "general", "facts", "f0", "reference", 6.0)]
+    with_refs = pd.DataFrame(greedy[:2] + refs + greedy[2:], columns=DRIFT_COLUMNS)
+    without = pd.DataFrame(greedy, columns=DRIFT_COLUMNS)
+    # α = 1, greedy, general prompts, sorted by (set, task, id): b0 0.2, f0 0.1, f1 0.3 in both tables
+    want = [("general", "bbh", "b0"), ("general", "facts", "f0"), ("general", "facts", "f1")]
+    for t in (with_refs, without):
+        keys, kl = drift_vector(t, "t")
+        assert keys == want and kl.tolist() == [0.2, 0.1, 0.3]
+
+
+def test_screen_is_the_same_with_and_without_reference_rows(tmp_path):
+    # the sweep's drift runs with --no-reference: its tables have greedy rows only; the screen gives
+    # what it gives on tables that also hold the (unread) reference rows
+    docs = []
+    for ref in (True, False):
+        root = _screened_sweep(tmp_path, reference=ref, name=f"sweep-{ref}")
+        r = subprocess.run([PY, str(ROOT / "scripts/sweep_screen.py"), str(root)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        docs.append(json.loads((root / "screen.json").read_text()))
+    assert docs[0] == docs[1]
+    assert docs[1]["screened_out"] == ["oft/lr0.0005/s1", "oft/lr0.0005/s2"]
+    assert {c["key"]: c["drift"] for c in docs[1]["configs"]} == pytest.approx(
+        {"lora lr=0.001": 0.10, "lora lr=0.003": 0.30, "oft lr=0.0005": 0.50, "oft lr=0.0015": 0.05}, abs=1e-12)
+
+
 def _make(*args, dry=True):
     import shutil
 
@@ -293,6 +332,8 @@ def test_make_sweep_screen_plans_drift_the_screen_and_gated_general_evals():
         d = [x for x in drift if f"/nonexistent-sweep/{p}/train/final " in x]
         assert len(d) == 1 and f"-o /nonexistent-sweep/{p}/drift.parquet" in d[0]
         assert "--sets general" in d[0] and "--base-continuations /nonexistent-sweep/base/drift_base.json" in d[0]
+        # the screen reads only the greedy rows: the references are not teacher-forced
+        assert "--no-reference" in d[0].split() and "--reference" not in d[0].split()
         g = [x for x in lines if f"eval-general smollm2-135m --adapter /nonexistent-sweep/{p}/train/final" in x]
         assert len(g) == 1 and f"sweep_screen.py --selected /nonexistent-sweep {p}; then" in g[0]
     screen = [i for i, x in enumerate(lines) if x.endswith("scripts/sweep_screen.py /nonexistent-sweep")]
