@@ -143,6 +143,17 @@ def test_plane_figure_has_points_paths_and_reference_panel(runs):
     front = [line for line in ax.lines if line.get_label() == "Pareto frontier"][0]
     lb = rep.points[rep.points["pareto"]].sort_values("general")
     assert np.allclose(front.get_xdata(), lb["general"]) and np.allclose(front.get_ydata(), lb["target"])
+    # each method's label is drawn in its marker's colour (the base's in black), so a label placed
+    # nearer a neighbour's marker still names its own point
+    from matplotlib.colors import to_rgba
+
+    from peftarena_cli.report.plots import method_colors
+
+    colors = method_colors(list(rep.leaderboard["method"]), "base")
+    by_text = {t.get_text(): t for t in ax.texts}
+    for name in rep.leaderboard["method"]:
+        want = "black" if name == "base" else colors[name]
+        assert to_rgba(by_text[name].get_color()) == to_rgba(want), name
     close(fig)
     ref = pd.DataFrame({"method": ["base", "full", "lora_r8"], "target": [30.0, 50.0, 40.0], "general": [50.0, 35.0, 45.0]})
     fig = plot_plane(rep.leaderboard, rep.curves, reference=ref, reference_title="Published")

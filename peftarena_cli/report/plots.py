@@ -257,8 +257,11 @@ def _draw_plane(ax, points, colors, base_name, curves=None, title=None, label_po
     ax.set_ylim(ylo, max(ys) + 0.15 * yr)
     if label_points:
         for r in ok.to_dict("records"):
+            is_base = r["method"] == base_name
+            # a label in its marker's colour stays readable when a neighbour's label sits closer
             labels.insert(0, (r["general"], r["target"], r["method"],
-                              {"fontsize": 9, "fontweight": "bold" if r["method"] == base_name else "normal"}))
+                              {"fontsize": 9, "fontweight": "bold" if is_base else "normal",
+                               "color": "black" if is_base else colors.get(r["method"], "black")}))
     return labels, obstacles
 
 
