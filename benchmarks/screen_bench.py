@@ -172,14 +172,6 @@ def format_report(points: list[dict], summary: dict, labels: list[str] | None = 
 
 
 # ---------------------------------------------------------------- the workers (one measured thing each)
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def _is_adapter(point: str) -> bool:
     from peftarena_cli.artifacts.adapters import is_adapter_path
 
@@ -233,7 +225,9 @@ def _worker(a) -> dict:
     else:
         res = drift_worker(a.model, a.point, int(a.drift_limit), a.dtype, a.device, a.base_continuations, a.out,
                            reference=a.reference)
-    res["peak_rss_mib"] = _peak_rss_mib()
+    from peftarena_cli.activations.run import peak_rss_mib
+
+    res["peak_rss_mib"] = peak_rss_mib()
     res["threads"] = torch.get_num_threads()
     return res
 
