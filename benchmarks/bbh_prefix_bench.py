@@ -16,8 +16,9 @@ benchmarks/eval_bench.py).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
+
+from peftarena_cli.memory import peak_rss_mib
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     print(f"straightforward (every row prefilled): {t_off:7.1f} s  {n / t_off:6.3f} items/s")
     print(f"shared-prefix reuse:                   {t_on:7.1f} s  {n / t_on:6.3f} items/s")
     print(f"speed-up {t_off / t_on:.2f}x; completions identical: {same}; "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"peak RSS {peak_rss_mib():.0f} MiB")
     if not same:
         diff = sum(a != b for a, b in zip(g_off.texts, g_on.texts))
         print(f"WARNING: {diff} of {n} completions differ")

@@ -45,13 +45,7 @@ SETS = ("target", "general")
 RULE_POINTS = 1.0  # bf16 is allowed in sweeps when every paired interval lies within ± this many points
 KEYS = ["task", "id", "sample"]
 
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from peftarena_cli.memory import peak_rss_mib as _peak_rss_mib
 
 
 # ---------------------------------------------------------------- the report (plain functions)

@@ -79,13 +79,7 @@ import subprocess
 import sys
 import time
 
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from peftarena_cli.memory import peak_rss_mib as _peak_rss_mib
 
 
 def _prompts(tok, n):

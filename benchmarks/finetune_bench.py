@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from peftarena_cli.memory import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -66,7 +67,7 @@ def plain_trl(model: str, steps: int, batch: int, max_length: int, seed: int) ->
     tokens = max(float(h.get("num_tokens", 0)) for h in tr.state.log_history)
     return {"approach": "plain TRL SFTTrainer", "train_s": dt, "train_cpu_s": dc, "tokens": tokens,
             "tokens_per_s": tokens / dt, "tokens_per_cpu_s": tokens / dc,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mib()}
 
 
 def ours(model: str, steps: int, batch: int, max_length: int, seed: int) -> dict:

@@ -13,9 +13,10 @@ within their intervals. Exit 1 if vLLM fails or its score falls outside the HF s
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
+
+from peftarena_cli.memory import peak_rss_mib
 
 
 def main() -> int:
@@ -58,7 +59,7 @@ def main() -> int:
     hf, vl = res["hf"], res["vllm"]
     same = int((hf[0]["completion"].values == vl[0]["completion"].values).sum())
     print(f"identical completions: {same}/{len(hf[0])}; tok/s vLLM/HF {vl[2]['tokens_per_second'] / hf[2]['tokens_per_second']:.1f}x; "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"peak RSS {peak_rss_mib():.0f} MiB")
     h = hf[1].set_index("metric").loc["target_score"]
     v = vl[1].set_index("metric").loc["target_score"]["value"]
     if not h["ci_low"] <= v <= h["ci_high"]:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from peftarena_cli.errors import IncompatibleInputs, UsageError
+from peftarena_cli.memory import peak_rss_mib
 
 
 class _NoProgress:
@@ -34,20 +35,6 @@ class _NoProgress:
 
 def _quiet(msg: str) -> None:
     return None
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process, MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prepare_prompts(spec: str, tokenizer, *, n, seed, text_key, chat, shard, max_length, warn=_quiet):

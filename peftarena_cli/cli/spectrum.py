@@ -68,12 +68,12 @@ def spectrum_cmd(
 
         peftarena spectrum base.st adapter.st --modules down_proj --layers 18 --table summary
     """
-    import resource
     import sys
 
     from peftarena_cli.artifacts.loading import pick_device
     from peftarena_cli.cli.common import Progress, emit_table, info, provenance_for
     from peftarena_cli.errors import UsageError
+    from peftarena_cli.memory import peak_rss_mib
     from peftarena_cli.spectral.base_svd import BaseSvdCache
     from peftarena_cli.spectral.spectrum import compute_spectrum
 
@@ -104,7 +104,7 @@ def spectrum_cmd(
         res = compute_spectrum(base, finetuned, modules=modules, layers=parse_layers(layers),
                                device=dev, cache=BaseSvdCache(root=cache_dir, enabled=cache), sva=sva, callback=bar.callback)
     st = res.stats
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mib()
     forms = f"; form: {', '.join(st['forms'])}" if st["forms"] else ""
     info(f"{st['modules']} modules ({st['method']}{forms}) in {st['seconds']:.1f} s, "
          f"{st['modules_per_s']:.1f} modules/s on {dev}; base SVD cache {st['svd_cache_hits']} hits, "

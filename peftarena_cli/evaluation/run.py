@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, UsageError
+from peftarena_cli.memory import peak_rss_mib
 
 EVAL_KINDS = ("target", "general")
 
@@ -36,12 +37,6 @@ def _no_log(msg: str) -> None:
 
 def _no_progress(description: str):
     return nullcontext(type("NoBar", (), {"callback": staticmethod(lambda *a, **k: None)})())
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -292,7 +287,7 @@ def _run_models(cfg: EvalConfig, device: str, evaluate, progress, log, result: E
                 ps, summ = evaluate(m, tok, bar.callback, stats)
         secs = time.perf_counter() - t
         run = ModelRun(label, stats.get("generated_tokens", 0), secs, stats.get("tokens_per_second", 0.0),
-                       _peak_rss_mib())
+                       peak_rss_mib())
         result.runs.append(run)
         log(f"{label}: {run.generated_tokens} tokens in {secs:.1f} s "
             f"({run.tokens_per_second:.1f} tok/s), peak RSS {run.peak_rss_mib:.0f} MiB")

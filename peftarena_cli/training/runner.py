@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from peftarena_cli.errors import DataError, IncompatibleInputs, NumericalError, OutputError, PeftArenaError, UsageError
+from peftarena_cli.memory import peak_rss_mib
 from peftarena_cli.methods import DEFAULT_METHOD, resolve
 from peftarena_cli.tasks import benchmarks
 from peftarena_cli.training import checkpoints as ck
@@ -94,12 +95,6 @@ class FinetuneResult:
     resumed_from: int | None = None
     is_main: bool = True  # False on the non-main processes of a distributed run
     model: object = None  # the trained model in memory (for callers in Python and tests)
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _world_size() -> int:
@@ -634,10 +629,10 @@ def finetune(cfg: FinetuneConfig, callback=None, log=None, _interrupt_after: int
             tlog.write(out, prov)
             manifest.update({"status": "complete", "last_step": final_step, "final": "final",
                              "train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "total_seconds": time.perf_counter() - t_start,
-                             "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu})
+                             "tokens_per_s": tps, "peak_rss_mb": peak_rss_mib(), "peak_gpu_mb": peak_gpu})
             ck.write_manifest(out, manifest)
         state.wait_for_everyone()
-        return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mb(), peak_gpu, n_trainable, df, resumed_from,
+        return FinetuneResult(out, final, final_step, train_s, tps, peak_rss_mib(), peak_gpu, n_trainable, df, resumed_from,
                               state.is_main_process, getattr(trainer, "model", model))
     except BaseException:
         if lock is not None and mode != "resume" and not diverged_dir and not any(out.glob("checkpoint-*")):
