@@ -34,8 +34,10 @@ SWEEP_STEPS    ?= $(STEPS)
 # eval-general ~4 + 77 x 160/192 = 68 s. The arena's finetune times at 30 steps range 89-125 s over
 # the methods (docs/report.md, the seven-method arena): take 110 s. 30 runs x (110 + 46 + 68) s =
 # 112 min, plus the base's two evals once (~2 min: the base's answers run longer) = about 114 min.
-# The intervals are about 1.6x (target: sqrt(432/160)) and 2.3x (general: sqrt(837/160)) the arena's;
-# raise these two for a sharper ranking.
+# Measured (git clone + make sweep, install included, alone on 2 cores, 2026-12-07): 118.1 min; the
+# stages took 100-152 s to train, 44-82 s for eval-target, 36-60 s for eval-general (docs/report.md,
+# "The measured sweep"). The intervals are about 1.6x (target: sqrt(432/160)) and 2.3x (general:
+# sqrt(837/160)) the arena's; raise these two for a sharper ranking.
 SWEEP_TARGET_LIMIT  ?= 160
 SWEEP_GENERAL_LIMIT ?= ifeval=40,bbh=40,facts=80
 # The model dtype of every eval stage (eval-target, eval-general, interpolate, drift), passed as --dtype and
