@@ -149,7 +149,9 @@ $(SWEEP_RUNS)/%/eval_target.parquet: $(SWEEP_RUNS)/%/train/.done
 	$(call sw_skip,$*) $(PA) eval-target $(call sw_model,$*) --limit $(SWEEP_TARGET_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@ \
 		--summary $(@D)/eval_target_summary.parquet; fi
 
-$(SWEEP_RUNS)/%/eval_general.parquet: $(SWEEP_RUNS)/%/train/.done $(SW_GENERAL_AFTER)
+# The screen is an order-only prerequisite: it runs before any general eval it gates, but a general
+# eval that already exists (a sweep run first with SCREEN=0) is kept when a later screen is newer.
+$(SWEEP_RUNS)/%/eval_general.parquet: $(SWEEP_RUNS)/%/train/.done | $(SW_GENERAL_AFTER)
 	$(call sw_skip,$*) $(call sw_gate_open,$*) $(PA) eval-general $(call sw_model,$*) --limit $(SWEEP_GENERAL_LIMIT) --dtype $(SWEEP_EVAL_DTYPE) -o $@ \
 		--summary $(@D)/eval_general_summary.parquet; $(call sw_gate_close,$*) fi
 

@@ -372,3 +372,32 @@ def test_make_screen_gate_runs_only_the_selected_general_evals(tmp_path):
     r = _make(f"SWEEP_RUNS={root}", "SWEEP_METHODS=lora", "SWEEP_LRS_lora=0.001 0.003", "SEEDS=1", "SCREEN=1",
               "PA=echo PA", f"{root}/{pts[0]}/eval_general.parquet", dry=False)
     assert r.returncode != 0 and "no readable screen" in r.stderr
+
+
+def test_make_screen_keeps_general_evals_that_a_full_sweep_already_wrote(tmp_path):
+    # a sweep run with SCREEN=0 has every general eval; `make sweep SCREEN=1` on it then adds the drift
+    # and the screen for the agreement figure, and must not redo an eval because screen.json is newer
+    import os
+    import time
+
+    root = tmp_path / "sw"
+    pts = ["lora/lr0.001/s1", "lora/lr0.003/s1"]
+    for p in pts:
+        for f in ("train/.done", "eval_target.parquet", "drift.parquet", "eval_general.parquet"):
+            (root / p / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / p / f).write_text("x")
+    (root / "base").mkdir()
+    (root / "base" / "eval_target.parquet").write_text("x")
+    (root / "screen.json").write_text(json.dumps({"selected": pts, "screened_out": []}))
+    later = time.time() + 60
+    os.utime(root / "screen.json", (later, later))
+    args = [f"SWEEP_RUNS={root}", "SWEEP_METHODS=lora", "SWEEP_LRS_lora=0.001 0.003", "SEEDS=1", "SCREEN=1",
+            "PA=echo PA", *[f"{root}/{p}/eval_general.parquet" for p in pts]]
+    r = _make(*args)
+    assert r.returncode == 0, r.stderr
+    assert "eval-general" not in r.stdout
+    # a point without its general eval still gets one, after the screen
+    (root / pts[1] / "eval_general.parquet").unlink()
+    r = _make(*args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("eval-general") == 1 and f"{root}/{pts[1]}/train/final" in r.stdout
