@@ -225,7 +225,7 @@ def _worker(a) -> dict:
     else:
         res = drift_worker(a.model, a.point, int(a.drift_limit), a.dtype, a.device, a.base_continuations, a.out,
                            reference=a.reference)
-    from peftarena_cli.activations.run import peak_rss_mib
+    from peftarena_cli.memory import peak_rss_mib
 
     res["peak_rss_mib"] = peak_rss_mib()
     res["threads"] = torch.get_num_threads()
